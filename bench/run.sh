@@ -1,0 +1,625 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same upstream measured direct, through nginx,
+# HAProxy, Envoy and legate, each proxy with ONE worker, for
+#   - HTTP/1.1 keep-alive load (wrk), and
+#   - HTTP/2 cleartext, prior knowledge (h2c) load (h2load).
+# Writes a markdown report to bench/RESULTS.md (see bench/README.md).
+#
+# Usage: bench/run.sh [--build-legate] [--no-build] [-h]
+#
+# Environment overrides (defaults in brackets):
+#   BENCH_DURATION       seconds per measured run [10]
+#   BENCH_WARMUP         seconds of warm-up before each measured run, 0 = none [2]
+#   BENCH_CONNECTIONS    wrk connections [50]
+#   BENCH_WRK_THREADS    wrk threads [1]
+#   BENCH_H2_CONNECTIONS h2load connections [10]
+#   BENCH_H2_STREAMS     h2load max concurrent streams per connection [10]
+#   BENCH_TARGETS        which rows to run ["direct nginx haproxy envoy legate"]
+#   BENCH_PROTOCOLS      which protocols ["h1 h2c"]
+#   BENCH_BUILD_LEGATE   auto (build if binary missing) | always | never [auto]
+#   BENCH_RESULTS        output file [bench/RESULTS.md]
+#   BENCH_KEEP           1 = keep the scratch dir with configs/logs/raw output [0]
+#   LEGATE_BIN           legate binary [target/release/legate]
+#   ENVOY_BIN            envoy binary [output of tests/envoy/fetch.sh]
+#
+# All servers bind 127.0.0.1 on fixed ports:
+#   18080 upstream HTTP/1.1     18081 upstream h2c (direct h2c row only)
+#   18200 nginx proxy HTTP/1.1  18201 nginx proxy h2c
+#   18300 HAProxy (HTTP/1.1 and h2c on the same port)
+#   18100 Envoy / legate listener (codec AUTO), 18901 their admin
+set -euo pipefail
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export LC_ALL=C
+
+bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+repo_root=$(cd "$bench_dir/.." && pwd -P)
+
+# ---------------------------------------------------------------- settings
+# The exact command, with every override that was set, for the report
+# (computed before the defaults below are filled in).
+cmdline="bench/run.sh${*:+ $*}"
+for v in LEGATE_BIN ENVOY_BIN BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_PROTOCOLS BENCH_TARGETS \
+         BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
+    if [[ -n "${!v+x}" ]]; then
+        val="${!v}"
+        [[ "$val" =~ ^[A-Za-z0-9_./:=-]+$ ]] || val="'$val'"
+        cmdline="$v=$val $cmdline"
+    fi
+done
+
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+CONNS="${BENCH_CONNECTIONS:-50}"
+WRK_THREADS="${BENCH_WRK_THREADS:-1}"
+H2_CONNS="${BENCH_H2_CONNECTIONS:-10}"
+H2_STREAMS="${BENCH_H2_STREAMS:-10}"
+TARGETS="${BENCH_TARGETS:-direct nginx haproxy envoy legate}"
+PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
+BUILD_LEGATE="${BENCH_BUILD_LEGATE:-auto}"
+RESULTS="${BENCH_RESULTS:-$bench_dir/RESULTS.md}"
+KEEP="${BENCH_KEEP:-0}"
+LEGATE_BIN="${LEGATE_BIN:-$repo_root/target/release/legate}"
+PROXY_YAML="$bench_dir/proxy.yaml"
+
+UP_H1_PORT=18080
+UP_H2_PORT=18081
+EL_PORT=18100      # envoy / legate listener (from proxy.yaml)
+EL_ADMIN_PORT=18901
+NGINX_H1_PORT=18200
+NGINX_H2_PORT=18201
+HAPROXY_PORT=18300
+ALL_PORTS="$UP_H1_PORT $UP_H2_PORT $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT"
+BODY="hello from upstream"   # response body is this plus a newline (20 bytes)
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+for arg in "$@"; do
+    case "$arg" in
+        --build-legate) BUILD_LEGATE=always ;;
+        --no-build) BUILD_LEGATE=never ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
+done
+(( DURATION > 0 )) || { echo "BENCH_DURATION must be > 0" >&2; exit 2; }
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ---------------------------------------------------------------- processes
+work=$(mktemp -d "${TMPDIR:-/tmp}/legate-bench.XXXXXX")
+chmod 755 "$work"
+PIDS=()
+
+# Stop one server started with start_bg (it leads its own process group).
+stop_pid() {
+    local pid="$1" i
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    # Workers of a killed master, if any, share its process group.
+    kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? p
+    set +e
+    trap - EXIT INT TERM
+    if [[ -n "$LOAD_PID" ]]; then kill -TERM "$LOAD_PID" 2>/dev/null; wait "$LOAD_PID" 2>/dev/null; fi
+    for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    if [[ "$KEEP" == 1 ]]; then
+        log "scratch dir kept: $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg LOGFILE CMD... : run CMD in its own session/process group, record pid.
+# (A background child of a non-interactive shell is not a group leader, so
+# setsid execs in place and $! is the server's pid == its pgid.)
+BG_PID=
+start_bg() {
+    local logf="$1"; shift
+    setsid "$@" >"$logf" 2>&1 </dev/null &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+
+forget_pid() {
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# run_load SECONDS OUTFILE CMD... : run a bounded load generator. It runs in
+# the background and is waited for, so that INT/TERM interrupt the wait and
+# the EXIT trap can stop it at once.
+LOAD_PID=
+run_load() {
+    local limit="$1" out="$2" rc=0; shift 2
+    timeout "$limit" "$@" >"$out" 2>&1 </dev/null &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || rc=$?
+    LOAD_PID=
+    return "$rc"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_ready PID PORT [ADMIN_PORT]: until the port accepts (or, if given, the
+# admin /ready answers 200). Fails if the process exits or after 30 s.
+wait_ready() {
+    local pid="$1" port="$2" admin="${3:-}" i code
+    for i in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if [[ -n "$admin" ]]; then
+            code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$admin/ready" 2>/dev/null || true)
+            [[ "$code" == 200 ]] && return 0
+        fi
+        port_open "$port" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# check_url URL h1|h2c : one request must return 200 with the upstream body.
+check_url() {
+    local url="$1" proto="$2" out flag=--http1.1
+    [[ "$proto" == h2c ]] && flag=--http2-prior-knowledge
+    out=$(curl -s -m 5 $flag -w '%{http_code} %{http_version}' "$url" 2>/dev/null) || return 1
+    [[ "$out" == "$BODY"$'\n'"200 "* ]] || { log "unexpected answer from $url ($proto): $(printf '%q' "$out")"; return 1; }
+    if [[ "$proto" == h2c && "$out" != *" 2" ]]; then log "$url did not answer over HTTP/2"; return 1; fi
+    return 0
+}
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+    local missing=() pkgs=()
+    command -v nginx   >/dev/null || { missing+=(nginx);   pkgs+=(nginx); }
+    command -v haproxy >/dev/null || { missing+=(haproxy); pkgs+=(haproxy); }
+    command -v wrk     >/dev/null || { missing+=(wrk);     pkgs+=(wrk); }
+    command -v h2load  >/dev/null || { missing+=(h2load);  pkgs+=(nghttp2-client); }
+    command -v curl    >/dev/null || { missing+=(curl);    pkgs+=(curl); }
+    command -v setsid  >/dev/null || { missing+=(setsid);  pkgs+=(util-linux); }
+    command -v timeout >/dev/null || { missing+=(timeout); pkgs+=(coreutils); }
+    ((${#pkgs[@]})) || return 0
+    log "missing: ${missing[*]}; installing Debian packages: ${pkgs[*]}"
+    local sudo=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null || { log "not root and no sudo: install ${pkgs[*]} by hand"; exit 1; }
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update -qq >&2
+    # policy-rc.d may refuse to start the packaged services; that is fine.
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
+}
+
+# ---------------------------------------------------------------- configs
+write_nginx_upstream_conf() {
+    mkdir -p "$work/upstream"
+    cat >"$work/upstream/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 10000000;
+    server {
+        listen 127.0.0.1:$UP_H1_PORT;
+        # nginx < 1.25 has no "http2 on;": "listen ... http2" without ssl
+        # speaks h2c with prior knowledge only, hence a second port.
+        listen 127.0.0.1:$UP_H2_PORT http2;
+        location / {
+            default_type text/plain;
+            return 200 "$BODY\n";
+        }
+    }
+}
+EOF
+}
+
+write_nginx_proxy_conf() {
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 10000000;
+    upstream backend {
+        server 127.0.0.1:$UP_H1_PORT;
+        keepalive 256;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_H1_PORT;
+        listen 127.0.0.1:$NGINX_H2_PORT http2;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+write_haproxy_conf() {
+    mkdir -p "$work/haproxy"
+    cat >"$work/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 75s
+frontend fe
+    # HTTP/1.1, and h2c prior knowledge is auto-detected on the same port.
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+backend be
+    server up 127.0.0.1:$UP_H1_PORT
+EOF
+}
+
+# ---------------------------------------------------------------- results
+declare -A RPS P50 P99 ERRS NOTE
+declare -A URL_H1 URL_H2
+
+# Latency value like 850.00us / 1.23ms / 2.00s -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n = n * 60000; else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n }'
+}
+
+run_wrk() {
+    local name="$1" url="$2" out="$work/wrk-$name.txt"
+    if (( WARMUP > 0 )); then
+        run_load $((WARMUP + 30)) /dev/null wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" || true
+    fi
+    log "$name h1: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency $url"
+    if ! run_load $((DURATION + 60)) "$out" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url"; then
+        NOTE[h1,$name]="wrk failed: $(tail -1 "$out")"; return
+    fi
+    local rps p50 p99 non2xx sockerr
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2}' "$out")
+    p99=$(awk '$1 == "99%" {print $2}' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    sockerr=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' "$out")
+    if [[ -z "$rps" || -z "$p50" || -z "$p99" ]]; then
+        NOTE[h1,$name]="could not parse wrk output"; return
+    fi
+    RPS[h1,$name]=$rps
+    P50[h1,$name]=$(to_ms "$p50")
+    P99[h1,$name]=$(to_ms "$p99")
+    ERRS[h1,$name]=$(( ${non2xx:-0} + ${sockerr:-0} ))
+    log "$name h1: $rps req/s, p50 ${P50[h1,$name]} ms, p99 ${P99[h1,$name]} ms, errors ${ERRS[h1,$name]}"
+}
+
+run_h2load() {
+    local name="$1" url="$2" out="$work/h2load-$name.txt" reqlog="$work/h2load-$name.log"
+    local warm=()
+    (( WARMUP > 0 )) && warm=(--warm-up-time="${WARMUP}s")
+    log "$name h2c: h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D $DURATION ${warm[*]} --log-file=... $url"
+    if ! run_load $((DURATION + WARMUP + 60)) "$out" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DURATION" \
+            "${warm[@]}" --log-file="$reqlog" "$url"; then
+        NOTE[h2c,$name]="h2load failed: $(grep -v '^progress' "$out" | tail -1)"; return
+    fi
+    if ! grep -q '^Application protocol: h2c' "$out"; then
+        NOTE[h2c,$name]="h2load did not negotiate h2c"; return
+    fi
+    local rps failed non2xx pct
+    rps=$(awk '/^finished in/ {for (i = 1; i <= NF; i++) if ($(i+1) == "req/s,") print $i}' "$out")
+    failed=$(awk '/^requests:/ {print $10 + $12 + $14}' "$out")
+    non2xx=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$out")
+    # h2load only prints min/max/mean/sd; compute nearest-rank p50/p99 from
+    # the per-request log (col 3 = microseconds from request start to end of
+    # response, col 2 = status, -1 for failed streams). The log holds only
+    # requests of the main (post warm-up) phase.
+    pct=$(awk -F'\t' '$2 != -1 {print $3}' "$reqlog" | sort -n | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print ""; exit }
+            i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++; if (i50 < 1) i50 = 1
+            i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++; if (i99 < 1) i99 = 1
+            printf "%.3f %.3f %d\n", v[i50] / 1000, v[i99] / 1000, NR
+        }')
+    if [[ -z "$rps" || -z "$pct" ]]; then
+        NOTE[h2c,$name]="could not parse h2load output"; return
+    fi
+    local p50 p99
+    read -r p50 p99 _ <<<"$pct"
+    RPS[h2c,$name]=$rps
+    P50[h2c,$name]=$p50
+    P99[h2c,$name]=$p99
+    ERRS[h2c,$name]=$(( ${failed:-0} + ${non2xx:-0} ))
+    log "$name h2c: $rps req/s, p50 ${P50[h2c,$name]} ms, p99 ${P99[h2c,$name]} ms, errors ${ERRS[h2c,$name]}"
+    [[ "$KEEP" == 1 ]] || rm -f "$reqlog"
+}
+
+# ---------------------------------------------------------------- targets
+CUR_PID=
+start_target() {
+    local name="$1"
+    CUR_PID=
+    case "$name" in
+        direct)
+            URL_H1[$name]="http://127.0.0.1:$UP_H1_PORT/"
+            URL_H2[$name]="http://127.0.0.1:$UP_H2_PORT/"
+            return 0 ;;
+        nginx)
+            write_nginx_proxy_conf
+            start_bg "$work/nginx/stderr.log" nginx -p "$work/nginx" -e "$work/nginx/error.log" \
+                -c "$work/nginx/nginx.conf" -g 'daemon off;'
+            CUR_PID=$BG_PID
+            URL_H1[$name]="http://127.0.0.1:$NGINX_H1_PORT/"
+            URL_H2[$name]="http://127.0.0.1:$NGINX_H2_PORT/"
+            wait_ready "$CUR_PID" "$NGINX_H1_PORT" && wait_ready "$CUR_PID" "$NGINX_H2_PORT" ;;
+        haproxy)
+            write_haproxy_conf
+            start_bg "$work/haproxy/stderr.log" haproxy -db -f "$work/haproxy/haproxy.cfg"
+            CUR_PID=$BG_PID
+            URL_H1[$name]="http://127.0.0.1:$HAPROXY_PORT/"
+            URL_H2[$name]="http://127.0.0.1:$HAPROXY_PORT/"
+            wait_ready "$CUR_PID" "$HAPROXY_PORT" ;;
+        envoy)
+            [[ -n "${ENVOY_BIN:-}" ]] || { NOTE[all,$name]="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            mkdir -p "$work/envoy"
+            start_bg "$work/envoy/stderr.log" "$ENVOY_BIN" -c "$PROXY_YAML" --disable-hot-restart \
+                --concurrency 1 --use-dynamic-base-id --log-level warn
+            CUR_PID=$BG_PID
+            URL_H1[$name]="http://127.0.0.1:$EL_PORT/"
+            URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
+            wait_ready "$CUR_PID" "$EL_PORT" "$EL_ADMIN_PORT" ;;
+        legate)
+            [[ -x "$LEGATE_BIN" ]] || { NOTE[all,$name]="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
+            mkdir -p "$work/legate"
+            start_bg "$work/legate/stderr.log" "$LEGATE_BIN" -c "$PROXY_YAML" --concurrency 1
+            CUR_PID=$BG_PID
+            URL_H1[$name]="http://127.0.0.1:$EL_PORT/"
+            URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
+            wait_ready "$CUR_PID" "$EL_PORT" "$EL_ADMIN_PORT" ;;
+    esac
+}
+
+stop_target() {
+    [[ -n "$CUR_PID" ]] || return 0
+    stop_pid "$CUR_PID"
+    forget_pid "$CUR_PID"
+    CUR_PID=
+    # Let the listener ports go before the next proxy binds them.
+    local p i
+    for i in $(seq 1 50); do
+        local busy=0
+        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT; do
+            port_open "$p" && busy=1
+        done
+        (( busy )) || break
+        sleep 0.1
+    done
+}
+
+target_log() {
+    case "$1" in
+        nginx) echo "$work/nginx/error.log" ;;
+        *) echo "$work/$1/stderr.log" ;;
+    esac
+}
+
+# Last lines of a target's log, on one line, safe inside a markdown table.
+log_tail() {
+    tail -3 "$(target_log "$1")" 2>/dev/null | tr '\n|`' " /'" | cut -c1-300 | sed 's/ *$//'
+}
+
+bench_target() {
+    local name="$1" proto url
+    log "=== $name"
+    if ! start_target "$name"; then
+        if [[ -z "${NOTE[all,$name]:-}" ]]; then
+            local why="not ready after 30 s" tailtxt
+            if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+                wait "$CUR_PID" 2>/dev/null && why="exited" || why="exited with status $?"
+            fi
+            tailtxt=$(log_tail "$name")
+            NOTE[all,$name]="failed to start ($why)${tailtxt:+: $tailtxt}"
+        fi
+        log "$name: ${NOTE[all,$name]}"
+        stop_target
+        return 0
+    fi
+    for proto in $PROTOCOLS; do
+        if [[ "$proto" == h1 ]]; then url=${URL_H1[$name]}; else url=${URL_H2[$name]}; fi
+        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+            NOTE[$proto,$name]="process exited: $(log_tail "$name")"
+            continue
+        fi
+        if ! check_url "$url" "$proto"; then
+            NOTE[$proto,$name]="sanity request over $proto failed"
+            log "$name: ${NOTE[$proto,$name]}"
+            continue
+        fi
+        case "$proto" in
+            h1) run_wrk "$name" "$url" ;;
+            h2c) run_h2load "$name" "$url" ;;
+        esac
+    done
+    stop_target
+}
+
+# ---------------------------------------------------------------- report
+fmt_ratio() {   # a / b -> "1.23x", or "-" when either is missing
+    [[ -n "$1" && -n "$2" ]] || { echo "-"; return; }
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'
+}
+fmt_rps() { awk -v a="$1" 'BEGIN { printf "%.0f", a }'; }
+fmt_ms()  { awk -v a="$1" 'BEGIN { printf "%.3f", a }'; }
+
+write_table() {
+    local proto="$1" name rps p50 p99 note
+    echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs nginx | p99 vs nginx | req/s vs HAProxy | p99 vs HAProxy | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for name in direct nginx haproxy envoy legate; do
+        rps=${RPS[$proto,$name]:-}
+        if [[ -z "$rps" ]]; then
+            note=${NOTE[all,$name]:-${NOTE[$proto,$name]:-not run}}
+            echo "| $name | $note | | | | | | | |"
+            continue
+        fi
+        p50=${P50[$proto,$name]}; p99=${P99[$proto,$name]}
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+            "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
+            "$(fmt_ratio "$rps" "${RPS[$proto,nginx]:-}")" "$(fmt_ratio "$p99" "${P99[$proto,nginx]:-}")" \
+            "$(fmt_ratio "$rps" "${RPS[$proto,haproxy]:-}")" "$(fmt_ratio "$p99" "${P99[$proto,haproxy]:-}")" \
+            "${ERRS[$proto,$name]:-0}"
+    done
+}
+
+write_report() {
+    local tmp="$RESULTS.tmp.$$" kind
+    if (( DURATION < 10 )); then
+        kind="**SMOKE RUN** (${DURATION}s per measurement, ${WARMUP}s warm-up): numbers are only a check that the harness works, not a benchmark."
+    else
+        kind="Full run (${DURATION}s per measurement, ${WARMUP}s warm-up)."
+    fi
+    {
+        echo "# Proxy benchmark results"
+        echo
+        echo "$kind"
+        echo
+        echo "- Date: $START_DATE"
+        echo "- Command (from the repo root): \`$cmdline\`"
+        echo "- Machine: $(nproc) CPUs, $CPU_MODEL, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
+        echo "- Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews the numbers)"
+        echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
+        echo "- Upstream: nginx (\`worker_processes 1\`) answering \`return 200\` with a 20-byte body. Every proxy talks HTTP/1.1 to it over reused keep-alive connections, for both client protocols; only the direct h2c row talks h2c to the upstream."
+        echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml). No access logs anywhere."
+        echo
+        echo "Tool versions:"
+        echo
+        echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+        echo "- HAProxy: $(haproxy -v 2>&1 | head -1 | sed 's/^HA-*Proxy version //; s/ - https.*//')"
+        echo "- Envoy: ${ENVOY_VERSION_STR:-not available}"
+        echo "- legate: ${LEGATE_VERSION_STR:-not available}"
+        echo "- wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
+        echo "- h2load: $(h2load --version 2>&1 | head -1)"
+        echo
+        if [[ " $PROTOCOLS " == *" h1 "* ]]; then
+            echo "## HTTP/1.1 keep-alive (wrk)"
+            echo
+            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency URL\`, after a ${WARMUP}s warm-up run with the same settings."
+            echo
+            write_table h1
+            echo
+        fi
+        if [[ " $PROTOCOLS " == *" h2c "* ]]; then
+            echo "## HTTP/2 cleartext, prior knowledge (h2load)"
+            echo
+            echo "\`h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D $DURATION --warm-up-time=${WARMUP}s --log-file=FILE URL\` ($((H2_CONNS * H2_STREAMS)) concurrent streams). p50/p99 are nearest-rank percentiles of the per-request times in h2load's \`--log-file\` (h2load itself prints only min/max/mean/sd)."
+            echo
+            write_table h2c
+            echo
+        fi
+        echo "Ratios are relative to the nginx and HAProxy rows of the same table: req/s above 1.00x is more throughput, p99 below 1.00x is lower tail latency. Errors are wrk non-2xx responses plus socket errors, or h2load failed/errored/timed-out requests plus non-2xx responses."
+    } >"$tmp"
+    mv "$tmp" "$RESULTS"
+}
+
+# ---------------------------------------------------------------- main
+START_DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+CPU_MODEL=${CPU_MODEL:-unknown CPU}
+
+ensure_tools
+
+for p in $ALL_PORTS; do
+    if port_open "$p"; then
+        log "port 127.0.0.1:$p is already in use (a leftover run?); stop it first"
+        exit 1
+    fi
+done
+
+if [[ " $TARGETS " == *" envoy "* ]]; then
+    if [[ -z "${ENVOY_BIN:-}" ]]; then
+        ENVOY_BIN=$("$repo_root/tests/envoy/fetch.sh") || { log "fetching Envoy failed"; ENVOY_BIN=; }
+    fi
+    if [[ -n "$ENVOY_BIN" ]]; then
+        ENVOY_VERSION_STR=$("$ENVOY_BIN" --version 2>/dev/null | awk '/version:/ {print $NF}')
+    fi
+fi
+
+if [[ " $TARGETS " == *" legate "* ]]; then
+    want_build=0
+    case "$BUILD_LEGATE" in
+        always) want_build=1 ;;
+        auto) [[ -x "$LEGATE_BIN" ]] || want_build=1 ;;
+        never) ;;
+        *) log "BENCH_BUILD_LEGATE must be auto, always or never"; exit 2 ;;
+    esac
+    if (( want_build )); then
+        if command -v cargo >/dev/null; then
+            log "building legate: cargo build --release -p legate"
+            if ! (cd "$repo_root" && cargo build --release -p legate) >"$work/cargo-build.log" 2>&1; then
+                tail -20 "$work/cargo-build.log" >&2
+                log "legate build failed; legate will be reported as not available"
+                LEGATE_NA="cargo build --release -p legate failed"
+                [[ "$BUILD_LEGATE" == always ]] && LEGATE_BIN=/nonexistent
+            fi
+        else
+            LEGATE_NA="cargo not found and no binary at ${LEGATE_BIN#"$repo_root"/}"
+        fi
+    fi
+    if [[ -x "$LEGATE_BIN" ]]; then
+        LEGATE_VERSION_STR=$(timeout 5 "$LEGATE_BIN" --version 2>/dev/null | head -1 || true)
+        LEGATE_VERSION_STR="${LEGATE_VERSION_STR:-unknown version}, ${LEGATE_BIN#"$repo_root"/} built $(date -u -r "$LEGATE_BIN" '+%Y-%m-%d %H:%M UTC')"
+    fi
+fi
+
+log "scratch dir: $work"
+write_nginx_upstream_conf
+start_bg "$work/upstream/stderr.log" nginx -p "$work/upstream" -e "$work/upstream/error.log" \
+    -c "$work/upstream/nginx.conf" -g 'daemon off;'
+UP_PID=$BG_PID
+if ! wait_ready "$UP_PID" "$UP_H1_PORT" || ! wait_ready "$UP_PID" "$UP_H2_PORT" \
+        || ! check_url "http://127.0.0.1:$UP_H1_PORT/" h1 || ! check_url "http://127.0.0.1:$UP_H2_PORT/" h2c; then
+    log "upstream nginx failed to start:"; cat "$work/upstream/error.log" >&2 || true
+    exit 1
+fi
+
+for t in $TARGETS; do
+    case "$t" in
+        direct|nginx|haproxy|envoy|legate) bench_target "$t" ;;
+        *) log "unknown target '$t' ignored" ;;
+    esac
+done
+
+write_report
+log "wrote ${RESULTS}"
+cat "$RESULTS"

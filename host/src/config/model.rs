@@ -1,0 +1,347 @@
+//! The validated config model. Everything here has been checked; the runtime never
+//! re-validates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use regex::Regex;
+
+use crate::access_log::format::Format;
+
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub node: NodeInfo,
+    pub admin: Option<Admin>,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// The config as given, for `/config_dump`.
+    pub raw: serde_json::Value,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+}
+
+#[derive(Debug)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Prefix of `listener.<prefix>.` stats; Envoy defaults to the address.
+    pub stat_prefix: String,
+    pub filter_chains: Vec<FilterChain>,
+}
+
+#[derive(Debug)]
+pub struct FilterChain {
+    pub destination_port: Option<u16>,
+    pub filters: Vec<NetworkFilter>,
+}
+
+#[derive(Debug)]
+pub enum NetworkFilter {
+    TcpProxy(Arc<TcpProxy>),
+    HttpConnectionManager(Arc<HttpConnectionManager>),
+}
+
+#[derive(Debug, Clone)]
+pub enum ClusterSpecifier {
+    Cluster(String),
+    Header(HeaderName),
+    Weighted(Vec<WeightedCluster>),
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub cluster: ClusterSpecifier,
+    pub idle_timeout: Option<Duration>,
+    pub access_log: Vec<Arc<AccessLog>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub route_config: RouteConfig,
+    pub http_filters: Vec<HttpFilter>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub max_request_headers_kb: u32,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub access_log: Vec<Arc<AccessLog>>,
+    pub upgrade_types: Vec<String>,
+    pub server_name: String,
+}
+
+#[derive(Debug)]
+pub enum HttpFilter {
+    Router,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderMutations {
+    pub request_add: Vec<HeaderValueOption>,
+    pub request_remove: Vec<HeaderName>,
+    pub response_add: Vec<HeaderValueOption>,
+    pub response_remove: Vec<HeaderName>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Prefix(String),
+    Path(String),
+    Regex(Regex),
+    PathSeparatedPrefix(String),
+}
+
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryParameterMatcher>,
+    pub grpc: bool,
+}
+
+#[derive(Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct StringMatcher {
+    pub kind: StringMatch,
+    pub ignore_case: bool,
+}
+
+impl StringMatcher {
+    pub fn matches(&self, s: &str) -> bool {
+        if self.ignore_case {
+            let s = s.to_ascii_lowercase();
+            match &self.kind {
+                StringMatch::Exact(v) => s == v.to_ascii_lowercase(),
+                StringMatch::Prefix(v) => s.starts_with(&v.to_ascii_lowercase()),
+                StringMatch::Suffix(v) => s.ends_with(&v.to_ascii_lowercase()),
+                StringMatch::Contains(v) => s.contains(&v.to_ascii_lowercase()),
+                StringMatch::Regex(r) => full_match(r, &s),
+            }
+        } else {
+            match &self.kind {
+                StringMatch::Exact(v) => s == v,
+                StringMatch::Prefix(v) => s.starts_with(v.as_str()),
+                StringMatch::Suffix(v) => s.ends_with(v.as_str()),
+                StringMatch::Contains(v) => s.contains(v.as_str()),
+                StringMatch::Regex(r) => full_match(r, s),
+            }
+        }
+    }
+}
+
+/// RE2 `FullMatch` semantics, as Envoy's `safe_regex`.
+pub fn full_match(r: &Regex, s: &str) -> bool {
+    r.find(s)
+        .is_some_and(|m| m.start() == 0 && m.end() == s.len())
+}
+
+#[derive(Debug)]
+pub enum HeaderMatch {
+    String(StringMatcher),
+    Present(bool),
+}
+
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    pub name: HeaderName,
+    /// `:path`, `:method`, `:authority`, `:scheme` are matched too.
+    pub pseudo: Option<&'static str>,
+    pub kind: HeaderMatch,
+    pub invert: bool,
+}
+
+#[derive(Debug)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    /// `None` is `present_match`.
+    pub matcher: Option<StringMatcher>,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(ForwardAction),
+    DirectResponse {
+        status: StatusCode,
+        body: Option<bytes::Bytes>,
+    },
+    Redirect(Redirect),
+}
+
+#[derive(Debug)]
+pub enum HostRewrite {
+    None,
+    Literal(http::HeaderValue),
+    Auto,
+}
+
+#[derive(Debug)]
+pub struct ForwardAction {
+    pub cluster: ClusterSpecifier,
+    /// Zero disables the timeout.
+    pub timeout: Duration,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: HostRewrite,
+    pub cluster_not_found_response_code: StatusCode,
+}
+
+#[derive(Debug, Default)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub response_code: u16,
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+#[derive(Debug)]
+pub struct HeaderValueOption {
+    pub name: HeaderName,
+    pub value: Format,
+    pub action: AppendAction,
+    pub keep_empty_value: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum AccessLogSink {
+    File(String),
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug)]
+pub enum AccessLogFormat {
+    Text(Format),
+    /// Keys in config order; values are formats (nested objects flattened by path).
+    Json(Vec<(String, JsonFormatValue)>),
+}
+
+#[derive(Debug)]
+pub enum JsonFormatValue {
+    Format(Format),
+    Object(Vec<(String, JsonFormatValue)>),
+}
+
+#[derive(Debug)]
+pub struct AccessLog {
+    pub sink: AccessLogSink,
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub enum EndpointAddress {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub address: EndpointAddress,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub kind: DiscoveryType,
+    pub connect_timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+    pub http2: bool,
+    pub dns_refresh_rate: Duration,
+    pub dns_lookup_family: DnsLookupFamily,
+}

@@ -1,0 +1,322 @@
+//! Clusters and their endpoints.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::model::*;
+use super::walk::Field;
+use super::{names, typed_config};
+
+pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
+    let mut o = f.obj()?.unsupported(&[
+        "eds_cluster_config",
+        "cluster_type",
+        "circuit_breakers",
+        "outlier_detection",
+        "health_checks",
+        "transport_socket",
+        "transport_socket_matches",
+        "common_lb_config",
+        "ring_hash_lb_config",
+        "maglev_lb_config",
+        "least_request_lb_config",
+        "round_robin_lb_config",
+        "load_balancing_policy",
+        "upstream_connection_options",
+        "per_connection_buffer_limit_bytes",
+        "max_requests_per_connection",
+        "common_http_protocol_options",
+        "http_protocol_options",
+        "upstream_http_protocol_options",
+        "dns_resolvers",
+        "dns_resolution_config",
+        "typed_dns_resolver_config",
+        "use_tcp_for_dns_lookups",
+        "respect_dns_ttl",
+        "dns_failure_refresh_rate",
+        "dns_jitter",
+        "wait_for_warm_on_init",
+        "cleanup_interval",
+        "upstream_bind_config",
+        "lb_subset_config",
+        "metadata",
+        "protocol_selection",
+        "close_connections_on_host_health_failure",
+        "ignore_health_on_host_removal",
+        "filters",
+        "track_timeout_budgets",
+        "track_cluster_stats",
+        "preconnect_policy",
+        "connection_pool_per_downstream_connection",
+        "alt_stat_name",
+        "lrs_server",
+        "lrs_report_endpoint_metrics",
+        "upstream_config",
+        "hosts",
+    ]);
+    let name = o.req("name").and_then(|g| g.str());
+    let kind = o
+        .get("type")
+        .and_then(|g| {
+            g.enumeration(
+                &["STATIC", "STRICT_DNS", "LOGICAL_DNS"],
+                &["EDS", "ORIGINAL_DST"],
+            )
+        })
+        .map(|t| match t {
+            "STRICT_DNS" => DiscoveryType::StrictDns,
+            "LOGICAL_DNS" => DiscoveryType::LogicalDns,
+            _ => DiscoveryType::Static,
+        })
+        .unwrap_or(DiscoveryType::Static);
+    let connect_timeout = o
+        .get("connect_timeout")
+        .and_then(|g| g.duration())
+        .unwrap_or(Duration::from_secs(5));
+    if let Some(g) = o.get("lb_policy") {
+        g.enumeration(
+            &["ROUND_ROBIN"],
+            &[
+                "LEAST_REQUEST",
+                "RANDOM",
+                "RING_HASH",
+                "MAGLEV",
+                "CLUSTER_PROVIDED",
+                "LOAD_BALANCING_POLICY_CONFIG",
+            ],
+        );
+    }
+    let dns_refresh_rate = o
+        .get("dns_refresh_rate")
+        .and_then(|g| g.duration())
+        .unwrap_or(Duration::from_secs(5));
+    let dns_lookup_family = o
+        .get("dns_lookup_family")
+        .and_then(|g| g.enumeration(&["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"], &[]))
+        .map(|v| match v {
+            "V4_ONLY" => DnsLookupFamily::V4Only,
+            "V6_ONLY" => DnsLookupFamily::V6Only,
+            "V4_PREFERRED" => DnsLookupFamily::V4Preferred,
+            "ALL" => DnsLookupFamily::All,
+            _ => DnsLookupFamily::Auto,
+        })
+        .unwrap_or(DnsLookupFamily::Auto);
+    let mut http2 = false;
+    if let Some(g) = o.get("http2_protocol_options") {
+        http2_options(&g);
+        http2 = true;
+    }
+    if let Some(g) = o.get("typed_extension_protocol_options") {
+        for (key, v) in g.map_entries() {
+            if key != names::HTTP_PROTOCOL_OPTIONS {
+                v.error(format!(
+                    "unsupported protocol options \"{key}\" (supported: {})",
+                    names::HTTP_PROTOCOL_OPTIONS
+                ));
+                continue;
+            }
+            if let Some(h2) = http_protocol_options(&v) {
+                http2 |= h2;
+            }
+        }
+    }
+    let endpoints = o
+        .get("load_assignment")
+        .and_then(|g| load_assignment(&g, kind))
+        .unwrap_or_default();
+    o.finish();
+    if kind == DiscoveryType::LogicalDns && endpoints.len() > 1 {
+        f.error("LOGICAL_DNS clusters must have exactly one endpoint");
+    }
+    Some(Cluster {
+        name: name?,
+        kind,
+        connect_timeout,
+        endpoints,
+        http2,
+        dns_refresh_rate,
+        dns_lookup_family,
+    })
+}
+
+fn http2_options(f: &Field<'_>) {
+    if let Some(o) = f.obj() {
+        // Every tuning knob of Http2ProtocolOptions is refused rather than ignored.
+        o.unsupported(&[
+            "hpack_table_size",
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+            "allow_connect",
+            "allow_metadata",
+            "max_outbound_frames",
+            "max_outbound_control_frames",
+            "max_consecutive_inbound_frames_with_empty_payload",
+            "max_inbound_priority_frames_per_stream",
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            "stream_error_on_invalid_http_messaging",
+            "override_stream_error_on_invalid_http_message",
+            "custom_settings_parameters",
+            "connection_keepalive",
+            "use_oghttp2_codec",
+            "max_metadata_size",
+        ])
+        .finish();
+    }
+}
+
+/// Returns whether HTTP/2 is selected.
+fn http_protocol_options(f: &Field<'_>) -> Option<bool> {
+    let tc = typed_config(f)?;
+    if tc.type_url != names::HTTP_PROTOCOL_OPTIONS_TYPE {
+        f.error(format!(
+            "expected \"@type\" {}, found \"{}\"",
+            names::HTTP_PROTOCOL_OPTIONS_TYPE,
+            tc.type_url
+        ));
+        return None;
+    }
+    let mut o = tc.obj.unsupported(&[
+        "common_http_protocol_options",
+        "upstream_http_protocol_options",
+        "use_downstream_protocol_config",
+        "auto_config",
+        "http_filters",
+        "header_validation_config",
+        "outlier_detection",
+    ]);
+    let explicit = o.req("explicit_http_config");
+    o.finish();
+    let mut e = explicit?.obj()?;
+    let choice = e.one_of(&[
+        "http_protocol_options",
+        "http2_protocol_options",
+        "http3_protocol_options",
+    ]);
+    e.finish();
+    match choice {
+        Some(("http2_protocol_options", g)) => {
+            http2_options(&g);
+            Some(true)
+        }
+        Some(("http_protocol_options", g)) => {
+            if let Some(o) = g.obj() {
+                o.unsupported(&[
+                    "allow_absolute_url",
+                    "accept_http_10",
+                    "default_host_for_http_10",
+                    "header_key_format",
+                    "enable_trailers",
+                    "allow_chunked_length",
+                    "override_stream_error_on_invalid_http_message",
+                    "send_fully_qualified_url",
+                    "use_balsa_parser",
+                    "allow_custom_methods",
+                ])
+                .finish();
+            }
+            Some(false)
+        }
+        Some((_, g)) => {
+            g.error("HTTP/3 upstreams are not supported by legate");
+            None
+        }
+        None => None,
+    }
+}
+
+fn load_assignment(f: &Field<'_>, kind: DiscoveryType) -> Option<Vec<Endpoint>> {
+    let mut o = f.obj()?.unsupported(&["policy", "named_endpoints"]);
+    let _ = o.get("cluster_name").and_then(|g| g.str());
+    let mut out = Vec::new();
+    if let Some(eps) = o.get("endpoints") {
+        for loc in eps.seq() {
+            let Some(lo) = loc.obj() else { continue };
+            let mut lo = lo.unsupported(&[
+                "priority",
+                "load_balancing_weight",
+                "metadata",
+                "leds_cluster_locality_config",
+                "proximity",
+            ]);
+            if let Some(l) = lo.get("locality") {
+                if let Some(lm) = l.obj() {
+                    let mut lm = lm;
+                    let _ = lm.get("region");
+                    let _ = lm.get("zone");
+                    let _ = lm.get("sub_zone");
+                    lm.finish();
+                }
+            }
+            if let Some(lbs) = lo.get("lb_endpoints") {
+                for lb in lbs.seq() {
+                    if let Some(ep) = lb_endpoint(&lb, kind) {
+                        out.push(ep);
+                    }
+                }
+            }
+            lo.finish();
+        }
+    }
+    o.finish();
+    Some(out)
+}
+
+fn lb_endpoint(f: &Field<'_>, kind: DiscoveryType) -> Option<Endpoint> {
+    let mut o = f
+        .obj()?
+        .unsupported(&["health_status", "metadata", "endpoint_name"]);
+    let weight = match o.get("load_balancing_weight") {
+        Some(g) => match g.u32() {
+            Some(0) => {
+                g.error("load_balancing_weight must be at least 1");
+                None
+            }
+            w => w,
+        },
+        None => Some(1),
+    };
+    let ep = o.req("endpoint");
+    o.finish();
+    let mut e = ep?
+        .obj()?
+        .unsupported(&["health_check_config", "additional_addresses"]);
+    let _ = e.get("hostname").and_then(|g| g.str());
+    let addr = e.req("address");
+    e.finish();
+    let address = endpoint_address(&addr?, kind)?;
+    Some(Endpoint {
+        address,
+        weight: weight?,
+    })
+}
+
+fn endpoint_address(f: &Field<'_>, kind: DiscoveryType) -> Option<EndpointAddress> {
+    let mut o = f.obj()?.unsupported(&["pipe", "envoy_internal_address"]);
+    let sa = o.req("socket_address");
+    o.finish();
+    let mut s = sa?
+        .obj()?
+        .unsupported(&["named_port", "resolver_name", "ipv4_compat"]);
+    let addr = s.req("address");
+    let port = s
+        .req("port_value")
+        .and_then(|g| g.int::<u16>("a port number (0-65535)"));
+    if let Some(p) = s.get("protocol") {
+        p.enumeration(&["TCP"], &["UDP"]);
+    }
+    s.finish();
+    let addr_field = addr?;
+    let host = addr_field.str()?;
+    let port = port?;
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Some(EndpointAddress::Ip(SocketAddr::new(ip, port))),
+        Err(_) if kind != DiscoveryType::Static => Some(EndpointAddress::Dns { host, port }),
+        Err(_) => {
+            addr_field.error(format!(
+                "\"{host}\" is not an IP address; STATIC clusters need IPs (use type: STRICT_DNS or LOGICAL_DNS for hostnames)"
+            ));
+            None
+        }
+    }
+}

@@ -1,0 +1,870 @@
+//! The HTTP connection manager, its filters and the route config.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
+
+use super::model::*;
+use super::parse_listener::{access_logs, filter_entry, unknown_http_filter, weighted_clusters};
+use super::walk::{Field, Obj};
+use super::{ClusterRef, names};
+use crate::access_log::format::Format;
+
+pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConnectionManager> {
+    o = o.unsupported(&[
+        "rds",
+        "scoped_routes",
+        "tracing",
+        "common_http_protocol_options",
+        "http_protocol_options",
+        "http2_protocol_options",
+        "http3_protocol_options",
+        "server_header_transformation",
+        "scheme_header_transformation",
+        "max_request_headers_count",
+        "request_headers_timeout",
+        "drain_timeout",
+        "delayed_close_timeout",
+        "local_reply_config",
+        "internal_address_config",
+        "skip_xff_append",
+        "via",
+        "forward_client_cert_details",
+        "set_current_client_cert_details",
+        "proxy_100_continue",
+        "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+        "normalize_path",
+        "merge_slashes",
+        "path_with_escaped_slashes_action",
+        "request_id_extension",
+        "always_set_request_id_in_response",
+        "strip_matching_host_port",
+        "strip_any_host_port",
+        "stream_error_on_invalid_http_message",
+        "original_ip_detection_extensions",
+        "early_header_mutation_extensions",
+        "typed_header_validation_config",
+        "append_x_forwarded_port",
+        "add_proxy_protocol_connection_state",
+        "access_log_options",
+        "user_agent",
+        "strip_trailing_host_dot",
+        "proxy_status_config",
+        "max_stream_duration",
+        "append_local_overload",
+    ]);
+    let stat_prefix = o.req("stat_prefix").and_then(|g| g.str());
+    let codec = o
+        .get("codec_type")
+        .and_then(|g| g.enumeration(&["AUTO", "HTTP1", "HTTP2"], &["HTTP3"]))
+        .map(|c| match c {
+            "HTTP1" => Codec::Http1,
+            "HTTP2" => Codec::Http2,
+            _ => Codec::Auto,
+        })
+        .unwrap_or(Codec::Auto);
+    let route_config = o.req("route_config").and_then(|g| route_config(&g, refs));
+    let mut http_filters = Vec::new();
+    if let Some(hf) = o.get("http_filters") {
+        let items = hf.seq();
+        let n = items.len();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(f) = http_filter(item) {
+                let terminal = matches!(f, HttpFilter::Router);
+                if terminal && i + 1 != n {
+                    item.error(
+                        "envoy.filters.http.router is terminal and must be the last HTTP filter",
+                    );
+                }
+                http_filters.push(f);
+            }
+        }
+        if !matches!(http_filters.last(), Some(HttpFilter::Router)) && n > 0 {
+            hf.error("the last HTTP filter must be envoy.filters.http.router");
+        }
+    }
+    if http_filters.is_empty() && !o.has("http_filters") {
+        // Envoy requires the router to be configured; say so clearly.
+        o.error("missing required field \"http_filters\" (add envoy.filters.http.router)");
+    }
+    let stream_idle_timeout = match o.get("stream_idle_timeout") {
+        Some(g) => g.duration().filter(|d| !d.is_zero()),
+        None => Some(Duration::from_secs(300)),
+    };
+    let request_timeout = o
+        .get("request_timeout")
+        .and_then(|g| g.duration())
+        .filter(|d| !d.is_zero());
+    let max_request_headers_kb = match o.get("max_request_headers_kb") {
+        Some(g) => match g.u32() {
+            Some(v) if (1..=8192).contains(&v) => Some(v),
+            Some(_) => {
+                g.error("max_request_headers_kb must be between 1 and 8192");
+                None
+            }
+            None => None,
+        },
+        None => Some(60),
+    };
+    let use_remote_address = o
+        .get("use_remote_address")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
+    let xff_num_trusted_hops = o
+        .get("xff_num_trusted_hops")
+        .and_then(|g| g.u32())
+        .unwrap_or(0);
+    let generate_request_id = o
+        .get("generate_request_id")
+        .and_then(|g| g.bool())
+        .unwrap_or(true);
+    let preserve_external_request_id = o
+        .get("preserve_external_request_id")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
+    let access_log = o
+        .get("access_log")
+        .map(|g| access_logs(&g))
+        .unwrap_or_default();
+    let mut upgrade_types = Vec::new();
+    if let Some(u) = o.get("upgrade_configs") {
+        for item in u.seq() {
+            let Some(uo) = item.obj() else { continue };
+            let mut uo = uo.unsupported(&["filters"]);
+            let t = uo.req("upgrade_type").and_then(|g| g.str());
+            let enabled = uo.get("enabled").and_then(|g| g.bool()).unwrap_or(true);
+            uo.finish();
+            if let Some(t) = t
+                && enabled
+            {
+                upgrade_types.push(t.to_ascii_lowercase());
+            }
+        }
+    }
+    let server_name = o
+        .get("server_name")
+        .and_then(|g| g.str())
+        .unwrap_or_else(|| "legate".to_string());
+    o.finish();
+    Some(HttpConnectionManager {
+        stat_prefix: stat_prefix?,
+        codec,
+        route_config: route_config?,
+        http_filters,
+        stream_idle_timeout,
+        request_timeout,
+        max_request_headers_kb: max_request_headers_kb?,
+        use_remote_address,
+        xff_num_trusted_hops,
+        generate_request_id,
+        preserve_external_request_id,
+        access_log,
+        upgrade_types,
+        server_name,
+    })
+}
+
+fn http_filter(f: &Field<'_>) -> Option<HttpFilter> {
+    let (name, tc, at) = filter_entry(f, "HTTP")?;
+    match name.as_str() {
+        names::ROUTER => {
+            if let Some(tc) = tc {
+                if tc.type_url != names::ROUTER_TYPE {
+                    at.error(format!(
+                        "expected \"@type\" {}, found \"{}\"",
+                        names::ROUTER_TYPE,
+                        tc.type_url
+                    ));
+                }
+                let o = tc.obj.unsupported(&[
+                    "dynamic_stats",
+                    "start_child_span",
+                    "upstream_log",
+                    "upstream_log_options",
+                    "suppress_envoy_headers",
+                    "strict_check_headers",
+                    "respect_expected_rq_timeout",
+                    "suppress_grpc_request_failure_code_stats",
+                    "upstream_http_filters",
+                ]);
+                o.finish();
+            }
+            Some(HttpFilter::Router)
+        }
+        other => {
+            unknown_http_filter(&at, other);
+            None
+        }
+    }
+}
+
+fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig> {
+    let mut o = f.obj()?.unsupported(&[
+        "vhds",
+        "internal_only_headers",
+        "most_specific_header_mutations_wins",
+        "max_direct_response_body_size_bytes",
+        "cluster_specifier_plugins",
+        "request_mirror_policies",
+        "ignore_port_in_host_matching",
+        "ignore_path_parameters_in_path_matching",
+        "typed_per_filter_config",
+        "metadata",
+    ]);
+    let name = o.get("name").and_then(|g| g.str()).unwrap_or_default();
+    let validate = o
+        .get("validate_clusters")
+        .and_then(|g| g.bool())
+        .unwrap_or(true);
+    let mut local_refs = Vec::new();
+    let mut virtual_hosts = Vec::new();
+    if let Some(vh) = o.get("virtual_hosts") {
+        for item in vh.seq() {
+            if let Some(v) = virtual_host(&item, &mut local_refs) {
+                virtual_hosts.push(v);
+            }
+        }
+    }
+    let headers = header_mutations(&mut o);
+    o.finish();
+    if validate {
+        refs.extend(local_refs);
+    }
+    Some(RouteConfig {
+        name,
+        virtual_hosts,
+        headers,
+    })
+}
+
+fn header_mutations(o: &mut Obj<'_>) -> HeaderMutations {
+    let mut h = HeaderMutations::default();
+    if let Some(g) = o.get("request_headers_to_add") {
+        h.request_add = header_value_options(&g);
+    }
+    if let Some(g) = o.get("request_headers_to_remove") {
+        h.request_remove = header_names(&g);
+    }
+    if let Some(g) = o.get("response_headers_to_add") {
+        h.response_add = header_value_options(&g);
+    }
+    if let Some(g) = o.get("response_headers_to_remove") {
+        h.response_remove = header_names(&g);
+    }
+    h
+}
+
+fn header_name(f: &Field<'_>) -> Option<HeaderName> {
+    let s = f.str()?;
+    match HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            f.error(format!("invalid header name \"{s}\""));
+            None
+        }
+    }
+}
+
+fn header_names(f: &Field<'_>) -> Vec<HeaderName> {
+    f.seq().iter().filter_map(header_name).collect()
+}
+
+fn header_value_options(f: &Field<'_>) -> Vec<HeaderValueOption> {
+    f.seq().iter().filter_map(header_value_option).collect()
+}
+
+fn header_value_option(f: &Field<'_>) -> Option<HeaderValueOption> {
+    let mut o = f.obj()?;
+    let header = o.req("header");
+    let append = o.get("append");
+    let append_action = o.get("append_action");
+    let keep_empty_value = o
+        .get("keep_empty_value")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
+    o.finish();
+    let mut action = AppendAction::AppendIfExistsOrAdd;
+    if let Some(a) = append_action {
+        if append.is_some() {
+            a.error("only one of \"append\" and \"append_action\" may be set");
+        }
+        action = match a.enumeration(
+            &[
+                "APPEND_IF_EXISTS_OR_ADD",
+                "ADD_IF_ABSENT",
+                "OVERWRITE_IF_EXISTS_OR_ADD",
+                "OVERWRITE_IF_EXISTS",
+            ],
+            &[],
+        )? {
+            "ADD_IF_ABSENT" => AppendAction::AddIfAbsent,
+            "OVERWRITE_IF_EXISTS_OR_ADD" => AppendAction::OverwriteIfExistsOrAdd,
+            "OVERWRITE_IF_EXISTS" => AppendAction::OverwriteIfExists,
+            _ => AppendAction::AppendIfExistsOrAdd,
+        };
+    } else if let Some(a) = append
+        && a.bool() == Some(false)
+    {
+        action = AppendAction::OverwriteIfExistsOrAdd;
+    }
+    let header = header?;
+    let mut h = header.obj()?.unsupported(&["raw_value"]);
+    let key = h.req("key");
+    let value = h.get("value").and_then(|g| g.str()).unwrap_or_default();
+    h.finish();
+    let key = key?;
+    let name = header_name(&key)?;
+    if name.as_str().starts_with(':') || name == http::header::HOST {
+        key.error(format!("header \"{name}\" cannot be modified"));
+        return None;
+    }
+    let value = match Format::parse(&value) {
+        Ok(v) => v,
+        Err(e) => {
+            header.error(e);
+            return None;
+        }
+    };
+    Some(HeaderValueOption {
+        name,
+        value,
+        action,
+        keep_empty_value,
+    })
+}
+
+fn virtual_host(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<VirtualHost> {
+    let mut o = f.obj()?.unsupported(&[
+        "require_tls",
+        "virtual_clusters",
+        "rate_limits",
+        "cors",
+        "typed_per_filter_config",
+        "include_request_attempt_count",
+        "include_attempt_count_in_response",
+        "retry_policy",
+        "retry_policy_typed_config",
+        "hedge_policy",
+        "per_request_buffer_limit_bytes",
+        "request_mirror_policies",
+        "matcher",
+        "metadata",
+        "include_is_timeout_retry_header",
+        "request_body_buffer_limit",
+    ]);
+    let name = o.req("name").and_then(|g| g.str());
+    let mut domains = Vec::new();
+    if let Some(d) = o.req("domains") {
+        for item in d.seq() {
+            if let Some(s) = item.str() {
+                if s.is_empty() {
+                    item.error("a domain must not be empty");
+                } else if s != "*" && s[1..s.len().saturating_sub(1)].contains('*') {
+                    item.error(format!(
+                        "domain \"{s}\": wildcards are only allowed as a prefix (*.example.com), a suffix (example.*) or alone (*)"
+                    ));
+                }
+                domains.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    let mut routes = Vec::new();
+    if let Some(r) = o.get("routes") {
+        for item in r.seq() {
+            if let Some(route) = route(&item, refs) {
+                routes.push(route);
+            }
+        }
+    }
+    let headers = header_mutations(&mut o);
+    o.finish();
+    Some(VirtualHost {
+        name: name?,
+        domains,
+        routes,
+        headers,
+    })
+}
+
+fn route(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<Route> {
+    let mut o = f.obj()?.unsupported(&[
+        "metadata",
+        "decorator",
+        "typed_per_filter_config",
+        "tracing",
+        "per_request_buffer_limit_bytes",
+        "stat_prefix",
+        "filter_action",
+        "non_forwarding_action",
+        "request_body_buffer_limit",
+    ]);
+    let name = o.get("name").and_then(|g| g.str()).unwrap_or_default();
+    let matcher = o.req("match").and_then(|g| route_match(&g));
+    let action = match o.one_of(&["route", "direct_response", "redirect"]) {
+        Some(("route", g)) => forward_action(&g, refs).map(RouteAction::Forward),
+        Some(("direct_response", g)) => direct_response(&g),
+        Some((_, g)) => redirect(&g).map(RouteAction::Redirect),
+        None => {
+            o.error("one of \"route\", \"redirect\" or \"direct_response\" is required");
+            None
+        }
+    };
+    let headers = header_mutations(&mut o);
+    o.finish();
+    Some(Route {
+        name,
+        matcher: matcher?,
+        action: action?,
+        headers,
+    })
+}
+
+fn regex(f: &Field<'_>) -> Option<Regex> {
+    let mut o = f.obj()?;
+    let r = o.req("regex");
+    if let Some(g) = o.get("google_re2") {
+        let _ = g
+            .obj()
+            .map(|o| o.unsupported(&["max_program_size"]).finish());
+    }
+    o.finish();
+    let r = r?;
+    let text = r.str()?;
+    match Regex::new(&text) {
+        Ok(re) => Some(re),
+        Err(e) => {
+            r.error(format!("invalid regex: {e}"));
+            None
+        }
+    }
+}
+
+fn route_match(f: &Field<'_>) -> Option<RouteMatch> {
+    let mut o = f.obj()?.unsupported(&[
+        "connect_matcher",
+        "path_match_policy",
+        "runtime_fraction",
+        "tls_context",
+        "dynamic_metadata",
+        "filter_state",
+        "cel_expr",
+    ]);
+    let path = match o.one_of(&["prefix", "path", "safe_regex", "path_separated_prefix"]) {
+        Some(("prefix", g)) => g.str().map(PathMatch::Prefix),
+        Some(("path", g)) => g.str().map(PathMatch::Path),
+        Some(("safe_regex", g)) => regex(&g).map(PathMatch::Regex),
+        Some((_, g)) => g.str().and_then(|s| {
+            if !s.starts_with('/') || (s.len() > 1 && s.ends_with('/')) || s.contains(['?', '#']) {
+                g.error("path_separated_prefix must start with '/', must not end with '/' and must not contain '?' or '#'");
+                None
+            } else {
+                Some(PathMatch::PathSeparatedPrefix(s))
+            }
+        }),
+        None => {
+            o.error("one of \"prefix\", \"path\", \"safe_regex\" or \"path_separated_prefix\" is required");
+            None
+        }
+    };
+    let case_sensitive = o
+        .get("case_sensitive")
+        .and_then(|g| g.bool())
+        .unwrap_or(true);
+    let headers = o
+        .get("headers")
+        .map(|g| g.seq().iter().filter_map(header_matcher).collect())
+        .unwrap_or_default();
+    let query_parameters = o
+        .get("query_parameters")
+        .map(|g| g.seq().iter().filter_map(query_matcher).collect())
+        .unwrap_or_default();
+    let grpc = match o.get("grpc") {
+        Some(g) => {
+            if let Some(go) = g.obj() {
+                go.finish();
+            }
+            true
+        }
+        None => o.has("grpc"),
+    };
+    o.finish();
+    Some(RouteMatch {
+        path: path?,
+        case_sensitive,
+        headers,
+        query_parameters,
+        grpc,
+    })
+}
+
+fn string_matcher(f: &Field<'_>) -> Option<StringMatcher> {
+    let mut o = f.obj()?;
+    let kind = match o.one_of(&["exact", "prefix", "suffix", "contains", "safe_regex"]) {
+        Some(("exact", g)) => g.str().map(StringMatch::Exact),
+        Some(("prefix", g)) => g.str().map(StringMatch::Prefix),
+        Some(("suffix", g)) => g.str().map(StringMatch::Suffix),
+        Some(("contains", g)) => g.str().map(StringMatch::Contains),
+        Some((_, g)) => regex(&g).map(StringMatch::Regex),
+        None => {
+            o.error("one of \"exact\", \"prefix\", \"suffix\", \"contains\" or \"safe_regex\" is required");
+            None
+        }
+    };
+    let ignore_case = o.get("ignore_case").and_then(|g| g.bool()).unwrap_or(false);
+    o.finish();
+    Some(StringMatcher {
+        kind: kind?,
+        ignore_case,
+    })
+}
+
+fn header_matcher(f: &Field<'_>) -> Option<HeaderMatcher> {
+    let mut o = f
+        .obj()?
+        .unsupported(&["range_match", "treat_missing_header_as_empty"]);
+    let name = o.req("name");
+    let kind = match o.one_of(&[
+        "string_match",
+        "exact_match",
+        "safe_regex_match",
+        "prefix_match",
+        "suffix_match",
+        "contains_match",
+        "present_match",
+    ]) {
+        Some(("string_match", g)) => string_matcher(&g).map(HeaderMatch::String),
+        Some(("present_match", g)) => g.bool().map(HeaderMatch::Present),
+        Some(("safe_regex_match", g)) => regex(&g).map(|r| {
+            HeaderMatch::String(StringMatcher {
+                kind: StringMatch::Regex(r),
+                ignore_case: false,
+            })
+        }),
+        Some((k, g)) => g.str().map(|s| {
+            let kind = match k {
+                "exact_match" => StringMatch::Exact(s),
+                "prefix_match" => StringMatch::Prefix(s),
+                "suffix_match" => StringMatch::Suffix(s),
+                _ => StringMatch::Contains(s),
+            };
+            HeaderMatch::String(StringMatcher {
+                kind,
+                ignore_case: false,
+            })
+        }),
+        // Envoy: no match specifier means "present".
+        None => Some(HeaderMatch::Present(true)),
+    };
+    let invert = o
+        .get("invert_match")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
+    o.finish();
+    let name_field = name?;
+    let raw = name_field.str()?.to_ascii_lowercase();
+    let pseudo = match raw.as_str() {
+        ":path" => Some(":path"),
+        ":method" => Some(":method"),
+        ":authority" => Some(":authority"),
+        ":scheme" => Some(":scheme"),
+        s if s.starts_with(':') => {
+            name_field.error(format!("unsupported pseudo-header \"{s}\""));
+            return None;
+        }
+        _ => None,
+    };
+    let name = if pseudo.is_some() {
+        http::header::HOST
+    } else {
+        header_name(&name_field)?
+    };
+    Some(HeaderMatcher {
+        name,
+        pseudo,
+        kind: kind?,
+        invert,
+    })
+}
+
+fn query_matcher(f: &Field<'_>) -> Option<QueryParameterMatcher> {
+    let mut o = f.obj()?;
+    let name = o.req("name").and_then(|g| g.str());
+    let matcher = match o.one_of(&["string_match", "present_match"]) {
+        Some(("string_match", g)) => Some(string_matcher(&g)),
+        Some((_, g)) => {
+            if g.bool() == Some(false) {
+                g.error("present_match: false is not meaningful; omit the matcher");
+            }
+            None
+        }
+        None => None,
+    };
+    o.finish();
+    let matcher = match matcher {
+        Some(m) => Some(m?),
+        None => None,
+    };
+    Some(QueryParameterMatcher {
+        name: name?,
+        matcher,
+    })
+}
+
+fn forward_action(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<ForwardAction> {
+    let mut o = f.obj()?.unsupported(&[
+        "cluster_specifier_plugin",
+        "inline_cluster_specifier_plugin",
+        "metadata_match",
+        "path_rewrite_policy",
+        "host_rewrite_header",
+        "host_rewrite_path_regex",
+        "append_x_forwarded_host",
+        "idle_timeout",
+        "early_data_policy",
+        "retry_policy",
+        "retry_policy_typed_config",
+        "request_mirror_policies",
+        "priority",
+        "rate_limits",
+        "include_vh_rate_limits",
+        "hash_policy",
+        "cors",
+        "max_grpc_timeout",
+        "grpc_timeout_offset",
+        "upgrade_configs",
+        "internal_redirect_policy",
+        "internal_redirect_action",
+        "max_internal_redirects",
+        "hedge_policy",
+        "max_stream_duration",
+        "auto_host_rewrite_header",
+        "host_rewrite_path_regex",
+    ]);
+    let cluster = match o.one_of(&["cluster", "cluster_header", "weighted_clusters"]) {
+        Some(("cluster", g)) => g.str().map(|name| {
+            refs.push(ClusterRef {
+                name: name.clone(),
+                path: g.path().to_string(),
+                pos: g.pos(),
+            });
+            ClusterSpecifier::Cluster(name)
+        }),
+        Some(("cluster_header", g)) => header_name(&g).map(ClusterSpecifier::Header),
+        Some((_, g)) => weighted_clusters(&g, refs, true),
+        None => {
+            o.error("one of \"cluster\", \"cluster_header\" or \"weighted_clusters\" is required");
+            None
+        }
+    };
+    let timeout = o
+        .get("timeout")
+        .map(|g| g.duration())
+        .unwrap_or(Some(Duration::from_secs(15)));
+    let prefix_rewrite = o.get("prefix_rewrite").and_then(|g| g.str());
+    let regex_rewrite = match o.get("regex_rewrite") {
+        Some(g) => {
+            let mut ro = g.obj()?;
+            let pattern = ro.req("pattern").and_then(|p| regex(&p));
+            let sub = ro.req("substitution").and_then(|s| s.str());
+            ro.finish();
+            // RE2 substitutions use \1; the regex crate uses ${1}.
+            Some((pattern?, re2_substitution(&sub?)))
+        }
+        None => None,
+    };
+    if prefix_rewrite.is_some() && regex_rewrite.is_some() {
+        o.error("only one of \"prefix_rewrite\" and \"regex_rewrite\" may be set");
+    }
+    let host_rewrite = match o.one_of(&["host_rewrite_literal", "auto_host_rewrite"]) {
+        Some(("host_rewrite_literal", g)) => {
+            let s = g.str()?;
+            match HeaderValue::from_str(&s) {
+                Ok(v) => HostRewrite::Literal(v),
+                Err(_) => {
+                    g.error("invalid host");
+                    return None;
+                }
+            }
+        }
+        Some((_, g)) => {
+            if g.bool() == Some(true) {
+                HostRewrite::Auto
+            } else {
+                HostRewrite::None
+            }
+        }
+        None => HostRewrite::None,
+    };
+    let cluster_not_found_response_code = o
+        .get("cluster_not_found_response_code")
+        .and_then(|g| {
+            g.enumeration(
+                &["SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR"],
+                &[],
+            )
+        })
+        .map(|c| match c {
+            "NOT_FOUND" => StatusCode::NOT_FOUND,
+            "INTERNAL_SERVER_ERROR" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        })
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    o.finish();
+    Some(ForwardAction {
+        cluster: cluster?,
+        timeout: timeout?,
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite,
+        cluster_not_found_response_code,
+    })
+}
+
+fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn direct_response(f: &Field<'_>) -> Option<RouteAction> {
+    let mut o = f.obj()?;
+    let status = o.req("status").and_then(|g| {
+        let v = g.u32()?;
+        match StatusCode::from_u16(v as u16) {
+            Ok(s) if (200..600).contains(&v) => Some(s),
+            _ => {
+                g.error("status must be between 200 and 599");
+                None
+            }
+        }
+    });
+    let body = match o.get("body") {
+        Some(g) => {
+            let mut b = g.obj()?.unsupported(&["filename", "environment_variable"]);
+            let v = match b.one_of(&["inline_string", "inline_bytes"]) {
+                Some(("inline_string", s)) => s.str().map(bytes::Bytes::from),
+                Some((_, s)) => s.str().and_then(|t| match base64_decode(&t) {
+                    Some(v) => Some(bytes::Bytes::from(v)),
+                    None => {
+                        s.error("inline_bytes must be base64");
+                        None
+                    }
+                }),
+                None => Some(bytes::Bytes::new()),
+            };
+            b.finish();
+            Some(v?)
+        }
+        None => None,
+    };
+    o.finish();
+    Some(RouteAction::DirectResponse {
+        status: status?,
+        body,
+    })
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn redirect(f: &Field<'_>) -> Option<Redirect> {
+    let mut o = f.obj()?.unsupported(&["regex_rewrite"]);
+    let mut r = Redirect {
+        response_code: 301,
+        ..Default::default()
+    };
+    match o.one_of(&["scheme_redirect", "https_redirect"]) {
+        Some(("scheme_redirect", g)) => r.scheme = g.str().map(|s| s.to_ascii_lowercase()),
+        Some((_, g)) => {
+            if g.bool() == Some(true) {
+                r.scheme = Some("https".into());
+            }
+        }
+        None => {}
+    }
+    r.host = o.get("host_redirect").and_then(|g| g.str());
+    r.port = o
+        .get("port_redirect")
+        .and_then(|g| g.int::<u16>("a port number"));
+    match o.one_of(&["path_redirect", "prefix_rewrite"]) {
+        Some(("path_redirect", g)) => r.path = g.str(),
+        Some((_, g)) => r.prefix_rewrite = g.str(),
+        None => {}
+    }
+    if let Some(g) = o.get("response_code") {
+        r.response_code = match g.enumeration(
+            &[
+                "MOVED_PERMANENTLY",
+                "FOUND",
+                "SEE_OTHER",
+                "TEMPORARY_REDIRECT",
+                "PERMANENT_REDIRECT",
+            ],
+            &[],
+        )? {
+            "FOUND" => 302,
+            "SEE_OTHER" => 303,
+            "TEMPORARY_REDIRECT" => 307,
+            "PERMANENT_REDIRECT" => 308,
+            _ => 301,
+        };
+    }
+    r.strip_query = o.get("strip_query").and_then(|g| g.bool()).unwrap_or(false);
+    o.finish();
+    Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_substitutions_translate() {
+        assert_eq!(re2_substitution("/v2/\\1/x"), "/v2/${1}/x");
+        assert_eq!(re2_substitution("$5"), "$$5");
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+    }
+}

@@ -1,0 +1,79 @@
+//! The one body type the proxy moves around: request and response bodies,
+//! streamed from hyper or made locally.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+    /// A downstream request body whose bytes are counted for `%BYTES_RECEIVED%`.
+    Counted(Incoming, Rc<Cell<u64>>),
+    /// A body that filters rebuilt; boxed because it is rare.
+    Stream(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        let b = b.into();
+        if b.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(b))
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
+            Body::Counted(i, count) => {
+                let r = Pin::new(i).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &r
+                    && let Some(d) = f.data_ref()
+                {
+                    count.set(count.get() + d.len() as u64);
+                }
+                r.map_err(Into::into)
+            }
+            Body::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(b) => b.is_none(),
+            Body::Incoming(i) | Body::Counted(i, _) => i.is_end_stream(),
+            Body::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Incoming(i) | Body::Counted(i, _) => i.size_hint(),
+            Body::Stream(s) => s.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The HTTP connection manager: decodes HTTP/1.1 or HTTP/2 on a downstream
+//! connection (hyper) and runs each stream through the filter chain and router.
+
+pub mod body;
+mod headers;
+mod local_reply;
+mod stream;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use legate_filter_api::HttpFilterFactory;
+
+use crate::access_log::AccessLogger;
+use crate::config::{Codec, HttpConnectionManager};
+use crate::server::{LocalExec, Worker};
+use crate::stats::{CodeStats, Counter, Gauge, store};
+use crate::upstream::pool::CountingIo;
+
+pub use stream::ProxyBody;
+
+/// Envoy's `http.<stat_prefix>.*` stats.
+pub struct HcmStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_http1_active: Gauge,
+    pub downstream_cx_http2_active: Gauge,
+    pub downstream_cx_destroy: Counter,
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub downstream_cx_tx_bytes_total: Counter,
+    pub downstream_cx_upgrades_total: Counter,
+    pub downstream_cx_upgrades_active: Gauge,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq_completed: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub downstream_rq_rx_reset: Counter,
+    pub downstream_rq_xx: CodeStats,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_redirect: Counter,
+    pub rq_direct_response: Counter,
+    pub rq_total: Counter,
+}
+
+impl HcmStats {
+    fn new(prefix: &str) -> HcmStats {
+        let s = store();
+        let c = |n: &str| s.counter(format!("http.{prefix}.{n}"));
+        let g = |n: &str| s.gauge(format!("http.{prefix}.{n}"));
+        HcmStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_http1_active: g("downstream_cx_http1_active"),
+            downstream_cx_http2_active: g("downstream_cx_http2_active"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_xx: CodeStats::new(format!("http.{prefix}.downstream_rq")),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_redirect: c("rq_redirect"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_total: c("rq_total"),
+        }
+    }
+}
+
+/// An HTTP connection manager of one config version, shared by all workers.
+pub struct Hcm {
+    pub config: Arc<HttpConnectionManager>,
+    pub stats: HcmStats,
+    pub access_logs: Vec<AccessLogger>,
+    /// Factories of the HTTP filters before the router, in chain order.
+    pub filters: Vec<Arc<dyn HttpFilterFactory>>,
+}
+
+impl Hcm {
+    pub fn new(config: Arc<HttpConnectionManager>, access_logs: Vec<AccessLogger>) -> Hcm {
+        Hcm {
+            stats: HcmStats::new(&config.stat_prefix),
+            config,
+            access_logs,
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// Per-connection context shared by the connection's streams.
+pub(crate) struct ConnCx {
+    pub hcm: Arc<Hcm>,
+    pub worker: Rc<Worker>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub id: u64,
+    pub http2: bool,
+    /// Set once a drain started, so HTTP/1.1 responses carry `connection: close`.
+    pub draining: Cell<bool>,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client speaks HTTP/2 with prior knowledge, by peeking at the preface.
+async fn sniff_h2(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        match s.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                if buf[..n] != H2_PREFACE[..n] {
+                    return false;
+                }
+                if n == H2_PREFACE.len() {
+                    return true;
+                }
+                // Partial preface: wait for more bytes.
+                if s.readable().await.is_err() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// Serves one downstream connection until it closes or the drain completes.
+pub async fn serve(
+    hcm: Arc<Hcm>,
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    id: u64,
+    mut drain: watch::Receiver<bool>,
+) {
+    let cfg = &hcm.config;
+    let http2 = match cfg.codec {
+        Codec::Http1 => false,
+        Codec::Http2 => true,
+        Codec::Auto => sniff_h2(&stream).await,
+    };
+    let stats = &hcm.stats;
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+    let proto_active = if http2 {
+        stats.downstream_cx_http2_total.inc();
+        &stats.downstream_cx_http2_active
+    } else {
+        stats.downstream_cx_http1_total.inc();
+        &stats.downstream_cx_http1_active
+    };
+    proto_active.inc();
+    let io = TokioIo::new(CountingIo::new(
+        stream,
+        stats.downstream_cx_rx_bytes_total.clone(),
+        stats.downstream_cx_tx_bytes_total.clone(),
+    ));
+    let cx = Rc::new(ConnCx {
+        hcm: hcm.clone(),
+        worker,
+        remote,
+        local,
+        id,
+        http2,
+        draining: Cell::new(*drain.borrow()),
+    });
+    let svc_cx = cx.clone();
+    let svc = service_fn(move |req| {
+        let cx = svc_cx.clone();
+        async move { Ok::<_, std::convert::Infallible>(stream::handle(cx, req).await) }
+    });
+    let header_bytes = (cfg.max_request_headers_kb as usize) * 1024;
+    let result = if http2 {
+        let mut b = http2::Builder::new(LocalExec);
+        b.timer(TokioTimer::new())
+            .max_header_list_size(header_bytes as u32)
+            .max_concurrent_streams(2147483647);
+        let conn = b.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.wait_for(|d| *d) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .max_buf_size(header_bytes.max(8192) + 1024)
+            .keep_alive(true);
+        if let Some(t) = cfg.request_timeout.or(cfg.stream_idle_timeout) {
+            b.header_read_timeout(t);
+        }
+        let conn = b.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.wait_for(|d| *d) => {
+                cx.draining.set(true);
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        if e.is_parse() || e.is_parse_too_large() {
+            stats.downstream_cx_protocol_error.inc();
+        }
+        tracing::debug!(conn = id, "downstream connection ended: {e}");
+    }
+    proto_active.dec();
+    stats.downstream_cx_active.dec();
+    stats.downstream_cx_destroy.inc();
+}

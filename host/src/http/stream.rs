@@ -1,0 +1,822 @@
+//! One HTTP stream: header rules, the filter chain, the router and the upstream
+//! call, then the response on its way back, the stats and the access log.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame};
+use hyper::body::Incoming;
+use legate_filter_api::{
+    HeadersAction, HttpFilter, LocalReply, RequestHead, ResponseFlag, ResponseFlags, ResponseHead,
+    StreamInfo,
+};
+
+use super::body::{Body, BoxError};
+use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
+use super::{ConnCx, local_reply};
+use crate::access_log::format::LogContext;
+use crate::config::{HeaderMutations, HostRewrite, RouteAction};
+use crate::router::{self, RequestView};
+use crate::upstream::pool::{PoolReturn, SendError};
+use crate::upstream::{ClusterStats, HostAddress, WorkerCluster};
+
+/// What the access log and the stats need once the stream ends.
+struct Tail {
+    cx: Rc<ConnCx>,
+    start: Instant,
+    start_time: SystemTime,
+    code: u16,
+    flags: ResponseFlags,
+    details: &'static str,
+    bytes_sent: u64,
+    bytes_received: Rc<Cell<u64>>,
+    cluster: Option<Rc<WorkerCluster>>,
+    upstream_host: Option<std::net::SocketAddr>,
+    route_name: Option<String>,
+    log: Option<Box<LogData>>,
+    local_reply_body: Option<String>,
+    downstream_remote: std::net::SocketAddr,
+}
+
+/// Request and response heads kept for the access log (only when one is configured).
+struct LogData {
+    method: String,
+    path: String,
+    authority: String,
+    protocol: &'static str,
+    request_headers: HeaderMap,
+    response_headers: HeaderMap,
+    response_trailers: Option<HeaderMap>,
+}
+
+impl Tail {
+    fn finish(self: Box<Self>, completed: bool) {
+        let stats = &self.cx.hcm.stats;
+        stats.downstream_rq_active.dec();
+        stats.downstream_rq_completed.inc();
+        let mut flags = self.flags;
+        if !completed {
+            stats.downstream_rq_rx_reset.inc();
+            flags.set(ResponseFlag::DownstreamConnectionTermination);
+        }
+        if let Some(c) = &self.cluster
+            && self.upstream_host.is_some()
+        {
+            c.stats().upstream_rq_active.dec();
+            c.stats().upstream_rq_completed.inc();
+        }
+        let logs = &self.cx.hcm.access_logs;
+        if logs.is_empty() {
+            return;
+        }
+        let ld = self.log.as_deref();
+        let duration = self.start.elapsed();
+        let lcx = LogContext {
+            start_time: Some(self.start_time),
+            method: ld.map(|l| l.method.as_str()),
+            path: ld.map(|l| l.path.as_str()),
+            authority: ld.map(|l| l.authority.as_str()).filter(|a| !a.is_empty()),
+            scheme: Some("http"),
+            protocol: ld.map(|l| l.protocol),
+            request_headers: ld.map(|l| &l.request_headers),
+            response_headers: ld.map(|l| &l.response_headers),
+            response_trailers: ld.and_then(|l| l.response_trailers.as_ref()),
+            response_code: Some(self.code),
+            response_code_details: Some(self.details),
+            response_flags: flags,
+            bytes_received: self.bytes_received.get(),
+            bytes_sent: self.bytes_sent,
+            duration: Some(duration),
+            request_duration: None,
+            response_duration: None,
+            upstream_host: self.upstream_host,
+            upstream_local_address: None,
+            upstream_cluster: self.cluster.as_ref().map(|c| c.name()),
+            upstream_transport_failure_reason: None,
+            downstream_remote_address: Some(self.downstream_remote),
+            downstream_direct_remote_address: Some(self.cx.remote),
+            downstream_local_address: Some(self.cx.local),
+            route_name: self.route_name.as_deref(),
+            connection_id: Some(self.cx.id),
+            local_reply_body: self.local_reply_body.as_deref(),
+            upstream_request_attempt_count: self.upstream_host.map(|_| 1),
+        };
+        for l in logs {
+            l.log(&lcx);
+        }
+    }
+}
+
+/// The response body sent downstream. It returns the upstream connection to its
+/// pool and finishes the stream (stats, access log) when it ends or is dropped.
+pub struct ProxyBody {
+    inner: Body,
+    pool: Option<PoolReturn>,
+    tail: Option<Box<Tail>>,
+}
+
+impl ProxyBody {
+    fn end(&mut self, completed: bool) {
+        if let Some(p) = self.pool.take()
+            && completed
+        {
+            p.release();
+        }
+        if let Some(t) = self.tail.take() {
+            t.finish(completed);
+        }
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(t) = this.tail.as_mut() {
+                    if let Some(d) = f.data_ref() {
+                        t.bytes_sent += d.len() as u64;
+                    } else if let (Some(tr), Some(ld)) = (f.trailers_ref(), t.log.as_mut()) {
+                        ld.response_trailers = Some(tr.clone());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.end(true);
+                }
+            }
+            Poll::Ready(None) => this.end(true),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(t) = this.tail.as_mut() {
+                    t.flags.set(ResponseFlag::UpstreamRemoteReset);
+                }
+                this.pool = None;
+                this.end(true);
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let done = self.inner.is_end_stream();
+        self.end(done);
+    }
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+struct Stream {
+    cx: Rc<ConnCx>,
+    tail: Box<Tail>,
+    grpc: bool,
+    info: StreamInfo,
+}
+
+impl Stream {
+    /// Finishes the response: response header rules, stats, then the body wrapper.
+    fn respond(
+        mut self,
+        mut resp: Response<Body>,
+        levels: &[&HeaderMutations],
+        pool: Option<PoolReturn>,
+        filters: &mut [Box<dyn HttpFilter>],
+    ) -> Response<ProxyBody> {
+        let cfg = &self.cx.hcm.config;
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        hdr::strip_hop_by_hop(h, upgraded);
+        if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
+            h.insert(header::SERVER, v);
+        }
+        if !levels.is_empty() {
+            let lcx = self.header_context();
+            hdr::apply_response(levels, resp.headers_mut(), &lcx);
+        }
+        if !filters.is_empty() {
+            let (parts, body) = resp.into_parts();
+            let mut head = ResponseHead {
+                status: parts.status,
+                headers: parts.headers,
+            };
+            let eos = body.is_end_stream();
+            let reply = futures_run_response(filters, &mut head, eos, &mut self.info);
+            let mut r = Response::from_parts(parts_from(head), body);
+            if let Some(reply) = reply {
+                r = local_reply::build(
+                    reply.status,
+                    &reply.body,
+                    self.grpc,
+                    reply.grpc_status,
+                    Some(&reply.headers),
+                    None,
+                );
+            }
+            resp = r;
+        }
+        if self.cx.draining.get() && !self.cx.http2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let code = resp.status().as_u16();
+        self.tail.code = code;
+        self.tail.flags = ResponseFlags(self.tail.flags.0 | self.info.response_flags.0);
+        self.cx.hcm.stats.downstream_rq_xx.record_class(code);
+        if let Some(ld) = self.tail.log.as_mut() {
+            ld.response_headers = resp.headers().clone();
+        }
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(
+            parts,
+            ProxyBody {
+                inner: body,
+                pool,
+                tail: Some(self.tail),
+            },
+        )
+    }
+
+    fn header_context(&self) -> LogContext<'_> {
+        LogContext {
+            start_time: Some(self.tail.start_time),
+            downstream_remote_address: Some(self.tail.downstream_remote),
+            downstream_direct_remote_address: Some(self.cx.remote),
+            downstream_local_address: Some(self.cx.local),
+            connection_id: Some(self.cx.id),
+            upstream_host: self.tail.upstream_host,
+            upstream_cluster: self.tail.cluster.as_ref().map(|c| c.name()),
+            route_name: self.tail.route_name.as_deref(),
+            protocol: self.tail.log.as_ref().map(|l| l.protocol),
+            ..Default::default()
+        }
+    }
+
+    fn local(
+        mut self,
+        status: StatusCode,
+        body: &str,
+        flag: Option<ResponseFlag>,
+        details: &'static str,
+        levels: &[&HeaderMutations],
+        filters: &mut [Box<dyn HttpFilter>],
+    ) -> Response<ProxyBody> {
+        if let Some(f) = flag {
+            self.tail.flags.set(f);
+        }
+        self.tail.details = details;
+        if !body.is_empty() {
+            self.tail.local_reply_body = Some(body.to_string());
+        }
+        let resp = local_reply::build(status, body.as_bytes(), self.grpc, None, None, None);
+        self.respond(resp, levels, None, filters)
+    }
+}
+
+fn parts_from(head: ResponseHead) -> http::response::Parts {
+    let (mut parts, _) = Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.headers = head.headers;
+    parts
+}
+
+/// Runs response-header hooks in reverse order. Filters are async, but a response
+/// hook that has to wait is not supported on this path yet, so a pending hook is
+/// treated as `Continue` after polling it to completion synchronously.
+fn futures_run_response(
+    filters: &mut [Box<dyn HttpFilter>],
+    head: &mut ResponseHead,
+    eos: bool,
+    info: &mut StreamInfo,
+) -> Option<LocalReply> {
+    for f in filters.iter_mut().rev() {
+        let fut = f.on_response_headers(head, eos, info);
+        if let Some(HeadersAction::Respond(r)) = now_or_never(fut) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+fn now_or_never<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Runs request-header hooks in order; stops at the first local reply.
+pub(crate) async fn run_request_headers(
+    filters: &mut [Box<dyn HttpFilter>],
+    head: &mut RequestHead,
+    eos: bool,
+    info: &mut StreamInfo,
+) -> Option<(usize, LocalReply)> {
+    for (i, f) in filters.iter_mut().enumerate() {
+        if let HeadersAction::Respond(r) = f.on_request_headers(head, eos, info).await {
+            return Some((i, r));
+        }
+    }
+    None
+}
+
+pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let hcm = cx.hcm.clone();
+    let cfg = &hcm.config;
+    let stats = &hcm.stats;
+    stats.downstream_rq_total.inc();
+    stats.downstream_rq_active.inc();
+    if cx.http2 {
+        stats.downstream_rq_http2_total.inc();
+    } else {
+        stats.downstream_rq_http1_total.inc();
+    }
+    stats.rq_total.inc();
+    let start = Instant::now();
+    let start_time = SystemTime::now();
+    let (mut parts, body) = req.into_parts();
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let bytes_received = Rc::new(Cell::new(0));
+    let upgrade = if cx.http2 {
+        None
+    } else {
+        hdr::upgrade_type(&parts.headers)
+    };
+    hdr::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    let downstream_remote = hdr::mutate_request(cfg, &mut parts.headers, cx.remote);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let protocol = protocol_name(parts.version);
+    let log = (!hcm.access_logs.is_empty()).then(|| {
+        Box::new(LogData {
+            method: parts.method.as_str().to_string(),
+            path: path.clone(),
+            authority: authority.clone(),
+            protocol,
+            request_headers: parts.headers.clone(),
+            response_headers: HeaderMap::new(),
+            response_trailers: None,
+        })
+    });
+    let grpc = local_reply::is_grpc(&parts.headers);
+    let info = StreamInfo {
+        start_time,
+        downstream_remote_address: downstream_remote,
+        downstream_local_address: cx.local,
+        connection_id: cx.id,
+        route_name: None,
+        upstream_cluster: None,
+        response_flags: ResponseFlags::default(),
+        dynamic_metadata: Default::default(),
+    };
+    let mut st = Stream {
+        cx: cx.clone(),
+        tail: Box::new(Tail {
+            cx: cx.clone(),
+            start,
+            start_time,
+            code: 0,
+            flags: ResponseFlags::default(),
+            details: "via_upstream",
+            bytes_sent: 0,
+            bytes_received: bytes_received.clone(),
+            cluster: None,
+            upstream_host: None,
+            route_name: None,
+            log,
+            local_reply_body: None,
+            downstream_remote,
+        }),
+        grpc,
+        info,
+    };
+    let mut filters: Vec<Box<dyn HttpFilter>> = hcm.filters.iter().map(|f| f.create()).collect();
+
+    if authority.is_empty() {
+        return st.local(
+            StatusCode::BAD_REQUEST,
+            "missing host header",
+            Some(ResponseFlag::DownstreamProtocolError),
+            "missing_host_header",
+            &[],
+            &mut filters,
+        );
+    }
+
+    if !filters.is_empty() {
+        let mut head = RequestHead {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: std::mem::take(&mut parts.headers),
+        };
+        let eos = body.is_end_stream();
+        let reply = run_request_headers(&mut filters, &mut head, eos, &mut st.info).await;
+        parts.method = head.method;
+        parts.uri = head.uri;
+        parts.headers = head.headers;
+        if let Some((i, r)) = reply {
+            st.tail.details = r.details;
+            if let Some(f) = r.response_flag {
+                st.tail.flags.set(f);
+            }
+            let resp = local_reply::build(
+                r.status,
+                &r.body,
+                grpc,
+                r.grpc_status,
+                Some(&r.headers),
+                None,
+            );
+            // Only the filters that saw the request see the local reply.
+            return st.respond(resp, &[], None, &mut filters[..i]);
+        }
+    }
+
+    // Route.
+    let rc = &cfg.route_config;
+    let view = RequestView {
+        method: parts.method.as_str(),
+        path: &path,
+        authority: &authority,
+        scheme: "http",
+        headers: &parts.headers,
+    };
+    let Some(vh) = router::select_vhost(rc, &authority) else {
+        stats.no_route.inc();
+        return st.local(
+            StatusCode::NOT_FOUND,
+            "",
+            Some(ResponseFlag::NoRouteFound),
+            "route_not_found",
+            &[&rc.headers],
+            &mut filters,
+        );
+    };
+    let Some(route) = router::select_route(vh, &view) else {
+        stats.no_route.inc();
+        return st.local(
+            StatusCode::NOT_FOUND,
+            "",
+            Some(ResponseFlag::NoRouteFound),
+            "route_not_found",
+            &[&vh.headers, &rc.headers],
+            &mut filters,
+        );
+    };
+    if !route.name.is_empty() {
+        st.tail.route_name = Some(route.name.clone());
+        st.info.route_name = Some(route.name.clone());
+    }
+    let levels: [&HeaderMutations; 3] = [&route.headers, &vh.headers, &rc.headers];
+    let levels: &[&HeaderMutations] = if levels.iter().all(|l| l.is_empty()) {
+        &[]
+    } else {
+        &levels
+    };
+
+    let fwd = match &route.action {
+        RouteAction::DirectResponse { status, body } => {
+            stats.rq_direct_response.inc();
+            st.tail.details = "direct_response";
+            let resp = local_reply::build(
+                *status,
+                body.as_deref().unwrap_or_default(),
+                false,
+                None,
+                None,
+                None,
+            );
+            return st.respond(resp, levels, None, &mut filters);
+        }
+        RouteAction::Redirect(r) => {
+            stats.rq_redirect.inc();
+            st.tail.details = "direct_response";
+            let location = redirect_location(r, &authority, &path, route);
+            let mut resp = Response::new(Body::Empty);
+            *resp.status_mut() =
+                StatusCode::from_u16(r.response_code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            return st.respond(resp, levels, None, &mut filters);
+        }
+        RouteAction::Forward(f) => f,
+    };
+
+    // Cluster.
+    let cluster_name = router::cluster_name(&fwd.cluster, &parts.headers).map(str::to_string);
+    let cluster = cluster_name
+        .as_deref()
+        .and_then(|n| cx.worker.clusters.get(n).cloned());
+    let Some(cluster) = cluster else {
+        stats.no_cluster.inc();
+        let code = fwd.cluster_not_found_response_code;
+        return st.local(
+            code,
+            "",
+            Some(ResponseFlag::NoClusterFound),
+            "cluster_not_found",
+            levels,
+            &mut filters,
+        );
+    };
+    st.info.upstream_cluster = Some(cluster.name().to_string());
+    st.tail.cluster = Some(cluster.clone());
+
+    // Request header rules of the route.
+    if !levels.is_empty() {
+        let lcx = st.header_context();
+        hdr::apply_request(levels, &mut parts.headers, &lcx);
+    }
+    let mut new_path = None;
+    if let Some(p) = router::rewrite_path(
+        route,
+        fwd.prefix_rewrite.as_deref(),
+        fwd.regex_rewrite.as_ref(),
+        &path,
+    ) {
+        if let Ok(v) = HeaderValue::from_str(&path) {
+            parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+        }
+        new_path = Some(p);
+    }
+    let mut upstream_authority = authority.clone();
+    match &fwd.host_rewrite {
+        HostRewrite::Literal(v) => {
+            upstream_authority = v.to_str().unwrap_or_default().to_string();
+        }
+        HostRewrite::Auto => {}
+        HostRewrite::None => {}
+    }
+
+    // Timeout: the route's, or the client's x-envoy-upstream-rq-timeout-ms when a
+    // trusted hop left it in place.
+    let mut timeout = fwd.timeout;
+    if let Some(ms) = parts
+        .headers
+        .remove(&hdr::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        timeout = Duration::from_millis(ms);
+    }
+    if !timeout.is_zero() {
+        parts.headers.insert(
+            hdr::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+            HeaderValue::from(timeout.as_millis() as u64),
+        );
+    }
+
+    let Some(host) = cluster.pick_host() else {
+        return st.local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            Some(ResponseFlag::NoHealthyUpstream),
+            "no_healthy_upstream",
+            levels,
+            &mut filters,
+        );
+    };
+    if let (HostRewrite::Auto, HostAddress::Dns(name, port)) = (&fwd.host_rewrite, &host.address) {
+        upstream_authority = if *port == 80 {
+            name.clone()
+        } else {
+            format!("{name}:{port}")
+        };
+    }
+
+    let cstats: &ClusterStats = cluster.stats();
+    cstats.upstream_rq_total.inc();
+    cstats.upstream_rq_active.inc();
+    let pool = match cluster.http_pool(&host).await {
+        Ok(p) => p,
+        Err(e) => {
+            cstats.upstream_rq_active.dec();
+            cstats.upstream_rq_pending_failure_eject.inc();
+            cstats.upstream_rq.record(503);
+            let body = format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {e}"
+            );
+            return st.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &body,
+                Some(ResponseFlag::UpstreamConnectionFailure),
+                "upstream_reset_before_response_started{remote_connection_failure}",
+                levels,
+                &mut filters,
+            );
+        }
+    };
+    st.tail.upstream_host = Some(pool.addr);
+
+    // Build the upstream request.
+    let target = new_path.as_deref().unwrap_or(&path);
+    let upstream_h2 = !upgrade.is_some() && cluster.shared.config.http2;
+    let uri = if upstream_h2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(upstream_authority.as_str())
+            .path_and_query(target)
+            .build()
+    } else {
+        Uri::builder().path_and_query(target).build()
+    };
+    let Ok(uri) = uri else {
+        cstats.upstream_rq_active.dec();
+        st.tail.upstream_host = None;
+        return st.local(
+            StatusCode::BAD_REQUEST,
+            "",
+            Some(ResponseFlag::DownstreamProtocolError),
+            "invalid_path",
+            levels,
+            &mut filters,
+        );
+    };
+    parts.uri = uri;
+    parts.headers.remove(header::EXPECT);
+    if upstream_h2 {
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_2;
+    } else {
+        if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+        parts.version = Version::HTTP_11;
+    }
+    let req_body = if body.is_end_stream() {
+        Body::Empty
+    } else {
+        Body::Counted(body, bytes_received)
+    };
+    let upstream_req = Request::from_parts(parts, req_body);
+
+    let sent_at = Instant::now();
+    let send = async {
+        if upgrade.is_some() {
+            pool.send_upgrade(&cluster, &host, upstream_req)
+                .await
+                .map(|r| (r, None))
+        } else {
+            pool.send(&cluster, &host, upstream_req).await
+        }
+    };
+    let result = if timeout.is_zero() {
+        Ok(send.await)
+    } else {
+        tokio::time::timeout(timeout, send).await
+    };
+    let (mut resp, pool_ret) = match result {
+        Err(_) => {
+            cstats.upstream_rq_timeout.inc();
+            cstats.upstream_rq.record(504);
+            stats.downstream_rq_timeout.inc();
+            return st.local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                Some(ResponseFlag::UpstreamRequestTimeout),
+                "upstream_response_timeout",
+                levels,
+                &mut filters,
+            );
+        }
+        Ok(Err(SendError::Connect(e))) => {
+            cstats.upstream_rq.record(503);
+            let body = format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {e}"
+            );
+            return st.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &body,
+                Some(ResponseFlag::UpstreamConnectionFailure),
+                "upstream_reset_before_response_started{remote_connection_failure}",
+                levels,
+                &mut filters,
+            );
+        }
+        Ok(Err(SendError::Reset(e))) => {
+            tracing::debug!(cluster = cluster.name(), "upstream reset: {e}");
+            cstats.upstream_rq_rx_reset.inc();
+            cstats.upstream_rq.record(503);
+            return st.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                Some(ResponseFlag::UpstreamConnectionTermination),
+                "upstream_reset_before_response_started{connection_termination}",
+                levels,
+                &mut filters,
+            );
+        }
+        Ok(Ok(r)) => r,
+    };
+    let service_ms = sent_at.elapsed().as_millis() as u64;
+    cstats.upstream_rq.record(resp.status().as_u16());
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = on_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            let hstats = hcm.clone();
+            tokio::task::spawn_local(async move {
+                hstats.stats.downstream_cx_upgrades_total.inc();
+                hstats.stats.downstream_cx_upgrades_active.inc();
+                if let (Ok(d), Ok(u)) = (down.await, up.await) {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                hstats.stats.downstream_cx_upgrades_active.dec();
+            });
+        }
+    }
+
+    resp.headers_mut().insert(
+        hdr::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+        HeaderValue::from(service_ms),
+    );
+    let (rparts, rbody) = resp.into_parts();
+    let resp = Response::from_parts(rparts, Body::Incoming(rbody));
+    st.respond(resp, levels, pool_ret, &mut filters)
+}
+
+fn redirect_location(
+    r: &crate::config::Redirect,
+    authority: &str,
+    path: &str,
+    route: &crate::config::Route,
+) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let mut host = r
+        .host
+        .clone()
+        .unwrap_or_else(|| router::strip_port(authority).to_string());
+    if let Some(p) = r.port {
+        host = format!("{}:{p}", router::strip_port(&host));
+    } else if r.host.is_none() && r.scheme.is_none() {
+        host = authority.to_string();
+    }
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut new_path = if let Some(pr) = &r.path {
+        pr.clone()
+    } else if let Some(rw) = &r.prefix_rewrite {
+        router::rewrite_path(route, Some(rw), None, p).unwrap_or_else(|| p.to_string())
+    } else {
+        p.to_string()
+    };
+    if !r.strip_query
+        && let Some(q) = q
+        && !new_path.contains('?')
+    {
+        new_path.push('?');
+        new_path.push_str(q);
+    }
+    format!("{scheme}://{host}{new_path}")
+}

@@ -1,0 +1,214 @@
+//! The `legate` binary: Envoy-style command line, config loading, and the process
+//! lifecycle (workers, admin, signals, drain).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use legate::{admin, config, server};
+use tracing_subscriber::{EnvFilter, Registry, prelude::*, reload};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Mode {
+    Serve,
+    Validate,
+}
+
+/// Envoy-compatible, WebAssembly-extensible L4/L7 proxy.
+#[derive(Parser, Debug)]
+#[command(name = "legate", version, about)]
+struct Cli {
+    /// Path to an Envoy v3 bootstrap config (YAML or JSON).
+    #[arg(short = 'c', long = "config-path", value_name = "FILE")]
+    config_path: Option<String>,
+
+    /// An inline bootstrap config (YAML or JSON).
+    #[arg(long = "config-yaml", value_name = "YAML")]
+    config_yaml: Option<String>,
+
+    /// serve: run the proxy; validate: check the config, print OK or every error.
+    #[arg(long, value_enum, default_value = "serve")]
+    mode: Mode,
+
+    /// Number of worker threads (default: number of CPU cores).
+    #[arg(long)]
+    concurrency: Option<usize>,
+
+    /// Log level: trace, debug, info, warning, error, critical, off.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
+
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    drain_time_s: u64,
+
+    /// Accepted for Envoy command-line compatibility; Legate has no hot restart.
+    #[arg(long = "disable-hot-restart", hide = true)]
+    disable_hot_restart: bool,
+
+    /// Node id (`node.id`), as Envoy's --service-node.
+    #[arg(long = "service-node")]
+    service_node: Option<String>,
+
+    /// Node cluster (`node.cluster`), as Envoy's --service-cluster.
+    #[arg(long = "service-cluster")]
+    service_cluster: Option<String>,
+}
+
+/// Envoy's level names to tracing's.
+fn tracing_level(level: &str) -> Result<&'static str, String> {
+    Ok(match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warning" | "warn" => "warn",
+        "error" | "critical" => "error",
+        "off" => "off",
+        other => {
+            return Err(format!(
+                "error: invalid log level \"{other}\" (expected trace, debug, info, warning, error, critical or off)"
+            ));
+        }
+    })
+}
+
+fn load(cli: &Cli) -> Result<config::Bootstrap, String> {
+    let result = match (&cli.config_path, &cli.config_yaml) {
+        (Some(p), None) => config::load_file(p),
+        (None, Some(y)) => config::load_str(y, "--config-yaml"),
+        (Some(_), Some(_)) => {
+            return Err("error: give either --config-path or --config-yaml, not both".into());
+        }
+        (None, None) => {
+            return Err("error: no config given; use -c FILE or --config-yaml YAML".into());
+        }
+    };
+    result.map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match tracing_level(&cli.log_level) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (filter, handle) = reload::Layer::<EnvFilter, Registry>::new(EnvFilter::new(level));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+
+    let mut bootstrap = match load(&cli) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.mode == Mode::Validate {
+        println!("OK");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(n) = &cli.service_node {
+        bootstrap.node.id = n.clone();
+    }
+    if let Some(c) = &cli.service_cluster {
+        bootstrap.node.cluster = c.clone();
+    }
+    let concurrency = cli
+        .concurrency
+        .filter(|c| *c > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let current_level = Arc::new(std::sync::Mutex::new(level.to_string()));
+    rt.block_on(async move {
+        let admin_addr = bootstrap.admin.as_ref().map(|a| a.address);
+        let shared = match server::Shared::build(bootstrap, concurrency) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        shared.clusters.clone().resolve_strict_dns().await;
+        if let Some(addr) = admin_addr {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: admin: cannot bind {addr}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let lvl = current_level.clone();
+            let lvl2 = current_level.clone();
+            let control = Arc::new(admin::Control {
+                shared: shared.clone(),
+                set_log_level: Box::new(move |l| {
+                    let t = tracing_level(l)?;
+                    handle
+                        .reload(EnvFilter::new(t))
+                        .map_err(|e| e.to_string())?;
+                    *lvl.lock().unwrap_or_else(|e| e.into_inner()) = t.to_string();
+                    tracing::info!("log level set to {t}");
+                    Ok(())
+                }),
+                log_level: Box::new(move || lvl2.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                command_line: serde_json::json!({
+                    "concurrency": concurrency,
+                    "drain_time": format!("{}s", cli.drain_time_s),
+                    "log_level": cli.log_level,
+                    "config_path": cli.config_path.clone().unwrap_or_default(),
+                }),
+            });
+            tracing::info!("admin address: {addr}");
+            tokio::spawn(admin::serve(listener, control));
+        }
+        let workers = match server::start_workers(&shared) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: cannot start workers: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        for l in &shared.listeners {
+            tracing::info!(listener = %l.name, "listening on {}", l.local_addr());
+        }
+        tracing::info!("legate started with {concurrency} worker(s)");
+
+        let mut drain = shared.drain.subscribe();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {
+                tracing::info!("SIGTERM: draining");
+            }
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            _ = drain.wait_for(|d| *d) => tracing::info!("admin quit: draining"),
+        }
+        shared.start_drain();
+        // Workers exit once their connections are done; the drain time bounds it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.drain_time_s);
+        while !workers.iter().all(|w| w.is_finished()) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!("drain time elapsed with connections open; exiting");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("exiting");
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,156 @@
+//! `/stats` text and JSON, and `/stats/prometheus` with Envoy's tag extraction.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::Sample;
+
+/// Envoy's text format: `name: value`, sorted.
+pub fn text(samples: &[Sample]) -> String {
+    let mut out = String::new();
+    for s in samples {
+        let _ = writeln!(out, "{}: {}", s.name, s.value);
+    }
+    out
+}
+
+/// Envoy's JSON format: `{"stats":[{"name":..,"value":..},..]}`.
+pub fn json(samples: &[Sample]) -> String {
+    let stats: Vec<serde_json::Value> = samples
+        .iter()
+        .map(|s| serde_json::json!({"name": s.name, "value": s.value}))
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "stats": stats })).unwrap_or_default()
+}
+
+/// Envoy's default tag extraction, for the stat families Legate has: turns
+/// `cluster.up.upstream_rq_200` into `cluster.upstream_rq` with
+/// `envoy_cluster_name="up"` and `envoy_response_code="200"`.
+fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
+    let mut tags = Vec::new();
+    let mut rest = name.to_string();
+    const PREFIXED: [(&str, &str); 5] = [
+        ("cluster.", "envoy_cluster_name"),
+        ("http.", "envoy_http_conn_manager_prefix"),
+        ("listener.", "envoy_listener_address"),
+        ("tcp.", "envoy_tcp_prefix"),
+        ("redis.", "envoy_redis_prefix"),
+    ];
+    for (prefix, tag) in PREFIXED {
+        if let Some(after) = rest.strip_prefix(prefix) {
+            // Envoy's regexes take the segment up to the next dot; listener
+            // addresses keep their own dots only when they are IPs, which Envoy
+            // writes with underscores in stat names anyway.
+            if let Some((value, tail)) = after.split_once('.')
+                && !(prefix == "listener." && value == "admin")
+            {
+                tags.push((tag, value.to_string()));
+                rest = format!("{prefix}{tail}");
+            }
+            break;
+        }
+    }
+    // `..._rq_200` -> `..._rq` + envoy_response_code; `..._rq_2xx` -> `..._rq_xx`.
+    if let Some((head, last)) = rest.rsplit_once('_') {
+        let b = last.as_bytes();
+        if head.ends_with("_rq") || head.ends_with(".rq") {
+            if b.len() == 3 && b.iter().all(u8::is_ascii_digit) {
+                tags.push(("envoy_response_code", last.to_string()));
+                rest = head.to_string();
+            } else if b.len() == 3 && b[0].is_ascii_digit() && &b[1..] == b"xx" {
+                tags.push(("envoy_response_code_class", (b[0] as char).to_string()));
+                rest = format!("{head}_xx");
+            }
+        }
+    }
+    (rest, tags)
+}
+
+fn sanitize(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 6);
+    s.push_str("envoy_");
+    for c in name.chars() {
+        s.push(if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        });
+    }
+    s
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition 0.0.4: one `# TYPE` per family, samples grouped.
+pub fn prometheus(samples: &[Sample], used_only: bool) -> String {
+    let mut families: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+    for s in samples {
+        if used_only && !s.used {
+            continue;
+        }
+        let (base, mut tags) = extract(&s.name);
+        let family = sanitize(&base);
+        tags.reverse();
+        let labels = if tags.is_empty() {
+            String::new()
+        } else {
+            let inner: Vec<String> = tags
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        let entry = families
+            .entry(family.clone())
+            .or_insert_with(|| (s.is_counter, Vec::new()));
+        entry.1.push(format!("{family}{labels} {}", s.value));
+    }
+    let mut out = String::new();
+    for (family, (is_counter, lines)) in families {
+        let _ = writeln!(
+            out,
+            "# TYPE {family} {}",
+            if is_counter { "counter" } else { "gauge" }
+        );
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str, v: i64, c: bool) -> Sample {
+        Sample {
+            name: name.into(),
+            value: v,
+            is_counter: c,
+            used: true,
+        }
+    }
+
+    #[test]
+    fn tags_are_extracted() {
+        let out = prometheus(
+            &[
+                s("cluster.up.upstream_rq_200", 3, true),
+                s("cluster.up.upstream_rq_2xx", 3, true),
+                s("http.ingress.downstream_rq_5xx", 1, true),
+                s("cluster.up.upstream_cx_active", 2, false),
+            ],
+            false,
+        );
+        assert!(out.contains("# TYPE envoy_cluster_upstream_rq counter\nenvoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"up\"} 3\n"), "{out}");
+        assert!(out.contains("envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"up\"} 3"));
+        assert!(out.contains("envoy_http_downstream_rq_xx{envoy_response_code_class=\"5\",envoy_http_conn_manager_prefix=\"ingress\"} 1"));
+        assert!(out.contains("# TYPE envoy_cluster_upstream_cx_active gauge"));
+    }
+}

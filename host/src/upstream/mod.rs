@@ -1,0 +1,376 @@
+//! Clusters: endpoints (with DNS), load balancing, connection pools and stats.
+//!
+//! [`ClusterManager`] is process-wide and owns what every worker shares: the config,
+//! the stats and the current host set (re-resolved for STRICT_DNS). Each worker
+//! builds its own [`WorkerClusters`] with its own balancer state and pools, so the
+//! request path takes no locks.
+
+mod lb;
+pub mod pool;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+
+use crate::config::{Cluster, DiscoveryType, DnsLookupFamily, EndpointAddress};
+use crate::stats::{CodeStats, Counter, Gauge, store};
+
+/// A host as the balancer sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    pub address: HostAddress,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostAddress {
+    Ip(SocketAddr),
+    /// LOGICAL_DNS: resolved on each new connection.
+    Dns(String, u16),
+}
+
+/// Envoy's cluster stats that Legate keeps.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_destroy: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_rx_reset: Counter,
+    pub upstream_rq_pending_failure_eject: Counter,
+    pub upstream_rq: CodeStats,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
+}
+
+impl ClusterStats {
+    fn new(name: &str) -> ClusterStats {
+        let s = store();
+        let c = |n: &str| s.counter(format!("cluster.{name}.{n}"));
+        let g = |n: &str| s.gauge(format!("cluster.{name}.{n}"));
+        ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
+            upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
+            upstream_rq: CodeStats::new(format!("cluster.{name}.upstream_rq")),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+        }
+    }
+}
+
+/// What all workers share about one cluster.
+#[derive(Debug)]
+pub struct ClusterShared {
+    pub config: Arc<Cluster>,
+    pub stats: ClusterStats,
+    hosts: ArcSwap<Vec<Host>>,
+}
+
+impl ClusterShared {
+    pub fn hosts(&self) -> Arc<Vec<Host>> {
+        self.hosts.load_full()
+    }
+
+    fn set_hosts(&self, hosts: Vec<Host>) {
+        self.stats.membership_total.set(hosts.len() as i64);
+        self.stats.membership_healthy.set(hosts.len() as i64);
+        self.hosts.store(Arc::new(hosts));
+    }
+}
+
+/// Process-wide clusters of one config version.
+#[derive(Debug, Default)]
+pub struct ClusterManager {
+    clusters: HashMap<String, Arc<ClusterShared>>,
+    order: Vec<String>,
+}
+
+impl ClusterManager {
+    pub fn new(clusters: &[Arc<Cluster>]) -> ClusterManager {
+        let mut cm = ClusterManager::default();
+        for c in clusters {
+            let hosts = c
+                .endpoints
+                .iter()
+                .filter_map(|e| match &e.address {
+                    EndpointAddress::Ip(a) => Some(Host {
+                        address: HostAddress::Ip(*a),
+                        weight: e.weight,
+                    }),
+                    EndpointAddress::Dns { host, port } if c.kind == DiscoveryType::LogicalDns => {
+                        Some(Host {
+                            address: HostAddress::Dns(host.clone(), *port),
+                            weight: e.weight,
+                        })
+                    }
+                    // STRICT_DNS hosts appear once resolved.
+                    EndpointAddress::Dns { .. } => None,
+                })
+                .collect();
+            let shared = Arc::new(ClusterShared {
+                config: c.clone(),
+                stats: ClusterStats::new(&c.name),
+                hosts: ArcSwap::from_pointee(Vec::new()),
+            });
+            shared.set_hosts(hosts);
+            cm.order.push(c.name.clone());
+            cm.clusters.insert(c.name.clone(), shared);
+        }
+        cm
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ClusterShared>> {
+        self.clusters.get(name)
+    }
+
+    /// Clusters in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ClusterShared>> {
+        self.order.iter().filter_map(|n| self.clusters.get(n))
+    }
+
+    /// Resolves STRICT_DNS clusters now, then every `dns_refresh_rate` until the
+    /// returned task is dropped.
+    pub async fn resolve_strict_dns(self: Arc<Self>) {
+        let dns: Vec<Arc<ClusterShared>> = self
+            .iter()
+            .filter(|c| c.config.kind == DiscoveryType::StrictDns)
+            .cloned()
+            .collect();
+        for c in &dns {
+            refresh(c).await;
+        }
+        for c in dns {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(c.config.dns_refresh_rate).await;
+                    refresh(&c).await;
+                }
+            });
+        }
+    }
+}
+
+async fn resolve(host: &str, port: u16, family: DnsLookupFamily) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let v4: Vec<SocketAddr> = addrs.iter().filter(|a| a.is_ipv4()).copied().collect();
+    let v6: Vec<SocketAddr> = addrs.iter().filter(|a| a.is_ipv6()).copied().collect();
+    Ok(match family {
+        DnsLookupFamily::V4Only => v4,
+        DnsLookupFamily::V6Only => v6,
+        DnsLookupFamily::All => addrs,
+        // Envoy's AUTO prefers v6, V4_PREFERRED prefers v4; each falls back.
+        DnsLookupFamily::Auto => {
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
+        }
+        DnsLookupFamily::V4Preferred => {
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
+        }
+    })
+}
+
+async fn refresh(c: &ClusterShared) {
+    let mut hosts = Vec::new();
+    for e in &c.config.endpoints {
+        match &e.address {
+            EndpointAddress::Ip(a) => hosts.push(Host {
+                address: HostAddress::Ip(*a),
+                weight: e.weight,
+            }),
+            EndpointAddress::Dns { host, port } => {
+                match resolve(host, *port, c.config.dns_lookup_family).await {
+                    Ok(addrs) => hosts.extend(addrs.into_iter().map(|a| Host {
+                        address: HostAddress::Ip(a),
+                        weight: e.weight,
+                    })),
+                    Err(err) => {
+                        tracing::warn!(cluster = %c.config.name, %host, "DNS resolution failed: {err}");
+                        // Keep the last good answer, as Envoy does.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if *c.hosts.load_full() != hosts {
+        tracing::debug!(cluster = %c.config.name, hosts = hosts.len(), "hosts updated");
+        c.set_hosts(hosts);
+    }
+}
+
+/// Why an upstream connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(io::Error),
+    Resolve(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => f.write_str("connection timeout"),
+            ConnectError::Io(e) => write!(f, "delayed connect error: {}", io_error_text(e)),
+            ConnectError::Resolve(h) => write!(f, "resolution failure for {h}"),
+        }
+    }
+}
+
+fn io_error_text(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "Connection refused".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// One worker's view of a cluster.
+pub struct WorkerCluster {
+    pub shared: Arc<ClusterShared>,
+    lb: RefCell<lb::Wrr>,
+    pools: RefCell<HashMap<SocketAddr, Rc<pool::HostPool>>>,
+}
+
+impl WorkerCluster {
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    pub fn stats(&self) -> &ClusterStats {
+        &self.shared.stats
+    }
+
+    /// The next host by weighted round robin.
+    pub fn pick_host(&self) -> Option<Host> {
+        let hosts = self.shared.hosts();
+        let h = self.lb.borrow_mut().pick(&hosts);
+        if h.is_none() {
+            self.shared.stats.upstream_cx_none_healthy.inc();
+        }
+        h
+    }
+
+    async fn resolve_host(&self, host: &Host) -> Result<SocketAddr, ConnectError> {
+        match &host.address {
+            HostAddress::Ip(a) => Ok(*a),
+            HostAddress::Dns(name, port) => {
+                resolve(name, *port, self.shared.config.dns_lookup_family)
+                    .await
+                    .ok()
+                    .and_then(|v| v.first().copied())
+                    .ok_or_else(|| ConnectError::Resolve(name.clone()))
+            }
+        }
+    }
+
+    /// Opens a TCP connection to a host, counting Envoy's connect stats.
+    pub async fn connect(&self, host: &Host) -> Result<(TcpStream, SocketAddr), ConnectError> {
+        let stats = &self.shared.stats;
+        let addr = match self.resolve_host(host).await {
+            Ok(a) => a,
+            Err(e) => {
+                stats.upstream_cx_connect_fail.inc();
+                return Err(e);
+            }
+        };
+        stats.upstream_cx_total.inc();
+        match tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok((s, addr))
+            }
+            Ok(Err(e)) => {
+                stats.upstream_cx_connect_fail.inc();
+                Err(ConnectError::Io(e))
+            }
+            Err(_) => {
+                stats.upstream_cx_connect_fail.inc();
+                stats.upstream_cx_connect_timeout.inc();
+                Err(ConnectError::Timeout)
+            }
+        }
+    }
+
+    /// The HTTP pool for a host on this worker.
+    pub async fn http_pool(&self, host: &Host) -> Result<Rc<pool::HostPool>, ConnectError> {
+        let addr = self.resolve_host(host).await?;
+        let mut pools = self.pools.borrow_mut();
+        let p = pools.entry(addr).or_insert_with(|| {
+            Rc::new(pool::HostPool::new(
+                addr,
+                self.shared.config.http2,
+                self.shared.clone(),
+            ))
+        });
+        Ok(p.clone())
+    }
+}
+
+/// Every cluster as one worker sees it.
+#[derive(Default)]
+pub struct WorkerClusters {
+    by_name: HashMap<String, Rc<WorkerCluster>>,
+}
+
+impl WorkerClusters {
+    pub fn new(cm: &ClusterManager) -> WorkerClusters {
+        WorkerClusters {
+            by_name: cm
+                .clusters
+                .iter()
+                .map(|(n, c)| {
+                    (
+                        n.clone(),
+                        Rc::new(WorkerCluster {
+                            shared: c.clone(),
+                            lb: RefCell::new(lb::Wrr::default()),
+                            pools: RefCell::new(HashMap::new()),
+                        }),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Rc<WorkerCluster>> {
+        self.by_name.get(name)
+    }
+}
