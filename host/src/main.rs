@@ -43,6 +43,11 @@ struct Cli {
     #[arg(long = "drain-time-s", default_value_t = 600)]
     drain_time_s: u64,
 
+    /// Writes the admin address (`ip:port`) to this file once it is bound, as
+    /// Envoy's flag of the same name; useful with `port_value: 0`.
+    #[arg(long = "admin-address-path", value_name = "FILE")]
+    admin_address_path: Option<String>,
+
     /// Accepted for Envoy command-line compatibility; Legate has no hot restart.
     #[arg(long = "disable-hot-restart", hide = true)]
     disable_hot_restart: bool,
@@ -153,6 +158,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            if let Some(p) = &cli.admin_address_path {
+                let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                if let Err(e) = std::fs::write(p, bound) {
+                    eprintln!("error: cannot write admin address to {p}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
             let lvl = current_level.clone();
             let lvl2 = current_level.clone();
             let control = Arc::new(admin::Control {
@@ -174,7 +186,7 @@ fn main() -> ExitCode {
                     "config_path": cli.config_path.clone().unwrap_or_default(),
                 }),
             });
-            tracing::info!("admin address: {addr}");
+            tracing::info!("admin address: {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
             tokio::spawn(admin::serve(listener, control));
         }
         let workers = match server::start_workers(&shared) {

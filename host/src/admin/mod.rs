@@ -286,8 +286,11 @@ async fn handle(c: Arc<Control>, req: Request<Incoming>) -> Response<Full<Bytes>
         }
         "/logging" => {
             if let Some((_, level)) = q.iter().find(|(k, _)| k == "level") {
-                if let Err(e) = (c.set_log_level)(level) {
-                    return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+                if (c.set_log_level)(level).is_err() {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "error: unknown logger level\n\nusage: /logging?level=<level> (trace, debug, info, warning, error, critical, off)\n",
+                    );
                 }
             }
             text(

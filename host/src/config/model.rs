@@ -96,6 +96,46 @@ pub struct HttpConnectionManager {
     pub access_log: Vec<Arc<AccessLog>>,
     pub upgrade_types: Vec<String>,
     pub server_name: String,
+    /// `internal_address_config.cidr_ranges`: peers whose requests are trusted.
+    pub internal_cidrs: Vec<Cidr>,
+    pub strip_port: StripPort,
+}
+
+impl HttpConnectionManager {
+    pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        self.internal_cidrs.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// `strip_matching_host_port` / `strip_any_host_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    None,
+    Matching,
+    Any,
+}
+
+/// An address prefix (`address_prefix` / `prefix_len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                let m = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len.min(32)) };
+                u32::from(a) & m == u32::from(b) & m
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                let m = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len.min(128)) };
+                u128::from(a) & m == u128::from(b) & m
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug)]

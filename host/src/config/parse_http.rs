@@ -27,7 +27,6 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         "drain_timeout",
         "delayed_close_timeout",
         "local_reply_config",
-        "internal_address_config",
         "skip_xff_append",
         "via",
         "forward_client_cert_details",
@@ -39,8 +38,6 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         "path_with_escaped_slashes_action",
         "request_id_extension",
         "always_set_request_id_in_response",
-        "strip_matching_host_port",
-        "strip_any_host_port",
         "stream_error_on_invalid_http_message",
         "original_ip_detection_extensions",
         "early_header_mutation_extensions",
@@ -69,8 +66,13 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
     if let Some(hf) = o.get("http_filters") {
         let items = hf.seq();
         let n = items.len();
+        let mut failed = false;
         for (i, item) in items.iter().enumerate() {
-            if let Some(f) = http_filter(item) {
+            let Some(f) = http_filter(item) else {
+                failed = true;
+                continue;
+            };
+            {
                 let terminal = matches!(f, HttpFilter::Router);
                 if terminal && i + 1 != n {
                     item.error(
@@ -80,7 +82,8 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
                 http_filters.push(f);
             }
         }
-        if !matches!(http_filters.last(), Some(HttpFilter::Router)) && n > 0 {
+        // A filter that failed to parse already has its error; do not pile on.
+        if !failed && !matches!(http_filters.last(), Some(HttpFilter::Router)) && n > 0 {
             hf.error("the last HTTP filter must be envoy.filters.http.router");
         }
     }
@@ -142,6 +145,21 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
             }
         }
     }
+    let mut internal_cidrs = Vec::new();
+    if let Some(g) = o.get("internal_address_config")
+        && let Some(io) = g.obj()
+    {
+        let mut io = io.unsupported(&["unix_sockets"]);
+        if let Some(r) = io.get("cidr_ranges") {
+            internal_cidrs = r.seq().iter().filter_map(cidr).collect();
+        }
+        io.finish();
+    }
+    let strip_port = match o.one_of(&["strip_matching_host_port", "strip_any_host_port"]) {
+        Some(("strip_any_host_port", g)) if g.bool() == Some(true) => StripPort::Any,
+        Some(("strip_matching_host_port", g)) if g.bool() == Some(true) => StripPort::Matching,
+        _ => StripPort::None,
+    };
     let server_name = o
         .get("server_name")
         .and_then(|g| g.str())
@@ -162,6 +180,34 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         access_log,
         upgrade_types,
         server_name,
+        internal_cidrs,
+        strip_port,
+    })
+}
+
+/// `envoy.config.core.v3.CidrRange`.
+pub(crate) fn cidr(f: &Field<'_>) -> Option<Cidr> {
+    let mut o = f.obj()?;
+    let prefix = o.req("address_prefix");
+    let len = o.get("prefix_len").and_then(|g| g.u32());
+    o.finish();
+    let prefix = prefix?;
+    let addr: std::net::IpAddr = match prefix.str()?.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            prefix.error("expected an IP address");
+            return None;
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    if len > max {
+        f.error(format!("prefix_len must be at most {max}"));
+        return None;
+    }
+    Some(Cidr {
+        addr,
+        len: len as u8,
     })
 }
 

@@ -77,54 +77,102 @@ pub fn upgrade_type(h: &HeaderMap) -> Option<String> {
     Some(h.get(header::UPGRADE)?.to_str().ok()?.to_ascii_lowercase())
 }
 
-/// The connection manager's request header edits. Returns the downstream address
-/// the rest of the stream should treat as the client's.
+/// Request-control headers Envoy removes from external requests
+/// (`ConnectionManagerUtility::cleanInternalHeaders`).
+const INTERNAL_ONLY: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-ip-tags",
+    "x-envoy-is-timeout-retry",
+];
+
+/// Removed too when the proxy is the edge (`use_remote_address`).
+const EDGE_ONLY: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-original-path",
+];
+
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+
+/// The connection manager's request header edits, as Envoy's: `x-forwarded-for`,
+/// `x-forwarded-proto`, `x-request-id`, and the removal of request-control
+/// `x-envoy-*` headers from external clients. Returns the address the rest of the
+/// stream treats as the client's.
 pub fn mutate_request(
     cfg: &HttpConnectionManager,
     h: &mut HeaderMap,
     remote: SocketAddr,
 ) -> SocketAddr {
+    let xff: Option<String> = h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut client = remote;
+    let internal;
     if cfg.use_remote_address {
-        // Append the peer to x-forwarded-for; the peer is the client.
-        let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        internal = cfg.is_internal(remote.ip());
+        let value = match xff.as_deref() {
             Some(prev) if !prev.is_empty() => format!("{prev},{}", remote.ip()),
             _ => remote.ip().to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
-    } else if let Some(ip) = h
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|xff| {
-            // The address `xff_num_trusted_hops` from the right is the client.
-            let parts: Vec<&str> = xff.split(',').map(str::trim).collect();
-            let idx = parts
-                .len()
-                .checked_sub(1 + cfg.xff_num_trusted_hops as usize)?;
-            parts[idx].parse::<std::net::IpAddr>().ok()
-        })
-    {
-        client = SocketAddr::new(ip, 0);
-    }
-    if cfg.use_remote_address || !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if !internal && let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
+            h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+        }
+    } else {
+        let parts: Vec<&str> = xff
+            .as_deref()
+            .map(|x| x.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        // The address `xff_num_trusted_hops` from the right is the client.
+        if let Some(ip) = parts
+            .len()
+            .checked_sub(1 + cfg.xff_num_trusted_hops as usize)
+            .and_then(|i| parts[i].parse::<std::net::IpAddr>().ok())
+        {
+            client = SocketAddr::new(ip, 0);
+        }
+        // Without a single trusted XFF address a request is external.
+        internal = parts.len() == 1
+            && parts[0]
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| cfg.is_internal(ip));
+        if !h.contains_key(&X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
     }
-    // Requests from outside may not steer the proxy through x-envoy-* headers.
-    // Legate treats no address as internal, as Envoy 1.40 does without an
-    // internal_address_config.
-    let envoy_headers: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-envoy-"))
-        .cloned()
-        .collect();
-    for k in envoy_headers {
-        h.remove(k);
+    if internal {
+        h.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+    } else {
+        for name in INTERNAL_ONLY {
+            h.remove(*name);
+        }
+        if cfg.use_remote_address {
+            for name in EDGE_ONLY {
+                h.remove(*name);
+            }
+        }
     }
-    if cfg.generate_request_id
-        && (!cfg.preserve_external_request_id || !h.contains_key(&X_REQUEST_ID))
-    {
+    let edge_external = cfg.use_remote_address && !internal;
+    let regenerate = edge_external && !cfg.preserve_external_request_id;
+    if cfg.generate_request_id && (regenerate || !h.contains_key(&X_REQUEST_ID)) {
         let id = uuid::Uuid::new_v4();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let s = id.hyphenated().encode_lower(&mut buf);

@@ -56,9 +56,11 @@ pub fn build(
         );
         let code = grpc_status.unwrap_or_else(|| grpc_status_for(status));
         h.insert("grpc-status", HeaderValue::from(code));
-        let msg = grpc_message(&String::from_utf8_lossy(body));
-        if let Ok(v) = HeaderValue::from_str(&msg) {
-            h.insert("grpc-message", v);
+        if !body.is_empty() {
+            let msg = grpc_message(&String::from_utf8_lossy(body));
+            if let Ok(v) = HeaderValue::from_str(&msg) {
+                h.insert("grpc-message", v);
+            }
         }
         r
     } else {

@@ -49,6 +49,7 @@ pub struct HcmStats {
     pub downstream_rq_completed: Counter,
     pub downstream_rq_timeout: Counter,
     pub downstream_rq_rx_reset: Counter,
+    pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_rq_xx: CodeStats,
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -82,7 +83,8 @@ impl HcmStats {
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
-            downstream_rq_xx: CodeStats::new(format!("http.{prefix}.downstream_rq")),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_xx: CodeStats::new(format!("http.{prefix}.downstream_rq"), true),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_redirect: c("rq_redirect"),
@@ -122,6 +124,8 @@ pub(crate) struct ConnCx {
     pub http2: bool,
     /// Set once a drain started, so HTTP/1.1 responses carry `connection: close`.
     pub draining: Cell<bool>,
+    /// The connection must close after this response (protocol errors).
+    pub close_after: Cell<bool>,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -189,6 +193,7 @@ pub async fn serve(
         id,
         http2,
         draining: Cell::new(*drain.borrow()),
+        close_after: Cell::new(false),
     });
     let svc_cx = cx.clone();
     let svc = service_fn(move |req| {

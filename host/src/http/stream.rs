@@ -21,7 +21,7 @@ use super::body::{Body, BoxError};
 use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
 use super::{ConnCx, local_reply};
 use crate::access_log::format::LogContext;
-use crate::config::{HeaderMutations, HostRewrite, RouteAction};
+use crate::config::{HeaderMutations, HostRewrite, RouteAction, StripPort};
 use crate::router::{self, RequestView};
 use crate::upstream::pool::{PoolReturn, SendError};
 use crate::upstream::{ClusterStats, HostAddress, WorkerCluster};
@@ -186,6 +186,9 @@ impl Drop for ProxyBody {
     }
 }
 
+const CONNECT_FAILURE: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+
 fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_10 => "HTTP/1.0",
@@ -243,7 +246,9 @@ impl Stream {
             }
             resp = r;
         }
-        if self.cx.draining.get() && !self.cx.http2 {
+        if (self.cx.close_after.get() || self.cx.draining.get() || self.cx.worker.health_failed())
+            && !self.cx.http2
+        {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -387,6 +392,18 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 .map(str::to_string)
         })
         .unwrap_or_default();
+    let authority = match cfg.strip_port {
+        StripPort::None => authority,
+        StripPort::Any => router::strip_port(&authority).to_string(),
+        StripPort::Matching => match authority.rsplit_once(':') {
+            Some((h, p))
+                if p == cx.local.port().to_string() && (h.ends_with(']') || !h.contains(':')) =>
+            {
+                h.to_string()
+            }
+            _ => authority,
+        },
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -438,15 +455,28 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
     let mut filters: Vec<Box<dyn HttpFilter>> = hcm.filters.iter().map(|f| f.create()).collect();
 
-    if authority.is_empty() {
+    // Envoy refuses HTTP/1.0 unless accept_http_10 is set (Legate has no such option).
+    if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 {
+        cx.close_after.set(true);
         return st.local(
-            StatusCode::BAD_REQUEST,
-            "missing host header",
+            StatusCode::UPGRADE_REQUIRED,
+            "Upgrade Required",
             Some(ResponseFlag::DownstreamProtocolError),
-            "missing_host_header",
+            "low_version",
             &[],
             &mut filters,
         );
+    }
+    if authority.is_empty() {
+        cx.close_after.set(true);
+        return st.local(StatusCode::BAD_REQUEST, "", None, "missing_host_header", &[], &mut filters);
+    }
+    if let Some(u) = &upgrade
+        && !cfg.upgrade_types.iter().any(|t| t == u)
+    {
+        stats.downstream_rq_ws_on_non_ws_route.inc();
+        cx.close_after.set(true);
+        return st.local(StatusCode::FORBIDDEN, "", None, "upgrade_failed", &[], &mut filters);
     }
 
     if !filters.is_empty() {
@@ -640,12 +670,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             cstats.upstream_rq_active.dec();
             cstats.upstream_rq_pending_failure_eject.inc();
             cstats.upstream_rq.record(503);
-            let body = format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {e}"
-            );
+            tracing::debug!(cluster = cluster.name(), "upstream connect failed: {e}");
             return st.local(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &body,
+                CONNECT_FAILURE,
                 Some(ResponseFlag::UpstreamConnectionFailure),
                 "upstream_reset_before_response_started{remote_connection_failure}",
                 levels,
@@ -721,19 +749,17 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
                 Some(ResponseFlag::UpstreamRequestTimeout),
-                "upstream_response_timeout",
+                "response_timeout",
                 levels,
                 &mut filters,
             );
         }
         Ok(Err(SendError::Connect(e))) => {
             cstats.upstream_rq.record(503);
-            let body = format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {e}"
-            );
+            tracing::debug!(cluster = cluster.name(), "upstream connect failed: {e}");
             return st.local(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &body,
+                CONNECT_FAILURE,
                 Some(ResponseFlag::UpstreamConnectionFailure),
                 "upstream_reset_before_response_started{remote_connection_failure}",
                 levels,
@@ -758,6 +784,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let service_ms = sent_at.elapsed().as_millis() as u64;
     cstats.upstream_rq.record(resp.status().as_u16());
 
+    if upgrade.is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // A refused upgrade leaves the connection in an unknown state.
+        cx.close_after.set(true);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = on_upgrade {
             let up = hyper::upgrade::on(&mut resp);

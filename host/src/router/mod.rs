@@ -59,18 +59,10 @@ fn find_vhost<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
     best.map(|(_, _, vh)| vh)
 }
 
-/// The virtual host for an authority. Envoy matches the host with its port first and
-/// falls back to the host without the port.
+/// The virtual host for an authority, matched case-insensitively and with its port
+/// (Envoy strips the port only when `strip_*_host_port` says so).
 pub fn select_vhost<'a>(rc: &'a RouteConfig, authority: &str) -> Option<&'a VirtualHost> {
-    let host = authority.to_ascii_lowercase();
-    if let Some(vh) = find_vhost(rc, &host) {
-        return Some(vh);
-    }
-    let stripped = strip_port(&host);
-    if stripped.len() != host.len() {
-        return find_vhost(rc, stripped);
-    }
-    None
+    find_vhost(rc, &authority.to_ascii_lowercase())
 }
 
 /// `host:port` -> `host`; IPv6 literals keep their brackets.

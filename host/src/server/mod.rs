@@ -75,7 +75,9 @@ pub struct Shared {
     pub drain: watch::Sender<bool>,
     /// Connections open on all workers, for the drain.
     pub active_connections: AtomicUsize,
-    pub healthcheck_failed: AtomicBool,
+    /// Set by `/healthcheck/fail`: `/ready` answers 503 and HTTP/1.1 responses
+    /// carry `connection: close`, as Envoy does.
+    pub healthcheck_failed: Arc<AtomicBool>,
     pub started: std::time::SystemTime,
     next_conn_id: AtomicU64,
     pub concurrency: usize,
@@ -84,6 +86,13 @@ pub struct Shared {
 /// One worker's state: its view of clusters (balancers, pools).
 pub struct Worker {
     pub clusters: WorkerClusters,
+    healthcheck_failed: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub fn health_failed(&self) -> bool {
+        self.healthcheck_failed.load(Ordering::Relaxed)
+    }
 }
 
 fn stat_addr(a: &str) -> String {
@@ -156,7 +165,7 @@ impl Shared {
             listeners,
             drain,
             active_connections: AtomicUsize::new(0),
-            healthcheck_failed: AtomicBool::new(false),
+            healthcheck_failed: Arc::new(AtomicBool::new(false)),
             started: std::time::SystemTime::now(),
             next_conn_id: AtomicU64::new(1),
             concurrency,
@@ -212,6 +221,7 @@ fn run_worker(shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) {
     local.block_on(&rt, async move {
         let worker = Rc::new(Worker {
             clusters: WorkerClusters::new(&shared.clusters),
+            healthcheck_failed: shared.healthcheck_failed.clone(),
         });
         let mut accepts = Vec::new();
         for (idx, sock) in sockets.into_iter().enumerate() {

@@ -158,27 +158,36 @@ impl Store {
 /// on first use so unused codes do not appear.
 pub struct CodeStats {
     prefix: String,
-    classes: [Counter; 5],
+    classes: [OnceLock<Counter>; 5],
     codes: Box<[OnceLock<Counter>]>,
 }
 
 impl CodeStats {
-    /// `prefix` is e.g. `cluster.foo.upstream_rq`.
-    pub fn new(prefix: String) -> CodeStats {
-        let s = store();
-        let classes = [1, 2, 3, 4, 5].map(|c| s.counter(format!("{prefix}_{c}xx")));
-        CodeStats {
+    /// `prefix` is e.g. `cluster.foo.upstream_rq`. Envoy creates the class counters
+    /// up front for the connection manager and on first use for clusters.
+    pub fn new(prefix: String, eager_classes: bool) -> CodeStats {
+        let cs = CodeStats {
             prefix,
-            classes,
+            classes: Default::default(),
             codes: (100..600).map(|_| OnceLock::new()).collect(),
+        };
+        if eager_classes {
+            for c in 0..5 {
+                cs.class(c);
+            }
         }
+        cs
+    }
+
+    fn class(&self, i: usize) -> &Counter {
+        self.classes[i].get_or_init(|| store().counter(format!("{}_{}xx", self.prefix, i + 1)))
     }
 
     pub fn record(&self, code: u16) {
         if !(100..600).contains(&code) {
             return;
         }
-        self.classes[(code / 100 - 1) as usize].inc();
+        self.class((code / 100 - 1) as usize).inc();
         self.codes[(code - 100) as usize]
             .get_or_init(|| store().counter(format!("{}_{code}", self.prefix)))
             .inc();
@@ -187,7 +196,7 @@ impl CodeStats {
     /// Only the class counters (Envoy's downstream stats have no per-code counters).
     pub fn record_class(&self, code: u16) {
         if (100..600).contains(&code) {
-            self.classes[(code / 100 - 1) as usize].inc();
+            self.class((code / 100 - 1) as usize).inc();
         }
     }
 }
@@ -215,12 +224,13 @@ mod tests {
 
     #[test]
     fn code_stats_create_on_use() {
-        let c = CodeStats::new("test.codes.upstream_rq".into());
+        let c = CodeStats::new("test.codes.upstream_rq".into(), false);
         c.record(503);
         c.record(200);
         c.record(200);
         assert_eq!(store().get("test.codes.upstream_rq_200"), Some(2));
         assert_eq!(store().get("test.codes.upstream_rq_5xx"), Some(1));
         assert_eq!(store().get("test.codes.upstream_rq_404"), None);
+        assert_eq!(store().get("test.codes.upstream_rq_4xx"), None);
     }
 }

@@ -20,7 +20,7 @@ pub fn json(samples: &[Sample]) -> String {
         .iter()
         .map(|s| serde_json::json!({"name": s.name, "value": s.value}))
         .collect();
-    serde_json::to_string_pretty(&serde_json::json!({ "stats": stats })).unwrap_or_default()
+    serde_json::json!({ "stats": stats }).to_string()
 }
 
 /// Envoy's default tag extraction, for the stat families Legate has: turns
@@ -96,7 +96,7 @@ pub fn prometheus(samples: &[Sample], used_only: bool) -> String {
         let family = sanitize(&base);
         tags.reverse();
         let labels = if tags.is_empty() {
-            String::new()
+            "{}".to_string()
         } else {
             let inner: Vec<String> = tags
                 .iter()
@@ -109,16 +109,22 @@ pub fn prometheus(samples: &[Sample], used_only: bool) -> String {
             .or_insert_with(|| (s.is_counter, Vec::new()));
         entry.1.push(format!("{family}{labels} {}", s.value));
     }
+    // Envoy prints every counter family, then every gauge family.
     let mut out = String::new();
-    for (family, (is_counter, lines)) in families {
-        let _ = writeln!(
-            out,
-            "# TYPE {family} {}",
-            if is_counter { "counter" } else { "gauge" }
-        );
-        for l in lines {
-            out.push_str(&l);
-            out.push('\n');
+    for want_counters in [true, false] {
+        for (family, (is_counter, lines)) in &families {
+            if *is_counter != want_counters {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "# TYPE {family} {}",
+                if *is_counter { "counter" } else { "gauge" }
+            );
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
+            }
         }
     }
     out

@@ -81,7 +81,7 @@ impl ClusterStats {
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
-            upstream_rq: CodeStats::new(format!("cluster.{name}.upstream_rq")),
+            upstream_rq: CodeStats::new(format!("cluster.{name}.upstream_rq"), false),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
         }

@@ -1,0 +1,347 @@
+//! Shared helpers for the black-box tests: start the real `legate` binary on a
+//! config, find its ports, read its stats, and run small upstreams.
+//!
+//! Every listener in test configs uses `port_value: 0`; the admin address comes
+//! from `--admin-address-path` and listener ports from `/listeners?format=json`,
+//! so tests never race for ports.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_legate");
+
+/// A running `legate` process, killed on drop.
+pub struct Legate {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Legate {
+    /// Starts legate on `yaml` with two workers and waits until `/ready` is 200.
+    pub async fn start(yaml: &str) -> Legate {
+        Self::start_with(yaml, &["--concurrency", "2"]).await
+    }
+
+    pub async fn start_with(yaml: &str, extra: &[&str]) -> Legate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("legate.yaml");
+        std::fs::write(&cfg, yaml).expect("write config");
+        let admin_file = dir.path().join("admin.addr");
+        let stdout = dir.path().join("stdout.log");
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("-l")
+            .arg("info")
+            .args(extra)
+            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .spawn()
+            .expect("spawn legate");
+        let mut l = Legate {
+            child,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = l.child.try_wait().unwrap() {
+                panic!(
+                    "legate exited early with {status}:\n{}",
+                    std::fs::read_to_string(&l.stderr).unwrap_or_default()
+                );
+            }
+            if let Ok(a) = std::fs::read_to_string(&admin_file)
+                && let Ok(addr) = a.trim().parse()
+            {
+                l.admin = addr;
+                if let Ok((200, _)) = http_get(addr, "/ready").await {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "legate did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The bound address of a listener, by name.
+    pub async fn listener(&self, name: &str) -> SocketAddr {
+        let (_, body) = http_get(self.admin, "/listeners?format=json").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for l in v["listener_statuses"].as_array().unwrap() {
+            if l["name"] == name {
+                let sa = &l["local_address"]["socket_address"];
+                return format!("{}:{}", sa["address"].as_str().unwrap(), sa["port_value"])
+                    .parse()
+                    .unwrap();
+            }
+        }
+        panic!("no listener {name} in {body}");
+    }
+
+    /// All stats as a map.
+    pub async fn stats(&self) -> HashMap<String, i64> {
+        let (_, body) = http_get(self.admin, "/stats?format=json").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap().to_string(), s["value"].as_i64().unwrap()))
+            .collect()
+    }
+
+    /// One stat's value (0 when absent).
+    pub async fn stat(&self, name: &str) -> i64 {
+        self.stats().await.get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits until a stat reaches `want` (stats at stream end are recorded just
+    /// after the client sees the response).
+    pub async fn wait_stat(&self, name: &str, want: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.stat(name).await;
+            if v == want || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Legate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET (`Connection: close`), for admin calls.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+}
+
+pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_raw(
+        addr,
+        &format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends raw bytes, reads to EOF, returns status and body (chunked is not decoded).
+pub async fn http_raw(addr: SocketAddr, req: &str) -> std::io::Result<(u16, String)> {
+    let raw = raw_exchange(addr, req.as_bytes()).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Writes bytes and reads everything the peer sends until it closes (5 s max).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    Ok(out)
+}
+
+/// Runs `curl` with arguments; returns (exit ok, stdout, stderr).
+pub fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An upstream HTTP server (HTTP/1.1 and h2c) that answers with a JSON echo of
+/// the request, plus a few behaviours chosen by path:
+/// `/status/N` answers N, `/sleep/MS` waits first, `/bytes/N` sends N bytes.
+/// The response carries `x-upstream: <name>`.
+pub async fn echo_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| echo(name, req));
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let mut status = 200;
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        let ms: u64 = ms.split('/').next().unwrap_or("0").parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code.parse().unwrap_or(500);
+    }
+    let payload = if let Some(n) = path.strip_prefix("/bytes/") {
+        Bytes::from(vec![b'x'; n.parse().unwrap_or(0)])
+    } else {
+        let headers: serde_json::Map<String, serde_json::Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        Bytes::from(
+            serde_json::json!({
+                "upstream": name,
+                "method": parts.method.as_str(),
+                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                "version": format!("{:?}", parts.version),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            })
+            .to_string(),
+        )
+    };
+    let mut resp = Response::new(Full::new(payload));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    Ok(resp)
+}
+
+/// A raw TCP echo server.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An HCM listener named `name` routing everything to `cluster`, plus extra YAML
+/// for the HCM (indented to sit under typed_config).
+pub fn http_listener(name: &str, stat_prefix: &str, routes: &str, hcm_extra: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {stat_prefix}
+{hcm_extra}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+/// A STATIC cluster over the given endpoints (address, weight).
+pub fn cluster(name: &str, endpoints: &[(SocketAddr, u32)], extra: &str) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(a, w)| {
+            format!(
+                "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n          load_balancing_weight: {w}\n",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+{extra}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+{eps}"#
+    )
+}
+
+/// A full bootstrap from listener and cluster snippets, admin on port 0.
+pub fn bootstrap(listeners: &str, clusters: &str) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:{listeners}
+  clusters:{clusters}
+"#
+    )
+}
