@@ -126,11 +126,19 @@ impl Cidr {
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         match (self.addr, ip) {
             (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
-                let m = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len.min(32)) };
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len.min(32))
+                };
                 u32::from(a) & m == u32::from(b) & m
             }
             (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
-                let m = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len.min(128)) };
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len.min(128))
+                };
                 u128::from(a) & m == u128::from(b) & m
             }
             _ => false,

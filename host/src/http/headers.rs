@@ -105,7 +105,8 @@ const EDGE_ONLY: &[&str] = &[
     "x-envoy-original-path",
 ];
 
-pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
+    HeaderName::from_static("x-envoy-external-address");
 pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
 /// The connection manager's request header edits, as Envoy's: `x-forwarded-for`,

@@ -186,8 +186,7 @@ impl Drop for ProxyBody {
     }
 }
 
-const CONNECT_FAILURE: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
 fn protocol_name(v: Version) -> &'static str {
     match v {
@@ -200,12 +199,35 @@ fn protocol_name(v: Version) -> &'static str {
 
 struct Stream {
     cx: Rc<ConnCx>,
-    tail: Box<Tail>,
+    /// Taken by `respond`; still here when the stream is dropped early (the client
+    /// went away before the response), so `Drop` finishes it.
+    tail: Option<Box<Tail>>,
     grpc: bool,
     info: StreamInfo,
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(t) = self.tail.take() {
+            t.finish(false);
+        }
+    }
+}
+
 impl Stream {
+    /// The stream's tail; present until `respond` hands it to the body.
+    fn t(&mut self) -> &mut Tail {
+        self.tail
+            .as_mut()
+            .expect("tail is only taken by respond, which consumes the stream")
+    }
+
+    fn tr(&self) -> &Tail {
+        self.tail
+            .as_ref()
+            .expect("tail is only taken by respond, which consumes the stream")
+    }
+
     /// Finishes the response: response header rules, stats, then the body wrapper.
     fn respond(
         mut self,
@@ -253,10 +275,10 @@ impl Stream {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let code = resp.status().as_u16();
-        self.tail.code = code;
-        self.tail.flags = ResponseFlags(self.tail.flags.0 | self.info.response_flags.0);
+        self.t().code = code;
+        self.t().flags = ResponseFlags(self.t().flags.0 | self.info.response_flags.0);
         self.cx.hcm.stats.downstream_rq_xx.record_class(code);
-        if let Some(ld) = self.tail.log.as_mut() {
+        if let Some(ld) = self.t().log.as_mut() {
             ld.response_headers = resp.headers().clone();
         }
         let (parts, body) = resp.into_parts();
@@ -265,22 +287,22 @@ impl Stream {
             ProxyBody {
                 inner: body,
                 pool,
-                tail: Some(self.tail),
+                tail: self.tail.take(),
             },
         )
     }
 
     fn header_context(&self) -> LogContext<'_> {
         LogContext {
-            start_time: Some(self.tail.start_time),
-            downstream_remote_address: Some(self.tail.downstream_remote),
+            start_time: Some(self.tr().start_time),
+            downstream_remote_address: Some(self.tr().downstream_remote),
             downstream_direct_remote_address: Some(self.cx.remote),
             downstream_local_address: Some(self.cx.local),
             connection_id: Some(self.cx.id),
-            upstream_host: self.tail.upstream_host,
-            upstream_cluster: self.tail.cluster.as_ref().map(|c| c.name()),
-            route_name: self.tail.route_name.as_deref(),
-            protocol: self.tail.log.as_ref().map(|l| l.protocol),
+            upstream_host: self.tr().upstream_host,
+            upstream_cluster: self.tr().cluster.as_ref().map(|c| c.name()),
+            route_name: self.tr().route_name.as_deref(),
+            protocol: self.tr().log.as_ref().map(|l| l.protocol),
             ..Default::default()
         }
     }
@@ -295,11 +317,11 @@ impl Stream {
         filters: &mut [Box<dyn HttpFilter>],
     ) -> Response<ProxyBody> {
         if let Some(f) = flag {
-            self.tail.flags.set(f);
+            self.t().flags.set(f);
         }
-        self.tail.details = details;
+        self.t().details = details;
         if !body.is_empty() {
-            self.tail.local_reply_body = Some(body.to_string());
+            self.t().local_reply_body = Some(body.to_string());
         }
         let resp = local_reply::build(status, body.as_bytes(), self.grpc, None, None, None);
         self.respond(resp, levels, None, filters)
@@ -434,7 +456,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
     let mut st = Stream {
         cx: cx.clone(),
-        tail: Box::new(Tail {
+        tail: Some(Box::new(Tail {
             cx: cx.clone(),
             start,
             start_time,
@@ -449,7 +471,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             log,
             local_reply_body: None,
             downstream_remote,
-        }),
+        })),
         grpc,
         info,
     };
@@ -469,14 +491,28 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     }
     if authority.is_empty() {
         cx.close_after.set(true);
-        return st.local(StatusCode::BAD_REQUEST, "", None, "missing_host_header", &[], &mut filters);
+        return st.local(
+            StatusCode::BAD_REQUEST,
+            "",
+            None,
+            "missing_host_header",
+            &[],
+            &mut filters,
+        );
     }
     if let Some(u) = &upgrade
         && !cfg.upgrade_types.iter().any(|t| t == u)
     {
         stats.downstream_rq_ws_on_non_ws_route.inc();
         cx.close_after.set(true);
-        return st.local(StatusCode::FORBIDDEN, "", None, "upgrade_failed", &[], &mut filters);
+        return st.local(
+            StatusCode::FORBIDDEN,
+            "",
+            None,
+            "upgrade_failed",
+            &[],
+            &mut filters,
+        );
     }
 
     if !filters.is_empty() {
@@ -492,9 +528,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         parts.uri = head.uri;
         parts.headers = head.headers;
         if let Some((i, r)) = reply {
-            st.tail.details = r.details;
+            st.t().details = r.details;
             if let Some(f) = r.response_flag {
-                st.tail.flags.set(f);
+                st.t().flags.set(f);
             }
             let resp = local_reply::build(
                 r.status,
@@ -541,7 +577,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         );
     };
     if !route.name.is_empty() {
-        st.tail.route_name = Some(route.name.clone());
+        st.t().route_name = Some(route.name.clone());
         st.info.route_name = Some(route.name.clone());
     }
     let levels: [&HeaderMutations; 3] = [&route.headers, &vh.headers, &rc.headers];
@@ -554,7 +590,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let fwd = match &route.action {
         RouteAction::DirectResponse { status, body } => {
             stats.rq_direct_response.inc();
-            st.tail.details = "direct_response";
+            st.t().details = "direct_response";
             let resp = local_reply::build(
                 *status,
                 body.as_deref().unwrap_or_default(),
@@ -567,7 +603,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         }
         RouteAction::Redirect(r) => {
             stats.rq_redirect.inc();
-            st.tail.details = "direct_response";
+            st.t().details = "direct_response";
             let location = redirect_location(r, &authority, &path, route);
             let mut resp = Response::new(Body::Empty);
             *resp.status_mut() =
@@ -598,7 +634,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         );
     };
     st.info.upstream_cluster = Some(cluster.name().to_string());
-    st.tail.cluster = Some(cluster.clone());
+    st.t().cluster = Some(cluster.clone());
 
     // Request header rules of the route.
     if !levels.is_empty() {
@@ -681,7 +717,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             );
         }
     };
-    st.tail.upstream_host = Some(pool.addr);
+    st.t().upstream_host = Some(pool.addr);
 
     // Build the upstream request.
     let target = new_path.as_deref().unwrap_or(&path);
@@ -697,7 +733,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
     let Ok(uri) = uri else {
         cstats.upstream_rq_active.dec();
-        st.tail.upstream_host = None;
+        st.t().upstream_host = None;
         return st.local(
             StatusCode::BAD_REQUEST,
             "",

@@ -194,7 +194,9 @@ impl HostPool {
         loop {
             let popped = self.idle.borrow_mut().pop();
             match popped {
-                Some(s) if s.is_ready() => return Ok(Sender::Http1(s)),
+                // Not ready yet may just mean the last response is still being
+                // wrapped up; `send` waits for readiness. Only closed ones go.
+                Some(s) if !s.is_closed() => return Ok(Sender::Http1(s)),
                 Some(_) => continue,
                 None => break,
             }
