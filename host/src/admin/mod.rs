@@ -249,7 +249,11 @@ async fn handle(c: Arc<Control>, req: Request<Incoming>) -> Response<Full<Bytes>
     let path = req.uri().path().to_string();
     let q = query_params(req.uri().query());
     if POST_ONLY.contains(&path.as_str()) && req.method() != Method::POST {
-        return text(StatusCode::BAD_REQUEST, "This endpoint requires POST\n");
+        // Envoy 1.40 answers 405 here (older versions said 400).
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("Method {} not allowed, POST required.", req.method()),
+        );
     }
     let s = &c.shared;
     match path.as_str() {

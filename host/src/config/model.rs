@@ -35,8 +35,8 @@ pub struct Admin {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
-    /// Prefix of `listener.<prefix>.` stats; Envoy defaults to the address.
-    pub stat_prefix: String,
+    /// Prefix of `listener.<prefix>.` stats; `None` names them by the bound address.
+    pub stat_prefix: Option<String>,
     pub filter_chains: Vec<FilterChain>,
 }
 

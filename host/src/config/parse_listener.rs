@@ -87,7 +87,7 @@ pub(crate) fn listener(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<List
     let address = address?;
     let name = name.unwrap_or_else(|| address.to_string());
     Some(Listener {
-        stat_prefix: stat_prefix.unwrap_or_else(|| address.to_string()),
+        stat_prefix,
         name,
         address,
         filter_chains: chains,
