@@ -228,8 +228,9 @@ impl Stream {
             .expect("tail is only taken by respond, which consumes the stream")
     }
 
-    /// Finishes the response: response header rules, stats, then the body wrapper.
-    fn respond(
+    /// Finishes the response: response header rules, the filters' response hooks in
+    /// reverse order, stats, then the body wrapper.
+    async fn respond(
         mut self,
         mut resp: Response<Body>,
         levels: &[&HeaderMutations],
@@ -254,7 +255,7 @@ impl Stream {
                 headers: parts.headers,
             };
             let eos = body.is_end_stream();
-            let reply = futures_run_response(filters, &mut head, eos, &mut self.info);
+            let reply = run_response_headers(filters, &mut head, eos, &mut self.info).await;
             let mut r = Response::from_parts(parts_from(head), body);
             if let Some(reply) = reply {
                 r = local_reply::build(
@@ -307,7 +308,7 @@ impl Stream {
         }
     }
 
-    fn local(
+    async fn local(
         mut self,
         status: StatusCode,
         body: &str,
@@ -324,7 +325,7 @@ impl Stream {
             self.t().local_reply_body = Some(body.to_string());
         }
         let resp = local_reply::build(status, body.as_bytes(), self.grpc, None, None, None);
-        self.respond(resp, levels, None, filters)
+        self.respond(resp, levels, None, filters).await
     }
 }
 
@@ -335,32 +336,19 @@ fn parts_from(head: ResponseHead) -> http::response::Parts {
     parts
 }
 
-/// Runs response-header hooks in reverse order. Filters are async, but a response
-/// hook that has to wait is not supported on this path yet, so a pending hook is
-/// treated as `Continue` after polling it to completion synchronously.
-fn futures_run_response(
+/// Runs response-header hooks in reverse order; stops at the first local reply.
+pub(crate) async fn run_response_headers(
     filters: &mut [Box<dyn HttpFilter>],
     head: &mut ResponseHead,
     eos: bool,
     info: &mut StreamInfo,
 ) -> Option<LocalReply> {
     for f in filters.iter_mut().rev() {
-        let fut = f.on_response_headers(head, eos, info);
-        if let Some(HeadersAction::Respond(r)) = now_or_never(fut) {
+        if let HeadersAction::Respond(r) = f.on_response_headers(head, eos, info).await {
             return Some(r);
         }
     }
     None
-}
-
-fn now_or_never<F: std::future::Future>(fut: F) -> Option<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = Context::from_waker(waker);
-    let mut fut = std::pin::pin!(fut);
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
-    }
 }
 
 /// Runs request-header hooks in order; stops at the first local reply.
@@ -487,7 +475,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "low_version",
             &[],
             &mut filters,
-        );
+        ).await;
     }
     if authority.is_empty() {
         cx.close_after.set(true);
@@ -498,7 +486,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "missing_host_header",
             &[],
             &mut filters,
-        );
+        ).await;
     }
     if let Some(u) = &upgrade
         && !cfg.upgrade_types.iter().any(|t| t == u)
@@ -512,7 +500,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "upgrade_failed",
             &[],
             &mut filters,
-        );
+        ).await;
     }
 
     if !filters.is_empty() {
@@ -541,7 +529,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 None,
             );
             // Only the filters that saw the request see the local reply.
-            return st.respond(resp, &[], None, &mut filters[..i]);
+            return st.respond(resp, &[], None, &mut filters[..i]).await;
         }
     }
 
@@ -563,7 +551,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "route_not_found",
             &[&rc.headers],
             &mut filters,
-        );
+        ).await;
     };
     let Some(route) = router::select_route(vh, &view) else {
         stats.no_route.inc();
@@ -574,7 +562,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "route_not_found",
             &[&vh.headers, &rc.headers],
             &mut filters,
-        );
+        ).await;
     };
     if !route.name.is_empty() {
         st.t().route_name = Some(route.name.clone());
@@ -599,7 +587,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 None,
                 None,
             );
-            return st.respond(resp, levels, None, &mut filters);
+            return st.respond(resp, levels, None, &mut filters).await;
         }
         RouteAction::Redirect(r) => {
             stats.rq_redirect.inc();
@@ -611,7 +599,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
-            return st.respond(resp, levels, None, &mut filters);
+            return st.respond(resp, levels, None, &mut filters).await;
         }
         RouteAction::Forward(f) => f,
     };
@@ -631,7 +619,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "cluster_not_found",
             levels,
             &mut filters,
-        );
+        ).await;
     };
     st.info.upstream_cluster = Some(cluster.name().to_string());
     st.t().cluster = Some(cluster.clone());
@@ -687,7 +675,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "no_healthy_upstream",
             levels,
             &mut filters,
-        );
+        ).await;
     };
     if let (HostRewrite::Auto, HostAddress::Dns(name, port)) = (&fwd.host_rewrite, &host.address) {
         upstream_authority = if *port == 80 {
@@ -714,7 +702,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 "upstream_reset_before_response_started{remote_connection_failure}",
                 levels,
                 &mut filters,
-            );
+            ).await;
         }
     };
     st.t().upstream_host = Some(pool.addr);
@@ -741,7 +729,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             "invalid_path",
             levels,
             &mut filters,
-        );
+        ).await;
     };
     parts.uri = uri;
     parts.headers.remove(header::EXPECT);
@@ -788,7 +776,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 "response_timeout",
                 levels,
                 &mut filters,
-            );
+            ).await;
         }
         Ok(Err(SendError::Connect(e))) => {
             cstats.upstream_rq.record(503);
@@ -800,7 +788,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 "upstream_reset_before_response_started{remote_connection_failure}",
                 levels,
                 &mut filters,
-            );
+            ).await;
         }
         Ok(Err(SendError::Reset(e))) => {
             tracing::debug!(cluster = cluster.name(), "upstream reset: {e}");
@@ -813,7 +801,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 "upstream_reset_before_response_started{connection_termination}",
                 levels,
                 &mut filters,
-            );
+            ).await;
         }
         Ok(Ok(r)) => r,
     };
@@ -847,7 +835,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     );
     let (rparts, rbody) = resp.into_parts();
     let resp = Response::from_parts(rparts, Body::Incoming(rbody));
-    st.respond(resp, levels, pool_ret, &mut filters)
+    st.respond(resp, levels, pool_ret, &mut filters).await
 }
 
 fn redirect_location(
@@ -885,4 +873,118 @@ fn redirect_location(
         new_path.push_str(q);
     }
     format!("{scheme}://{host}{new_path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    struct Recorder {
+        name: &'static str,
+        log: Rc<RefCell<Vec<String>>>,
+        reply_on_request: bool,
+    }
+
+    #[async_trait(?Send)]
+    impl HttpFilter for Recorder {
+        async fn on_request_headers(
+            &mut self,
+            head: &mut RequestHead,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> HeadersAction {
+            // A filter that waits simply awaits.
+            tokio::task::yield_now().await;
+            self.log.borrow_mut().push(format!("req:{}", self.name));
+            head.headers.append("x-seen", self.name.parse().unwrap());
+            if self.reply_on_request {
+                return HeadersAction::Respond(LocalReply::new(StatusCode::FORBIDDEN, "no"));
+            }
+            HeadersAction::Continue
+        }
+
+        async fn on_response_headers(
+            &mut self,
+            _head: &mut ResponseHead,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> HeadersAction {
+            self.log.borrow_mut().push(format!("resp:{}", self.name));
+            HeadersAction::Continue
+        }
+    }
+
+    fn info() -> StreamInfo {
+        StreamInfo {
+            start_time: SystemTime::now(),
+            downstream_remote_address: "127.0.0.1:1".parse().unwrap(),
+            downstream_local_address: "127.0.0.1:2".parse().unwrap(),
+            connection_id: 1,
+            route_name: None,
+            upstream_cluster: None,
+            response_flags: ResponseFlags::default(),
+            dynamic_metadata: Default::default(),
+        }
+    }
+
+    fn chain(log: &Rc<RefCell<Vec<String>>>, stop_at: Option<usize>) -> Vec<Box<dyn HttpFilter>> {
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Box::new(Recorder {
+                    name: n,
+                    log: log.clone(),
+                    reply_on_request: stop_at == Some(i),
+                }) as Box<dyn HttpFilter>
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn request_in_order_response_in_reverse() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut filters = chain(&log, None);
+        let mut head = RequestHead {
+            method: http::Method::GET,
+            uri: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+        };
+        let mut i = info();
+        assert!(run_request_headers(&mut filters, &mut head, true, &mut i).await.is_none());
+        let seen: Vec<_> = head.headers.get_all("x-seen").iter().collect();
+        assert_eq!(seen, ["a", "b", "c"]);
+        let mut resp = ResponseHead {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        };
+        assert!(run_response_headers(&mut filters, &mut resp, true, &mut i).await.is_none());
+        assert_eq!(
+            *log.borrow(),
+            ["req:a", "req:b", "req:c", "resp:c", "resp:b", "resp:a"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_reply_stops_the_chain() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut filters = chain(&log, Some(1));
+        let mut head = RequestHead {
+            method: http::Method::GET,
+            uri: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+        };
+        let (at, reply) = run_request_headers(&mut filters, &mut head, true, &mut info())
+            .await
+            .expect("b answers locally");
+        assert_eq!(at, 1);
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        assert_eq!(*log.borrow(), ["req:a", "req:b"]);
+    }
 }
