@@ -18,11 +18,14 @@ use tokio::net::TcpListener;
 use crate::server::Shared;
 use crate::stats::{self, store};
 
+/// Sets the log level; an error text for a bad level.
+pub type SetLogLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
 /// What the admin can do to the process beyond reading it.
 pub struct Control {
     pub shared: Arc<Shared>,
     /// Sets the log level; returns an error text for a bad level.
-    pub set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    pub set_log_level: Box<SetLogLevel>,
     pub log_level: Box<dyn Fn() -> String + Send + Sync>,
     pub command_line: serde_json::Value,
 }
@@ -289,13 +292,13 @@ async fn handle(c: Arc<Control>, req: Request<Incoming>) -> Response<Full<Bytes>
             text(StatusCode::OK, "OK\n")
         }
         "/logging" => {
-            if let Some((_, level)) = q.iter().find(|(k, _)| k == "level") {
-                if (c.set_log_level)(level).is_err() {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "error: unknown logger level\n\nusage: /logging?level=<level> (trace, debug, info, warning, error, critical, off)\n",
-                    );
-                }
+            if let Some((_, level)) = q.iter().find(|(k, _)| k == "level")
+                && (c.set_log_level)(level).is_err()
+            {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "error: unknown logger level\n\nusage: /logging?level=<level> (trace, debug, info, warning, error, critical, off)\n",
+                );
             }
             text(
                 StatusCode::OK,

@@ -239,14 +239,13 @@ fn load_assignment(f: &Field<'_>, kind: DiscoveryType) -> Option<Vec<Endpoint>> 
                 "leds_cluster_locality_config",
                 "proximity",
             ]);
-            if let Some(l) = lo.get("locality") {
-                if let Some(lm) = l.obj() {
-                    let mut lm = lm;
-                    let _ = lm.get("region");
-                    let _ = lm.get("zone");
-                    let _ = lm.get("sub_zone");
-                    lm.finish();
-                }
+            if let Some(l) = lo.get("locality")
+                && let Some(mut lm) = l.obj()
+            {
+                let _ = lm.get("region");
+                let _ = lm.get("zone");
+                let _ = lm.get("sub_zone");
+                lm.finish();
             }
             if let Some(lbs) = lo.get("lb_endpoints") {
                 for lb in lbs.seq() {

@@ -860,12 +860,8 @@ fn redirect(f: &Field<'_>) -> Option<Redirect> {
     };
     match o.one_of(&["scheme_redirect", "https_redirect"]) {
         Some(("scheme_redirect", g)) => r.scheme = g.str().map(|s| s.to_ascii_lowercase()),
-        Some((_, g)) => {
-            if g.bool() == Some(true) {
-                r.scheme = Some("https".into());
-            }
-        }
-        None => {}
+        Some((_, g)) if g.bool() == Some(true) => r.scheme = Some("https".into()),
+        _ => {}
     }
     r.host = o.get("host_redirect").and_then(|g| g.str());
     r.port = o

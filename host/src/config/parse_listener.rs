@@ -408,10 +408,10 @@ fn substitution_format(f: &Field<'_>) -> Option<AccessLogFormat> {
         .obj()?
         .unsupported(&["formatters", "json_format_options", "typed_json_format"]);
     let _ = o.get("content_type").and_then(|g| g.str());
-    if let Some(g) = o.get("omit_empty_values") {
-        if g.bool() == Some(true) {
-            g.error("\"omit_empty_values: true\" is not supported by legate");
-        }
+    if let Some(g) = o.get("omit_empty_values")
+        && g.bool() == Some(true)
+    {
+        g.error("\"omit_empty_values: true\" is not supported by legate");
     }
     let choice = o.one_of(&["text_format", "text_format_source", "json_format"]);
     o.finish();

@@ -51,7 +51,10 @@ fn defaults_match_envoy() {
     let b = load_str(&hcm_config("", ROUTE), "t").unwrap();
     let h = hcm(&b);
     assert_eq!(h.max_request_headers_kb, 60);
-    assert_eq!(h.stream_idle_timeout, Some(std::time::Duration::from_secs(300)));
+    assert_eq!(
+        h.stream_idle_timeout,
+        Some(std::time::Duration::from_secs(300))
+    );
     assert_eq!(h.request_timeout, None);
     assert!(h.generate_request_id);
     assert!(!h.use_remote_address);
@@ -83,7 +86,11 @@ fn filter_named_by_type_only() {
     );
     // Unknown key reported, typed_config still read.
     let e = errors(&yaml);
-    assert!(e.iter().any(|m| m.contains("unknown field \"typed_config_first\"")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("unknown field \"typed_config_first\"")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -94,7 +101,10 @@ fn unsupported_filters_say_so() {
     );
     let e = errors(&yaml);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].contains("HTTP filter \"envoy.filters.http.lua\" is not supported by legate yet"), "{e:?}");
+    assert!(
+        e[0].contains("HTTP filter \"envoy.filters.http.lua\" is not supported by legate yet"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -104,12 +114,16 @@ fn header_value_formats_are_checked() {
     );
     let e = errors(&hcm_config("", &routes));
     assert_eq!(e.len(), 1);
-    assert!(e[0].contains("unsupported command operator %NOPE%"), "{e:?}");
+    assert!(
+        e[0].contains("unsupported command operator %NOPE%"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn bad_regex_is_reported_where_it_is() {
-    let routes = "              - match: {safe_regex: {regex: \"([\"}}\n                route: {cluster: c}";
+    let routes =
+        "              - match: {safe_regex: {regex: \"([\"}}\n                route: {cluster: c}";
     let e = errors(&hcm_config("", routes));
     assert_eq!(e.len(), 1);
     assert!(e[0].contains("safe_regex.regex: invalid regex"), "{e:?}");
@@ -117,18 +131,26 @@ fn bad_regex_is_reported_where_it_is() {
 
 #[test]
 fn one_of_conflicts() {
-    let routes = "              - match: {prefix: \"/\", path: \"/x\"}\n                route: {cluster: c}";
+    let routes =
+        "              - match: {prefix: \"/\", path: \"/x\"}\n                route: {cluster: c}";
     let e = errors(&hcm_config("", routes));
     assert_eq!(e.len(), 1);
-    assert!(e[0].contains("only one of \"prefix\" and \"path\" may be set"), "{e:?}");
+    assert!(
+        e[0].contains("only one of \"prefix\" and \"path\" may be set"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn validate_clusters_false_allows_unknown_clusters() {
-    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: elsewhere}";
+    let routes =
+        "              - match: {prefix: \"/\"}\n                route: {cluster: elsewhere}";
     let yaml = hcm_config("", routes);
     assert_eq!(errors(&yaml).len(), 1);
-    let yaml = yaml.replace("          route_config:\n", "          route_config:\n            validate_clusters: false\n");
+    let yaml = yaml.replace(
+        "          route_config:\n",
+        "          route_config:\n            validate_clusters: false\n",
+    );
     assert_eq!(errors(&yaml), Vec::<String>::new());
 }
 
@@ -136,14 +158,20 @@ fn validate_clusters_false_allows_unknown_clusters() {
 fn json_configs_load_too() {
     let json = r#"{"static_resources": {"clusters": [{"name": "c", "connect_timeout": "0.5s"}]}}"#;
     let b = load_str(json, "t").unwrap();
-    assert_eq!(b.clusters[0].connect_timeout, std::time::Duration::from_millis(500));
+    assert_eq!(
+        b.clusters[0].connect_timeout,
+        std::time::Duration::from_millis(500)
+    );
 }
 
 #[test]
 fn duplicate_names_are_errors() {
     let yaml = hcm_config("", ROUTE).replace("  clusters:\n", "  clusters:\n  - name: c\n");
     let e = errors(&yaml);
-    assert!(e.iter().any(|m| m.contains("duplicate cluster name \"c\"")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("duplicate cluster name \"c\"")),
+        "{e:?}"
+    );
 }
 
 #[test]

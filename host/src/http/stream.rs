@@ -468,39 +468,45 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     // Envoy refuses HTTP/1.0 unless accept_http_10 is set (Legate has no such option).
     if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 {
         cx.close_after.set(true);
-        return st.local(
-            StatusCode::UPGRADE_REQUIRED,
-            "Upgrade Required",
-            Some(ResponseFlag::DownstreamProtocolError),
-            "low_version",
-            &[],
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::UPGRADE_REQUIRED,
+                "Upgrade Required",
+                Some(ResponseFlag::DownstreamProtocolError),
+                "low_version",
+                &[],
+                &mut filters,
+            )
+            .await;
     }
     if authority.is_empty() {
         cx.close_after.set(true);
-        return st.local(
-            StatusCode::BAD_REQUEST,
-            "",
-            None,
-            "missing_host_header",
-            &[],
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::BAD_REQUEST,
+                "",
+                None,
+                "missing_host_header",
+                &[],
+                &mut filters,
+            )
+            .await;
     }
     if let Some(u) = &upgrade
         && !cfg.upgrade_types.iter().any(|t| t == u)
     {
         stats.downstream_rq_ws_on_non_ws_route.inc();
         cx.close_after.set(true);
-        return st.local(
-            StatusCode::FORBIDDEN,
-            "",
-            None,
-            "upgrade_failed",
-            &[],
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::FORBIDDEN,
+                "",
+                None,
+                "upgrade_failed",
+                &[],
+                &mut filters,
+            )
+            .await;
     }
 
     if !filters.is_empty() {
@@ -544,25 +550,29 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
     let Some(vh) = router::select_vhost(rc, &authority) else {
         stats.no_route.inc();
-        return st.local(
-            StatusCode::NOT_FOUND,
-            "",
-            Some(ResponseFlag::NoRouteFound),
-            "route_not_found",
-            &[&rc.headers],
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::NOT_FOUND,
+                "",
+                Some(ResponseFlag::NoRouteFound),
+                "route_not_found",
+                &[&rc.headers],
+                &mut filters,
+            )
+            .await;
     };
     let Some(route) = router::select_route(vh, &view) else {
         stats.no_route.inc();
-        return st.local(
-            StatusCode::NOT_FOUND,
-            "",
-            Some(ResponseFlag::NoRouteFound),
-            "route_not_found",
-            &[&vh.headers, &rc.headers],
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::NOT_FOUND,
+                "",
+                Some(ResponseFlag::NoRouteFound),
+                "route_not_found",
+                &[&vh.headers, &rc.headers],
+                &mut filters,
+            )
+            .await;
     };
     if !route.name.is_empty() {
         st.t().route_name = Some(route.name.clone());
@@ -612,14 +622,16 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let Some(cluster) = cluster else {
         stats.no_cluster.inc();
         let code = fwd.cluster_not_found_response_code;
-        return st.local(
-            code,
-            "",
-            Some(ResponseFlag::NoClusterFound),
-            "cluster_not_found",
-            levels,
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                code,
+                "",
+                Some(ResponseFlag::NoClusterFound),
+                "cluster_not_found",
+                levels,
+                &mut filters,
+            )
+            .await;
     };
     st.info.upstream_cluster = Some(cluster.name().to_string());
     st.t().cluster = Some(cluster.clone());
@@ -668,14 +680,16 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     }
 
     let Some(host) = cluster.pick_host() else {
-        return st.local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            Some(ResponseFlag::NoHealthyUpstream),
-            "no_healthy_upstream",
-            levels,
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                Some(ResponseFlag::NoHealthyUpstream),
+                "no_healthy_upstream",
+                levels,
+                &mut filters,
+            )
+            .await;
     };
     if let (HostRewrite::Auto, HostAddress::Dns(name, port)) = (&fwd.host_rewrite, &host.address) {
         upstream_authority = if *port == 80 {
@@ -695,21 +709,23 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             cstats.upstream_rq_pending_failure_eject.inc();
             cstats.upstream_rq.record(503);
             tracing::debug!(cluster = cluster.name(), "upstream connect failed: {e}");
-            return st.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                CONNECT_FAILURE,
-                Some(ResponseFlag::UpstreamConnectionFailure),
-                "upstream_reset_before_response_started{remote_connection_failure}",
-                levels,
-                &mut filters,
-            ).await;
+            return st
+                .local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    CONNECT_FAILURE,
+                    Some(ResponseFlag::UpstreamConnectionFailure),
+                    "upstream_reset_before_response_started{remote_connection_failure}",
+                    levels,
+                    &mut filters,
+                )
+                .await;
         }
     };
     st.t().upstream_host = Some(pool.addr);
 
     // Build the upstream request.
     let target = new_path.as_deref().unwrap_or(&path);
-    let upstream_h2 = !upgrade.is_some() && cluster.shared.config.http2;
+    let upstream_h2 = upgrade.is_none() && cluster.shared.config.http2;
     let uri = if upstream_h2 {
         Uri::builder()
             .scheme("http")
@@ -722,14 +738,16 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let Ok(uri) = uri else {
         cstats.upstream_rq_active.dec();
         st.t().upstream_host = None;
-        return st.local(
-            StatusCode::BAD_REQUEST,
-            "",
-            Some(ResponseFlag::DownstreamProtocolError),
-            "invalid_path",
-            levels,
-            &mut filters,
-        ).await;
+        return st
+            .local(
+                StatusCode::BAD_REQUEST,
+                "",
+                Some(ResponseFlag::DownstreamProtocolError),
+                "invalid_path",
+                levels,
+                &mut filters,
+            )
+            .await;
     };
     parts.uri = uri;
     parts.headers.remove(header::EXPECT);
@@ -769,26 +787,30 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             cstats.upstream_rq_timeout.inc();
             cstats.upstream_rq.record(504);
             stats.downstream_rq_timeout.inc();
-            return st.local(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout",
-                Some(ResponseFlag::UpstreamRequestTimeout),
-                "response_timeout",
-                levels,
-                &mut filters,
-            ).await;
+            return st
+                .local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    Some(ResponseFlag::UpstreamRequestTimeout),
+                    "response_timeout",
+                    levels,
+                    &mut filters,
+                )
+                .await;
         }
         Ok(Err(SendError::Connect(e))) => {
             cstats.upstream_rq.record(503);
             tracing::debug!(cluster = cluster.name(), "upstream connect failed: {e}");
-            return st.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                CONNECT_FAILURE,
-                Some(ResponseFlag::UpstreamConnectionFailure),
-                "upstream_reset_before_response_started{remote_connection_failure}",
-                levels,
-                &mut filters,
-            ).await;
+            return st
+                .local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    CONNECT_FAILURE,
+                    Some(ResponseFlag::UpstreamConnectionFailure),
+                    "upstream_reset_before_response_started{remote_connection_failure}",
+                    levels,
+                    &mut filters,
+                )
+                .await;
         }
         Ok(Err(SendError::Reset(e))) => {
             tracing::debug!(cluster = cluster.name(), "upstream reset: {e}");
@@ -812,21 +834,21 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         // A refused upgrade leaves the connection in an unknown state.
         cx.close_after.set(true);
     }
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = on_upgrade {
-            let up = hyper::upgrade::on(&mut resp);
-            let hstats = hcm.clone();
-            tokio::task::spawn_local(async move {
-                hstats.stats.downstream_cx_upgrades_total.inc();
-                hstats.stats.downstream_cx_upgrades_active.inc();
-                if let (Ok(d), Ok(u)) = (down.await, up.await) {
-                    let mut d = hyper_util::rt::TokioIo::new(d);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-                hstats.stats.downstream_cx_upgrades_active.dec();
-            });
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = on_upgrade
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        let hstats = hcm.clone();
+        tokio::task::spawn_local(async move {
+            hstats.stats.downstream_cx_upgrades_total.inc();
+            hstats.stats.downstream_cx_upgrades_active.inc();
+            if let (Ok(d), Ok(u)) = (down.await, up.await) {
+                let mut d = hyper_util::rt::TokioIo::new(d);
+                let mut u = hyper_util::rt::TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+            }
+            hstats.stats.downstream_cx_upgrades_active.dec();
+        });
     }
 
     resp.headers_mut().insert(
@@ -956,14 +978,22 @@ mod tests {
             headers: HeaderMap::new(),
         };
         let mut i = info();
-        assert!(run_request_headers(&mut filters, &mut head, true, &mut i).await.is_none());
+        assert!(
+            run_request_headers(&mut filters, &mut head, true, &mut i)
+                .await
+                .is_none()
+        );
         let seen: Vec<_> = head.headers.get_all("x-seen").iter().collect();
         assert_eq!(seen, ["a", "b", "c"]);
         let mut resp = ResponseHead {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
         };
-        assert!(run_response_headers(&mut filters, &mut resp, true, &mut i).await.is_none());
+        assert!(
+            run_response_headers(&mut filters, &mut resp, true, &mut i)
+                .await
+                .is_none()
+        );
         assert_eq!(
             *log.borrow(),
             ["req:a", "req:b", "req:c", "resp:c", "resp:b", "resp:a"]

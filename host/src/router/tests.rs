@@ -124,7 +124,10 @@ fn rewrites() {
               - {match: {prefix: "/api/"}, route: {cluster: x, prefix_rewrite: "/"}}"#,
     );
     let route = &rc(&b).virtual_hosts[0].routes[0];
-    assert_eq!(rewrite_path(route, Some("/"), None, "/api/v1?x").as_deref(), Some("/v1?x"));
+    assert_eq!(
+        rewrite_path(route, Some("/"), None, "/api/v1?x").as_deref(),
+        Some("/v1?x")
+    );
     let re = regex::Regex::new("^/old/(.*)$").unwrap();
     assert_eq!(
         rewrite_path(route, None, Some(&(re, "/new/${1}".into())), "/old/a/b?q").as_deref(),
@@ -135,8 +138,14 @@ fn rewrites() {
 #[test]
 fn weighted_pick_covers_the_range() {
     let cs = vec![
-        WeightedCluster { name: "a".into(), weight: 9 },
-        WeightedCluster { name: "b".into(), weight: 1 },
+        WeightedCluster {
+            name: "a".into(),
+            weight: 9,
+        },
+        WeightedCluster {
+            name: "b".into(),
+            weight: 1,
+        },
     ];
     let picks: Vec<&str> = (0..10).filter_map(|r| pick_weighted(&cs, r)).collect();
     assert_eq!(picks.iter().filter(|n| **n == "a").count(), 9);

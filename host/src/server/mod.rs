@@ -146,7 +146,11 @@ impl Shared {
             let bound_addr = bound.local_addr().unwrap_or(l.address);
             let prefix = format!(
                 "listener.{}",
-                stat_addr(&l.stat_prefix.clone().unwrap_or_else(|| bound_addr.to_string()))
+                stat_addr(
+                    &l.stat_prefix
+                        .clone()
+                        .unwrap_or_else(|| bound_addr.to_string())
+                )
             );
             let s = store();
             listeners.push(ListenerRt {
