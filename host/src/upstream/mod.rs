@@ -235,11 +235,12 @@ async fn refresh(c: &ClusterShared) {
     }
 }
 
-/// Why an upstream connection could not be made.
-#[derive(Debug)]
+/// Why an upstream connection could not be made. Cloneable, so one failed
+/// connect can answer every request that waited on it.
+#[derive(Debug, Clone)]
 pub enum ConnectError {
     Timeout,
-    Io(io::Error),
+    Io(Arc<io::Error>),
     Resolve(String),
 }
 
@@ -319,7 +320,7 @@ impl WorkerCluster {
             }
             Ok(Err(e)) => {
                 stats.upstream_cx_connect_fail.inc();
-                Err(ConnectError::Io(e))
+                Err(ConnectError::Io(Arc::new(e)))
             }
             Err(_) => {
                 stats.upstream_cx_connect_fail.inc();

@@ -95,7 +95,12 @@ pub struct HostPool {
     cluster: Arc<ClusterShared>,
     idle: RefCell<Vec<http1::SendRequest<Body>>>,
     h2: RefCell<Option<http2::SendRequest<Body>>>,
+    /// An HTTP/2 connect in progress; requests that arrive meanwhile wait for it
+    /// instead of opening connections of their own.
+    h2_connecting: RefCell<Option<Rc<H2Connect>>>,
 }
+
+type H2Connect = tokio::sync::OnceCell<Result<http2::SendRequest<Body>, ConnectError>>;
 
 /// A connection checked out for one request.
 pub enum Sender {
@@ -120,6 +125,7 @@ impl HostPool {
             cluster,
             idle: RefCell::new(Vec::new()),
             h2: RefCell::new(None),
+            h2_connecting: RefCell::new(None),
         }
     }
 
@@ -187,7 +193,27 @@ impl HostPool {
             {
                 return Ok(Sender::Http2(s));
             }
-            let s = self.connect_h2(wc, host).await?;
+            let attempt = self
+                .h2_connecting
+                .borrow_mut()
+                .get_or_insert_with(|| Rc::new(H2Connect::new()))
+                .clone();
+            let result = attempt
+                .get_or_init(|| async {
+                    self.connect_h2(wc, host).await.map_err(|e| match e {
+                        SendError::Connect(c) => c,
+                        SendError::Reset(h) => ConnectError::Io(Arc::new(io::Error::other(h))),
+                    })
+                })
+                .await
+                .clone();
+            {
+                let mut slot = self.h2_connecting.borrow_mut();
+                if slot.as_ref().is_some_and(|a| Rc::ptr_eq(a, &attempt)) {
+                    *slot = None;
+                }
+            }
+            let s = result.map_err(SendError::Connect)?;
             *self.h2.borrow_mut() = Some(s.clone());
             return Ok(Sender::Http2(s));
         }
