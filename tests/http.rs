@@ -637,10 +637,15 @@ async fn strict_dns_cluster_resolves_localhost() {
 "#,
         up.port()
     );
-    let yaml = bootstrap(&http_listener("ingress", "ingress", ROUTE_ALL, ""), &c);
+    let routes = "              - match: {prefix: \"/auto\"}\n                route: {cluster: up, auto_host_rewrite: true}\n".to_string() + ROUTE_ALL;
+    let yaml = bootstrap(&http_listener("ingress", "ingress", &routes, ""), &c);
     let l = Legate::start(&yaml).await;
     let addr = l.listener("ingress").await;
     let (status, _, body) = get(&client(), &format!("http://{addr}/dns")).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(echo_json(&body)["headers"]["host"], addr.to_string());
     assert_eq!(l.stat("cluster.up.membership_total").await, 1);
+    // auto_host_rewrite sends the endpoint's DNS name as the host.
+    let (_, _, body) = get(&client(), &format!("http://{addr}/auto")).await;
+    assert_eq!(echo_json(&body)["headers"]["host"], "localhost");
 }

@@ -24,7 +24,7 @@ use crate::access_log::format::LogContext;
 use crate::config::{HeaderMutations, HostRewrite, RouteAction, StripPort};
 use crate::router::{self, RequestView};
 use crate::upstream::pool::{PoolReturn, SendError};
-use crate::upstream::{ClusterStats, HostAddress, WorkerCluster};
+use crate::upstream::{ClusterStats, WorkerCluster};
 
 /// What the access log and the stats need once the stream ends.
 struct Tail {
@@ -691,12 +691,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             )
             .await;
     };
-    if let (HostRewrite::Auto, HostAddress::Dns(name, port)) = (&fwd.host_rewrite, &host.address) {
-        upstream_authority = if *port == 80 {
-            name.clone()
-        } else {
-            format!("{name}:{port}")
-        };
+    // Envoy's auto_host_rewrite uses the endpoint's DNS name, without a port.
+    if let (HostRewrite::Auto, Some(name)) = (&fwd.host_rewrite, &host.hostname) {
+        upstream_authority = name.to_string();
     }
 
     let cstats: &ClusterStats = cluster.stats();

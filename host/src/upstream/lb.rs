@@ -51,10 +51,12 @@ mod tests {
             Host {
                 address: HostAddress::Ip("127.0.0.1:1".parse().unwrap()),
                 weight: 3,
+                hostname: None,
             },
             Host {
                 address: HostAddress::Ip("127.0.0.1:2".parse().unwrap()),
                 weight: 1,
+                hostname: None,
             },
         ]);
         let mut w = Wrr::default();

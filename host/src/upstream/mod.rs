@@ -26,6 +26,9 @@ use crate::stats::{CodeStats, Counter, Gauge, store};
 pub struct Host {
     pub address: HostAddress,
     pub weight: u32,
+    /// The DNS name the host came from (STRICT_DNS, LOGICAL_DNS), for
+    /// `auto_host_rewrite`.
+    pub hostname: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,11 +129,13 @@ impl ClusterManager {
                     EndpointAddress::Ip(a) => Some(Host {
                         address: HostAddress::Ip(*a),
                         weight: e.weight,
+                        hostname: None,
                     }),
                     EndpointAddress::Dns { host, port } if c.kind == DiscoveryType::LogicalDns => {
                         Some(Host {
                             address: HostAddress::Dns(host.clone(), *port),
                             weight: e.weight,
+                            hostname: Some(host.as_str().into()),
                         })
                     }
                     // STRICT_DNS hosts appear once resolved.
@@ -213,12 +218,15 @@ async fn refresh(c: &ClusterShared) {
             EndpointAddress::Ip(a) => hosts.push(Host {
                 address: HostAddress::Ip(*a),
                 weight: e.weight,
+                hostname: None,
             }),
             EndpointAddress::Dns { host, port } => {
+                let name: Arc<str> = host.as_str().into();
                 match resolve(host, *port, c.config.dns_lookup_family).await {
                     Ok(addrs) => hosts.extend(addrs.into_iter().map(|a| Host {
                         address: HostAddress::Ip(a),
                         weight: e.weight,
+                        hostname: Some(name.clone()),
                     })),
                     Err(err) => {
                         tracing::warn!(cluster = %c.config.name, %host, "DNS resolution failed: {err}");
