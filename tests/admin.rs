@@ -30,21 +30,40 @@ async fn started() -> (Legate, std::net::SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_and_health_check() {
     let (l, a) = started().await;
-    assert_eq!(http_get(l.admin, "/ready").await.unwrap(), (200, "LIVE\n".into()));
-    assert_eq!(http_post(l.admin, "/healthcheck/fail").await.unwrap(), (200, "OK\n".into()));
-    assert_eq!(http_get(l.admin, "/ready").await.unwrap(), (503, "DRAINING\n".into()));
+    assert_eq!(
+        http_get(l.admin, "/ready").await.unwrap(),
+        (200, "LIVE\n".into())
+    );
+    assert_eq!(
+        http_post(l.admin, "/healthcheck/fail").await.unwrap(),
+        (200, "OK\n".into())
+    );
+    assert_eq!(
+        http_get(l.admin, "/ready").await.unwrap(),
+        (503, "DRAINING\n".into())
+    );
     // A failed health check asks HTTP/1.1 clients to go elsewhere.
-    let raw = raw_exchange(a, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let raw = raw_exchange(a, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
-    assert_eq!(http_post(l.admin, "/healthcheck/ok").await.unwrap(), (200, "OK\n".into()));
+    assert_eq!(
+        http_post(l.admin, "/healthcheck/ok").await.unwrap(),
+        (200, "OK\n".into())
+    );
     assert_eq!(http_get(l.admin, "/ready").await.unwrap().0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_on_post_endpoints_is_refused() {
     let (l, _) = started().await;
-    for p in ["/quitquitquit", "/healthcheck/fail", "/logging", "/drain_listeners"] {
+    for p in [
+        "/quitquitquit",
+        "/healthcheck/fail",
+        "/logging",
+        "/drain_listeners",
+    ] {
         let (s, body) = http_get(l.admin, p).await.unwrap();
         assert_eq!(s, 405, "{p}");
         assert_eq!(body, "Method GET not allowed, POST required.");
@@ -70,14 +89,26 @@ async fn stats_text_json_filter_usedonly() {
     sorted.sort();
     assert_eq!(names, sorted, "text stats are sorted");
 
-    let (_, f) = http_get(l.admin, "/stats?filter=%5Ecluster%5C.up%5C.upstream_rq_%5B0-9%5D%2B%24").await.unwrap();
-    assert_eq!(f, "cluster.up.upstream_rq_200: 3\ncluster.up.upstream_rq_503: 1\n");
+    let (_, f) = http_get(
+        l.admin,
+        "/stats?filter=%5Ecluster%5C.up%5C.upstream_rq_%5B0-9%5D%2B%24",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        f,
+        "cluster.up.upstream_rq_200: 3\ncluster.up.upstream_rq_503: 1\n"
+    );
 
-    let (_, used) = http_get(l.admin, "/stats?usedonly&filter=downstream_rq_%5B0-9%5Dxx").await.unwrap();
+    let (_, used) = http_get(l.admin, "/stats?usedonly&filter=downstream_rq_%5B0-9%5Dxx")
+        .await
+        .unwrap();
     assert!(used.contains("http.ingress.downstream_rq_2xx: 3"));
     assert!(!used.contains("downstream_rq_1xx"), "{used}");
 
-    let (_, j) = http_get(l.admin, "/stats?format=json&filter=upstream_rq_200").await.unwrap();
+    let (_, j) = http_get(l.admin, "/stats?format=json&filter=upstream_rq_200")
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     assert_eq!(v["stats"][0]["name"], "cluster.up.upstream_rq_200");
     assert_eq!(v["stats"][0]["value"], 3);
@@ -110,7 +141,11 @@ print("\n".join(out))
         .arg(&file)
         .output()
         .expect("python3 with prometheus_client (installed by .ci/run)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let parsed = String::from_utf8_lossy(&out.stdout);
     assert!(
         parsed.contains("counter envoy_cluster_upstream_rq_total envoy_cluster_name=up,envoy_response_code=200 3"),
@@ -126,7 +161,10 @@ print("\n".join(out))
 async fn views_and_logging() {
     let (l, a) = started().await;
     let (_, clusters) = http_get(l.admin, "/clusters").await.unwrap();
-    let up = clusters.lines().find(|x| x.contains("::health_flags::")).unwrap();
+    let up = clusters
+        .lines()
+        .find(|x| x.contains("::health_flags::"))
+        .unwrap();
     assert!(up.starts_with("up::127.0.0.1:"), "{clusters}");
     assert!(clusters.contains("up::observability_name::up\n"));
 
@@ -146,7 +184,10 @@ async fn views_and_logging() {
     assert!(v["version"].as_str().unwrap().starts_with("legate/"));
 
     let (s, body) = http_post(l.admin, "/logging?level=debug").await.unwrap();
-    assert_eq!((s, body.as_str()), (200, "active loggers:\n  legate: debug\n"));
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "active loggers:\n  legate: debug\n")
+    );
     let (s, body) = http_post(l.admin, "/logging?level=bogus").await.unwrap();
     assert_eq!(s, 400);
     assert!(body.starts_with("error: unknown logger level"));

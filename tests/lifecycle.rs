@@ -25,7 +25,10 @@ async fn wait_exit(l: &mut Legate, within: Duration) -> std::process::ExitStatus
         if let Some(s) = l.child.try_wait().unwrap() {
             return s;
         }
-        assert!(Instant::now() < deadline, "legate did not exit in {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "legate did not exit in {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -50,7 +53,10 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert!(body.contains("\"path\":\"/sleep/1000\""));
     let st = wait_exit(&mut l, Duration::from_secs(10)).await;
     assert_eq!(st.code(), Some(0));
-    assert!(tokio::net::TcpStream::connect(a).await.is_err(), "still accepting after exit");
+    assert!(
+        tokio::net::TcpStream::connect(a).await.is_err(),
+        "still accepting after exit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,10 +64,16 @@ async fn quitquitquit_drains_and_exits() {
     let (mut l, a) = start(&["--concurrency", "1"]).await;
     let inflight = tokio::spawn(async move { http_get(a, "/sleep/800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(http_post(l.admin, "/quitquitquit").await.unwrap(), (200, "OK\n".into()));
+    assert_eq!(
+        http_post(l.admin, "/quitquitquit").await.unwrap(),
+        (200, "OK\n".into())
+    );
     let (status, _) = inflight.await.unwrap().unwrap();
     assert_eq!(status, 200);
-    assert_eq!(wait_exit(&mut l, Duration::from_secs(10)).await.code(), Some(0));
+    assert_eq!(
+        wait_exit(&mut l, Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,5 +85,8 @@ async fn drain_time_bounds_shutdown() {
     sigterm(&l);
     let st = wait_exit(&mut l, Duration::from_secs(5)).await;
     assert_eq!(st.code(), Some(0));
-    assert!(t.elapsed() >= Duration::from_millis(900), "exited before the drain time");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "exited before the drain time"
+    );
 }

@@ -57,8 +57,15 @@ async fn echo_through_tcp_proxy() {
     tokio::join!(write, read);
     assert_eq!(got, payload);
     assert_eq!(l.wait_stat("tcp.echo.downstream_cx_total", 1).await, 1);
-    assert_eq!(l.wait_stat("tcp.echo.downstream_cx_rx_bytes_total", 200_000).await, 200_000);
-    assert_eq!(l.stat("tcp.echo.downstream_cx_tx_bytes_total").await, 200_000);
+    assert_eq!(
+        l.wait_stat("tcp.echo.downstream_cx_rx_bytes_total", 200_000)
+            .await,
+        200_000
+    );
+    assert_eq!(
+        l.stat("tcp.echo.downstream_cx_tx_bytes_total").await,
+        200_000
+    );
     assert_eq!(l.stat("cluster.echo.upstream_cx_total").await, 1);
     assert_eq!(l.wait_stat("cluster.echo.upstream_cx_active", 0).await, 0);
     let listener_stat = format!("listener.127.0.0.1_{}.downstream_cx_total", addr.port());
@@ -79,8 +86,15 @@ async fn connect_failure_closes_the_client() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
         .await
         .expect("connection was not closed");
-    assert!(n.is_err() || buf.is_empty(), "no bytes from a dead upstream");
-    assert_eq!(l.wait_stat("cluster.dead.upstream_cx_connect_fail", 1).await, 1);
+    assert!(
+        n.is_err() || buf.is_empty(),
+        "no bytes from a dead upstream"
+    );
+    assert_eq!(
+        l.wait_stat("cluster.dead.upstream_cx_connect_fail", 1)
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +124,9 @@ async fn weighted_tcp_clusters() {
         let a = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { continue };
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
                 let _ = s.write_all(name).await;
                 let _ = s.shutdown().await;
             }

@@ -87,7 +87,9 @@ impl Legate {
 
     /// The bound address of a listener, by name.
     pub async fn listener(&self, name: &str) -> SocketAddr {
-        let (_, body) = http_get(self.admin, "/listeners?format=json").await.unwrap();
+        let (_, body) = http_get(self.admin, "/listeners?format=json")
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         for l in v["listener_statuses"].as_array().unwrap() {
             if l["name"] == name {
@@ -108,7 +110,12 @@ impl Legate {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["name"].as_str().unwrap().to_string(), s["value"].as_i64().unwrap()))
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["value"].as_i64().unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -148,13 +155,19 @@ impl Drop for Legate {
 
 /// A minimal HTTP/1.1 GET (`Connection: close`), for admin calls.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_raw(
         addr,
-        &format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
     )
     .await
 }
@@ -168,7 +181,10 @@ pub async fn http_raw(addr: SocketAddr, req: &str) -> std::io::Result<(u16, Stri
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -204,7 +220,9 @@ pub async fn echo_upstream(name: &'static str) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| echo(name, req));
                 let _ = hyper_util::server::conn::auto::Builder::new(
@@ -218,9 +236,16 @@ pub async fn echo_upstream(name: &'static str) -> SocketAddr {
     addr
 }
 
-async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = parts.uri.path().to_string();
     let mut status = 200;
     if let Some(ms) = path.strip_prefix("/sleep/") {
@@ -252,8 +277,10 @@ async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Ful
     };
     let mut resp = Response::new(Full::new(payload));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
-    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
 }
 
@@ -263,7 +290,9 @@ pub async fn tcp_echo() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use legate_filter_api::ResponseFlags;
 
 /// Everything a format operator may read. Fields that do not apply are `None`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct LogContext<'a> {
     pub start_time: Option<SystemTime>,
     pub method: Option<&'a str>,

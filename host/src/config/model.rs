@@ -99,6 +99,21 @@ pub struct HttpConnectionManager {
     /// `internal_address_config.cidr_ranges`: peers whose requests are trusted.
     pub internal_cidrs: Vec<Cidr>,
     pub strip_port: StripPort,
+    pub skip_xff_append: bool,
+    pub always_set_request_id_in_response: bool,
+    /// `via`: appended to request and response `via` headers.
+    pub via: Option<http::HeaderValue>,
+    pub server_header: ServerHeader,
+    /// The router's `suppress_envoy_headers`.
+    pub suppress_envoy_headers: bool,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
 }
 
 impl HttpConnectionManager {
@@ -148,7 +163,7 @@ impl Cidr {
 
 #[derive(Debug)]
 pub enum HttpFilter {
-    Router,
+    Router { suppress_envoy_headers: bool },
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +188,11 @@ pub struct RouteConfig {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
     pub headers: HeaderMutations,
+    /// Stripped from external requests.
+    pub internal_only_headers: Vec<HeaderName>,
+    /// Apply route config, then vhost, then route mutations (the most specific
+    /// wins) instead of Envoy's default order.
+    pub most_specific_header_mutations_wins: bool,
 }
 
 #[derive(Debug)]
@@ -256,6 +276,8 @@ pub fn full_match(r: &Regex, s: &str) -> bool {
 pub enum HeaderMatch {
     String(StringMatcher),
     Present(bool),
+    /// `range_match`: an integer in `[start, end)`.
+    Range(i64, i64),
 }
 
 #[derive(Debug)]

@@ -20,15 +20,12 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         "http_protocol_options",
         "http2_protocol_options",
         "http3_protocol_options",
-        "server_header_transformation",
         "scheme_header_transformation",
         "max_request_headers_count",
         "request_headers_timeout",
         "drain_timeout",
         "delayed_close_timeout",
         "local_reply_config",
-        "skip_xff_append",
-        "via",
         "forward_client_cert_details",
         "set_current_client_cert_details",
         "proxy_100_continue",
@@ -37,7 +34,6 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         "merge_slashes",
         "path_with_escaped_slashes_action",
         "request_id_extension",
-        "always_set_request_id_in_response",
         "stream_error_on_invalid_http_message",
         "original_ip_detection_extensions",
         "early_header_mutation_extensions",
@@ -73,7 +69,7 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
                 continue;
             };
             {
-                let terminal = matches!(f, HttpFilter::Router);
+                let terminal = matches!(f, HttpFilter::Router { .. });
                 if terminal && i + 1 != n {
                     item.error(
                         "envoy.filters.http.router is terminal and must be the last HTTP filter",
@@ -83,7 +79,7 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
             }
         }
         // A filter that failed to parse already has its error; do not pile on.
-        if !failed && !matches!(http_filters.last(), Some(HttpFilter::Router)) && n > 0 {
+        if !failed && !matches!(http_filters.last(), Some(HttpFilter::Router { .. })) && n > 0 {
             hf.error("the last HTTP filter must be envoy.filters.http.router");
         }
     }
@@ -160,6 +156,45 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         Some(("strip_matching_host_port", g)) if g.bool() == Some(true) => StripPort::Matching,
         _ => StripPort::None,
     };
+    let skip_xff_append = o
+        .get("skip_xff_append")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
+    let always_set_request_id_in_response = o
+        .get("always_set_request_id_in_response")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
+    let via = match o.get("via") {
+        Some(g) => {
+            let v = g.str().unwrap_or_default();
+            match http::HeaderValue::from_str(&v) {
+                Ok(h) if !v.is_empty() => Some(h),
+                Ok(_) => None,
+                Err(_) => {
+                    g.error("invalid header value");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let server_header = o
+        .get("server_header_transformation")
+        .and_then(|g| g.enumeration(&["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"], &[]))
+        .map(|v| match v {
+            "APPEND_IF_ABSENT" => ServerHeader::AppendIfAbsent,
+            "PASS_THROUGH" => ServerHeader::PassThrough,
+            _ => ServerHeader::Overwrite,
+        })
+        .unwrap_or(ServerHeader::Overwrite);
+    let suppress_envoy_headers = http_filters.iter().any(|f| {
+        matches!(
+            f,
+            HttpFilter::Router {
+                suppress_envoy_headers: true
+            }
+        )
+    });
     let server_name = o
         .get("server_name")
         .and_then(|g| g.str())
@@ -182,6 +217,11 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         server_name,
         internal_cidrs,
         strip_port,
+        skip_xff_append,
+        always_set_request_id_in_response,
+        via,
+        server_header,
+        suppress_envoy_headers,
     })
 }
 
@@ -223,20 +263,28 @@ fn http_filter(f: &Field<'_>) -> Option<HttpFilter> {
                         tc.type_url
                     ));
                 }
-                let o = tc.obj.unsupported(&[
+                let mut o = tc.obj.unsupported(&[
                     "dynamic_stats",
                     "start_child_span",
                     "upstream_log",
                     "upstream_log_options",
-                    "suppress_envoy_headers",
                     "strict_check_headers",
                     "respect_expected_rq_timeout",
                     "suppress_grpc_request_failure_code_stats",
                     "upstream_http_filters",
                 ]);
+                let suppress = o
+                    .get("suppress_envoy_headers")
+                    .and_then(|g| g.bool())
+                    .unwrap_or(false);
                 o.finish();
+                return Some(HttpFilter::Router {
+                    suppress_envoy_headers: suppress,
+                });
             }
-            Some(HttpFilter::Router)
+            Some(HttpFilter::Router {
+                suppress_envoy_headers: false,
+            })
         }
         other => {
             unknown_http_filter(&at, other);
@@ -248,8 +296,6 @@ fn http_filter(f: &Field<'_>) -> Option<HttpFilter> {
 fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig> {
     let mut o = f.obj()?.unsupported(&[
         "vhds",
-        "internal_only_headers",
-        "most_specific_header_mutations_wins",
         "max_direct_response_body_size_bytes",
         "cluster_specifier_plugins",
         "request_mirror_policies",
@@ -273,6 +319,14 @@ fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig
         }
     }
     let headers = header_mutations(&mut o);
+    let internal_only_headers = o
+        .get("internal_only_headers")
+        .map(|g| header_names(&g))
+        .unwrap_or_default();
+    let most_specific_header_mutations_wins = o
+        .get("most_specific_header_mutations_wins")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
     o.finish();
     if validate {
         refs.extend(local_refs);
@@ -281,6 +335,8 @@ fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig
         name,
         virtual_hosts,
         headers,
+        internal_only_headers,
+        most_specific_header_mutations_wins,
     })
 }
 
@@ -566,9 +622,7 @@ fn string_matcher(f: &Field<'_>) -> Option<StringMatcher> {
 }
 
 fn header_matcher(f: &Field<'_>) -> Option<HeaderMatcher> {
-    let mut o = f
-        .obj()?
-        .unsupported(&["range_match", "treat_missing_header_as_empty"]);
+    let mut o = f.obj()?.unsupported(&["treat_missing_header_as_empty"]);
     let name = o.req("name");
     let kind = match o.one_of(&[
         "string_match",
@@ -578,8 +632,16 @@ fn header_matcher(f: &Field<'_>) -> Option<HeaderMatcher> {
         "suffix_match",
         "contains_match",
         "present_match",
+        "range_match",
     ]) {
         Some(("string_match", g)) => string_matcher(&g).map(HeaderMatch::String),
+        Some(("range_match", g)) => {
+            let mut r = g.obj()?;
+            let start = r.req("start").and_then(|s| s.int::<i64>("an integer"));
+            let end = r.req("end").and_then(|s| s.int::<i64>("an integer"));
+            r.finish();
+            Some(HeaderMatch::Range(start?, end?))
+        }
         Some(("present_match", g)) => g.bool().map(HeaderMatch::Present),
         Some(("safe_regex_match", g)) => regex(&g).map(|r| {
             HeaderMatch::String(StringMatcher {

@@ -18,12 +18,25 @@ pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
+pub static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+pub static VIA: HeaderName = HeaderName::from_static("via");
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes connection-specific headers, which must not cross a hop (and which
 /// HTTP/2 forbids).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    strip_listed(h, keep_upgrade);
+    strip_standard(h, keep_upgrade);
+}
+
+/// Response side: Envoy forwards headers that `connection` names, and drops only
+/// the standard hop-by-hop ones.
+pub fn strip_hop_by_hop_response(h: &mut HeaderMap, keep_upgrade: bool) {
+    strip_standard(h, keep_upgrade);
+}
+
+fn strip_listed(h: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(conn) = h.get(header::CONNECTION).cloned() {
         // Headers named in `connection` are hop-by-hop too.
         if let Ok(list) = conn.to_str() {
@@ -40,6 +53,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
+}
+
+fn strip_standard(h: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
@@ -47,7 +63,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove(&KEEP_ALIVE);
     h.remove(&PROXY_CONNECTION);
     h.remove(header::TRANSFER_ENCODING);
-    h.remove("http2-settings");
     // `te` may only carry `trailers` past a hop.
     if let Some(te) = h.get(header::TE) {
         let keep = te
@@ -62,6 +77,34 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         } else {
             h.remove(header::TE);
         }
+    }
+}
+
+/// Appends this proxy's `via` value to the `via` header.
+pub fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
+    let value = match h.get(&VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", via.to_str().unwrap_or_default())).ok()
+        }
+        _ => Some(via.clone()),
+    };
+    if let Some(v) = value {
+        h.insert(VIA.clone(), v);
+    }
+}
+
+/// HTTP/2 may carry several `cookie` headers; HTTP/1.1 needs one, joined by `; `.
+pub fn join_cookies(h: &mut HeaderMap) {
+    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -95,6 +138,7 @@ const INTERNAL_ONLY: &[&str] = &[
     "x-envoy-upstream-alt-stat-name",
     "x-envoy-ip-tags",
     "x-envoy-is-timeout-retry",
+    "x-envoy-original-url",
 ];
 
 /// Removed too when the proxy is the edge (`use_remote_address`).
@@ -109,55 +153,67 @@ pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
 pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
-/// The connection manager's request header edits, as Envoy's: `x-forwarded-for`,
-/// `x-forwarded-proto`, `x-request-id`, and the removal of request-control
-/// `x-envoy-*` headers from external clients. Returns the address the rest of the
-/// stream treats as the client's.
+/// Request headers the router consumes: they steer this hop and never go upstream.
+pub const ROUTER_CONSUMED: &[&str] = &[
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
+/// The connection manager's request header edits, as Envoy's
+/// `ConnectionManagerUtility::mutateRequestHeaders`: `x-forwarded-for`,
+/// `x-forwarded-proto`, `x-envoy-external-address`, `x-envoy-internal`,
+/// `x-request-id`, and the removal of request-control headers from external
+/// clients. Returns the address the rest of the stream treats as the client's.
 pub fn mutate_request(
     cfg: &HttpConnectionManager,
     h: &mut HeaderMap,
     remote: SocketAddr,
 ) -> SocketAddr {
-    let xff: Option<String> = h
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut client = remote;
-    let internal;
-    if cfg.use_remote_address {
-        internal = cfg.is_internal(remote.ip());
-        let value = match xff.as_deref() {
+    if cfg.use_remote_address && !cfg.skip_xff_append {
+        let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.is_empty() => format!("{prev},{}", remote.ip()),
             _ => remote.ip().to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if !internal && let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
-            h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
-        }
+    }
+    let entries: Vec<std::net::IpAddr> = h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(|x| {
+            x.split(',')
+                .map(|e| {
+                    e.trim()
+                        .parse()
+                        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let hops = cfg.xff_num_trusted_hops as usize;
+    // Without use_remote_address the client is the last address the trusted hops
+    // vouch for; with it, the peer itself unless more hops are trusted.
+    let from_xff = entries
+        .len()
+        .checked_sub(1 + hops)
+        .map(|i| SocketAddr::new(entries[i], 0));
+    let client = if cfg.use_remote_address && hops == 0 {
+        remote
     } else {
-        let parts: Vec<&str> = xff
-            .as_deref()
-            .map(|x| x.split(',').map(str::trim).collect())
-            .unwrap_or_default();
-        // The address `xff_num_trusted_hops` from the right is the client.
-        if let Some(ip) = parts
-            .len()
-            .checked_sub(1 + cfg.xff_num_trusted_hops as usize)
-            .and_then(|i| parts[i].parse::<std::net::IpAddr>().ok())
-        {
-            client = SocketAddr::new(ip, 0);
-        }
-        // Without a single trusted XFF address a request is external.
-        internal = parts.len() == 1
-            && parts[0]
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| cfg.is_internal(ip));
-        if !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        }
+        from_xff.unwrap_or(remote)
+    };
+    let internal = entries.len() == 1 && cfg.is_internal(client.ip());
+    if (cfg.use_remote_address && hops == 0) || !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if internal {
         h.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
@@ -165,9 +221,15 @@ pub fn mutate_request(
         for name in INTERNAL_ONLY {
             h.remove(*name);
         }
+        for name in &cfg.route_config.internal_only_headers {
+            h.remove(name);
+        }
         if cfg.use_remote_address {
             for name in EDGE_ONLY {
                 h.remove(*name);
+            }
+            if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+                h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         }
     }
@@ -184,11 +246,7 @@ pub fn mutate_request(
     client
 }
 
-fn apply_add(h: &mut HeaderMap, opt: &HeaderValueOption, cx: &LogContext<'_>) {
-    let value = match opt.value.literal() {
-        Some(s) => s.to_string(),
-        None => opt.value.render_string(cx, ""),
-    };
+fn apply_add(h: &mut HeaderMap, opt: &HeaderValueOption, value: String) {
     if value.is_empty() && !opt.keep_empty_value {
         return;
     }
@@ -215,28 +273,63 @@ fn apply_add(h: &mut HeaderMap, opt: &HeaderValueOption, cx: &LogContext<'_>) {
     }
 }
 
-/// Applies request-side mutations, most specific level first (route, vhost, route
-/// config), as Envoy does by default.
-pub fn apply_request(levels: &[&HeaderMutations], h: &mut HeaderMap, cx: &LogContext<'_>) {
+/// Applies one side's mutations level by level. Within a level Envoy removes
+/// first, then adds; values are rendered against the headers as they are then.
+fn apply<'a>(
+    levels: &[&'a HeaderMutations],
+    side: impl Fn(&'a HeaderMutations) -> (&'a [HeaderValueOption], &'a [HeaderName]),
+    h: &mut HeaderMap,
+    base: &LogContext<'_>,
+    response: bool,
+) {
     for m in levels {
-        for opt in &m.request_add {
-            apply_add(h, opt, cx);
-        }
-        for name in &m.request_remove {
+        let (add, remove) = side(m);
+        for name in remove {
             h.remove(name);
+        }
+        if add.is_empty() {
+            continue;
+        }
+        let values: Vec<String> = {
+            let mut cx = base.clone();
+            if response {
+                cx.response_headers = Some(&*h);
+            } else {
+                cx.request_headers = Some(&*h);
+            }
+            add.iter()
+                .map(|o| match o.value.literal() {
+                    Some(s) => s.to_string(),
+                    None => o.value.render_string(&cx, ""),
+                })
+                .collect()
+        };
+        for (o, v) in add.iter().zip(values) {
+            apply_add(h, o, v);
         }
     }
 }
 
+/// Request-side mutations, most specific level first (route, vhost, route config)
+/// unless `most_specific_header_mutations_wins` reversed the levels.
+pub fn apply_request(levels: &[&HeaderMutations], h: &mut HeaderMap, cx: &LogContext<'_>) {
+    apply(
+        levels,
+        |m| (&m.request_add, &m.request_remove),
+        h,
+        cx,
+        false,
+    );
+}
+
 pub fn apply_response(levels: &[&HeaderMutations], h: &mut HeaderMap, cx: &LogContext<'_>) {
-    for m in levels {
-        for opt in &m.response_add {
-            apply_add(h, opt, cx);
-        }
-        for name in &m.response_remove {
-            h.remove(name);
-        }
-    }
+    apply(
+        levels,
+        |m| (&m.response_add, &m.response_remove),
+        h,
+        cx,
+        true,
+    );
 }
 
 #[cfg(test)]

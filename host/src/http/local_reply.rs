@@ -31,10 +31,11 @@ fn grpc_message(s: &str) -> String {
     out
 }
 
+/// Envoy's test: `application/grpc` or `application/grpc+<codec>` (not grpc-web).
 pub fn is_grpc(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+"))
 }
 
 /// Builds a local reply. `grpc_status` overrides the mapped one.

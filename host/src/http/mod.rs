@@ -26,6 +26,7 @@ use crate::server::{LocalExec, Worker};
 use crate::stats::{CodeStats, Counter, Gauge, store};
 use crate::upstream::pool::CountingIo;
 
+pub use local_reply::is_grpc;
 pub use stream::ProxyBody;
 
 /// Envoy's `http.<stat_prefix>.*` stats.
@@ -101,12 +102,16 @@ pub struct Hcm {
     pub access_logs: Vec<AccessLogger>,
     /// Factories of the HTTP filters before the router, in chain order.
     pub filters: Vec<Arc<dyn HttpFilterFactory>>,
+    /// The `server` header value, made once.
+    pub server: http::HeaderValue,
 }
 
 impl Hcm {
     pub fn new(config: Arc<HttpConnectionManager>, access_logs: Vec<AccessLogger>) -> Hcm {
         Hcm {
             stats: HcmStats::new(&config.stat_prefix),
+            server: http::HeaderValue::from_str(&config.server_name)
+                .unwrap_or(http::HeaderValue::from_static("legate")),
             config,
             access_logs,
             filters: Vec::new(),

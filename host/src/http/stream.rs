@@ -21,7 +21,7 @@ use super::body::{Body, BoxError};
 use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
 use super::{ConnCx, local_reply};
 use crate::access_log::format::LogContext;
-use crate::config::{HeaderMutations, HostRewrite, RouteAction, StripPort};
+use crate::config::{HeaderMutations, HostRewrite, RouteAction, ServerHeader, StripPort};
 use crate::router::{self, RequestView};
 use crate::upstream::pool::{PoolReturn, SendError};
 use crate::upstream::{ClusterStats, WorkerCluster};
@@ -204,6 +204,11 @@ struct Stream {
     tail: Option<Box<Tail>>,
     grpc: bool,
     info: StreamInfo,
+    protocol: &'static str,
+    /// For `always_set_request_id_in_response`.
+    request_id: Option<HeaderValue>,
+    /// The request body was not read (local replies): HTTP/1.1 must close.
+    unread_body: bool,
 }
 
 impl Drop for Stream {
@@ -239,14 +244,39 @@ impl Stream {
     ) -> Response<ProxyBody> {
         let cfg = &self.cx.hcm.config;
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let h = resp.headers_mut();
-        hdr::strip_hop_by_hop(h, upgraded);
-        if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
-            h.insert(header::SERVER, v);
-        }
+        hdr::strip_hop_by_hop_response(resp.headers_mut(), upgraded);
         if !levels.is_empty() {
             let lcx = self.header_context();
             hdr::apply_response(levels, resp.headers_mut(), &lcx);
+        }
+        let h = resp.headers_mut();
+        // The server header is set after the route's mutations, as Envoy does.
+        match cfg.server_header {
+            ServerHeader::Overwrite => {
+                h.insert(header::SERVER, self.cx.hcm.server.clone());
+            }
+            ServerHeader::AppendIfAbsent => {
+                if !h.contains_key(header::SERVER) {
+                    h.insert(header::SERVER, self.cx.hcm.server.clone());
+                }
+            }
+            ServerHeader::PassThrough => {}
+        }
+        if let Some(via) = &cfg.via {
+            hdr::append_via(h, via);
+        }
+        if cfg.always_set_request_id_in_response
+            && let Some(id) = &self.request_id
+            && !h.contains_key(&hdr::X_REQUEST_ID)
+        {
+            h.insert(hdr::X_REQUEST_ID.clone(), id.clone());
+        }
+        if resp.status().canonical_reason().is_none() {
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
+        }
+        if self.unread_body {
+            self.cx.close_after.set(true);
         }
         if !filters.is_empty() {
             let (parts, body) = resp.into_parts();
@@ -295,6 +325,7 @@ impl Stream {
 
     fn header_context(&self) -> LogContext<'_> {
         LogContext {
+            protocol: Some(self.protocol),
             start_time: Some(self.tr().start_time),
             downstream_remote_address: Some(self.tr().downstream_remote),
             downstream_direct_remote_address: Some(self.cx.remote),
@@ -303,7 +334,6 @@ impl Stream {
             upstream_host: self.tr().upstream_host,
             upstream_cluster: self.tr().cluster.as_ref().map(|c| c.name()),
             route_name: self.tr().route_name.as_deref(),
-            protocol: self.tr().log.as_ref().map(|l| l.protocol),
             ..Default::default()
         }
     }
@@ -381,6 +411,11 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let start = Instant::now();
     let start_time = SystemTime::now();
     let (mut parts, body) = req.into_parts();
+    let invalid = if cx.http2 {
+        None
+    } else {
+        validate_http1(&parts, cfg.max_request_headers_kb)
+    };
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let bytes_received = Rc::new(Cell::new(0));
     let upgrade = if cx.http2 {
@@ -390,6 +425,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
     hdr::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     let downstream_remote = hdr::mutate_request(cfg, &mut parts.headers, cx.remote);
+    let has_host = parts.uri.authority().is_some() || parts.headers.contains_key(header::HOST);
     let authority = parts
         .uri
         .authority()
@@ -462,6 +498,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         })),
         grpc,
         info,
+        protocol,
+        request_id: parts.headers.get(&hdr::X_REQUEST_ID).cloned(),
+        unread_body: !body.is_end_stream(),
     };
     let mut filters: Vec<Box<dyn HttpFilter>> = hcm.filters.iter().map(|f| f.create()).collect();
 
@@ -479,7 +518,35 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             )
             .await;
     }
-    if authority.is_empty() {
+    if let Some((status, body, details)) = invalid {
+        cx.close_after.set(true);
+        return st
+            .local(
+                status,
+                body,
+                Some(ResponseFlag::DownstreamProtocolError),
+                details,
+                &[],
+                &mut filters,
+            )
+            .await;
+    }
+    if parts.method == http::Method::CONNECT {
+        // Legate has no CONNECT routes (connect_matcher); Envoy answers 404 too.
+        stats.no_route.inc();
+        cx.close_after.set(true);
+        return st
+            .local(
+                StatusCode::NOT_FOUND,
+                "",
+                Some(ResponseFlag::NoRouteFound),
+                "route_not_found",
+                &[],
+                &mut filters,
+            )
+            .await;
+    }
+    if !has_host {
         cx.close_after.set(true);
         return st
             .local(
@@ -556,7 +623,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 "",
                 Some(ResponseFlag::NoRouteFound),
                 "route_not_found",
-                &[&rc.headers],
+                &[],
                 &mut filters,
             )
             .await;
@@ -569,7 +636,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 "",
                 Some(ResponseFlag::NoRouteFound),
                 "route_not_found",
-                &[&vh.headers, &rc.headers],
+                &[],
                 &mut filters,
             )
             .await;
@@ -578,7 +645,11 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         st.t().route_name = Some(route.name.clone());
         st.info.route_name = Some(route.name.clone());
     }
-    let levels: [&HeaderMutations; 3] = [&route.headers, &vh.headers, &rc.headers];
+    let levels: [&HeaderMutations; 3] = if rc.most_specific_header_mutations_wins {
+        [&rc.headers, &vh.headers, &route.headers]
+    } else {
+        [&route.headers, &vh.headers, &rc.headers]
+    };
     let levels: &[&HeaderMutations] = if levels.iter().all(|l| l.is_empty()) {
         &[]
     } else {
@@ -589,10 +660,11 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         RouteAction::DirectResponse { status, body } => {
             stats.rq_direct_response.inc();
             st.t().details = "direct_response";
+            // A direct response to a gRPC request is a gRPC local reply, as in Envoy.
             let resp = local_reply::build(
                 *status,
                 body.as_deref().unwrap_or_default(),
-                false,
+                st.grpc,
                 None,
                 None,
                 None,
@@ -654,12 +726,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         new_path = Some(p);
     }
     let mut upstream_authority = authority.clone();
-    match &fwd.host_rewrite {
-        HostRewrite::Literal(v) => {
-            upstream_authority = v.to_str().unwrap_or_default().to_string();
-        }
-        HostRewrite::Auto => {}
-        HostRewrite::None => {}
+    if let HostRewrite::Literal(v) = &fwd.host_rewrite {
+        upstream_authority = v.to_str().unwrap_or_default().to_string();
     }
 
     // Timeout: the route's, or the client's x-envoy-upstream-rq-timeout-ms when a
@@ -672,7 +740,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     {
         timeout = Duration::from_millis(ms);
     }
-    if !timeout.is_zero() {
+    for name in hdr::ROUTER_CONSUMED {
+        parts.headers.remove(*name);
+    }
+    if !timeout.is_zero() && !cfg.suppress_envoy_headers {
         parts.headers.insert(
             hdr::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
             HeaderValue::from(timeout.as_millis() as u64),
@@ -694,6 +765,11 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     // Envoy's auto_host_rewrite uses the endpoint's DNS name, without a port.
     if let (HostRewrite::Auto, Some(name)) = (&fwd.host_rewrite, &host.hostname) {
         upstream_authority = name.to_string();
+    }
+    if upstream_authority != authority
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
+        parts.headers.insert(hdr::X_ENVOY_ORIGINAL_HOST.clone(), v);
     }
 
     let cstats: &ClusterStats = cluster.stats();
@@ -747,7 +823,17 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             .await;
     };
     parts.uri = uri;
-    parts.headers.remove(header::EXPECT);
+    // The proxy answered `100-continue` itself; other expectations pass on.
+    if parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+    }
+    if let Some(via) = &cfg.via {
+        hdr::append_via(&mut parts.headers, via);
+    }
     if upstream_h2 {
         parts.headers.remove(header::HOST);
         parts.version = Version::HTTP_2;
@@ -755,8 +841,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
             parts.headers.insert(header::HOST, v);
         }
+        hdr::join_cookies(&mut parts.headers);
         parts.version = Version::HTTP_11;
     }
+    st.unread_body = false;
     let req_body = if body.is_end_stream() {
         Body::Empty
     } else {
@@ -848,10 +936,12 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         });
     }
 
-    resp.headers_mut().insert(
-        hdr::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-        HeaderValue::from(service_ms),
-    );
+    if !cfg.suppress_envoy_headers {
+        resp.headers_mut().insert(
+            hdr::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+            HeaderValue::from(service_ms),
+        );
+    }
     let (rparts, rbody) = resp.into_parts();
     let resp = Response::from_parts(rparts, Body::Incoming(rbody));
     st.respond(resp, levels, pool_ret, &mut filters).await
@@ -864,15 +954,23 @@ fn redirect_location(
     route: &crate::config::Route,
 ) -> String {
     let scheme = r.scheme.as_deref().unwrap_or("http");
-    let mut host = r
-        .host
-        .clone()
-        .unwrap_or_else(|| router::strip_port(authority).to_string());
-    if let Some(p) = r.port {
-        host = format!("{}:{p}", router::strip_port(&host));
-    } else if r.host.is_none() && r.scheme.is_none() {
-        host = authority.to_string();
-    }
+    let orig_host = router::strip_port(authority);
+    let orig_port = authority[orig_host.len()..].strip_prefix(':');
+    let host = r.host.as_deref().unwrap_or(orig_host);
+    // A new host drops the old port; a scheme change drops the old scheme's default.
+    let port = match (r.port, &r.host) {
+        (Some(p), _) => Some(p.to_string()),
+        (None, Some(_)) => None,
+        (None, None) => orig_port
+            .filter(|p| !matches!((scheme, *p), ("https", "80") | ("http", "443")))
+            .map(str::to_string),
+    };
+    let host = match port {
+        // host_redirect may carry its own port.
+        Some(_) if router::strip_port(host) != host => host.to_string(),
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
     let (p, q) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
@@ -892,6 +990,87 @@ fn redirect_location(
         new_path.push_str(q);
     }
     format!("{scheme}://{host}{new_path}")
+}
+
+/// HTTP/1.1 requests Envoy's codec refuses but hyper's accepts: the limit on the
+/// request head, unknown methods, targets that are not paths, and ambiguous
+/// message lengths. Returns the status, body and response code details.
+fn validate_http1(
+    parts: &http::request::Parts,
+    max_kb: u32,
+) -> Option<(StatusCode, &'static str, &'static str)> {
+    const BAD: &str = "Bad Request";
+    // The head as sent: request line, `name: value` lines, and the blank line.
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let mut size = parts.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len() + 2;
+    for (k, v) in &parts.headers {
+        size += k.as_str().len() + 2 + v.len() + 2;
+    }
+    if size > max_kb as usize * 1024 {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+            "http1.headers_too_large",
+        ));
+    }
+    const METHODS: &[&str] = &[
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "DELETE",
+        "CONNECT",
+        "OPTIONS",
+        "TRACE",
+        "PATCH",
+        "COPY",
+        "LOCK",
+        "MKCOL",
+        "MOVE",
+        "PROPFIND",
+        "PROPPATCH",
+        "SEARCH",
+        "UNLOCK",
+        "BIND",
+        "REBIND",
+        "UNBIND",
+        "ACL",
+        "REPORT",
+        "MKACTIVITY",
+        "CHECKOUT",
+        "MERGE",
+        "M-SEARCH",
+        "NOTIFY",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PURGE",
+        "MKCALENDAR",
+        "LINK",
+        "UNLINK",
+        "SOURCE",
+    ];
+    if !METHODS.contains(&parts.method.as_str()) {
+        return Some((StatusCode::BAD_REQUEST, BAD, "http1.codec_error"));
+    }
+    let h = &parts.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            BAD,
+            "http1.content_length_and_chunked_not_allowed",
+        ));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Some((StatusCode::BAD_REQUEST, BAD, "http1.codec_error"));
+    }
+    // Origin form (`/path`) or absolute form (`http://host/path`) only.
+    if parts.method != http::Method::CONNECT
+        && parts.uri.scheme().is_none()
+        && (parts.uri.authority().is_some() || !parts.uri.path().starts_with('/'))
+    {
+        return Some((StatusCode::BAD_REQUEST, BAD, "http1.codec_error"));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -149,8 +149,23 @@ pub fn header_matches(req: &RequestView<'_>, h: &HeaderMatcher) -> bool {
     let v = header_value(req, h);
     let m = match (&h.kind, v) {
         (HeaderMatch::Present(want), v) => v.is_some() == *want,
-        (HeaderMatch::String(sm), Some(v)) => sm.matches(&v),
-        (HeaderMatch::String(_), None) => return false,
+        (HeaderMatch::String(sm), Some(v)) => {
+            // Envoy matches the values joined with commas; a repeated header
+            // whose single values match counts too.
+            sm.matches(&v)
+                || (v.contains(',')
+                    && h.pseudo.is_none()
+                    && req
+                        .headers
+                        .get_all(&h.name)
+                        .iter()
+                        .any(|x| x.to_str().is_ok_and(|x| sm.matches(x))))
+        }
+        (HeaderMatch::Range(start, end), Some(v)) => v
+            .trim()
+            .parse::<i64>()
+            .is_ok_and(|n| *start <= n && n < *end),
+        (_, None) => return false,
     };
     m != h.invert
 }
@@ -166,13 +181,7 @@ pub fn route_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     if !path_matches(m, req.path) {
         return false;
     }
-    if m.grpc
-        && !req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"))
-    {
+    if m.grpc && !crate::http::is_grpc(req.headers) {
         return false;
     }
     if !m.headers.iter().all(|h| header_matches(req, h)) {
