@@ -646,3 +646,27 @@ async fn strict_dns_cluster_resolves_localhost() {
     let (_, _, body) = get(&client(), &format!("http://{addr}/auto")).await;
     assert_eq!(echo_json(&body)["headers"]["host"], "localhost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_covers_a_slow_body() {
+    let (l, addr, _) = simple(ROUTE_ALL, "          request_timeout: 0.3s").await;
+    // Headers promise 100 bytes; only 7 arrive.
+    let t = std::time::Instant::now();
+    let out = raw_exchange(
+        addr,
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\npartial",
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.ends_with("request timeout"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        l.wait_stat("http.ingress.downstream_rq_timeout", 1).await,
+        1
+    );
+    // A complete request is not affected, however long the upstream takes.
+    let (status, _, _) = get(&client(), &format!("http://{addr}/sleep/600")).await;
+    assert_eq!(status, 200);
+}

@@ -13,12 +13,21 @@ use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How much of a downstream request has arrived.
+#[derive(Debug, Default)]
+pub struct RequestProgress {
+    pub bytes: Cell<u64>,
+    /// The whole request (body and trailers) has been received.
+    pub complete: Cell<bool>,
+}
+
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    /// A downstream request body whose bytes are counted for `%BYTES_RECEIVED%`.
-    Counted(Incoming, Rc<Cell<u64>>),
+    /// A downstream request body whose progress is recorded, for
+    /// `%BYTES_RECEIVED%` and `request_timeout`.
+    Counted(Incoming, Rc<RequestProgress>),
     /// A body that filters rebuilt; boxed because it is rare.
     Stream(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -46,12 +55,19 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
-            Body::Counted(i, count) => {
-                let r = Pin::new(i).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(f))) = &r
-                    && let Some(d) = f.data_ref()
-                {
-                    count.set(count.get() + d.len() as u64);
+            Body::Counted(i, progress) => {
+                let r = Pin::new(&mut *i).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            progress.bytes.set(progress.bytes.get() + d.len() as u64);
+                        }
+                        if i.is_end_stream() {
+                            progress.complete.set(true);
+                        }
+                    }
+                    Poll::Ready(None) => progress.complete.set(true),
+                    _ => {}
                 }
                 r.map_err(Into::into)
             }

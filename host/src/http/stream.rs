@@ -1,7 +1,6 @@
 //! One HTTP stream: header rules, the filter chain, the router and the upstream
 //! call, then the response on its way back, the stats and the access log.
 
-use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -17,7 +16,7 @@ use legate_filter_api::{
     StreamInfo,
 };
 
-use super::body::{Body, BoxError};
+use super::body::{Body, BoxError, RequestProgress};
 use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
 use super::{ConnCx, local_reply};
 use crate::access_log::format::LogContext;
@@ -35,7 +34,7 @@ struct Tail {
     flags: ResponseFlags,
     details: &'static str,
     bytes_sent: u64,
-    bytes_received: Rc<Cell<u64>>,
+    progress: Rc<RequestProgress>,
     cluster: Option<Rc<WorkerCluster>>,
     upstream_host: Option<std::net::SocketAddr>,
     route_name: Option<String>,
@@ -90,7 +89,7 @@ impl Tail {
             response_code: Some(self.code),
             response_code_details: Some(self.details),
             response_flags: flags,
-            bytes_received: self.bytes_received.get(),
+            bytes_received: self.progress.bytes.get(),
             bytes_sent: self.bytes_sent,
             duration: Some(duration),
             request_duration: None,
@@ -417,7 +416,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         validate_http1(&parts, cfg.max_request_headers_kb)
     };
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let bytes_received = Rc::new(Cell::new(0));
+    let progress = Rc::new(RequestProgress::default());
     let upgrade = if cx.http2 {
         None
     } else {
@@ -488,7 +487,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             flags: ResponseFlags::default(),
             details: "via_upstream",
             bytes_sent: 0,
-            bytes_received: bytes_received.clone(),
+            progress: progress.clone(),
             cluster: None,
             upstream_host: None,
             route_name: None,
@@ -845,10 +844,11 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         parts.version = Version::HTTP_11;
     }
     st.unread_body = false;
-    let req_body = if body.is_end_stream() {
+    let body_was_empty = body.is_end_stream();
+    let req_body = if body_was_empty {
         Body::Empty
     } else {
-        Body::Counted(body, bytes_received)
+        Body::Counted(body, progress.clone())
     };
     let upstream_req = Request::from_parts(parts, req_body);
 
@@ -862,16 +862,50 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             pool.send(&cluster, &host, upstream_req).await
         }
     };
-    let result = if timeout.is_zero() {
-        Ok(send.await)
-    } else {
-        tokio::time::timeout(timeout, send).await
+    // Two clocks: the route timeout, and request_timeout, which only runs until
+    // the whole request has arrived.
+    let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let route_deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
+    let mut request_deadline = cfg
+        .request_timeout
+        .filter(|_| !progress.complete.get() && !body_was_empty)
+        .map(|t| tokio::time::Instant::from_std(start) + t);
+    tokio::pin!(send);
+    let result = loop {
+        tokio::select! {
+            r = &mut send => break Ok(r),
+            _ = tokio::time::sleep_until(route_deadline.unwrap_or(never)), if route_deadline.is_some() => {
+                break Err(false);
+            }
+            _ = tokio::time::sleep_until(request_deadline.unwrap_or(never)), if request_deadline.is_some() => {
+                if progress.complete.get() {
+                    request_deadline = None;
+                } else {
+                    break Err(true);
+                }
+            }
+        }
     };
     let (mut resp, pool_ret) = match result {
-        Err(_) => {
+        Err(true) => {
+            stats.downstream_rq_timeout.inc();
+            cstats.upstream_rq_active.dec();
+            st.t().upstream_host = None;
+            cx.close_after.set(true);
+            return st
+                .local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request timeout",
+                    None,
+                    "request_overall_timeout",
+                    &[],
+                    &mut filters,
+                )
+                .await;
+        }
+        Err(false) => {
             cstats.upstream_rq_timeout.inc();
             cstats.upstream_rq.record(504);
-            stats.downstream_rq_timeout.inc();
             return st
                 .local(
                     StatusCode::GATEWAY_TIMEOUT,
