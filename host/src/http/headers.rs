@@ -56,6 +56,18 @@ fn strip_listed(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 fn strip_standard(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Usually none is present: one scan instead of a lookup per name.
+    let present = h.keys().any(|k| {
+        *k == header::CONNECTION
+            || *k == header::UPGRADE
+            || *k == header::TRANSFER_ENCODING
+            || *k == header::TE
+            || *k == KEEP_ALIVE
+            || *k == PROXY_CONNECTION
+    });
+    if !present {
+        return;
+    }
     if !keep_upgrade {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
@@ -122,31 +134,31 @@ pub fn upgrade_type(h: &HeaderMap) -> Option<String> {
 
 /// Request-control headers Envoy removes from external requests
 /// (`ConnectionManagerUtility::cleanInternalHeaders`).
-const INTERNAL_ONLY: &[&str] = &[
-    "x-envoy-internal",
-    "x-envoy-retry-on",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-max-retries",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retriable-header-names",
-    "x-envoy-force-trace",
-    "x-envoy-hedge-on-per-try-timeout",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-ip-tags",
-    "x-envoy-is-timeout-retry",
-    "x-envoy-original-url",
+const INTERNAL_ONLY: [HeaderName; 16] = [
+    HeaderName::from_static("x-envoy-internal"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
+    HeaderName::from_static("x-envoy-retriable-header-names"),
+    HeaderName::from_static("x-envoy-force-trace"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-is-timeout-retry"),
+    HeaderName::from_static("x-envoy-original-url"),
 ];
 
 /// Removed too when the proxy is the edge (`use_remote_address`).
-const EDGE_ONLY: &[&str] = &[
-    "x-envoy-decorator-operation",
-    "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node",
-    "x-envoy-original-path",
+const EDGE_ONLY: [HeaderName; 4] = [
+    HeaderName::from_static("x-envoy-decorator-operation"),
+    HeaderName::from_static("x-envoy-downstream-service-cluster"),
+    HeaderName::from_static("x-envoy-downstream-service-node"),
+    HeaderName::from_static("x-envoy-original-path"),
 ];
 
 pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
@@ -154,18 +166,23 @@ pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
 pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
 /// Request headers the router consumes: they steer this hop and never go upstream.
-pub const ROUTER_CONSUMED: &[&str] = &[
-    "x-envoy-retry-on",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-max-retries",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retriable-header-names",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-hedge-on-per-try-timeout",
+pub const ROUTER_CONSUMED: [HeaderName; 10] = [
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
+    HeaderName::from_static("x-envoy-retriable-header-names"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
 ];
+
+/// Whether any `x-envoy-*` header is present.
+pub fn has_envoy_headers(h: &HeaderMap) -> bool {
+    h.keys().any(|k| k.as_str().starts_with("x-envoy-"))
+}
 
 /// The connection manager's request header edits, as Envoy's
 /// `ConnectionManagerUtility::mutateRequestHeaders`: `x-forwarded-for`,
@@ -218,15 +235,21 @@ pub fn mutate_request(
     if internal {
         h.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
     } else {
-        for name in INTERNAL_ONLY {
-            h.remove(*name);
+        // Most requests carry no x-envoy-* header at all: one scan spares the
+        // lookups.
+        if has_envoy_headers(h) {
+            for name in &INTERNAL_ONLY {
+                h.remove(name);
+            }
         }
         for name in &cfg.route_config.internal_only_headers {
             h.remove(name);
         }
         if cfg.use_remote_address {
-            for name in EDGE_ONLY {
-                h.remove(*name);
+            if has_envoy_headers(h) {
+                for name in &EDGE_ONLY {
+                    h.remove(name);
+                }
             }
             if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
                 h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);

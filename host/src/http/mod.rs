@@ -107,6 +107,11 @@ pub struct Hcm {
 }
 
 impl Hcm {
+    /// Whether streams must keep their route name (for access logs or filters).
+    pub fn keeps_route_name(&self) -> bool {
+        !self.access_logs.is_empty() || !self.filters.is_empty()
+    }
+
     pub fn new(config: Arc<HttpConnectionManager>, access_logs: Vec<AccessLogger>) -> Hcm {
         Hcm {
             stats: HcmStats::new(&config.stat_prefix),

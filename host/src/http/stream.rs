@@ -641,8 +641,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             .await;
     };
     if !route.name.is_empty() {
-        st.t().route_name = Some(route.name.clone());
-        st.info.route_name = Some(route.name.clone());
+        if cx.hcm.keeps_route_name() {
+            st.t().route_name = Some(route.name.clone());
+            st.info.route_name = Some(route.name.clone());
+        }
     }
     let levels: [&HeaderMutations; 3] = if rc.most_specific_header_mutations_wins {
         [&rc.headers, &vh.headers, &route.headers]
@@ -686,9 +688,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
 
     // Cluster.
-    let cluster_name = router::cluster_name(&fwd.cluster, &parts.headers).map(str::to_string);
-    let cluster = cluster_name
-        .as_deref()
+    let cluster = router::cluster_name(&fwd.cluster, &parts.headers)
         .and_then(|n| cx.worker.clusters.get(n).cloned());
     let Some(cluster) = cluster else {
         stats.no_cluster.inc();
@@ -704,7 +704,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             )
             .await;
     };
-    st.info.upstream_cluster = Some(cluster.name().to_string());
+    if !filters.is_empty() {
+        st.info.upstream_cluster = Some(cluster.name().to_string());
+    }
     st.t().cluster = Some(cluster.clone());
 
     // Request header rules of the route.
@@ -739,8 +741,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     {
         timeout = Duration::from_millis(ms);
     }
-    for name in hdr::ROUTER_CONSUMED {
-        parts.headers.remove(*name);
+    if hdr::has_envoy_headers(&parts.headers) {
+        for name in &hdr::ROUTER_CONSUMED {
+            parts.headers.remove(name);
+        }
     }
     if !timeout.is_zero() && !cfg.suppress_envoy_headers {
         parts.headers.insert(
