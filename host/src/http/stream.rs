@@ -640,11 +640,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             )
             .await;
     };
-    if !route.name.is_empty() {
-        if cx.hcm.keeps_route_name() {
-            st.t().route_name = Some(route.name.clone());
-            st.info.route_name = Some(route.name.clone());
-        }
+    if !route.name.is_empty() && cx.hcm.keeps_route_name() {
+        st.t().route_name = Some(route.name.clone());
+        st.info.route_name = Some(route.name.clone());
     }
     let levels: [&HeaderMutations; 3] = if rc.most_specific_header_mutations_wins {
         [&rc.headers, &vh.headers, &route.headers]
