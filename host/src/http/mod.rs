@@ -210,13 +210,20 @@ pub async fn serve(
         let cx = svc_cx.clone();
         async move { Ok::<_, std::convert::Infallible>(stream::handle(cx, req).await) }
     });
+    // HTTP/2 spawns a task per stream and moves the stream's future several times on
+    // the way in; boxed, each move is a pointer.
+    let h2_cx = cx.clone();
+    let h2_svc = service_fn(move |req| {
+        let cx = h2_cx.clone();
+        Box::pin(async move { Ok::<_, std::convert::Infallible>(stream::handle(cx, req).await) })
+    });
     let header_bytes = (cfg.max_request_headers_kb as usize) * 1024;
     let result = if http2 {
         let mut b = http2::Builder::new(LocalExec);
         b.timer(TokioTimer::new())
             .max_header_list_size(header_bytes as u32)
             .max_concurrent_streams(2147483647);
-        let conn = b.serve_connection(io, svc);
+        let conn = b.serve_connection(io, h2_svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,
