@@ -250,7 +250,7 @@ pub enum MetadataValue {
 }
 
 /// Facts about the stream that filters may read, and the metadata they share.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamInfo {
     /// When the stream started.
     pub start_time: SystemTime,

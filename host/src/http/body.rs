@@ -30,6 +30,8 @@ pub enum Body {
     Counted(Incoming, Rc<RequestProgress>),
     /// A body that filters rebuilt; boxed because it is rare.
     Stream(UnsyncBoxBody<Bytes, BoxError>),
+    /// A body running through the stream's body hooks.
+    Filtered(Box<super::filter_body::FilteredBody>),
 }
 
 impl Body {
@@ -72,6 +74,7 @@ impl http_body::Body for Body {
                 r.map_err(Into::into)
             }
             Body::Stream(s) => Pin::new(s).poll_frame(cx),
+            Body::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
         }
     }
 
@@ -81,6 +84,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(i) | Body::Counted(i, _) => i.is_end_stream(),
             Body::Stream(s) => s.is_end_stream(),
+            Body::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -90,6 +94,7 @@ impl http_body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(i) | Body::Counted(i, _) => i.size_hint(),
             Body::Stream(s) => s.size_hint(),
+            Body::Filtered(_) => SizeHint::default(),
         }
     }
 }

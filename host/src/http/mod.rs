@@ -2,6 +2,7 @@
 //! connection (hyper) and runs each stream through the filter chain and router.
 
 pub mod body;
+mod filter_body;
 mod headers;
 mod local_reply;
 mod stream;
@@ -260,4 +261,175 @@ pub async fn serve(
     proto_active.dec();
     stats.downstream_cx_active.dec();
     stats.downstream_cx_destroy.inc();
+}
+
+#[cfg(test)]
+mod tests {
+    //! The filter chain in the real connection manager, in process: a test filter
+    //! rewrites headers, both bodies and trailers of a stream proxied to a real
+    //! upstream over TCP.
+
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use legate_filter_api::{
+        DataAction, HeadersAction, HttpFilter, RequestHead, ResponseHead, StreamInfo,
+    };
+
+    use super::*;
+    use crate::upstream::ClusterManager;
+
+    struct Shout;
+
+    #[async_trait(?Send)]
+    impl HttpFilter for Shout {
+        async fn on_request_headers(
+            &mut self,
+            head: &mut RequestHead,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> HeadersAction {
+            head.headers.insert("x-filtered", "yes".parse().unwrap());
+            // Body length changes below.
+            head.headers.remove(http::header::CONTENT_LENGTH);
+            HeadersAction::Continue
+        }
+        async fn on_request_body(
+            &mut self,
+            chunk: &mut Bytes,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> DataAction {
+            *chunk = Bytes::from(chunk.to_ascii_uppercase());
+            DataAction::Continue
+        }
+        async fn on_response_headers(
+            &mut self,
+            head: &mut ResponseHead,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> HeadersAction {
+            head.headers.remove(http::header::CONTENT_LENGTH);
+            HeadersAction::Continue
+        }
+        async fn on_response_body(
+            &mut self,
+            chunk: &mut Bytes,
+            eos: bool,
+            _info: &mut StreamInfo,
+        ) -> DataAction {
+            let mut v = chunk.to_vec();
+            if eos {
+                v.extend_from_slice(b"!");
+            }
+            *chunk = Bytes::from(v);
+            DataAction::Continue
+        }
+        fn wants_body(&self) -> bool {
+            true
+        }
+    }
+
+    struct ShoutFactory;
+    impl HttpFilterFactory for ShoutFactory {
+        fn create(&self) -> Box<dyn HttpFilter> {
+            Box::new(Shout)
+        }
+    }
+
+    async fn echo_upstream() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::task::spawn_local(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let seen = req.headers().get("x-filtered").cloned();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let mut r = http::Response::new(Full::new(body));
+                    if let Some(v) = seen {
+                        r.headers_mut().insert("x-saw-filtered", v);
+                    }
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                tokio::task::spawn_local(
+                    http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+                );
+            }
+        });
+        a
+    }
+
+    #[tokio::test]
+    async fn filters_see_headers_and_bodies_both_ways() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let up = echo_upstream().await;
+                let yaml = format!(
+                    r#"static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: filtered
+          route_config:
+            virtual_hosts:
+            - {{name: v, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.router
+  clusters:
+  - name: up
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
+"#,
+                    up.port()
+                );
+                let b = crate::config::load_str(&yaml, "t").unwrap();
+                let crate::config::NetworkFilter::HttpConnectionManager(cfg) =
+                    &b.listeners[0].filter_chains[0].filters[0]
+                else {
+                    unreachable!()
+                };
+                let mut hcm = Hcm::new(cfg.clone(), Vec::new());
+                hcm.filters.push(Arc::new(ShoutFactory));
+                let hcm = Arc::new(hcm);
+                let cm = ClusterManager::new(&b.clusters);
+                let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let (_drain_tx, drain) = watch::channel(false);
+                tokio::task::spawn_local(async move {
+                    let (s, remote) = listener.accept().await.unwrap();
+                    serve(hcm, worker, s, remote, addr, 1, drain).await;
+                });
+
+                let s = TcpStream::connect(addr).await.unwrap();
+                let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+                    TokioIo::new(s),
+                )
+                .await
+                .unwrap();
+                tokio::task::spawn_local(conn);
+                let req = http::Request::post("/")
+                    .header("host", "x")
+                    .body(Full::new(Bytes::from("hello")))
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.headers()["x-saw-filtered"], "yes");
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                // Uppercased on the way up, `!` appended on the way down.
+                assert_eq!(body, "HELLO!");
+            })
+            .await;
+    }
 }

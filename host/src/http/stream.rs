@@ -17,6 +17,7 @@ use legate_filter_api::{
 };
 
 use super::body::{Body, BoxError, RequestProgress};
+use super::filter_body::{Chain, FilteredBody, SharedChain};
 use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
 use super::{ConnCx, local_reply};
 use crate::access_log::format::LogContext;
@@ -208,6 +209,8 @@ struct Stream {
     request_id: Option<HeaderValue>,
     /// The request body was not read (local replies): HTTP/1.1 must close.
     unread_body: bool,
+    /// Set once filters want bodies: the filters and the stream info live here.
+    chain: Option<SharedChain>,
 }
 
 impl Drop for Stream {
@@ -277,7 +280,34 @@ impl Stream {
         if self.unread_body {
             self.cx.close_after.set(true);
         }
-        if !filters.is_empty() {
+        if let Some(chain) = self.chain.clone() {
+            let (parts, body) = resp.into_parts();
+            let mut head = ResponseHead {
+                status: parts.status,
+                headers: parts.headers,
+            };
+            let eos = body.is_end_stream();
+            let mut c = chain.lock().await;
+            let c = &mut *c;
+            let reply = run_response_headers(&mut c.filters, &mut head, eos, &mut c.info).await;
+            self.info.response_flags = c.info.response_flags;
+            let body = if eos {
+                body
+            } else {
+                Body::Filtered(Box::new(FilteredBody::new(body, chain.clone(), false)))
+            };
+            resp = match reply {
+                Some(reply) => local_reply::build(
+                    reply.status,
+                    &reply.body,
+                    self.grpc,
+                    reply.grpc_status,
+                    Some(&reply.headers),
+                    None,
+                ),
+                None => Response::from_parts(parts_from(head), body),
+            };
+        } else if !filters.is_empty() {
             let (parts, body) = resp.into_parts();
             let mut head = ResponseHead {
                 status: parts.status,
@@ -363,6 +393,13 @@ fn parts_from(head: ResponseHead) -> http::response::Parts {
     parts.status = head.status;
     parts.headers = head.headers;
     parts
+}
+
+/// The local reply a body hook asked for, taken once.
+async fn chain_reply(chain: &Option<SharedChain>) -> Option<LocalReply> {
+    let chain = chain.as_ref()?;
+    let mut c = chain.lock().await;
+    c.local_reply.take()
 }
 
 /// Runs response-header hooks in reverse order; stops at the first local reply.
@@ -500,6 +537,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         protocol,
         request_id: parts.headers.get(&hdr::X_REQUEST_ID).cloned(),
         unread_body: !body.is_end_stream(),
+        chain: None,
     };
     let mut filters: Vec<Box<dyn HttpFilter>> = hcm.filters.iter().map(|f| f.create()).collect();
 
@@ -847,8 +885,18 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     }
     st.unread_body = false;
     let body_was_empty = body.is_end_stream();
+    if filters.iter().any(|f| f.wants_body()) {
+        st.chain = Some(Rc::new(tokio::sync::Mutex::new(Chain {
+            filters: std::mem::take(&mut filters),
+            info: st.info.clone(),
+            local_reply: None,
+        })));
+    }
     let req_body = if body_was_empty {
         Body::Empty
+    } else if let Some(chain) = &st.chain {
+        let counted = Body::Counted(body, progress.clone());
+        Body::Filtered(Box::new(FilteredBody::new(counted, chain.clone(), true)))
     } else {
         Body::Counted(body, progress.clone())
     };
@@ -932,6 +980,28 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                     &mut filters,
                 )
                 .await;
+        }
+        Ok(Err(SendError::Reset(_)))
+            if st.chain.is_some() && chain_reply(&st.chain).await.is_some() =>
+        {
+            // A request-body hook answered locally; the upstream request was dropped.
+            cstats.upstream_rq_active.dec();
+            st.t().upstream_host = None;
+            cx.close_after.set(true);
+            let r = chain_reply(&st.chain).await.expect("checked by the guard");
+            st.t().details = r.details;
+            if let Some(f) = r.response_flag {
+                st.t().flags.set(f);
+            }
+            let resp = local_reply::build(
+                r.status,
+                &r.body,
+                st.grpc,
+                r.grpc_status,
+                Some(&r.headers),
+                None,
+            );
+            return st.respond(resp, &[], None, &mut filters).await;
         }
         Ok(Err(SendError::Reset(e))) => {
             tracing::debug!(cluster = cluster.name(), "upstream reset: {e}");

@@ -90,6 +90,13 @@ pub struct Worker {
 }
 
 impl Worker {
+    pub fn new(clusters: &ClusterManager, healthcheck_failed: Arc<AtomicBool>) -> Worker {
+        Worker {
+            clusters: WorkerClusters::new(clusters),
+            healthcheck_failed,
+        }
+    }
+
     pub fn health_failed(&self) -> bool {
         self.healthcheck_failed.load(Ordering::Relaxed)
     }
@@ -227,10 +234,10 @@ fn run_worker(shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) {
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let worker = Rc::new(Worker {
-            clusters: WorkerClusters::new(&shared.clusters),
-            healthcheck_failed: shared.healthcheck_failed.clone(),
-        });
+        let worker = Rc::new(Worker::new(
+            &shared.clusters,
+            shared.healthcheck_failed.clone(),
+        ));
         let mut accepts = Vec::new();
         for (idx, sock) in sockets.into_iter().enumerate() {
             let listener = match TcpListener::from_std(sock) {

@@ -1,0 +1,307 @@
+//! Body and trailer hooks. When a stream's filters want bodies, the filters and the
+//! stream info move into a [`SharedChain`]; request and response bodies then pass
+//! through [`FilteredBody`], which runs each frame through the hooks (request in
+//! chain order, response in reverse). Streams whose filters do not want bodies
+//! never build any of this.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::Frame;
+use legate_filter_api::{DataAction, HttpFilter, LocalReply, StreamInfo};
+
+use super::body::{Body, BoxError};
+
+/// The filters of one stream and what they share, once bodies are filtered.
+pub(crate) struct Chain {
+    pub filters: Vec<Box<dyn HttpFilter>>,
+    pub info: StreamInfo,
+    /// A local reply a request-body hook asked for; the stream answers with it
+    /// once the upstream request has been abandoned.
+    pub local_reply: Option<LocalReply>,
+}
+
+pub(crate) type SharedChain = Rc<tokio::sync::Mutex<Chain>>;
+
+type FrameFuture = Pin<Box<dyn Future<Output = Option<Result<Frame<Bytes>, BoxError>>>>>;
+
+/// A body whose frames run through the chain's body and trailer hooks.
+pub struct FilteredBody {
+    inner: Body,
+    chain: SharedChain,
+    request: bool,
+    pending: Option<FrameFuture>,
+    /// The hooks have seen `end_of_stream`.
+    ended: bool,
+}
+
+impl FilteredBody {
+    pub(crate) fn new(inner: Body, chain: SharedChain, request: bool) -> FilteredBody {
+        FilteredBody {
+            inner,
+            chain,
+            request,
+            pending: None,
+            ended: false,
+        }
+    }
+}
+
+/// Runs one frame (or the end of the stream, as an empty chunk) through the hooks.
+async fn run(
+    chain: SharedChain,
+    frame: Option<Frame<Bytes>>,
+    eos: bool,
+    request: bool,
+) -> Option<Result<Frame<Bytes>, BoxError>> {
+    let mut guard = chain.lock().await;
+    let c = &mut *guard;
+    let n = c.filters.len();
+    let order = |i: usize| if request { i } else { n - 1 - i };
+    let frame = frame.unwrap_or_else(|| Frame::data(Bytes::new()));
+    let out = match frame.into_data() {
+        Ok(mut chunk) => {
+            for i in 0..n {
+                let f = &mut c.filters[order(i)];
+                let action = if request {
+                    f.on_request_body(&mut chunk, eos, &mut c.info).await
+                } else {
+                    f.on_response_body(&mut chunk, eos, &mut c.info).await
+                };
+                if let DataAction::Respond(r) = action {
+                    return refuse(c, r, request);
+                }
+            }
+            if chunk.is_empty() && eos {
+                return None;
+            }
+            Frame::data(chunk)
+        }
+        Err(frame) => match frame.into_trailers() {
+            Ok(mut trailers) => {
+                for i in 0..n {
+                    let f = &mut c.filters[order(i)];
+                    let action = if request {
+                        f.on_request_trailers(&mut trailers, &mut c.info).await
+                    } else {
+                        f.on_response_trailers(&mut trailers, &mut c.info).await
+                    };
+                    if let DataAction::Respond(r) = action {
+                        return refuse(c, r, request);
+                    }
+                }
+                Frame::trailers(trailers)
+            }
+            // Unknown frame kinds pass untouched.
+            Err(other) => other,
+        },
+    };
+    Some(Ok(out))
+}
+
+/// A body hook answered locally: the request side records the reply and aborts
+/// the upstream request; on the response side the headers are gone, so the
+/// stream is reset.
+fn refuse(c: &mut Chain, r: LocalReply, request: bool) -> Option<Result<Frame<Bytes>, BoxError>> {
+    if request {
+        c.local_reply = Some(r);
+        Some(Err("request body refused by a filter".into()))
+    } else {
+        Some(Err("response body refused by a filter".into()))
+    }
+}
+
+impl http_body::Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(p) = this.pending.as_mut() {
+                let r = ready!(p.as_mut().poll(cx));
+                this.pending = None;
+                if r.is_none() && !this.ended {
+                    continue;
+                }
+                return Poll::Ready(r);
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let next = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            let (frame, eos) = match next {
+                Some(Ok(f)) => {
+                    let eos = this.inner.is_end_stream() || f.is_trailers();
+                    (Some(f), eos)
+                }
+                // The stream ended without an end-of-stream frame: the hooks get
+                // an empty last chunk, as Envoy's do.
+                None => (None, true),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            };
+            this.ended = eos;
+            this.pending = Some(Box::pin(run(this.chain.clone(), frame, eos, this.request)));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.pending.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::time::SystemTime;
+
+    use async_trait::async_trait;
+    use http_body_util::BodyExt;
+    use legate_filter_api::ResponseFlags;
+
+    use super::*;
+
+    struct Tagger {
+        tag: &'static str,
+        log: Rc<RefCell<Vec<String>>>,
+        refuse_request_body: bool,
+    }
+
+    #[async_trait(?Send)]
+    impl HttpFilter for Tagger {
+        async fn on_request_body(
+            &mut self,
+            chunk: &mut Bytes,
+            eos: bool,
+            _info: &mut StreamInfo,
+        ) -> DataAction {
+            tokio::task::yield_now().await;
+            self.log
+                .borrow_mut()
+                .push(format!("req:{}:{eos}", self.tag));
+            if self.refuse_request_body {
+                return DataAction::Respond(LocalReply::new(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "no",
+                ));
+            }
+            *chunk = Bytes::from(format!("{}{}", String::from_utf8_lossy(chunk), self.tag));
+            DataAction::Continue
+        }
+
+        async fn on_response_body(
+            &mut self,
+            chunk: &mut Bytes,
+            eos: bool,
+            _info: &mut StreamInfo,
+        ) -> DataAction {
+            self.log
+                .borrow_mut()
+                .push(format!("resp:{}:{eos}", self.tag));
+            *chunk = Bytes::from(format!("{}{}", String::from_utf8_lossy(chunk), self.tag));
+            DataAction::Continue
+        }
+
+        async fn on_response_trailers(
+            &mut self,
+            trailers: &mut http::HeaderMap,
+            _info: &mut StreamInfo,
+        ) -> DataAction {
+            trailers.append("x-seen", self.tag.parse().unwrap());
+            DataAction::Continue
+        }
+
+        fn wants_body(&self) -> bool {
+            true
+        }
+    }
+
+    fn chain(log: &Rc<RefCell<Vec<String>>>, refuse: bool) -> SharedChain {
+        let filters: Vec<Box<dyn HttpFilter>> = ["a", "b"]
+            .iter()
+            .map(|t| {
+                Box::new(Tagger {
+                    tag: t,
+                    log: log.clone(),
+                    refuse_request_body: refuse && *t == "b",
+                }) as Box<dyn HttpFilter>
+            })
+            .collect();
+        Rc::new(tokio::sync::Mutex::new(Chain {
+            filters,
+            info: StreamInfo {
+                start_time: SystemTime::now(),
+                downstream_remote_address: "127.0.0.1:1".parse().unwrap(),
+                downstream_local_address: "127.0.0.1:2".parse().unwrap(),
+                connection_id: 1,
+                route_name: None,
+                upstream_cluster: None,
+                response_flags: ResponseFlags::default(),
+                dynamic_metadata: Default::default(),
+            },
+            local_reply: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn request_bodies_run_in_order_responses_in_reverse() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let c = chain(&log, false);
+        let req = FilteredBody::new(Body::full("x"), c.clone(), true);
+        let out = req.collect().await.unwrap().to_bytes();
+        assert_eq!(out, "xab");
+        let resp = FilteredBody::new(Body::full("y"), c.clone(), false);
+        let out = resp.collect().await.unwrap().to_bytes();
+        assert_eq!(out, "yba");
+        assert_eq!(
+            *log.borrow(),
+            ["req:a:true", "req:b:true", "resp:b:true", "resp:a:true"]
+        );
+    }
+
+    #[tokio::test]
+    async fn trailers_pass_the_hooks() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let c = chain(&log, false);
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", "0".parse().unwrap());
+        let inner = http_body_util::StreamBody::new(futures_stream(vec![
+            Frame::data(Bytes::from("m")),
+            Frame::trailers(t),
+        ]));
+        let body = FilteredBody::new(
+            Body::Stream(http_body_util::BodyExt::boxed_unsync(inner)),
+            c,
+            false,
+        );
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        let seen: Vec<_> = trailers.get_all("x-seen").iter().collect();
+        assert_eq!(seen, ["b", "a"]);
+        assert_eq!(trailers["grpc-status"], "0");
+        // The data frame was not the end: no `end_of_stream` on it.
+        assert_eq!(*log.borrow(), ["resp:b:false", "resp:a:false"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_body_records_the_reply() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let c = chain(&log, true);
+        let req = FilteredBody::new(Body::full("x"), c.clone(), true);
+        assert!(req.collect().await.is_err());
+        let reply = c.lock().await.local_reply.take().unwrap();
+        assert_eq!(reply.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    fn futures_stream(
+        frames: Vec<Frame<Bytes>>,
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send {
+        futures_util::stream::iter(frames.into_iter().map(Ok))
+    }
+}
