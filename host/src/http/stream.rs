@@ -652,20 +652,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         scheme: "http",
         headers: &parts.headers,
     };
-    let Some(vh) = router::select_vhost(rc, &authority) else {
-        stats.no_route.inc();
-        return st
-            .local(
-                StatusCode::NOT_FOUND,
-                "",
-                Some(ResponseFlag::NoRouteFound),
-                "route_not_found",
-                &[],
-                &mut filters,
-            )
-            .await;
-    };
-    let Some(route) = router::select_route(vh, &view) else {
+    // No virtual host and no route answer alike: 404, flag NR.
+    let matched = router::select_vhost(rc, &authority)
+        .and_then(|vh| router::select_route(vh, &view).map(|r| (vh, r)));
+    let Some((vh, route)) = matched else {
         stats.no_route.inc();
         return st
             .local(
