@@ -84,7 +84,15 @@ async fn stats_text_json_filter_usedonly() {
     assert!(text.contains("\ncluster.up.upstream_rq_503: 1\n"));
     assert!(text.contains("\nhttp.ingress.downstream_rq_2xx: 3\n"));
     assert!(text.contains("\nhttp.ingress.downstream_rq_5xx: 1\n"));
-    let names: Vec<&str> = text.lines().map(|l| l.split(':').next().unwrap()).collect();
+    assert!(
+        text.contains("\ncluster.up.upstream_rq_time: P0("),
+        "{text}"
+    );
+    let names: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(" P0("))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "text stats are sorted");
@@ -155,6 +163,17 @@ print("\n".join(out))
         "counter envoy_http_downstream_rq_xx_total envoy_http_conn_manager_prefix=ingress,envoy_response_code_class=5 1"
     ));
     assert!(parsed.contains("gauge envoy_cluster_upstream_cx_active envoy_cluster_name=up "));
+    // Latency histograms with Envoy's buckets: 4 upstream responses, 4 requests.
+    assert!(
+        parsed.contains("histogram envoy_cluster_upstream_rq_time_count envoy_cluster_name=up 4"),
+        "{parsed}"
+    );
+    assert!(parsed.contains(
+        "histogram envoy_cluster_upstream_rq_time_bucket envoy_cluster_name=up,le=+Inf 4"
+    ));
+    assert!(parsed.contains(
+        "histogram envoy_http_downstream_rq_time_count envoy_http_conn_manager_prefix=ingress 4"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

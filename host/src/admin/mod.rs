@@ -119,35 +119,42 @@ fn percent_decode(s: &str) -> String {
 
 fn stats_endpoint(q: &[(String, String)], prometheus: bool) -> Response<Full<Bytes>> {
     let mut samples = store().snapshot();
+    let mut hists = store().histograms();
     let used_only = q.iter().any(|(k, _)| k == "usedonly");
     if let Some((_, f)) = q.iter().find(|(k, _)| k == "filter") {
         match regex::Regex::new(f) {
-            Ok(re) => samples.retain(|s| re.is_match(&s.name)),
+            Ok(re) => {
+                samples.retain(|s| re.is_match(&s.name));
+                hists.retain(|(n, _)| re.is_match(n));
+            }
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n")),
         }
     }
-    if prometheus {
+    let format = q
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.as_str());
+    if prometheus || format == Some("prometheus") {
+        let used_only = used_only && prometheus;
+        let mut body = stats::prometheus(&samples, used_only);
+        body.push_str(&stats::prometheus_histograms(&hists, used_only));
         return reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=UTF-8",
-            stats::prometheus(&samples, used_only),
+            body,
         );
     }
     if used_only {
         samples.retain(|s| s.used);
+        hists.retain(|(_, h)| h.count > 0);
     }
-    match q
-        .iter()
-        .find(|(k, _)| k == "format")
-        .map(|(_, v)| v.as_str())
-    {
-        Some("json") => json(stats::json(&samples)),
-        Some("prometheus") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=UTF-8",
-            stats::prometheus(&samples, false),
-        ),
-        Some("text") | None => text(StatusCode::OK, stats::text(&samples)),
+    match format {
+        Some("json") => json(stats::json(&samples, &hists)),
+        Some("text") | None => {
+            let mut body = stats::text(&samples);
+            body.push_str(&stats::text_histograms(&hists));
+            text(StatusCode::OK, body)
+        }
         Some(other) => text(
             StatusCode::BAD_REQUEST,
             format!(

@@ -24,7 +24,7 @@ use legate_filter_api::HttpFilterFactory;
 use crate::access_log::AccessLogger;
 use crate::config::{Codec, HttpConnectionManager};
 use crate::server::{LocalExec, Worker};
-use crate::stats::{CodeStats, Counter, Gauge, store};
+use crate::stats::{CodeStats, Counter, Gauge, Histogram, store};
 use crate::upstream::pool::CountingIo;
 
 pub use local_reply::is_grpc;
@@ -53,6 +53,7 @@ pub struct HcmStats {
     pub downstream_rq_rx_reset: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_rq_xx: CodeStats,
+    pub downstream_rq_time: Histogram,
     pub no_route: Counter,
     pub no_cluster: Counter,
     pub rq_redirect: Counter,
@@ -87,6 +88,7 @@ impl HcmStats {
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_xx: CodeStats::new(format!("http.{prefix}.downstream_rq"), true),
+            downstream_rq_time: s.histogram(format!("http.{prefix}.downstream_rq_time")),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_redirect: c("rq_redirect"),

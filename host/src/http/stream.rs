@@ -38,6 +38,8 @@ struct Tail {
     progress: Rc<RequestProgress>,
     cluster: Option<Rc<WorkerCluster>>,
     upstream_host: Option<std::net::SocketAddr>,
+    /// When the upstream request was sent, for `upstream_rq_time`.
+    upstream_start: Option<Instant>,
     route_name: Option<String>,
     log: Option<Box<LogData>>,
     local_reply_body: Option<String>,
@@ -60,6 +62,15 @@ impl Tail {
         let stats = &self.cx.hcm.stats;
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
+        stats
+            .downstream_rq_time
+            .record_duration(self.start.elapsed());
+        if let (Some(c), Some(t)) = (&self.cluster, self.upstream_start)
+            && completed
+            && self.details == "via_upstream"
+        {
+            c.stats().upstream_rq_time.record_duration(t.elapsed());
+        }
         let mut flags = self.flags;
         if !completed {
             stats.downstream_rq_rx_reset.inc();
@@ -527,6 +538,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             progress: progress.clone(),
             cluster: None,
             upstream_host: None,
+            upstream_start: None,
             route_name: None,
             log,
             local_reply_body: None,
@@ -893,6 +905,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let upstream_req = Request::from_parts(parts, req_body);
 
     let sent_at = Instant::now();
+    st.t().upstream_start = Some(sent_at);
     let send = async {
         if upgrade.is_some() {
             pool.send_upgrade(&cluster, &host, upstream_req)

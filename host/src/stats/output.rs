@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::Sample;
+use super::{BUCKETS, HistogramSample, Sample};
 
 /// Envoy's text format: `name: value`, sorted.
 pub fn text(samples: &[Sample]) -> String {
@@ -14,12 +14,55 @@ pub fn text(samples: &[Sample]) -> String {
     out
 }
 
+/// Histograms in Envoy's text form: `name: P0(..) P25(..) ...`, or
+/// `name: No recorded values`. Legate keeps cumulative values only, so each
+/// quantile shows the same number twice, as Envoy's `(interval,cumulative)`.
+pub fn text_histograms(hists: &[(String, HistogramSample)]) -> String {
+    const Q: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
+    let mut out = String::new();
+    for (name, h) in hists {
+        if h.count == 0 {
+            let _ = writeln!(out, "{name}: No recorded values");
+            continue;
+        }
+        let parts: Vec<String> = Q
+            .iter()
+            .map(|q| {
+                let v = h.quantile(*q).unwrap_or(0.0);
+                format!("P{}({v:.1},{v:.1})", q * 100.0)
+            })
+            .collect();
+        let _ = writeln!(out, "{name}: {}", parts.join(" "));
+    }
+    out
+}
+
 /// Envoy's JSON format: `{"stats":[{"name":..,"value":..},..]}`.
-pub fn json(samples: &[Sample]) -> String {
-    let stats: Vec<serde_json::Value> = samples
+pub fn json(samples: &[Sample], hists: &[(String, HistogramSample)]) -> String {
+    const Q: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+    let mut stats: Vec<serde_json::Value> = samples
         .iter()
         .map(|s| serde_json::json!({"name": s.name, "value": s.value}))
         .collect();
+    if !hists.is_empty() {
+        let computed: Vec<serde_json::Value> = hists
+            .iter()
+            .map(|(name, h)| {
+                let values: Vec<serde_json::Value> = Q
+                    .iter()
+                    .map(|q| {
+                        let v = h.quantile(q / 100.0);
+                        serde_json::json!({"cumulative": v, "interval": v})
+                    })
+                    .collect();
+                serde_json::json!({"name": name, "values": values})
+            })
+            .collect();
+        stats.push(serde_json::json!({"histograms": {
+            "supported_quantiles": Q,
+            "computed_quantiles": computed,
+        }}));
+    }
     serde_json::json!({ "stats": stats }).to_string()
 }
 
@@ -83,6 +126,49 @@ fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+fn labels(tags: &[(&'static str, String)], extra: Option<(&str, String)>) -> String {
+    let mut inner: Vec<String> = tags
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        inner.push(format!("{k}=\"{v}\""));
+    }
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Histograms as Prometheus histograms: `_bucket{le=..}`, `_sum`, `_count`.
+pub fn prometheus_histograms(hists: &[(String, HistogramSample)], used_only: bool) -> String {
+    let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, h) in hists {
+        if used_only && h.count == 0 {
+            continue;
+        }
+        let (base, tags) = extract(name);
+        let family = sanitize(&base);
+        let lines = families.entry(family.clone()).or_default();
+        for (i, c) in h.cumulative.iter().enumerate() {
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            lines.push(format!(
+                "{family}_bucket{} {c}",
+                labels(&tags, Some(("le", le)))
+            ));
+        }
+        lines.push(format!("{family}_sum{} {}", labels(&tags, None), h.sum));
+        lines.push(format!("{family}_count{} {}", labels(&tags, None), h.count));
+    }
+    let mut out = String::new();
+    for (family, lines) in families {
+        let _ = writeln!(out, "# TYPE {family} histogram");
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Prometheus text exposition 0.0.4: one `# TYPE` per family, samples grouped.

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
 use crate::config::{Cluster, DiscoveryType, DnsLookupFamily, EndpointAddress};
-use crate::stats::{CodeStats, Counter, Gauge, store};
+use crate::stats::{CodeStats, Counter, Gauge, Histogram, store};
 
 /// A host as the balancer sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +58,8 @@ pub struct ClusterStats {
     pub upstream_rq_rx_reset: Counter,
     pub upstream_rq_pending_failure_eject: Counter,
     pub upstream_rq: CodeStats,
+    /// Upstream request start to the response's end (Envoy's `upstream_rq_time`).
+    pub upstream_rq_time: Histogram,
     pub membership_total: Gauge,
     pub membership_healthy: Gauge,
 }
@@ -85,6 +87,7 @@ impl ClusterStats {
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
             upstream_rq: CodeStats::new(format!("cluster.{name}.upstream_rq"), false),
+            upstream_rq_time: s.histogram(format!("cluster.{name}.upstream_rq_time")),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
         }
