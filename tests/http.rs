@@ -670,3 +670,21 @@ async fn request_timeout_covers_a_slow_body() {
     let (status, _, _) = get(&client(), &format!("http://{addr}/sleep/600")).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_answers_408() {
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: up, timeout: 0s}\n";
+    let (l, addr, _) = simple(routes, "          stream_idle_timeout: 0.3s").await;
+    let c = client();
+    // No bytes either way for longer than the idle timeout.
+    let (status, _, body) = get(&c, &format!("http://{addr}/sleep/1500")).await;
+    assert_eq!(status, 408);
+    assert_eq!(body, "stream timeout");
+    assert_eq!(
+        l.wait_stat("http.ingress.downstream_rq_idle_timeout", 1)
+            .await,
+        1
+    );
+    let (status, _, _) = get(&c, &format!("http://{addr}/sleep/100")).await;
+    assert_eq!(status, 200);
+}

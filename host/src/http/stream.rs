@@ -197,6 +197,13 @@ impl Drop for ProxyBody {
     }
 }
 
+/// Which clock ended the wait for the upstream response.
+enum Timeout {
+    Route,
+    Request,
+    Idle,
+}
+
 const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
 fn protocol_name(v: Version) -> &'static str {
@@ -915,9 +922,12 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             pool.send(&cluster, &host, upstream_req).await
         }
     };
-    // Two clocks: the route timeout, and request_timeout, which only runs until
-    // the whole request has arrived.
+    // Three clocks: the route timeout; request_timeout, which only runs until the
+    // whole request has arrived; and stream_idle_timeout, re-armed by request bytes.
     let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let idle = cfg.stream_idle_timeout;
+    let mut idle_deadline = idle.map(|d| tokio::time::Instant::now() + d);
+    let mut idle_bytes = progress.bytes.get();
     let route_deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
     let mut request_deadline = cfg
         .request_timeout
@@ -928,19 +938,43 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         tokio::select! {
             r = &mut send => break Ok(r),
             _ = tokio::time::sleep_until(route_deadline.unwrap_or(never)), if route_deadline.is_some() => {
-                break Err(false);
+                break Err(Timeout::Route);
             }
             _ = tokio::time::sleep_until(request_deadline.unwrap_or(never)), if request_deadline.is_some() => {
                 if progress.complete.get() {
                     request_deadline = None;
                 } else {
-                    break Err(true);
+                    break Err(Timeout::Request);
                 }
+            }
+            _ = tokio::time::sleep_until(idle_deadline.unwrap_or(never)), if idle_deadline.is_some() => {
+                let now_bytes = progress.bytes.get();
+                if now_bytes == idle_bytes {
+                    break Err(Timeout::Idle);
+                }
+                idle_bytes = now_bytes;
+                idle_deadline = idle.map(|d| tokio::time::Instant::now() + d);
             }
         }
     };
     let (mut resp, pool_ret) = match result {
-        Err(true) => {
+        Err(Timeout::Idle) => {
+            stats.downstream_rq_idle_timeout.inc();
+            cstats.upstream_rq_active.dec();
+            st.t().upstream_host = None;
+            cx.close_after.set(true);
+            return st
+                .local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "stream timeout",
+                    Some(ResponseFlag::StreamIdleTimeout),
+                    "stream_idle_timeout",
+                    &[],
+                    &mut filters,
+                )
+                .await;
+        }
+        Err(Timeout::Request) => {
             stats.downstream_rq_timeout.inc();
             cstats.upstream_rq_active.dec();
             st.t().upstream_host = None;
@@ -956,7 +990,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 )
                 .await;
         }
-        Err(false) => {
+        Err(Timeout::Route) => {
             cstats.upstream_rq_timeout.inc();
             cstats.upstream_rq.record(504);
             return st
