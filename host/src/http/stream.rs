@@ -223,8 +223,11 @@ struct Stream {
     grpc: bool,
     info: StreamInfo,
     protocol: &'static str,
-    /// For `always_set_request_id_in_response`.
+    /// For `always_set_request_id_in_response` and force-traced requests.
     request_id: Option<HeaderValue>,
+    /// Echo the request id in the response (`x-envoy-force-trace` from a trusted
+    /// client), as Envoy's tracing does.
+    echo_request_id: bool,
     /// The request body was not read (local replies): HTTP/1.1 must close.
     unread_body: bool,
     /// Set once filters want bodies: the filters and the stream info live here.
@@ -285,7 +288,7 @@ impl Stream {
         if let Some(via) = &cfg.via {
             hdr::append_via(h, via);
         }
-        if cfg.always_set_request_id_in_response
+        if (cfg.always_set_request_id_in_response || self.echo_request_id)
             && let Some(id) = &self.request_id
             && !h.contains_key(&hdr::X_REQUEST_ID)
         {
@@ -480,6 +483,18 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     hdr::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     let downstream_remote = hdr::mutate_request(cfg, &mut parts.headers, cx.remote);
     let has_host = parts.uri.authority().is_some() || parts.headers.contains_key(header::HOST);
+    // Repeated Host headers travel joined, as Envoy sends them.
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = parts
+            .headers
+            .get_all(header::HOST)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b","[..])) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
     let authority = parts
         .uri
         .authority()
@@ -555,6 +570,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         info,
         protocol,
         request_id: parts.headers.get(&hdr::X_REQUEST_ID).cloned(),
+        // Only trusted requests keep this header past mutate_request.
+        echo_request_id: parts.headers.contains_key("x-envoy-force-trace"),
         unread_body: !body.is_end_stream(),
         chain: None,
     };
@@ -890,6 +907,16 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             parts.headers.insert(header::HOST, v);
         }
         hdr::join_cookies(&mut parts.headers);
+        // Envoy frames a bodyless OPTIONS explicitly; hyper would send no length.
+        if body.is_end_stream()
+            && parts.method == http::Method::OPTIONS
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         parts.version = Version::HTTP_11;
     }
     st.unread_body = false;
