@@ -84,6 +84,9 @@ async fn stats_text_json_filter_usedonly() {
     assert!(text.contains("\ncluster.up.upstream_rq_503: 1\n"));
     assert!(text.contains("\nhttp.ingress.downstream_rq_2xx: 3\n"));
     assert!(text.contains("\nhttp.ingress.downstream_rq_5xx: 1\n"));
+    assert!(text.contains("\nserver.live: 1\n"), "{text}");
+    assert!(text.contains("\nserver.concurrency: 2\n"));
+    assert!(text.contains("\ncluster.up.upstream_rq_retry: 0\n"));
     assert!(
         text.contains("\ncluster.up.upstream_rq_time: P0("),
         "{text}"
@@ -163,6 +166,7 @@ print("\n".join(out))
         "counter envoy_http_downstream_rq_xx_total envoy_http_conn_manager_prefix=ingress,envoy_response_code_class=5 1"
     ));
     assert!(parsed.contains("gauge envoy_cluster_upstream_cx_active envoy_cluster_name=up "));
+    assert!(parsed.contains("gauge envoy_server_live  1"), "{parsed}");
     // Latency histograms with Envoy's buckets: 4 upstream responses, 4 requests.
     assert!(
         parsed.contains("histogram envoy_cluster_upstream_rq_time_count envoy_cluster_name=up 4"),

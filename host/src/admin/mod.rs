@@ -275,8 +275,14 @@ async fn handle(c: Arc<Control>, req: Request<Incoming>) -> Response<Full<Bytes>
                 text(StatusCode::OK, "LIVE\n")
             }
         }
-        "/stats" => stats_endpoint(&q, false),
-        "/stats/prometheus" => stats_endpoint(&q, true),
+        "/stats" => {
+            s.update_server_stats();
+            stats_endpoint(&q, false)
+        }
+        "/stats/prometheus" => {
+            s.update_server_stats();
+            stats_endpoint(&q, true)
+        }
         "/clusters" => clusters_endpoint(&c, &q),
         "/listeners" => listeners_endpoint(&c, &q),
         "/server_info" => server_info(&c),

@@ -83,6 +83,22 @@ pub struct Shared {
     pub concurrency: usize,
 }
 
+impl Shared {
+    /// Refreshes Envoy's `server.*` gauges; the admin calls this before output.
+    pub fn update_server_stats(&self) {
+        let s = store();
+        let live = !self.draining() && !self.healthcheck_failed.load(Ordering::Relaxed);
+        s.gauge("server.live").set(live as i64);
+        // Envoy's server.state: 0 LIVE, 1 DRAINING.
+        s.gauge("server.state").set(if live { 0 } else { 1 });
+        let up = self.started.elapsed().map_or(0, |d| d.as_secs());
+        s.gauge("server.uptime").set(up as i64);
+        s.gauge("server.concurrency").set(self.concurrency as i64);
+        s.gauge("server.total_connections")
+            .set(self.active_connections.load(Ordering::Relaxed) as i64);
+    }
+}
+
 /// One worker's state: its view of clusters (balancers, pools).
 pub struct Worker {
     pub clusters: WorkerClusters,

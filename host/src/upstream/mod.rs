@@ -55,6 +55,9 @@ pub struct ClusterStats {
     pub upstream_rq_active: Gauge,
     pub upstream_rq_completed: Counter,
     pub upstream_rq_timeout: Counter,
+    /// Always 0 until retries exist; Envoy exports them, so dashboards find them.
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_rq_pending_failure_eject: Counter,
     pub upstream_rq: CodeStats,
@@ -84,6 +87,8 @@ impl ClusterStats {
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_completed: c("upstream_rq_completed"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_retry_success: c("upstream_rq_retry_success"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
             upstream_rq: CodeStats::new(format!("cluster.{name}.upstream_rq"), false),
