@@ -185,3 +185,21 @@ fn internal_address_cidrs() {
     assert!(h.is_internal("10.1.2.3".parse().unwrap()));
     assert!(!h.is_internal("11.0.0.1".parse().unwrap()));
 }
+
+#[test]
+fn truncated_and_mangled_configs_never_panic() {
+    let text = include_str!("../../../examples/quickstart/legate.yaml");
+    let mut refused = 0;
+    for i in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+        // Cut anywhere, and also splice the tail onto the wrong line.
+        if load_str(&text[..i], "t").is_err() {
+            refused += 1;
+        }
+        let mangled = format!("{}{}", &text[..i], &text[i..].replacen(':', "", 1));
+        let _ = load_str(&mangled, "t");
+    }
+    assert!(
+        refused > text.len() / 2,
+        "most truncations are invalid configs"
+    );
+}
