@@ -688,3 +688,97 @@ async fn stream_idle_timeout_answers_408() {
     let (status, _, _) = get(&c, &format!("http://{addr}/sleep/100")).await;
     assert_eq!(status, 200);
 }
+
+/// An upstream that answers 200 at once, then sends `n` chunks `gap` apart.
+async fn drip_upstream(n: usize, gap: Duration) -> SocketAddr {
+    use http_body_util::StreamBody;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                    >(1);
+                    tokio::spawn(async move {
+                        for _ in 0..n {
+                            tokio::time::sleep(gap).await;
+                            if tx
+                                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"drop "))))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn drip_through(
+    route_timeout: &str,
+    hcm: &str,
+    n: usize,
+    gap_ms: u64,
+) -> (Legate, Result<String, String>) {
+    let up = drip_upstream(n, Duration::from_millis(gap_ms)).await;
+    let routes = format!(
+        "              - match: {{prefix: \"/\"}}\n                route: {{cluster: up, timeout: {route_timeout}}}\n"
+    );
+    let yaml = bootstrap(
+        &http_listener("ingress", "ingress", &routes, hcm),
+        &cluster("up", &[(up, 1)], ""),
+    );
+    let l = Legate::start(&yaml).await;
+    let addr = l.listener("ingress").await;
+    let resp = client()
+        .get(format!("http://{addr}/").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "headers arrive before any timeout");
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("body neither ended nor failed");
+    let body = body
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .map_err(|e| e.to_string());
+    (l, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_covers_the_whole_response() {
+    // Five chunks 200 ms apart take 1 s; the route allows 0.5 s.
+    let (l, body) = drip_through("0.5s", "", 5, 200).await;
+    assert!(body.is_err(), "the stream must be reset, got {body:?}");
+    assert_eq!(l.wait_stat("cluster.up.upstream_rq_timeout", 1).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_covers_a_stalled_body() {
+    let (l, body) = drip_through("0s", "          stream_idle_timeout: 0.3s", 2, 800).await;
+    assert!(
+        body.is_err(),
+        "a body silent for 0.8 s must be reset, got {body:?}"
+    );
+    assert_eq!(
+        l.wait_stat("http.ingress.downstream_rq_idle_timeout", 1)
+            .await,
+        1
+    );
+    // Chunks 100 ms apart keep the stream alive.
+    let (_l, body) = drip_through("0s", "          stream_idle_timeout: 0.3s", 5, 100).await;
+    assert_eq!(body.unwrap(), "drop drop drop drop drop ");
+}

@@ -1,6 +1,7 @@
 //! One HTTP stream: header rules, the filter chain, the router and the upstream
 //! call, then the response on its way back, the stats and the access log.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -130,6 +131,37 @@ pub struct ProxyBody {
     inner: Body,
     pool: Option<PoolReturn>,
     tail: Option<Box<Tail>>,
+    /// Upstream responses only: the route timeout and stream_idle_timeout keep
+    /// running while the body streams.
+    timers: Option<Box<BodyTimers>>,
+}
+
+struct BodyTimers {
+    route: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl BodyTimers {
+    /// Which clock ran out, if one did.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Timeout> {
+        if let Some(r) = self.route.as_mut()
+            && r.as_mut().poll(cx).is_ready()
+        {
+            return Some(Timeout::Route);
+        }
+        if let Some((_, i)) = self.idle.as_mut()
+            && i.as_mut().poll(cx).is_ready()
+        {
+            return Some(Timeout::Idle);
+        }
+        None
+    }
+
+    fn activity(&mut self) {
+        if let Some((d, i)) = self.idle.as_mut() {
+            i.as_mut().reset(tokio::time::Instant::now() + *d);
+        }
+    }
 }
 
 impl ProxyBody {
@@ -155,8 +187,36 @@ impl http_body::Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if r.is_pending()
+            && let Some(which) = this.timers.as_mut().and_then(|t| t.expired(cx))
+        {
+            // The headers are gone: a timeout now resets the stream, as Envoy does.
+            this.timers = None;
+            this.pool = None;
+            if let Some(t) = this.tail.as_mut() {
+                match which {
+                    Timeout::Route => {
+                        t.flags.set(ResponseFlag::UpstreamRequestTimeout);
+                        if let Some(c) = &t.cluster {
+                            c.stats().upstream_rq_timeout.inc();
+                        }
+                    }
+                    _ => {
+                        t.flags.set(ResponseFlag::StreamIdleTimeout);
+                        t.cx.hcm.stats.downstream_rq_idle_timeout.inc();
+                    }
+                }
+            }
+            this.end(true);
+            return Poll::Ready(Some(Err(
+                "stream timed out while the response streamed".into()
+            )));
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => {
+                if let Some(t) = this.timers.as_mut() {
+                    t.activity();
+                }
                 if let Some(t) = this.tail.as_mut() {
                     if let Some(d) = f.data_ref() {
                         t.bytes_sent += d.len() as u64;
@@ -232,6 +292,9 @@ struct Stream {
     unread_body: bool,
     /// Set once filters want bodies: the filters and the stream info live here.
     chain: Option<SharedChain>,
+    /// For an upstream response: `Some(route deadline, if any)`; the body keeps
+    /// the route timeout and stream_idle_timeout running.
+    body_deadline: Option<Option<tokio::time::Instant>>,
 }
 
 impl Drop for Stream {
@@ -363,12 +426,21 @@ impl Stream {
             ld.response_headers = resp.headers().clone();
         }
         let (parts, body) = resp.into_parts();
+        let idle = self.cx.hcm.config.stream_idle_timeout;
+        let timers = match self.body_deadline.take() {
+            Some(route) if !body.is_end_stream() => Some(Box::new(BodyTimers {
+                route: route.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            })),
+            _ => None,
+        };
         Response::from_parts(
             parts,
             ProxyBody {
                 inner: body,
                 pool,
                 tail: self.tail.take(),
+                timers,
             },
         )
     }
@@ -574,6 +646,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         echo_request_id: parts.headers.contains_key("x-envoy-force-trace"),
         unread_body: !body.is_end_stream(),
         chain: None,
+        body_deadline: None,
     };
     let mut filters: Vec<Box<dyn HttpFilter>> = hcm.filters.iter().map(|f| f.create()).collect();
 
@@ -1114,6 +1187,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     }
     let (rparts, rbody) = resp.into_parts();
     let resp = Response::from_parts(rparts, Body::Incoming(rbody));
+    // An upgraded tunnel has no body to time; it lives as long as its peers.
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        st.body_deadline = Some(route_deadline);
+    }
     st.respond(resp, levels, pool_ret, &mut filters).await
 }
 
