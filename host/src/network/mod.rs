@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use bytes::BytesMut;
 use legate_filter_api::network::{
-    ConnectionInfo, NetworkAction, NetworkFilter, NetworkFilterFactory,
+    ConnectionInfo, DownstreamIo, NetworkAction, NetworkFilter, NetworkFilterFactory,
+    TerminalFilterFactory,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -19,6 +23,9 @@ use crate::server::Worker;
 pub enum Terminal {
     TcpProxy(Arc<tcp_proxy::TcpProxy>),
     Http(Arc<Hcm>),
+    /// A terminal filter from a filter crate (`filters/*`), through the API's
+    /// [`TerminalFilterFactory`].
+    Filter(Arc<dyn TerminalFilterFactory>),
 }
 
 /// A filter chain of one config version, shared by every worker.
@@ -58,11 +65,217 @@ pub async fn serve(
         Terminal::TcpProxy(t) => {
             tcp_proxy::serve(t.clone(), worker, stream, filters, info, drain).await
         }
+        Terminal::Filter(f) => {
+            let io = Downstream {
+                stream,
+                filters,
+                info,
+                closed: false,
+            };
+            f.create().serve(Box::new(io)).await;
+        }
         Terminal::Http(h) => {
             // Read filters before the connection manager come with the first
             // filter that needs them; the parser refuses such chains until then.
             debug_assert!(filters.is_empty());
             crate::http::serve(h.clone(), worker, stream, remote, local, id, drain).await
         }
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The downstream socket as a terminal filter sees it: reads pass the chain's
+/// `on_read` in order, writes pass `on_write` in reverse.
+struct Downstream {
+    stream: TcpStream,
+    filters: Vec<Box<dyn NetworkFilter>>,
+    info: ConnectionInfo,
+    closed: bool,
+}
+
+#[async_trait(?Send)]
+impl DownstreamIo for Downstream {
+    async fn read(&mut self) -> std::io::Result<Option<BytesMut>> {
+        while !self.closed {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let eos = self.stream.read_buf(&mut buf).await? == 0;
+            for f in self.filters.iter_mut() {
+                if f.on_read(&mut buf, eos, &mut self.info).await == NetworkAction::Close {
+                    self.closed = true;
+                    return Ok(None);
+                }
+            }
+            self.closed = eos;
+            if !buf.is_empty() {
+                return Ok(Some(buf));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn write(&mut self, mut data: BytesMut) -> std::io::Result<()> {
+        for f in self.filters.iter_mut().rev() {
+            if f.on_write(&mut data, false, &mut self.info).await == NetworkAction::Close {
+                self.closed = true;
+                let _ = self.stream.shutdown().await;
+                return Err(std::io::ErrorKind::ConnectionAborted.into());
+            }
+        }
+        self.stream.write_all(&data).await
+    }
+
+    async fn shutdown_write(&mut self) -> std::io::Result<()> {
+        self.stream.shutdown().await
+    }
+
+    fn info(&mut self) -> &mut ConnectionInfo {
+        &mut self.info
+    }
+}
+
+impl Drop for Downstream {
+    fn drop(&mut self) {
+        for f in self.filters.iter_mut() {
+            f.on_close(&self.info);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::atomic::AtomicBool;
+
+    use legate_filter_api::network::TerminalFilter;
+
+    use super::*;
+    use crate::upstream::ClusterManager;
+
+    /// A terminal that answers each chunk in upper case until the client closes.
+    struct Upper;
+
+    #[async_trait(?Send)]
+    impl TerminalFilter for Upper {
+        async fn serve(self: Box<Self>, mut io: Box<dyn DownstreamIo>) {
+            while let Ok(Some(chunk)) = io.read().await {
+                let up = BytesMut::from(&chunk.to_ascii_uppercase()[..]);
+                if io.write(up).await.is_err() {
+                    return;
+                }
+            }
+            let _ = io.shutdown_write().await;
+        }
+    }
+
+    struct UpperFactory;
+    impl TerminalFilterFactory for UpperFactory {
+        fn create(&self) -> Box<dyn TerminalFilter> {
+            Box::new(Upper)
+        }
+    }
+
+    /// A read filter that drops the word "secret" and records the close.
+    struct Redact(Rc<RefCell<bool>>);
+
+    #[async_trait(?Send)]
+    impl NetworkFilter for Redact {
+        async fn on_read(
+            &mut self,
+            data: &mut BytesMut,
+            _eos: bool,
+            _info: &mut ConnectionInfo,
+        ) -> NetworkAction {
+            let text = String::from_utf8_lossy(data).replace("secret", "");
+            *data = BytesMut::from(text.as_bytes());
+            NetworkAction::Continue
+        }
+        fn on_close(&mut self, _info: &ConnectionInfo) {
+            *self.0.borrow_mut() = true;
+        }
+    }
+
+    #[tokio::test]
+    async fn terminal_filters_plug_in_through_the_api() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let closed = Rc::new(RefCell::new(false));
+                let cm = ClusterManager::new(&[]);
+                let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let (_tx, drain) = watch::channel(false);
+                let flag = closed.clone();
+                tokio::task::spawn_local(async move {
+                    let (s, remote) = listener.accept().await.unwrap();
+                    let chain = Chain {
+                        destination_port: None,
+                        filters: Vec::new(),
+                        terminal: Terminal::Filter(Arc::new(UpperFactory)),
+                    };
+                    // Factories are Send + Sync and this filter holds an Rc, so
+                    // the test builds the connection's filters as `serve` would.
+                    let mut info = ConnectionInfo {
+                        remote_address: remote,
+                        local_address: addr,
+                        connection_id: 1,
+                        dynamic_metadata: Default::default(),
+                    };
+                    let mut filters: Vec<Box<dyn NetworkFilter>> = vec![Box::new(Redact(flag))];
+                    for f in filters.iter_mut() {
+                        f.on_new_connection(&mut info).await;
+                    }
+                    let Terminal::Filter(t) = &chain.terminal else {
+                        unreachable!()
+                    };
+                    let io = Downstream {
+                        stream: s,
+                        filters,
+                        info,
+                        closed: false,
+                    };
+                    t.create().serve(Box::new(io)).await;
+                    drop((worker, drain));
+                });
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"hello secret world").await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.unwrap();
+                assert_eq!(out, b"HELLO  WORLD");
+                tokio::task::yield_now().await;
+                assert!(*closed.borrow(), "filters hear about the close");
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn serve_runs_a_filter_terminal() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let cm = ClusterManager::new(&[]);
+                let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let (_tx, drain) = watch::channel(false);
+                tokio::task::spawn_local(async move {
+                    let (s, remote) = listener.accept().await.unwrap();
+                    let chain = Chain {
+                        destination_port: None,
+                        filters: Vec::new(),
+                        terminal: Terminal::Filter(Arc::new(UpperFactory)),
+                    };
+                    serve(&chain, worker, s, remote, addr, 7, drain).await;
+                });
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"abc").await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.unwrap();
+                assert_eq!(out, b"ABC");
+            })
+            .await;
     }
 }
