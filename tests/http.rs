@@ -782,3 +782,47 @@ async fn stream_idle_timeout_covers_a_stalled_body() {
     let (_l, body) = drip_through("0s", "          stream_idle_timeout: 0.3s", 5, 100).await;
     assert_eq!(body.unwrap(), "drop drop drop drop drop ");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dying_mid_stream_is_contained() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that promises 1000 bytes, sends 10, and drops the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                    .await;
+                // Dropping the socket cuts the body short.
+            });
+        }
+    });
+    let yaml = bootstrap(
+        &http_listener("ingress", "ingress", ROUTE_ALL, ""),
+        &cluster("up", &[(up, 1)], ""),
+    );
+    let l = Legate::start(&yaml).await;
+    let addr = l.listener("ingress").await;
+    for _ in 0..5 {
+        let resp = client()
+            .get(format!("http://{addr}/").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await;
+        assert!(body.is_err(), "a cut upstream body must not look complete");
+    }
+    // Nothing leaks and the proxy keeps serving.
+    assert_eq!(l.wait_stat("http.ingress.downstream_rq_active", 0).await, 0);
+    assert_eq!(l.wait_stat("cluster.up.upstream_rq_active", 0).await, 0);
+    assert_eq!(l.stat("http.ingress.downstream_rq_completed").await, 5);
+    let (status, _) = http_get(l.admin, "/ready").await.unwrap();
+    assert_eq!(status, 200);
+}
