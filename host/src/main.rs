@@ -92,6 +92,50 @@ fn load(cli: &Cli) -> Result<config::Bootstrap, String> {
     result.map_err(|e| e.to_string())
 }
 
+fn apply_node_flags(cli: &Cli, b: &mut config::Bootstrap) {
+    if let Some(n) = &cli.service_node {
+        b.node.id = n.clone();
+    }
+    if let Some(c) = &cli.service_cluster {
+        b.node.cluster = c.clone();
+    }
+}
+
+/// The config file's modification time and size, to notice edits.
+fn config_stamp(cli: &Cli) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(cli.config_path.as_ref()?).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Loads and validates the config again. A bad config is logged and the current
+/// one stays in force; a good one is put in force for new connections.
+async fn reload(cli: &Cli, shared: &server::Shared) {
+    let s = legate::stats::store();
+    let mut b = match load(cli) {
+        Ok(b) => b,
+        Err(e) => {
+            s.counter("server.config_reload_failed").inc();
+            for line in e.lines() {
+                tracing::error!("config reload refused: {line}");
+            }
+            return;
+        }
+    };
+    apply_node_flags(cli, &mut b);
+    match shared.prepare(b) {
+        Ok(next) => {
+            next.clusters.clone().resolve_strict_dns().await;
+            let v = shared.install(next);
+            s.counter("server.config_reload").inc();
+            tracing::info!("config version {v} in force");
+        }
+        Err(e) => {
+            s.counter("server.config_reload_failed").inc();
+            tracing::error!("config reload refused: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match tracing_level(&cli.log_level) {
@@ -118,12 +162,7 @@ fn main() -> ExitCode {
         println!("OK");
         return ExitCode::SUCCESS;
     }
-    if let Some(n) = &cli.service_node {
-        bootstrap.node.id = n.clone();
-    }
-    if let Some(c) = &cli.service_cluster {
-        bootstrap.node.cluster = c.clone();
-    }
+    apply_node_flags(&cli, &mut bootstrap);
     let concurrency = cli
         .concurrency
         .filter(|c| *c > 0)
@@ -149,7 +188,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        shared.clusters.clone().resolve_strict_dns().await;
+        shared.config().clusters.clone().resolve_strict_dns().await;
         if let Some(addr) = admin_addr {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -196,19 +235,39 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        for l in &shared.listeners {
+        for l in &shared.config().listeners {
             tracing::info!(listener = %l.name, "listening on {}", l.local_addr());
         }
         tracing::info!("legate started with {concurrency} worker(s)");
 
         let mut drain = shared.drain.subscribe();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {
-                tracing::info!("SIGTERM: draining");
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // The config file is polled for changes; SIGHUP reloads at once.
+        let mut seen = config_stamp(&cli);
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {
+                    tracing::info!("SIGTERM: draining");
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); break; }
+                _ = drain.wait_for(|d| *d) => { tracing::info!("admin quit: draining"); break; }
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    seen = config_stamp(&cli);
+                    reload(&cli, &shared).await;
+                }
+                _ = poll.tick() => {
+                    let now = config_stamp(&cli);
+                    if now != seen {
+                        seen = now;
+                        tracing::info!("config file changed: reloading");
+                        reload(&cli, &shared).await;
+                    }
+                }
             }
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-            _ = drain.wait_for(|d| *d) => tracing::info!("admin quit: draining"),
         }
         shared.start_drain();
         // Workers exit once their connections are done; the drain time bounds it.

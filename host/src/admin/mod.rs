@@ -168,7 +168,8 @@ fn clusters_endpoint(c: &Control, q: &[(String, String)]) -> Response<Full<Bytes
     let as_json = q.iter().any(|(k, v)| k == "format" && v == "json");
     let mut out = String::new();
     let mut jclusters = Vec::new();
-    for cl in c.shared.clusters.iter() {
+    let cfg = c.shared.config();
+    for cl in cfg.clusters.iter() {
         let name = &cl.config.name;
         let hosts = cl.hosts();
         if as_json {
@@ -217,8 +218,8 @@ fn clusters_endpoint(c: &Control, q: &[(String, String)]) -> Response<Full<Bytes
 
 fn listeners_endpoint(c: &Control, q: &[(String, String)]) -> Response<Full<Bytes>> {
     if q.iter().any(|(k, v)| k == "format" && v == "json") {
-        let ls: Vec<serde_json::Value> = c
-            .shared
+        let cfg = c.shared.config();
+        let ls: Vec<serde_json::Value> = cfg
             .listeners
             .iter()
             .map(|l| {
@@ -232,7 +233,8 @@ fn listeners_endpoint(c: &Control, q: &[(String, String)]) -> Response<Full<Byte
         );
     }
     let mut out = String::new();
-    for l in &c.shared.listeners {
+    let cfg = c.shared.config();
+    for l in &cfg.listeners {
         out.push_str(&format!("{}::{}\n", l.name, l.local_addr()));
     }
     text(StatusCode::OK, out)
@@ -242,10 +244,13 @@ fn server_info(c: &Control) -> Response<Full<Bytes>> {
     let s = &c.shared;
     let uptime = s.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     let state = if s.draining() { "DRAINING" } else { "LIVE" };
-    let node = &s.bootstrap.node;
+    let cfg = s.config();
+    let node = &cfg.bootstrap.node;
     let body = serde_json::json!({
         "version": format!("legate/{}", env!("CARGO_PKG_VERSION")),
         "state": state,
+        // Legate's addition: which config version is in force (1, then +1 per reload).
+        "config_version": cfg.version,
         "hot_restart_version": "disabled",
         "command_line_options": c.command_line,
         "node": {"id": node.id, "cluster": node.cluster},
@@ -290,7 +295,7 @@ async fn handle(c: Arc<Control>, req: Request<Incoming>) -> Response<Full<Bytes>
             serde_json::to_string_pretty(&serde_json::json!({
                 "configs": [{
                     "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-                    "bootstrap": s.bootstrap.raw,
+                    "bootstrap": s.config().bootstrap.raw,
                 }]
             }))
             .unwrap_or_default(),

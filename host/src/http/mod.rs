@@ -23,9 +23,15 @@ use legate_filter_api::HttpFilterFactory;
 
 use crate::access_log::AccessLogger;
 use crate::config::{Codec, HttpConnectionManager};
-use crate::server::{LocalExec, Worker};
+use crate::server::{LocalExec, Worker, lifecycle};
+use std::error::Error as StdError;
+use std::pin::Pin;
+
 use crate::stats::{CodeStats, Counter, Gauge, Histogram, store};
 use crate::upstream::pool::CountingIo;
+use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
+use hyper::service::HttpService;
 
 pub use local_reply::is_grpc;
 pub use stream::ProxyBody;
@@ -168,6 +174,74 @@ async fn sniff_h2(s: &TcpStream) -> bool {
     }
 }
 
+/// A server connection that can be asked to finish gracefully (hyper's HTTP/1.1
+/// upgradeable and HTTP/2 connections).
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, B, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, B, S, E> Graceful for http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: Read + Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// How long an HTTP/1.1 connection of a replaced config may stay open waiting
+/// for a next request to answer with `connection: close` (Envoy's HCM
+/// `drain_timeout` default).
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a connection until it ends, closing it gracefully when its config version
+/// is replaced or the process drains. HTTP/1.1 first asks the client to leave
+/// (`connection: close` on the next response), so a client that is just sending
+/// its next request is not cut off.
+async fn drive<C>(
+    conn: C,
+    mut life: watch::Receiver<u8>,
+    cx: &ConnCx,
+    soft_first: bool,
+) -> Result<(), hyper::Error>
+where
+    C: Graceful,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = life.wait_for(|s| *s != lifecycle::RUNNING) => {}
+    }
+    cx.draining.set(true);
+    if soft_first && *life.borrow() == lifecycle::RETIRED {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = tokio::time::sleep(RETIRE_GRACE) => {}
+            _ = life.wait_for(|s| *s == lifecycle::DRAINING) => {}
+        }
+    }
+    conn.as_mut().shutdown();
+    conn.await
+}
+
 /// Serves one downstream connection until it closes or the drain completes.
 pub async fn serve(
     hcm: Arc<Hcm>,
@@ -176,7 +250,7 @@ pub async fn serve(
     remote: SocketAddr,
     local: SocketAddr,
     id: u64,
-    mut drain: watch::Receiver<bool>,
+    life: watch::Receiver<u8>,
 ) {
     let cfg = &hcm.config;
     let http2 = match cfg.codec {
@@ -207,7 +281,7 @@ pub async fn serve(
         local,
         id,
         http2,
-        draining: Cell::new(*drain.borrow()),
+        draining: Cell::new(*life.borrow() != lifecycle::RUNNING),
         close_after: Cell::new(false),
     });
     let svc_cx = cx.clone();
@@ -228,15 +302,7 @@ pub async fn serve(
         b.timer(TokioTimer::new())
             .max_header_list_size(header_bytes as u32)
             .max_concurrent_streams(2147483647);
-        let conn = b.serve_connection(io, h2_svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = drain.wait_for(|d| *d) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        drive(b.serve_connection(io, h2_svc), life, &cx, false).await
     } else {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -245,16 +311,7 @@ pub async fn serve(
         if let Some(t) = cfg.request_timeout.or(cfg.stream_idle_timeout) {
             b.header_read_timeout(t);
         }
-        let conn = b.serve_connection(io, svc).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = drain.wait_for(|d| *d) => {
-                cx.draining.set(true);
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        drive(b.serve_connection(io, svc).with_upgrades(), life, &cx, true).await
     };
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
@@ -410,7 +467,7 @@ mod tests {
                 let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
-                let (_drain_tx, drain) = watch::channel(false);
+                let (_drain_tx, drain) = watch::channel(0u8);
                 tokio::task::spawn_local(async move {
                     let (s, remote) = listener.accept().await.unwrap();
                     serve(hcm, worker, s, remote, addr, 1, drain).await;

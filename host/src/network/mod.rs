@@ -43,7 +43,7 @@ pub async fn serve(
     remote: SocketAddr,
     local: SocketAddr,
     id: u64,
-    drain: watch::Receiver<bool>,
+    life: watch::Receiver<u8>,
 ) {
     let mut info = ConnectionInfo {
         remote_address: remote,
@@ -63,7 +63,7 @@ pub async fn serve(
     }
     match &chain.terminal {
         Terminal::TcpProxy(t) => {
-            tcp_proxy::serve(t.clone(), worker, stream, filters, info, drain).await
+            tcp_proxy::serve(t.clone(), worker, stream, filters, info, life).await
         }
         Terminal::Filter(f) => {
             let io = Downstream {
@@ -78,7 +78,7 @@ pub async fn serve(
             // Read filters before the connection manager come with the first
             // filter that needs them; the parser refuses such chains until then.
             debug_assert!(filters.is_empty());
-            crate::http::serve(h.clone(), worker, stream, remote, local, id, drain).await
+            crate::http::serve(h.clone(), worker, stream, remote, local, id, life).await
         }
     }
 }
@@ -205,7 +205,7 @@ mod tests {
                 let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
-                let (_tx, drain) = watch::channel(false);
+                let (_tx, drain) = watch::channel(0u8);
                 let flag = closed.clone();
                 tokio::task::spawn_local(async move {
                     let (s, remote) = listener.accept().await.unwrap();
@@ -259,7 +259,7 @@ mod tests {
                 let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
-                let (_tx, drain) = watch::channel(false);
+                let (_tx, drain) = watch::channel(0u8);
                 tokio::task::spawn_local(async move {
                     let (s, remote) = listener.accept().await.unwrap();
                     let chain = Chain {

@@ -70,7 +70,7 @@ pub async fn serve(
     mut down: TcpStream,
     mut filters: Vec<Box<dyn NetworkFilter>>,
     mut info: ConnectionInfo,
-    _drain: watch::Receiver<bool>,
+    _life: watch::Receiver<u8>,
 ) {
     let start = Instant::now();
     let start_time = SystemTime::now();

@@ -124,6 +124,21 @@ impl ClusterShared {
 pub struct ClusterManager {
     clusters: HashMap<String, Arc<ClusterShared>>,
     order: Vec<String>,
+    /// STRICT_DNS refresh tasks; they stop when this version is dropped.
+    dns_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for ClusterManager {
+    fn drop(&mut self) {
+        for t in self
+            .dns_tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
 }
 
 impl ClusterManager {
@@ -182,13 +197,15 @@ impl ClusterManager {
         for c in &dns {
             refresh(c).await;
         }
+        let mut tasks = self.dns_tasks.lock().unwrap_or_else(|e| e.into_inner());
         for c in dns {
-            tokio::spawn(async move {
+            let t = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(c.config.dns_refresh_rate).await;
                     refresh(&c).await;
                 }
             });
+            tasks.push(t.abort_handle());
         }
     }
 }
