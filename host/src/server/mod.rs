@@ -206,13 +206,13 @@ fn build_version(
                 });
             }
         }
-        let bound_addr = bound.local_addr().unwrap_or(l.address);
+        // Envoy names listener stats by the configured address (port 0 stays 0).
         let prefix = format!(
             "listener.{}",
             stat_addr(
                 &l.stat_prefix
                     .clone()
-                    .unwrap_or_else(|| bound_addr.to_string())
+                    .unwrap_or_else(|| l.address.to_string())
             )
         );
         let s = store();

@@ -81,12 +81,13 @@ fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
     ];
     for (prefix, tag) in PREFIXED {
         if let Some(after) = rest.strip_prefix(prefix) {
-            // Envoy's regexes take the segment up to the next dot; listener
-            // addresses keep their own dots only when they are IPs, which Envoy
-            // writes with underscores in stat names anyway.
-            if let Some((value, tail)) = after.split_once('.')
-                && !(prefix == "listener." && value == "admin")
-            {
+            let value = if prefix == "listener." {
+                listener_address(after)
+            } else {
+                after.split_once('.').map(|(v, _)| v)
+            };
+            if let Some(value) = value {
+                let tail = &after[value.len() + 1..];
                 tags.push((tag, value.to_string()));
                 rest = format!("{prefix}{tail}");
             }
@@ -107,6 +108,18 @@ fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
         }
     }
     (rest, tags)
+}
+
+/// Envoy's listener address tag: `127.0.0.1_10000` in `listener.127.0.0.1_10000.x`
+/// (digits, dots and underscores up to the last dot of that run). A listener with
+/// its own `stat_prefix` gets no tag, as in Envoy.
+fn listener_address(after: &str) -> Option<&str> {
+    let run = after
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.' || *b == b'_')
+        .count();
+    let value = &after[..after[..run].rfind('.')?];
+    (!value.is_empty()).then_some(value)
 }
 
 fn sanitize(name: &str) -> String {
@@ -244,5 +257,15 @@ mod tests {
         assert!(out.contains("envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"up\"} 3"));
         assert!(out.contains("envoy_http_downstream_rq_xx{envoy_response_code_class=\"5\",envoy_http_conn_manager_prefix=\"ingress\"} 1"));
         assert!(out.contains("# TYPE envoy_cluster_upstream_cx_active gauge"));
+        let out = prometheus(
+            &[s("listener.127.0.0.1_10000.downstream_cx_total", 4, true)],
+            false,
+        );
+        assert!(
+            out.contains(
+                "envoy_listener_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 4"
+            ),
+            "{out}"
+        );
     }
 }
