@@ -108,6 +108,24 @@ async fn a_bad_config_keeps_the_old_one() {
         "{}",
         l.stderr_text()
     );
+    // Moving the admin listener is refused too, not ignored.
+    let moved = config(up, "moved", "").replacen("port_value: 0}}", "port_value: 1}}", 1);
+    assert!(
+        moved.starts_with(
+            "admin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 1}}"
+        )
+    );
+    write_config(&l, &moved);
+    sighup(&l);
+    while l.stat("server.config_reload_failed").await < 2 {
+        assert!(Instant::now() < deadline, "the admin move was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(l.stderr_text().contains("admin.address changed"));
+    assert_eq!(
+        http_get(addr, "/direct").await.unwrap(),
+        (200, "good".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,15 @@ async fn reload(cli: &Cli, shared: &server::Shared) {
         }
     };
     apply_node_flags(cli, &mut b);
+    // The admin listener is bound once; moving it needs a restart.
+    let admin = |b: &config::Bootstrap| b.admin.as_ref().map(|a| a.address);
+    if admin(&b) != admin(&shared.config().bootstrap) {
+        s.counter("server.config_reload_failed").inc();
+        tracing::error!(
+            "config reload refused: admin.address changed; the admin listener moves only on restart"
+        );
+        return;
+    }
     match shared.prepare(b) {
         Ok(next) => {
             next.clusters.clone().resolve_strict_dns().await;
