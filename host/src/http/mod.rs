@@ -425,14 +425,15 @@ mod tests {
         a
     }
 
-    #[tokio::test]
-    async fn filters_see_headers_and_bodies_both_ways() {
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async {
-                let up = echo_upstream().await;
-                let yaml = format!(
-                    r#"static_resources:
+    /// Proxies one POST through a real connection manager whose chain holds `filter`,
+    /// to a real echo upstream; returns status and body.
+    async fn proxy_once(
+        filter: Arc<dyn HttpFilterFactory>,
+        body: &'static str,
+    ) -> (u16, http::HeaderMap, Bytes) {
+        let up = echo_upstream().await;
+        let yaml = format!(
+            r#"static_resources:
   listeners:
   - address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
     filter_chains:
@@ -452,44 +453,93 @@ mod tests {
       cluster_name: up
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
 "#,
-                    up.port()
-                );
-                let b = crate::config::load_str(&yaml, "t").unwrap();
-                let crate::config::NetworkFilter::HttpConnectionManager(cfg) =
-                    &b.listeners[0].filter_chains[0].filters[0]
-                else {
-                    unreachable!()
-                };
-                let mut hcm = Hcm::new(cfg.clone(), Vec::new());
-                hcm.filters.push(Arc::new(ShoutFactory));
-                let hcm = Arc::new(hcm);
-                let cm = ClusterManager::new(&b.clusters);
-                let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                let (_drain_tx, drain) = watch::channel(0u8);
-                tokio::task::spawn_local(async move {
-                    let (s, remote) = listener.accept().await.unwrap();
-                    serve(hcm, worker, s, remote, addr, 1, drain).await;
-                });
-
-                let s = TcpStream::connect(addr).await.unwrap();
-                let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
-                    TokioIo::new(s),
-                )
+            up.port()
+        );
+        let b = crate::config::load_str(&yaml, "t").unwrap();
+        let crate::config::NetworkFilter::HttpConnectionManager(cfg) =
+            &b.listeners[0].filter_chains[0].filters[0]
+        else {
+            unreachable!()
+        };
+        let mut hcm = Hcm::new(cfg.clone(), Vec::new());
+        hcm.filters.push(filter);
+        let hcm = Arc::new(hcm);
+        let cm = ClusterManager::new(&b.clusters);
+        let worker = Rc::new(Worker::new(&cm, Arc::new(AtomicBool::new(false))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_life_tx, life) = watch::channel(0u8);
+        tokio::task::spawn_local(async move {
+            let (s, remote) = listener.accept().await.unwrap();
+            serve(hcm, worker, s, remote, addr, 1, life).await;
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s))
                 .await
                 .unwrap();
-                tokio::task::spawn_local(conn);
-                let req = http::Request::post("/")
-                    .header("host", "x")
-                    .body(Full::new(Bytes::from("hello")))
-                    .unwrap();
-                let resp = sender.send_request(req).await.unwrap();
-                assert_eq!(resp.status(), 200);
-                assert_eq!(resp.headers()["x-saw-filtered"], "yes");
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
+        tokio::task::spawn_local(conn);
+        let req = http::Request::post("/")
+            .header("host", "x")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body)
+    }
+
+    #[tokio::test]
+    async fn filters_see_headers_and_bodies_both_ways() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let (status, headers, body) = proxy_once(Arc::new(ShoutFactory), "hello").await;
+                assert_eq!(status, 200);
+                assert_eq!(headers["x-saw-filtered"], "yes");
                 // Uppercased on the way up, `!` appended on the way down.
                 assert_eq!(body, "HELLO!");
+            })
+            .await;
+    }
+
+    /// Refuses any request body with a local reply.
+    struct Refuse;
+
+    #[async_trait(?Send)]
+    impl HttpFilter for Refuse {
+        async fn on_request_body(
+            &mut self,
+            _chunk: &mut Bytes,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> DataAction {
+            let mut r = legate_filter_api::LocalReply::new(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body refused",
+            );
+            r.details = "test_refused";
+            DataAction::Respond(r)
+        }
+        fn wants_body(&self) -> bool {
+            true
+        }
+    }
+
+    struct RefuseFactory;
+    impl HttpFilterFactory for RefuseFactory {
+        fn create(&self) -> Box<dyn HttpFilter> {
+            Box::new(Refuse)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_hook_can_answer_locally() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let (status, _, body) = proxy_once(Arc::new(RefuseFactory), "payload").await;
+                assert_eq!(status, 413);
+                assert_eq!(body, "body refused");
             })
             .await;
     }

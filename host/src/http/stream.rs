@@ -460,6 +460,23 @@ impl Stream {
         }
     }
 
+    /// Envoy's answer when the upstream cannot be reached: 503, flag UF.
+    async fn connect_failure(
+        self,
+        levels: &[&HeaderMutations],
+        filters: &mut [Box<dyn HttpFilter>],
+    ) -> Response<ProxyBody> {
+        self.local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            CONNECT_FAILURE,
+            Some(ResponseFlag::UpstreamConnectionFailure),
+            "upstream_reset_before_response_started{remote_connection_failure}",
+            levels,
+            filters,
+        )
+        .await
+    }
+
     async fn local(
         mut self,
         status: StatusCode,
@@ -920,16 +937,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             cstats.upstream_rq_pending_failure_eject.inc();
             cstats.upstream_rq.record(503);
             tracing::debug!(cluster = cluster.name(), "upstream connect failed: {e}");
-            return st
-                .local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    CONNECT_FAILURE,
-                    Some(ResponseFlag::UpstreamConnectionFailure),
-                    "upstream_reset_before_response_started{remote_connection_failure}",
-                    levels,
-                    &mut filters,
-                )
-                .await;
+            return st.connect_failure(levels, &mut filters).await;
         }
     };
     st.t().upstream_host = Some(pool.addr);
@@ -1107,25 +1115,26 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         Ok(Err(SendError::Connect(e))) => {
             cstats.upstream_rq.record(503);
             tracing::debug!(cluster = cluster.name(), "upstream connect failed: {e}");
-            return st
-                .local(
+            return st.connect_failure(levels, &mut filters).await;
+        }
+        Ok(Err(SendError::Reset(e))) => {
+            let Some(r) = chain_reply(&st.chain).await else {
+                tracing::debug!(cluster = cluster.name(), "upstream reset: {e}");
+                cstats.upstream_rq_rx_reset.inc();
+                cstats.upstream_rq.record(503);
+                return st.local(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    CONNECT_FAILURE,
-                    Some(ResponseFlag::UpstreamConnectionFailure),
-                    "upstream_reset_before_response_started{remote_connection_failure}",
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                    Some(ResponseFlag::UpstreamConnectionTermination),
+                    "upstream_reset_before_response_started{connection_termination}",
                     levels,
                     &mut filters,
-                )
-                .await;
-        }
-        Ok(Err(SendError::Reset(_)))
-            if st.chain.is_some() && chain_reply(&st.chain).await.is_some() =>
-        {
+                ).await;
+            };
             // A request-body hook answered locally; the upstream request was dropped.
             cstats.upstream_rq_active.dec();
             st.t().upstream_host = None;
             cx.close_after.set(true);
-            let r = chain_reply(&st.chain).await.expect("checked by the guard");
             st.t().details = r.details;
             if let Some(f) = r.response_flag {
                 st.t().flags.set(f);
@@ -1139,19 +1148,6 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 None,
             );
             return st.respond(resp, &[], None, &mut filters).await;
-        }
-        Ok(Err(SendError::Reset(e))) => {
-            tracing::debug!(cluster = cluster.name(), "upstream reset: {e}");
-            cstats.upstream_rq_rx_reset.inc();
-            cstats.upstream_rq.record(503);
-            return st.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                Some(ResponseFlag::UpstreamConnectionTermination),
-                "upstream_reset_before_response_started{connection_termination}",
-                levels,
-                &mut filters,
-            ).await;
         }
         Ok(Ok(r)) => r,
     };
