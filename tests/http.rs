@@ -836,3 +836,36 @@ async fn upstream_dying_mid_stream_is_contained() {
     let (status, _) = http_get(l.admin, "/ready").await.unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_hangs_up_at_once_gets_a_prompt_503() {
+    // Accepts, then closes without reading: every connection is dead on arrival.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        }
+    });
+    let yaml = bootstrap(
+        &http_listener("ingress", "ingress", ROUTE_ALL, ""),
+        &cluster("up", &[(up, 1)], ""),
+    );
+    let l = Legate::start(&yaml).await;
+    let addr = l.listener("ingress").await;
+    let t = std::time::Instant::now();
+    let (status, _, body) = get(&client(), &format!("http://{addr}/")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("upstream connect error or disconnect/reset before headers"),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "answered in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(l.wait_stat("http.ingress.downstream_rq_active", 0).await, 0);
+}

@@ -248,6 +248,9 @@ impl HostPool {
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
         let mut fresh_tried = false;
+        // Every idle connection may turn out closed, then one fresh one may too;
+        // past that the host is refusing us, not racing a keep-alive close.
+        let mut not_ready = 0;
         loop {
             match self.checkout(wc, host).await? {
                 Sender::Http2(mut s) => {
@@ -258,7 +261,11 @@ impl HostPool {
                         .map_err(SendError::Reset);
                 }
                 Sender::Http1(mut s) => {
-                    if s.ready().await.is_err() {
+                    if let Err(e) = s.ready().await {
+                        not_ready += 1;
+                        if not_ready > MAX_IDLE_H1 + 1 {
+                            return Err(SendError::Reset(e));
+                        }
                         continue;
                     }
                     match s.try_send_request(req).await {
