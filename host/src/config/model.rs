@@ -318,6 +318,8 @@ pub struct ForwardAction {
     pub cluster: ClusterSpecifier,
     /// Zero disables the timeout.
     pub timeout: Duration,
+    /// `x-envoy-expected-rq-timeout-ms` for `timeout`, made once.
+    pub timeout_header: http::HeaderValue,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,

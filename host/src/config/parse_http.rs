@@ -819,9 +819,11 @@ fn forward_action(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<ForwardAc
         })
         .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     o.finish();
+    let timeout = timeout?;
     Some(ForwardAction {
         cluster: cluster?,
-        timeout: timeout?,
+        timeout_header: http::HeaderValue::from(timeout.as_millis() as u64),
+        timeout,
         prefix_rewrite,
         regex_rewrite,
         host_rewrite,

@@ -56,28 +56,36 @@ fn strip_listed(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 fn strip_standard(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Usually none is present: one scan instead of a lookup per name.
-    let present = h.keys().any(|k| {
-        *k == header::CONNECTION
-            || *k == header::UPGRADE
-            || *k == header::TRANSFER_ENCODING
-            || *k == header::TE
-            || *k == KEEP_ALIVE
-            || *k == PROXY_CONNECTION
-    });
-    if !present {
-        return;
+    // One scan finds which hop-by-hop headers are there (usually none, or just
+    // `connection`); only those are looked up again.
+    let (mut connection, mut upgrade, mut te, mut other) = (false, false, false, false);
+    for k in h.keys() {
+        if *k == header::CONNECTION {
+            connection = true;
+        } else if *k == header::UPGRADE {
+            upgrade = true;
+        } else if *k == header::TE {
+            te = true;
+        } else if *k == header::TRANSFER_ENCODING || *k == KEEP_ALIVE || *k == PROXY_CONNECTION {
+            other = true;
+        }
     }
     if !keep_upgrade {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
+        if connection {
+            h.remove(header::CONNECTION);
+        }
+        if upgrade {
+            h.remove(header::UPGRADE);
+        }
     }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::TRANSFER_ENCODING);
+    if other {
+        h.remove(&KEEP_ALIVE);
+        h.remove(&PROXY_CONNECTION);
+        h.remove(header::TRANSFER_ENCODING);
+    }
     // `te` may only carry `trailers` past a hop.
-    if let Some(te) = h.get(header::TE) {
-        let keep = te
+    if te && let Some(v) = h.get(header::TE) {
+        let keep = v
             .to_str()
             .map(|v| {
                 v.split(',')
@@ -179,6 +187,17 @@ pub const ROUTER_CONSUMED: [HeaderName; 10] = [
     HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
 ];
 
+/// A header value for a number; values under 1024 (most service times) come from
+/// a table made once, so the hot path does not allocate for them.
+pub fn small_number(n: u64) -> HeaderValue {
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..1024u64).map(HeaderValue::from).collect());
+    match TABLE.get(n as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
+}
+
 /// Whether any `x-envoy-*` header is present.
 pub fn has_envoy_headers(h: &HeaderMap) -> bool {
     h.keys().any(|k| k.as_str().starts_with("x-envoy-"))
@@ -259,7 +278,8 @@ pub fn mutate_request(
     let edge_external = cfg.use_remote_address && !internal;
     let regenerate = edge_external && !cfg.preserve_external_request_id;
     if cfg.generate_request_id && (regenerate || !h.contains_key(&X_REQUEST_ID)) {
-        let id = uuid::Uuid::new_v4();
+        // A request id needs uniqueness, not secrecy: fastrand is enough.
+        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let s = id.hyphenated().encode_lower(&mut buf);
         if let Ok(v) = HeaderValue::from_str(s) {

@@ -899,10 +899,14 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         }
     }
     if !timeout.is_zero() && !cfg.suppress_envoy_headers {
-        parts.headers.insert(
-            hdr::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-            HeaderValue::from(timeout.as_millis() as u64),
-        );
+        let value = if timeout == fwd.timeout {
+            fwd.timeout_header.clone()
+        } else {
+            HeaderValue::from(timeout.as_millis() as u64)
+        };
+        parts
+            .headers
+            .insert(hdr::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), value);
     }
 
     let Some(host) = cluster.pick_host() else {
@@ -943,17 +947,29 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     st.t().upstream_host = Some(pool.addr);
 
     // Build the upstream request.
-    let target = new_path.as_deref().unwrap_or(&path);
     let upstream_h2 = upgrade.is_none() && cluster.shared.config.http2;
-    let uri = if upstream_h2 {
-        Uri::builder()
-            .scheme("http")
-            .authority(upstream_authority.as_str())
-            .path_and_query(target)
-            .build()
-    } else {
-        Uri::builder().path_and_query(target).build()
+    // Without a rewrite the request's own parsed path is reused (no copy).
+    let path_and_query = match &new_path {
+        Some(p) => http::uri::PathAndQuery::try_from(p.as_str()).map_err(http::Error::from),
+        None => Ok(parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
     };
+    let uri = path_and_query.and_then(|pq| {
+        if upstream_h2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(upstream_authority.as_str())
+                .path_and_query(pq)
+                .build()
+        } else {
+            let mut u = http::uri::Parts::default();
+            u.path_and_query = Some(pq);
+            Uri::from_parts(u).map_err(http::Error::from)
+        }
+    });
     let Ok(uri) = uri else {
         cstats.upstream_rq_active.dec();
         st.t().upstream_host = None;
@@ -984,7 +1000,11 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         parts.headers.remove(header::HOST);
         parts.version = Version::HTTP_2;
     } else {
-        if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+        let same_host = parts
+            .headers
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes() == upstream_authority.as_bytes());
+        if !same_host && let Ok(v) = HeaderValue::from_str(&upstream_authority) {
             parts.headers.insert(header::HOST, v);
         }
         hdr::join_cookies(&mut parts.headers);
@@ -1178,7 +1198,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     if !cfg.suppress_envoy_headers {
         resp.headers_mut().insert(
             hdr::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-            HeaderValue::from(service_ms),
+            hdr::small_number(service_ms),
         );
     }
     let (rparts, rbody) = resp.into_parts();
