@@ -289,54 +289,7 @@ impl Drop for Envoy {
 /// the hot-restart ones), but returns an error instead of panicking when the
 /// config is rejected, so the other cases still run.
 async fn start_legate(yaml: &str) -> Result<Legate, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cfg = dir.path().join("legate.yaml");
-    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
-    let admin_file = dir.path().join("admin.addr");
-    let stdout = dir.path().join("stdout.log");
-    let stderr = dir.path().join("stderr.log");
-    let child = Command::new(support::BIN)
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--concurrency", "1", "-l", "warning"])
-        .arg("--admin-address-path")
-        .arg(&admin_file)
-        .stdout(Stdio::from(
-            std::fs::File::create(&stdout).map_err(|e| e.to_string())?,
-        ))
-        .stderr(Stdio::from(
-            std::fs::File::create(&stderr).map_err(|e| e.to_string())?,
-        ))
-        .spawn()
-        .map_err(|e| format!("spawn legate: {e}"))?;
-    let mut l = Legate {
-        child,
-        admin: "127.0.0.1:0".parse().unwrap(),
-        dir,
-        stdout,
-        stderr,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = l.child.try_wait() {
-            return Err(format!(
-                "legate exited early with {status}:\n{}",
-                l.stderr_text()
-            ));
-        }
-        if let Ok(a) = std::fs::read_to_string(&admin_file)
-            && let Ok(addr) = a.trim().parse()
-        {
-            l.admin = addr;
-            if let Ok((200, _)) = http_get(addr, "/ready").await {
-                return Ok(l);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("legate did not become ready:\n{}", l.stderr_text()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Legate::try_start_with(yaml, &["--concurrency", "1", "-l", "warning"]).await
 }
 
 /// A listener's bound address from the admin `/listeners?format=json` (same

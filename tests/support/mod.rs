@@ -39,24 +39,38 @@ impl Legate {
     }
 
     pub async fn start_with(yaml: &str, extra: &[&str]) -> Legate {
-        let dir = tempfile::tempdir().expect("tempdir");
+        match Self::try_start_with(yaml, extra).await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`Legate::start_with`], but a refused config or a failed start is an
+    /// error value, so callers comparing many configs can report it and go on.
+    pub async fn try_start_with(yaml: &str, extra: &[&str]) -> Result<Legate, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let cfg = dir.path().join("legate.yaml");
-        std::fs::write(&cfg, yaml).expect("write config");
+        std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
         let admin_file = dir.path().join("admin.addr");
         let stdout = dir.path().join("stdout.log");
         let stderr = dir.path().join("stderr.log");
+        let file = |p: &PathBuf| std::fs::File::create(p).map_err(|e| e.to_string());
+        let level: &[&str] = if extra.contains(&"-l") {
+            &[]
+        } else {
+            &["-l", "info"]
+        };
         let child = Command::new(BIN)
             .arg("-c")
             .arg(&cfg)
             .arg("--admin-address-path")
             .arg(&admin_file)
-            .arg("-l")
-            .arg("info")
+            .args(level)
             .args(extra)
-            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .stdout(Stdio::from(file(&stdout)?))
+            .stderr(Stdio::from(file(&stderr)?))
             .spawn()
-            .expect("spawn legate");
+            .map_err(|e| format!("spawn legate: {e}"))?;
         let mut l = Legate {
             child,
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -66,21 +80,23 @@ impl Legate {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = l.child.try_wait().unwrap() {
-                panic!(
+            if let Ok(Some(status)) = l.child.try_wait() {
+                return Err(format!(
                     "legate exited early with {status}:\n{}",
-                    std::fs::read_to_string(&l.stderr).unwrap_or_default()
-                );
+                    l.stderr_text()
+                ));
             }
             if let Ok(a) = std::fs::read_to_string(&admin_file)
                 && let Ok(addr) = a.trim().parse()
             {
                 l.admin = addr;
                 if let Ok((200, _)) = http_get(addr, "/ready").await {
-                    return l;
+                    return Ok(l);
                 }
             }
-            assert!(Instant::now() < deadline, "legate did not become ready");
+            if Instant::now() > deadline {
+                return Err(format!("legate did not become ready:\n{}", l.stderr_text()));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

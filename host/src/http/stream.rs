@@ -460,6 +460,19 @@ impl Stream {
         }
     }
 
+    /// No virtual host or route matched: 404, flag NR, and no route's headers.
+    async fn no_route(self, filters: &mut [Box<dyn HttpFilter>]) -> Response<ProxyBody> {
+        self.local(
+            StatusCode::NOT_FOUND,
+            "",
+            Some(ResponseFlag::NoRouteFound),
+            "route_not_found",
+            &[],
+            filters,
+        )
+        .await
+    }
+
     /// Envoy's answer when the upstream cannot be reached: 503, flag UF.
     async fn connect_failure(
         self,
@@ -698,16 +711,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         // Legate has no CONNECT routes (connect_matcher); Envoy answers 404 too.
         stats.no_route.inc();
         cx.close_after.set(true);
-        return st
-            .local(
-                StatusCode::NOT_FOUND,
-                "",
-                Some(ResponseFlag::NoRouteFound),
-                "route_not_found",
-                &[],
-                &mut filters,
-            )
-            .await;
+        return st.no_route(&mut filters).await;
     }
     if !has_host {
         cx.close_after.set(true);
@@ -783,16 +787,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         .and_then(|vh| router::select_route(vh, &view).map(|r| (vh, r)));
     let Some((vh, route)) = matched else {
         stats.no_route.inc();
-        return st
-            .local(
-                StatusCode::NOT_FOUND,
-                "",
-                Some(ResponseFlag::NoRouteFound),
-                "route_not_found",
-                &[],
-                &mut filters,
-            )
-            .await;
+        return st.no_route(&mut filters).await;
     };
     if !route.name.is_empty() && cx.hcm.keeps_route_name() {
         st.t().route_name = Some(route.name.clone());
