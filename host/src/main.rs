@@ -101,10 +101,14 @@ fn apply_node_flags(cli: &Cli, b: &mut config::Bootstrap) {
     }
 }
 
-/// The config file's modification time and size, to notice edits.
-fn config_stamp(cli: &Cli) -> Option<(std::time::SystemTime, u64)> {
-    let m = std::fs::metadata(cli.config_path.as_ref()?).ok()?;
-    Some((m.modified().ok()?, m.len()))
+/// A hash of the config file's contents, to notice edits. Timestamps and sizes
+/// miss same-size edits made within one filesystem clock tick.
+fn config_stamp(cli: &Cli) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(cli.config_path.as_ref()?).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Loads and validates the config again. A bad config is logged and the current
