@@ -16,3 +16,4 @@ pub mod router;
 pub mod server;
 pub mod stats;
 pub mod upstream;
+pub mod wasm;

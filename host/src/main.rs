@@ -101,13 +101,16 @@ fn apply_node_flags(cli: &Cli, b: &mut config::Bootstrap) {
     }
 }
 
-/// A hash of the config file's contents, to notice edits. Timestamps and sizes
-/// miss same-size edits made within one filesystem clock tick.
-fn config_stamp(cli: &Cli) -> Option<u64> {
+/// A hash of the config file's contents and of the `.wasm` files the config in
+/// force loads, to notice edits. Timestamps and sizes miss same-size edits made
+/// within one filesystem clock tick.
+fn config_stamp(cli: &Cli, shared: &server::Shared) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(cli.config_path.as_ref()?).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
+    std::fs::read(cli.config_path.as_ref()?).ok()?.hash(&mut h);
+    for f in shared.config().bootstrap.wasm_files() {
+        std::fs::read(&f).ok().hash(&mut h);
+    }
     Some(h.finish())
 }
 
@@ -172,6 +175,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.mode == Mode::Validate {
+        // Plugins get their configuration now, as they would on start.
+        if let Err(e) = legate::wasm::check_all(&bootstrap) {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
         println!("OK");
         return ExitCode::SUCCESS;
     }
@@ -257,7 +265,7 @@ fn main() -> ExitCode {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         // The config file is polled for changes; SIGHUP reloads at once.
-        let mut seen = config_stamp(&cli);
+        let mut seen = config_stamp(&cli, &shared);
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -269,14 +277,14 @@ fn main() -> ExitCode {
                 _ = drain.wait_for(|d| *d) => { tracing::info!("admin quit: draining"); break; }
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
                     tracing::info!("SIGHUP: reloading the config");
-                    seen = config_stamp(&cli);
+                    seen = config_stamp(&cli, &shared);
                     reload(&cli, &shared).await;
                 }
                 _ = poll.tick() => {
-                    let now = config_stamp(&cli);
+                    let now = config_stamp(&cli, &shared);
                     if now != seen {
                         seen = now;
-                        tracing::info!("config file changed: reloading");
+                        tracing::info!("config or Wasm file changed: reloading");
                         reload(&cli, &shared).await;
                     }
                 }

@@ -324,6 +324,18 @@ pub fn closed_port() -> u16 {
 /// An HCM listener named `name` routing everything to `cluster`, plus extra YAML
 /// for the HCM (indented to sit under typed_config).
 pub fn http_listener(name: &str, stat_prefix: &str, routes: &str, hcm_extra: &str) -> String {
+    http_listener_with_filters(name, stat_prefix, routes, hcm_extra, "")
+}
+
+/// Like [`http_listener`], with HTTP filters (YAML list items indented to sit
+/// under `http_filters`) before the router.
+pub fn http_listener_with_filters(
+    name: &str,
+    stat_prefix: &str,
+    routes: &str,
+    hcm_extra: &str,
+    filters: &str,
+) -> String {
     format!(
         r#"
   - name: {name}
@@ -342,6 +354,7 @@ pub fn http_listener(name: &str, stat_prefix: &str, routes: &str, hcm_extra: &st
               routes:
 {routes}
           http_filters:
+{filters}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -384,5 +397,61 @@ static_resources:
   listeners:{listeners}
   clusters:{clusters}
 "#
+    )
+}
+
+/// Builds the example Wasm filters (once per test binary; cargo serialises
+/// concurrent builds) and returns the path of one `.wasm`.
+pub fn wasm_example(name: &str) -> PathBuf {
+    wasm_example_for(name, "wasm32-wasip1")
+}
+
+pub fn wasm_example_for(name: &str, target: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = root.join("target/wasm");
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|t| t == target) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--release", "--target", target, "--manifest-path"])
+            .arg(root.join("examples/wasm/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the example filters for {target} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.push(target.to_string());
+    }
+    target_dir.join(format!("{target}/release/{name}.wasm"))
+}
+
+/// An `envoy.filters.http.wasm` entry for `http_filters`, with a JSON plugin
+/// configuration and extra PluginConfig YAML (indented 16 spaces).
+pub fn wasm_http_filter(
+    name: &str,
+    wasm: &std::path::Path,
+    config_json: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: ""
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{config_json}'
+{extra}
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{}"}}}}"#,
+        wasm.display()
     )
 }

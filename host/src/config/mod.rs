@@ -4,6 +4,7 @@ pub mod model;
 mod parse_cluster;
 mod parse_http;
 mod parse_listener;
+mod parse_wasm;
 pub mod walk;
 pub mod yaml;
 
@@ -79,7 +80,6 @@ fn parse_bootstrap(d: &Diag, f: Field<'_>, raw: serde_json::Value) -> Option<Boo
         "tracing",
         "overload_manager",
         "layered_runtime",
-        "bootstrap_extensions",
         "watchdog",
         "watchdogs",
         "hds_config",
@@ -94,6 +94,10 @@ fn parse_bootstrap(d: &Diag, f: Field<'_>, raw: serde_json::Value) -> Option<Boo
     ]);
     let node = o.get("node").map(|g| parse_node(&g)).unwrap_or_default();
     let admin = o.get("admin").and_then(|g| parse_admin(&g));
+    let wasm_services = o
+        .get("bootstrap_extensions")
+        .map(|g| bootstrap_extensions(&g))
+        .unwrap_or_default();
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
     let mut cluster_refs = Vec::new();
@@ -156,8 +160,36 @@ fn parse_bootstrap(d: &Diag, f: Field<'_>, raw: serde_json::Value) -> Option<Boo
         admin,
         listeners,
         clusters,
+        wasm_services,
         raw,
     })
+}
+
+/// `bootstrap_extensions`: only `envoy.bootstrap.wasm`.
+fn bootstrap_extensions(f: &Field<'_>) -> Vec<WasmService> {
+    let mut out = Vec::new();
+    for item in f.seq() {
+        let Some(mut o) = item.obj() else { continue };
+        let name = o.get("name").and_then(|g| g.str()).unwrap_or_default();
+        let tc = o
+            .req("typed_config")
+            .and_then(|g| typed_config(&g).map(|t| (t, g)));
+        o.finish();
+        let Some((tc, at)) = tc else { continue };
+        if tc.type_url != parse_wasm::SERVICE_TYPE {
+            at.error(format!(
+                "bootstrap extension \"{name}\" of type \"{}\" is not supported by legate (supported: {} with @type {})",
+                tc.type_url,
+                names::BOOTSTRAP_WASM,
+                parse_wasm::SERVICE_TYPE
+            ));
+            continue;
+        }
+        if let Some(s) = parse_wasm::service(tc.obj) {
+            out.push(s);
+        }
+    }
+    out
 }
 
 /// A reference to a cluster by name, checked once all clusters are known.
@@ -241,6 +273,9 @@ pub(crate) mod names {
     pub const HCM: &str = "envoy.filters.network.http_connection_manager";
     pub const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const ROUTER: &str = "envoy.filters.http.router";
+    pub const HTTP_WASM: &str = "envoy.filters.http.wasm";
+    pub const NETWORK_WASM: &str = "envoy.filters.network.wasm";
+    pub const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
     pub const ROUTER_TYPE: &str =
         "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const FILE_LOG_TYPE: &str =
@@ -260,7 +295,6 @@ pub(crate) mod names {
         "envoy.filters.network.rbac",
         "envoy.filters.network.redis_proxy",
         "envoy.filters.network.mysql_proxy",
-        "envoy.filters.network.wasm",
         "envoy.filters.network.ext_authz",
         "envoy.filters.network.local_ratelimit",
         "envoy.filters.network.mongo_proxy",
@@ -279,7 +313,6 @@ pub(crate) mod names {
         "envoy.filters.http.rbac",
         "envoy.filters.http.jwt_authn",
         "envoy.filters.http.grpc_stats",
-        "envoy.filters.http.wasm",
         "envoy.filters.http.cors",
         "envoy.filters.http.buffer",
         "envoy.filters.http.ext_authz",

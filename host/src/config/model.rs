@@ -16,8 +16,48 @@ pub struct Bootstrap {
     pub admin: Option<Admin>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// `bootstrap_extensions` of type `envoy.bootstrap.wasm`.
+    pub wasm_services: Vec<WasmService>,
     /// The config as given, for `/config_dump`.
     pub raw: serde_json::Value,
+}
+
+impl Bootstrap {
+    /// Every Wasm plugin of the config: network and HTTP filters, then services.
+    pub fn wasm_plugins(&self) -> Vec<&Arc<WasmPlugin>> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            for fc in &l.filter_chains {
+                for f in &fc.filters {
+                    match f {
+                        NetworkFilter::Wasm(w) => out.push(w),
+                        NetworkFilter::HttpConnectionManager(h) => {
+                            for hf in &h.http_filters {
+                                if let HttpFilter::Wasm(w) = hf {
+                                    out.push(w);
+                                }
+                            }
+                        }
+                        NetworkFilter::TcpProxy(_) => {}
+                    }
+                }
+            }
+        }
+        out.extend(self.wasm_services.iter().map(|s| &s.plugin));
+        out
+    }
+
+    /// The `.wasm` files the config loads, watched for reloads.
+    pub fn wasm_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = self
+            .wasm_plugins()
+            .into_iter()
+            .filter_map(|p| p.code_path.clone())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -48,6 +88,7 @@ pub struct FilterChain {
 
 #[derive(Debug)]
 pub enum NetworkFilter {
+    Wasm(Arc<WasmPlugin>),
     TcpProxy(Arc<TcpProxy>),
     HttpConnectionManager(Arc<HttpConnectionManager>),
 }
@@ -163,7 +204,62 @@ impl Cidr {
 
 #[derive(Debug)]
 pub enum HttpFilter {
+    Wasm(Arc<WasmPlugin>),
     Router { suppress_envoy_headers: bool },
+}
+
+/// `envoy.extensions.wasm.v3.PluginConfig`, with its code compiled.
+#[derive(Debug)]
+pub struct WasmPlugin {
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    /// The configured `envoy.wasm.runtime.*` name; every one runs on wasmtime.
+    pub runtime: String,
+    pub code: Arc<crate::wasm::Code>,
+    /// `code.local.filename`, watched for reloads.
+    pub code_path: Option<std::path::PathBuf>,
+    pub vm_configuration: bytes::Bytes,
+    pub configuration: bytes::Bytes,
+    pub environment: Vec<(String, String)>,
+    pub failure_policy: FailurePolicy,
+    /// `reload_config.backoff`: base and max interval between VM rebuilds.
+    pub reload_backoff: (Duration, Duration),
+    pub limits: WasmLimits,
+}
+
+/// `envoy.bootstrap.wasm`.
+#[derive(Debug)]
+pub struct WasmService {
+    pub plugin: Arc<WasmPlugin>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    FailClosed,
+    FailOpen,
+    FailReload,
+}
+
+/// Legate's limits on a Wasm VM (`legate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasmLimits {
+    /// Linear memory per VM.
+    pub max_memory_bytes: usize,
+    /// Wall time one callback may run before it is interrupted.
+    pub max_callback_duration: Duration,
+    /// Body bytes buffered for a filter that pauses on body chunks.
+    pub max_buffered_body_bytes: usize,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        WasmLimits {
+            max_memory_bytes: 64 << 20,
+            max_callback_duration: Duration::from_millis(100),
+            max_buffered_body_bytes: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

@@ -286,6 +286,20 @@ fn http_filter(f: &Field<'_>) -> Option<HttpFilter> {
                 suppress_envoy_headers: false,
             })
         }
+        names::HTTP_WASM => {
+            let Some(tc) = tc else {
+                at.error(format!("filter \"{name}\" needs a typed_config"));
+                return None;
+            };
+            if tc.type_url != super::parse_wasm::HTTP_TYPE {
+                at.error(format!(
+                    "expected \"@type\" {}, found \"{}\"",
+                    super::parse_wasm::HTTP_TYPE,
+                    tc.type_url
+                ));
+            }
+            super::parse_wasm::filter(tc.obj).map(HttpFilter::Wasm)
+        }
         other => {
             unknown_http_filter(&at, other);
             None

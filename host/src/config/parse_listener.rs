@@ -222,12 +222,16 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
             expect_type(names::HCM_TYPE);
             parse_http::hcm(tc.obj, refs).map(|h| NetworkFilter::HttpConnectionManager(Arc::new(h)))
         }
+        names::NETWORK_WASM => {
+            expect_type(super::parse_wasm::NETWORK_TYPE);
+            super::parse_wasm::filter(tc.obj).map(NetworkFilter::Wasm)
+        }
         other => {
             unknown_filter(
                 &at,
                 other,
                 "network",
-                &[names::TCP_PROXY, names::HCM],
+                &[names::TCP_PROXY, names::HCM, names::NETWORK_WASM],
                 names::KNOWN_UNSUPPORTED_NETWORK,
             );
             None
@@ -240,7 +244,7 @@ pub(crate) fn unknown_http_filter(f: &Field<'_>, name: &str) {
         f,
         name,
         "HTTP",
-        &[names::ROUTER],
+        &[names::ROUTER, names::HTTP_WASM],
         names::KNOWN_UNSUPPORTED_HTTP,
     );
 }

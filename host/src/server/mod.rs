@@ -23,11 +23,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access_log;
-use crate::config::{Bootstrap, NetworkFilter};
+use crate::config::{Bootstrap, HttpFilter, NetworkFilter};
 use crate::http::Hcm;
 use crate::network::{Chain, Terminal, tcp_proxy::TcpProxy};
 use crate::stats::{Counter, Gauge, store};
 use crate::upstream::{ClusterManager, WorkerClusters};
+use crate::wasm;
+use legate_filter_api::network::NetworkFilterFactory;
 
 /// Spawns hyper's background futures on the worker's `LocalSet`, so they need
 /// not be `Send`.
@@ -107,6 +109,8 @@ pub struct ConfigVersion {
     pub bootstrap: Arc<Bootstrap>,
     pub clusters: Arc<ClusterManager>,
     pub listeners: Vec<ListenerRt>,
+    /// `envoy.bootstrap.wasm` services, started when the version goes in force.
+    pub services: Vec<Arc<wasm::Plugin>>,
 }
 
 /// What lives for the whole process: the current config, drain and health state.
@@ -184,8 +188,14 @@ fn build_version(
         let mut chains = Vec::new();
         for fc in &l.filter_chains {
             let mut terminal = None;
+            let mut filters: Vec<Arc<dyn NetworkFilterFactory>> = Vec::new();
             for f in &fc.filters {
                 terminal = Some(match f {
+                    NetworkFilter::Wasm(w) => {
+                        let p = wasm::Plugin::new(w.clone(), clusters.clone())?;
+                        filters.push(Arc::new(wasm::network::WasmNetworkFactory::new(p)));
+                        continue;
+                    }
                     NetworkFilter::TcpProxy(t) => {
                         let logs = access_log::open(&t.access_log)
                             .map_err(|e| format!("access log: {e}"))?;
@@ -194,14 +204,22 @@ fn build_version(
                     NetworkFilter::HttpConnectionManager(h) => {
                         let logs = access_log::open(&h.access_log)
                             .map_err(|e| format!("access log: {e}"))?;
-                        Terminal::Http(Arc::new(Hcm::new(h.clone(), logs)))
+                        let mut hcm = Hcm::new(h.clone(), logs);
+                        for hf in &h.http_filters {
+                            if let HttpFilter::Wasm(w) = hf {
+                                let p = wasm::Plugin::new(w.clone(), clusters.clone())?;
+                                hcm.filters
+                                    .push(Arc::new(wasm::http::WasmHttpFactory::new(p)));
+                            }
+                        }
+                        Terminal::Http(Arc::new(hcm))
                     }
                 });
             }
             if let Some(terminal) = terminal {
                 chains.push(Chain {
                     destination_port: fc.destination_port,
-                    filters: Vec::new(),
+                    filters,
                     terminal,
                 });
             }
@@ -229,12 +247,18 @@ fn build_version(
             bound,
         });
     }
+    let services = bootstrap
+        .wasm_services
+        .iter()
+        .map(|s| wasm::Plugin::new(s.plugin.clone(), clusters.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ConfigVersion {
         version,
         lifecycle: watch::channel(lifecycle::RUNNING).0,
         bootstrap,
         clusters,
         listeners,
+        services,
     })
 }
 
@@ -242,6 +266,7 @@ impl Shared {
     /// Builds the first config version and binds every listener.
     pub fn build(bootstrap: Bootstrap, concurrency: usize) -> Result<Arc<Shared>, String> {
         let first = build_version(bootstrap, 1, None)?;
+        wasm::start_services(&first.services, first.lifecycle.subscribe());
         let (drain, _) = watch::channel(false);
         let (version, _) = watch::channel(1);
         store().gauge("server.config_version").set(1);
@@ -275,6 +300,7 @@ impl Shared {
     pub fn install(&self, next: ConfigVersion) -> u64 {
         let _g = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let v = next.version;
+        wasm::start_services(&next.services, next.lifecycle.subscribe());
         let old = self.config.swap(Arc::new(next));
         old.lifecycle.send_replace(lifecycle::RETIRED);
         store().gauge("server.config_version").set(v as i64);

@@ -1,0 +1,449 @@
+//! `envoy.filters.http.wasm`: a proxy-wasm stream context behind the native
+//! [`HttpFilter`] trait. A paused callback is an awaiting hook: the filter waits
+//! for its context's events (call responses, `proxy_continue_stream`, a local
+//! reply) and runs the callbacks they trigger with the stream's data lent to
+//! the VM.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use legate_filter_api::{
+    DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
+    ResponseHead, StreamInfo,
+};
+
+use super::Plugin;
+use super::vm::{Event, Failed, Inbox, Outcome, Slot, StreamData, Vm, slot};
+use crate::config::FailurePolicy;
+
+/// Builds the per-stream filters of one plugin.
+pub struct WasmHttpFactory {
+    plugin: Arc<Plugin>,
+}
+
+impl WasmHttpFactory {
+    pub fn new(plugin: Arc<Plugin>) -> WasmHttpFactory {
+        WasmHttpFactory { plugin }
+    }
+}
+
+impl HttpFilterFactory for WasmHttpFactory {
+    fn create(&self) -> Box<dyn HttpFilter> {
+        Box::new(WasmHttpFilter {
+            slot: slot(&self.plugin),
+            plugin: self.plugin.clone(),
+            cx: None,
+            bypass: false,
+            data: StreamData::default(),
+            req_buf: BytesMut::new(),
+            resp_buf: BytesMut::new(),
+        })
+    }
+}
+
+/// The stream's context in its VM.
+struct Cx {
+    vm: Rc<Vm>,
+    id: u32,
+    inbox: Rc<Inbox>,
+}
+
+pub struct WasmHttpFilter {
+    slot: Rc<Slot>,
+    plugin: Arc<Plugin>,
+    cx: Option<Cx>,
+    /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
+    bypass: bool,
+    data: StreamData,
+    req_buf: BytesMut,
+    resp_buf: BytesMut,
+}
+
+/// How a callback (and whatever it waited for) ended.
+enum Done {
+    Continue,
+    /// Paused on a body chunk: keep buffering.
+    Buffer,
+    Reply(LocalReply),
+}
+
+fn placeholder_request() -> RequestHead {
+    RequestHead {
+        method: http::Method::GET,
+        uri: http::Uri::default(),
+        version: http::Version::HTTP_11,
+        headers: http::HeaderMap::new(),
+    }
+}
+
+fn placeholder_info(i: &StreamInfo) -> StreamInfo {
+    StreamInfo {
+        start_time: i.start_time,
+        downstream_remote_address: i.downstream_remote_address,
+        downstream_local_address: i.downstream_local_address,
+        connection_id: i.connection_id,
+        route_name: None,
+        upstream_cluster: None,
+        response_flags: i.response_flags,
+        dynamic_metadata: Default::default(),
+    }
+}
+
+fn copy_request(h: &RequestHead) -> RequestHead {
+    RequestHead {
+        method: h.method.clone(),
+        uri: h.uri.clone(),
+        version: h.version,
+        headers: h.headers.clone(),
+    }
+}
+
+impl WasmHttpFilter {
+    /// The stream's context, created on first use.
+    fn context(&mut self) -> Result<(Rc<Vm>, u32), Failed> {
+        if let Some(c) = &self.cx {
+            return Ok((c.vm.clone(), c.id));
+        }
+        let vm = self.slot.vm().map_err(Failed)?;
+        let (id, inbox) = vm.new_context()?;
+        self.cx = Some(Cx {
+            vm: vm.clone(),
+            id,
+            inbox,
+        });
+        Ok((vm, id))
+    }
+
+    /// What the failure policy gives the stream.
+    fn failure(&mut self, Failed(why): Failed) -> Option<LocalReply> {
+        let stats = &self.plugin.stats;
+        tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
+        match self.plugin.config.failure_policy {
+            FailurePolicy::FailOpen => {
+                stats.fail_open.inc();
+                self.bypass = true;
+                None
+            }
+            FailurePolicy::FailClosed | FailurePolicy::FailReload => {
+                stats.fail_closed.inc();
+                let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
+                r.details = "wasm_fail_stream";
+                Some(r)
+            }
+        }
+    }
+
+    /// Runs a callback and, if it paused on something the host will deliver,
+    /// waits for it.
+    async fn run(
+        &mut self,
+        wait: bool,
+        f: impl FnOnce(&Vm, u32, &mut StreamData) -> Result<Outcome, Failed>,
+    ) -> Result<Done, Failed> {
+        let (vm, id) = self.context()?;
+        let mut out = f(&vm, id, &mut self.data)?;
+        let inbox = self
+            .cx
+            .as_ref()
+            .map(|c| c.inbox.clone())
+            .expect("context exists");
+        loop {
+            if let Some(r) = out.reply.take() {
+                return Ok(Done::Reply(r));
+            }
+            if out.close {
+                let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
+                r.details = "wasm_close_stream";
+                return Ok(Done::Reply(r));
+            }
+            if out.action == 0 || out.resume {
+                return Ok(Done::Continue);
+            }
+            if !wait {
+                return Ok(Done::Buffer);
+            }
+            // Paused: deliver this context's events until it resumes.
+            let next = inbox.events.borrow_mut().pop_front();
+            match next {
+                Some(Event::Call(token, kind, resp)) => {
+                    vm.deliver(id, token, kind, resp, &mut self.data)?;
+                    vm.take_own(id, &mut out);
+                }
+                Some(Event::Resume) => out.resume = true,
+                Some(Event::Reply(r)) => out.reply = Some(r),
+                Some(Event::Close) => out.close = true,
+                None => {
+                    if !vm.has_pending(id) {
+                        // Nothing the host holds can resume it: Envoy would wait
+                        // for more data, which this hook cannot see; go on.
+                        return Ok(Done::Continue);
+                    }
+                    inbox.notify.notified().await;
+                }
+            }
+        }
+    }
+
+    /// Call responses that arrived while the stream was not paused.
+    fn drain_events(&mut self) -> Result<Option<LocalReply>, Failed> {
+        let Some(cx) = &self.cx else { return Ok(None) };
+        let (vm, id, inbox) = (cx.vm.clone(), cx.id, cx.inbox.clone());
+        let mut out = Outcome::default();
+        loop {
+            let next = inbox.events.borrow_mut().pop_front();
+            match next {
+                Some(Event::Call(token, kind, resp)) => {
+                    vm.deliver(id, token, kind, resp, &mut self.data)?;
+                    vm.take_own(id, &mut out);
+                }
+                Some(Event::Reply(r)) => out.reply = Some(r),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(out.reply)
+    }
+
+    async fn body(
+        &mut self,
+        request: bool,
+        chunk: &mut Bytes,
+        eos: bool,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        if self.bypass {
+            return DataAction::Continue;
+        }
+        let limit = self.plugin.config.limits.max_buffered_body_bytes;
+        let buf = if request {
+            &mut self.req_buf
+        } else {
+            &mut self.resp_buf
+        };
+        buf.extend_from_slice(chunk);
+        if buf.len() > limit {
+            // Envoy's answers when a buffering filter overflows.
+            let (status, body) = if request {
+                (http::StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+            } else {
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                )
+            };
+            let mut r = LocalReply::new(status, body);
+            r.details = if request {
+                "request_payload_too_large"
+            } else {
+                "response_payload_too_large"
+            };
+            return DataAction::Respond(r);
+        }
+        let size = buf.len();
+        self.data.body = Some((if request { 0 } else { 1 }, std::mem::take(buf)));
+        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        let r = self
+            .run(eos, |vm, id, d| vm.body(id, request, size, eos, d))
+            .await;
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        let buffered = self.data.body.take().map(|(_, b)| b).unwrap_or_default();
+        let buf = if request {
+            &mut self.req_buf
+        } else {
+            &mut self.resp_buf
+        };
+        *buf = buffered;
+        match r {
+            Ok(Done::Continue) => {
+                *chunk = buf.split().freeze();
+                DataAction::Continue
+            }
+            Ok(Done::Buffer) => {
+                *chunk = Bytes::new();
+                DataAction::Continue
+            }
+            Ok(Done::Reply(r)) => DataAction::Respond(r),
+            Err(e) => {
+                *chunk = buf.split().freeze();
+                match self.failure(e) {
+                    Some(r) => DataAction::Respond(r),
+                    None => DataAction::Continue,
+                }
+            }
+        }
+    }
+
+    async fn trailers(
+        &mut self,
+        request: bool,
+        trailers: &mut http::HeaderMap,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        if self.bypass {
+            return DataAction::Continue;
+        }
+        let n = trailers.len();
+        let slot = if request {
+            &mut self.data.req_trailers
+        } else {
+            &mut self.data.resp_trailers
+        };
+        *slot = Some(std::mem::take(trailers));
+        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        let r = self
+            .run(true, |vm, id, d| vm.trailers(id, request, n, d))
+            .await;
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        let slot = if request {
+            &mut self.data.req_trailers
+        } else {
+            &mut self.data.resp_trailers
+        };
+        *trailers = slot.take().unwrap_or_default();
+        match r {
+            Ok(Done::Reply(r)) => DataAction::Respond(r),
+            Ok(_) => DataAction::Continue,
+            Err(e) => match self.failure(e) {
+                Some(r) => DataAction::Respond(r),
+                None => DataAction::Continue,
+            },
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl HttpFilter for WasmHttpFilter {
+    async fn on_request_headers(
+        &mut self,
+        head: &mut RequestHead,
+        eos: bool,
+        info: &mut StreamInfo,
+    ) -> HeadersAction {
+        if self.bypass {
+            return HeadersAction::Continue;
+        }
+        // Pseudo-headers count too, as in Envoy.
+        let n = head.headers.len() + 4;
+        self.data.req = Some(std::mem::replace(head, placeholder_request()));
+        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        let r = self
+            .run(true, |vm, id, d| vm.request_headers(id, n, eos, d))
+            .await;
+        if let Some(h) = self.data.req.take() {
+            *head = h;
+        }
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        self.data.req_seen = Some(copy_request(head));
+        match r {
+            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
+            Ok(_) => HeadersAction::Continue,
+            Err(e) => match self.failure(e) {
+                Some(r) => HeadersAction::Respond(r),
+                None => HeadersAction::Continue,
+            },
+        }
+    }
+
+    async fn on_request_body(
+        &mut self,
+        chunk: &mut Bytes,
+        eos: bool,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        self.body(true, chunk, eos, info).await
+    }
+
+    async fn on_request_trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        self.trailers(true, trailers, info).await
+    }
+
+    async fn on_response_headers(
+        &mut self,
+        head: &mut ResponseHead,
+        eos: bool,
+        info: &mut StreamInfo,
+    ) -> HeadersAction {
+        if self.bypass {
+            return HeadersAction::Continue;
+        }
+        match self.drain_events() {
+            Ok(Some(r)) => return HeadersAction::Respond(r),
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(r) = self.failure(e) {
+                    return HeadersAction::Respond(r);
+                }
+                return HeadersAction::Continue;
+            }
+        }
+        let n = head.headers.len() + 1;
+        self.data.resp = Some(std::mem::replace(
+            head,
+            ResponseHead {
+                status: head.status,
+                headers: http::HeaderMap::new(),
+            },
+        ));
+        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        let r = self
+            .run(true, |vm, id, d| vm.response_headers(id, n, eos, d))
+            .await;
+        if let Some(h) = self.data.resp.take() {
+            *head = h;
+        }
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        self.data.resp_seen = Some(ResponseHead {
+            status: head.status,
+            headers: head.headers.clone(),
+        });
+        match r {
+            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
+            Ok(_) => HeadersAction::Continue,
+            Err(e) => match self.failure(e) {
+                Some(r) => HeadersAction::Respond(r),
+                None => HeadersAction::Continue,
+            },
+        }
+    }
+
+    async fn on_response_body(
+        &mut self,
+        chunk: &mut Bytes,
+        eos: bool,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        self.body(false, chunk, eos, info).await
+    }
+
+    async fn on_response_trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        self.trailers(false, trailers, info).await
+    }
+
+    fn wants_body(&self) -> bool {
+        true
+    }
+
+    fn on_stream_complete(&mut self, info: &StreamInfo) {
+        let Some(cx) = self.cx.take() else { return };
+        self.data.info = Some(info.clone());
+        cx.vm.finish(cx.id, !self.bypass, &mut self.data);
+    }
+}

@@ -1,0 +1,263 @@
+//! Wasm filters: one wasmtime engine per process, modules compiled once per code
+//! hash, and per worker one VM per plugin running the proxy-wasm ABI.
+//!
+//! - [`Code`]: a compiled module and the ABI version it exports.
+//! - [`Plugin`]: a plugin of one config version; its per-worker VMs live in
+//!   [`vm`], its HTTP and network filters in [`http`] and [`network`].
+//! - [`abi`]: the host functions; [`shared`]: shared data, queues and metrics that
+//!   every worker sees.
+
+mod abi;
+mod calls;
+pub mod http;
+pub mod network;
+mod properties;
+mod shared;
+mod vm;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, Module};
+
+use crate::config::WasmPlugin;
+use crate::stats::{Counter, Gauge, store};
+use crate::upstream::ClusterManager;
+
+/// How often the epoch advances: the resolution of the per-callback time limit.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The process's engine; its epoch ticker starts with it.
+pub(crate) fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut c = Config::new();
+        c.epoch_interruption(true);
+        c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = match Engine::new(&c) {
+            Ok(e) => e,
+            Err(e) => panic!("wasmtime engine configuration is invalid: {e}"),
+        };
+        let ticker = engine.clone();
+        let _ = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                }
+            });
+        engine
+    })
+}
+
+/// The proxy-wasm ABI version a module was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbiVersion {
+    V0_1_0,
+    V0_2_0,
+    V0_2_1,
+}
+
+/// A compiled module, shared by every plugin and worker that uses the same bytes.
+pub struct Code {
+    pub(crate) module: Module,
+    pub abi: AbiVersion,
+    pub hash: u64,
+}
+
+impl std::fmt::Debug for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Code({:016x}, {:?})", self.hash, self.abi)
+    }
+}
+
+impl Code {
+    /// Compiles a module, or returns the one already compiled from the same bytes.
+    pub fn compile(bytes: &[u8]) -> Result<Arc<Code>, String> {
+        static CACHE: OnceLock<Mutex<HashMap<u64, Weak<Code>>>> = OnceLock::new();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        let hash = h.finish();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(c) = cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(c);
+        }
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0] {
+            return Err(
+                "this is a Wasm component; legate loads proxy-wasm core modules (components come with the legate:filter interface)"
+                    .into(),
+            );
+        }
+        let module = Module::new(engine(), bytes).map_err(|e| {
+            format!(
+                "invalid Wasm module: {}",
+                e.root_cause().to_string().lines().next().unwrap_or("")
+            )
+        })?;
+        let abi = abi_version(&module)?;
+        abi::check_imports(&module)?;
+        let code = Arc::new(Code { module, abi, hash });
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.retain(|_, w| w.strong_count() > 0);
+        c.insert(hash, Arc::downgrade(&code));
+        Ok(code)
+    }
+}
+
+fn abi_version(module: &Module) -> Result<AbiVersion, String> {
+    let mut found = None;
+    for e in module.exports() {
+        let v = match e.name() {
+            "proxy_abi_version_0_2_1" => AbiVersion::V0_2_1,
+            "proxy_abi_version_0_2_0" => AbiVersion::V0_2_0,
+            "proxy_abi_version_0_1_0" => AbiVersion::V0_1_0,
+            _ => continue,
+        };
+        if found.is_some_and(|f| f != v) {
+            return Err("module exports more than one proxy_abi_version_* function".into());
+        }
+        found = Some(v);
+    }
+    found.ok_or_else(|| {
+        "module exports no proxy_abi_version_0_1_0/0_2_0/0_2_1 function: it is not a proxy-wasm module"
+            .into()
+    })
+}
+
+/// Envoy's `wasm.<runtime>.*` and per-plugin stats.
+pub(crate) struct PluginStats {
+    /// VMs created (`wasm.envoy.wasm.runtime.<rt>.created`).
+    pub created: Counter,
+    /// VMs alive on all workers (`...active`).
+    pub active: Gauge,
+    /// Callbacks that trapped, ran out of time or memory, or misbehaved.
+    pub vm_failed: Counter,
+    /// Streams answered 503 by FAIL_CLOSED.
+    pub fail_closed: Counter,
+    /// Streams passed through by FAIL_OPEN.
+    pub fail_open: Counter,
+    /// VMs rebuilt after a failure.
+    pub vm_reloaded: Counter,
+}
+
+impl PluginStats {
+    fn new(runtime: &str, plugin: &str) -> PluginStats {
+        let s = store();
+        let rt = if runtime.is_empty() {
+            "envoy.wasm.runtime.v8"
+        } else {
+            runtime
+        };
+        let p = if plugin.is_empty() { "_" } else { plugin };
+        PluginStats {
+            created: s.counter(format!("wasm.{rt}.created")),
+            active: s.gauge(format!("wasm.{rt}.active")),
+            vm_failed: s.counter(format!("wasm.plugin.{p}.vm_failed")),
+            fail_closed: s.counter(format!("wasm.plugin.{p}.fail_closed")),
+            fail_open: s.counter(format!("wasm.plugin.{p}.fail_open")),
+            vm_reloaded: s.counter(format!("wasm.plugin.{p}.vm_reloaded")),
+        }
+    }
+}
+
+/// A plugin of one config version. Every worker builds its own VM from it on
+/// first use; the VMs end when the plugin is dropped with its config version.
+pub struct Plugin {
+    pub(crate) config: Arc<WasmPlugin>,
+    pub(crate) clusters: Arc<ClusterManager>,
+    pub(crate) stats: Arc<PluginStats>,
+    /// Tells the VMs' background tasks that the plugin is gone.
+    pub(crate) retired: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.retired.send_replace(true);
+    }
+}
+
+impl Plugin {
+    /// Builds a plugin and checks it on a throwaway VM: `on_vm_start` and
+    /// `on_configure` must succeed, or the config is refused.
+    pub fn new(
+        config: Arc<WasmPlugin>,
+        clusters: Arc<ClusterManager>,
+    ) -> Result<Arc<Plugin>, String> {
+        if !config.runtime.is_empty() && config.runtime != "envoy.wasm.runtime.wasmtime" {
+            static ONCE: OnceLock<()> = OnceLock::new();
+            ONCE.get_or_init(|| {
+                tracing::info!(
+                    "Wasm runtime \"{}\" is served by wasmtime in legate",
+                    config.runtime
+                )
+            });
+        }
+        let stats = Arc::new(PluginStats::new(&config.runtime, &config.name));
+        let plugin = Arc::new(Plugin {
+            config,
+            clusters,
+            stats,
+            retired: tokio::sync::watch::channel(false).0,
+        });
+        vm::check(&plugin).map_err(|e| format!("Wasm plugin \"{}\": {e}", plugin.config.name))?;
+        Ok(plugin)
+    }
+}
+
+/// Runs every plugin's `on_vm_start` and `on_configure` on a throwaway VM, as a
+/// start would (for `--mode validate`).
+pub fn check_all(b: &crate::config::Bootstrap) -> Result<(), String> {
+    let clusters = Arc::new(ClusterManager::new(&b.clusters));
+    for p in b.wasm_plugins() {
+        Plugin::new(p.clone(), clusters.clone())?;
+    }
+    Ok(())
+}
+
+/// Starts `envoy.bootstrap.wasm` services: each runs on a thread of its own with
+/// one VM, for timers, logging, shared data and HTTP calls, until its config
+/// version is replaced or the process drains.
+pub fn start_services(plugins: &[Arc<Plugin>], mut life: tokio::sync::watch::Receiver<u8>) {
+    for p in plugins {
+        let p = p.clone();
+        let mut life = life.clone();
+        let name = format!("wasm-service-{}", p.config.name);
+        let spawned =
+            std::thread::Builder::new().name(name).spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("cannot start Wasm service runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                let slot = vm::slot(&p);
+                let vm = slot.vm();
+                if let Err(e) = &vm {
+                    tracing::error!(plugin = %p.config.name, "Wasm service failed to start: {e}");
+                }
+                let _ = life.wait_for(|l| *l != crate::server::lifecycle::RUNNING).await;
+                // The VM's tasks end with the plugin's retirement.
+                p.retired.send_replace(true);
+                drop(vm);
+            });
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start Wasm service thread: {e}");
+        }
+    }
+    let _ = life.borrow_and_update();
+}

@@ -1,0 +1,961 @@
+//! One VM of a plugin on one worker: its store, the guest's exports, the contexts
+//! it runs, and the background task that delivers timers, queue items and the
+//! root context's call responses.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use legate_filter_api::{LocalReply, RequestHead, ResponseHead, StreamInfo};
+use wasmtime::{Instance, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+
+use super::calls::{self, CallKind, CallResponse, OutCall};
+use super::shared::{Metric, QueueOwner};
+use super::{Plugin, PluginStats, abi};
+use crate::config::WasmPlugin;
+use crate::upstream::WorkerClusters;
+
+/// Connection facts for network filters' properties.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnFacts {
+    pub remote: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+    pub id: u64,
+}
+
+/// The data of the stream a callback runs for. A filter owns it between
+/// callbacks and lends it to the store during one.
+#[derive(Default)]
+pub struct StreamData {
+    pub req: Option<RequestHead>,
+    /// Request headers as they left the filter, readable in later callbacks.
+    pub req_seen: Option<RequestHead>,
+    pub resp: Option<ResponseHead>,
+    pub resp_seen: Option<ResponseHead>,
+    pub req_trailers: Option<http::HeaderMap>,
+    pub resp_trailers: Option<http::HeaderMap>,
+    /// The body buffer of the callback, and its proxy-wasm buffer type.
+    pub body: Option<(u32, BytesMut)>,
+    pub info: Option<StreamInfo>,
+    pub conn: Option<ConnFacts>,
+}
+
+/// What callbacks asked of the host, acted on once they return.
+#[derive(Default)]
+pub struct Effects {
+    pub resume: Vec<u32>,
+    pub replies: Vec<(u32, LocalReply)>,
+    pub close: Vec<u32>,
+    pub calls: Vec<OutCall>,
+    pub tick: Option<Duration>,
+}
+
+/// The store's data: what host functions see.
+pub struct HostState {
+    pub limits: StoreLimits,
+    pub plugin: Arc<WasmPlugin>,
+    pub memory: Option<Memory>,
+    pub malloc: Option<TypedFunc<i32, i32>>,
+    /// `proxy_set_effective_context`, or the context being called.
+    pub effective: u32,
+    pub stream: StreamData,
+    /// The call response being delivered.
+    pub call: Option<CallResponse>,
+    /// A gRPC message being delivered.
+    pub grpc_message: Option<Bytes>,
+    pub effects: Effects,
+    pub metrics: Vec<Metric>,
+    pub next_token: u32,
+    pub queue_owner: Arc<QueueOwner>,
+    pub cluster_names: Arc<Vec<String>>,
+    pub properties: HashMap<Vec<u8>, Bytes>,
+    /// The callback being run, for error messages.
+    pub callback: &'static str,
+}
+
+/// An event for one context, handled by whoever owns the context's data.
+pub enum Event {
+    Call(u32, CallKind, CallResponse),
+    Resume,
+    Reply(LocalReply),
+    Close,
+}
+
+/// A context's pending events.
+#[derive(Default)]
+pub struct Inbox {
+    pub events: RefCell<VecDeque<Event>>,
+    pub notify: tokio::sync::Notify,
+    /// Calls in flight whose responses will land here.
+    pending: Cell<u32>,
+}
+
+/// What a stream callback amounted to for its own context.
+#[derive(Default)]
+pub struct Outcome {
+    pub action: u32,
+    pub reply: Option<LocalReply>,
+    pub resume: bool,
+    pub close: bool,
+}
+
+/// A callback failed: trap, time or memory limit, or a bad return value.
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+type F1 = TypedFunc<i32, ()>;
+type F1R = TypedFunc<i32, i32>;
+type F2 = TypedFunc<(i32, i32), ()>;
+type F2R = TypedFunc<(i32, i32), i32>;
+type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F3 = TypedFunc<(i32, i32, i32), ()>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
+/// Header hooks take `end_of_stream` from ABI 0.2.0 on.
+#[derive(Clone)]
+enum HeadersFn {
+    V1(F2R),
+    V2(F3R),
+}
+
+#[derive(Clone, Default)]
+struct Exports {
+    context_create: Option<F2>,
+    vm_start: Option<F2R>,
+    configure: Option<F2R>,
+    tick: Option<F1>,
+    queue_ready: Option<F2>,
+    new_connection: Option<F1R>,
+    downstream_data: Option<F3R>,
+    upstream_data: Option<F3R>,
+    downstream_close: Option<F2>,
+    upstream_close: Option<F2>,
+    request_headers: Option<HeadersFn>,
+    request_body: Option<F3R>,
+    request_trailers: Option<F2R>,
+    response_headers: Option<HeadersFn>,
+    response_body: Option<F3R>,
+    response_trailers: Option<F2R>,
+    http_call_response: Option<F5>,
+    grpc_receive: Option<F3>,
+    grpc_close: Option<F3>,
+    log: Option<F1>,
+    done: Option<F1R>,
+    delete: Option<F1>,
+}
+
+fn exports(store: &mut Store<HostState>, i: &Instance) -> Exports {
+    macro_rules! get {
+        ($name:literal) => {
+            i.get_typed_func(&mut *store, $name).ok()
+        };
+    }
+    let headers = |store: &mut Store<HostState>, name: &str| {
+        if let Ok(f) = i.get_typed_func::<(i32, i32, i32), i32>(&mut *store, name) {
+            Some(HeadersFn::V2(f))
+        } else {
+            i.get_typed_func::<(i32, i32), i32>(&mut *store, name)
+                .ok()
+                .map(HeadersFn::V1)
+        }
+    };
+    Exports {
+        context_create: get!("proxy_on_context_create"),
+        vm_start: get!("proxy_on_vm_start"),
+        configure: get!("proxy_on_configure"),
+        tick: get!("proxy_on_tick"),
+        queue_ready: get!("proxy_on_queue_ready"),
+        new_connection: get!("proxy_on_new_connection"),
+        downstream_data: get!("proxy_on_downstream_data"),
+        upstream_data: get!("proxy_on_upstream_data"),
+        downstream_close: get!("proxy_on_downstream_connection_close"),
+        upstream_close: get!("proxy_on_upstream_connection_close"),
+        request_headers: headers(store, "proxy_on_request_headers"),
+        request_body: get!("proxy_on_request_body"),
+        request_trailers: get!("proxy_on_request_trailers"),
+        response_headers: headers(store, "proxy_on_response_headers"),
+        response_body: get!("proxy_on_response_body"),
+        response_trailers: get!("proxy_on_response_trailers"),
+        http_call_response: get!("proxy_on_http_call_response"),
+        grpc_receive: get!("proxy_on_grpc_receive"),
+        grpc_close: get!("proxy_on_grpc_close"),
+        log: get!("proxy_on_log"),
+        done: get!("proxy_on_done"),
+        delete: get!("proxy_on_delete"),
+    }
+}
+
+/// A plugin's VM on one worker.
+pub struct Vm {
+    store: RefCell<Store<HostState>>,
+    f: Exports,
+    pub root: u32,
+    next_ctx: Cell<u32>,
+    inboxes: RefCell<HashMap<u32, Rc<Inbox>>>,
+    failed: Cell<bool>,
+    deadline_ticks: u64,
+    pub stats: Arc<PluginStats>,
+    pub plugin: Arc<WasmPlugin>,
+    /// Set on worker VMs; the throwaway check VM starts no tasks.
+    live: Option<Live>,
+}
+
+struct Live {
+    clusters: Rc<WorkerClusters>,
+    tick: Cell<Option<Duration>>,
+    root_inbox: Rc<Inbox>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stats.active.dec();
+    }
+}
+
+impl Vm {
+    fn new(plugin: &Plugin, live: bool) -> Result<Rc<Vm>, Failed> {
+        let config = plugin.config.clone();
+        let engine = super::engine();
+        let queue_owner = Arc::new(QueueOwner {
+            notify: tokio::sync::Notify::new(),
+            ready: Default::default(),
+        });
+        let state = HostState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(config.limits.max_memory_bytes)
+                .trap_on_grow_failure(true)
+                .instances(1)
+                .build(),
+            plugin: config.clone(),
+            memory: None,
+            malloc: None,
+            effective: 1,
+            stream: StreamData::default(),
+            call: None,
+            grpc_message: None,
+            effects: Effects::default(),
+            metrics: Vec::new(),
+            next_token: 1,
+            queue_owner: queue_owner.clone(),
+            cluster_names: Arc::new(
+                plugin
+                    .clusters
+                    .iter()
+                    .map(|c| c.config.name.clone())
+                    .collect(),
+            ),
+            properties: HashMap::new(),
+            callback: "instantiate",
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = config.limits.max_callback_duration.as_millis() as u64
+            / super::EPOCH_TICK.as_millis() as u64;
+        let deadline_ticks = ticks.max(1) + 1;
+        store.set_epoch_deadline(deadline_ticks);
+        let linker = abi::linker(&config.code.module).map_err(|e| Failed(e.to_string()))?;
+        let instance = linker
+            .instantiate(&mut store, &config.code.module)
+            .map_err(|e| Failed(describe(&e, "instantiate", &config)))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        if memory.is_none() {
+            return Err(Failed("module exports no memory".into()));
+        }
+        let malloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
+            .map_err(|_| {
+                Failed("module exports neither proxy_on_memory_allocate nor malloc".into())
+            })?;
+        store.data_mut().memory = memory;
+        store.data_mut().malloc = Some(malloc);
+        // WASI reactors initialise in `_initialize`; commands in `_start`.
+        for init in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, init) {
+                store.data_mut().callback = init;
+                f.call(&mut store, ())
+                    .map_err(|e| Failed(describe(&e, init, &config)))?;
+                break;
+            }
+        }
+        let f = exports(&mut store, &instance);
+        plugin.stats.created.inc();
+        plugin.stats.active.inc();
+        let live = live.then(|| Live {
+            clusters: Rc::new(WorkerClusters::new(&plugin.clusters)),
+            tick: Cell::new(None),
+            root_inbox: Rc::new(Inbox::default()),
+        });
+        let vm = Rc::new(Vm {
+            store: RefCell::new(store),
+            f,
+            root: 1,
+            next_ctx: Cell::new(2),
+            inboxes: RefCell::new(HashMap::new()),
+            failed: Cell::new(false),
+            deadline_ticks,
+            stats: plugin.stats.clone(),
+            plugin: config.clone(),
+            live,
+        });
+        if let Some(l) = &vm.live {
+            vm.inboxes.borrow_mut().insert(1, l.root_inbox.clone());
+        }
+        vm.start_root()?;
+        if vm.live.is_some() {
+            tokio::task::spawn_local(root_task(
+                Rc::downgrade(&vm),
+                plugin.retired.subscribe(),
+                queue_owner,
+            ));
+        }
+        Ok(vm)
+    }
+
+    /// Root context: create, `on_vm_start`, `on_configure`.
+    fn start_root(self: &Rc<Self>) -> Result<(), Failed> {
+        let root = self.root as i32;
+        if let Some(f) = self.f.context_create.clone() {
+            self.call("proxy_on_context_create", &mut StreamData::default(), |s| {
+                f.call(s, (root, 0))
+            })?;
+        }
+        let vm_cfg = self.plugin.vm_configuration.len() as i32;
+        if let Some(f) = self.f.vm_start.clone() {
+            let ok = self.call("proxy_on_vm_start", &mut StreamData::default(), |s| {
+                f.call(s, (root, vm_cfg))
+            })?;
+            if ok == 0 {
+                return Err(Failed("on_vm_start returned false".into()));
+            }
+        }
+        let cfg = self.plugin.configuration.len() as i32;
+        if let Some(f) = self.f.configure.clone() {
+            let ok = self.call("proxy_on_configure", &mut StreamData::default(), |s| {
+                f.call(s, (root, cfg))
+            })?;
+            if ok == 0 {
+                return Err(Failed(
+                    "on_configure returned false: the plugin rejected its configuration".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the context waits on something the host will deliver.
+    pub fn has_pending(&self, ctx: u32) -> bool {
+        self.inboxes
+            .borrow()
+            .get(&ctx)
+            .is_some_and(|i| i.pending.get() > 0 || !i.events.borrow().is_empty())
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    /// Runs one guest call with `data` lent to the store, then acts on the
+    /// effects: the calling context's own come back in the [`Outcome`], the rest
+    /// go to their contexts' inboxes.
+    fn call<R>(
+        &self,
+        callback: &'static str,
+        data: &mut StreamData,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failed> {
+        let (r, fx, ctx) = {
+            let Ok(mut store) = self.store.try_borrow_mut() else {
+                return Err(Failed("re-entrant call into the VM".into()));
+            };
+            if self.failed.get() {
+                return Err(Failed("the VM has failed".into()));
+            }
+            store.set_epoch_deadline(self.deadline_ticks);
+            std::mem::swap(&mut store.data_mut().stream, data);
+            store.data_mut().callback = callback;
+            let r = f(&mut store);
+            std::mem::swap(&mut store.data_mut().stream, data);
+            let fx = std::mem::take(&mut store.data_mut().effects);
+            let ctx = store.data().effective;
+            (r, fx, ctx)
+        };
+        match r {
+            Ok(r) => {
+                self.dispatch(fx, ctx);
+                Ok(r)
+            }
+            Err(e) => {
+                let why = describe(&e, callback, &self.plugin);
+                self.fail(&why);
+                Err(Failed(why))
+            }
+        }
+    }
+
+    fn fail(&self, why: &str) {
+        if !self.failed.replace(true) {
+            if let Some(l) = &self.live {
+                l.root_inbox.notify.notify_one();
+            }
+            self.stats.vm_failed.inc();
+            tracing::error!(plugin = %self.plugin.name, "Wasm VM failed: {why}");
+        }
+    }
+
+    /// Sends effects to the inboxes of their contexts and starts calls.
+    fn dispatch(&self, fx: Effects, _ctx: u32) {
+        let Effects {
+            resume,
+            replies,
+            close,
+            calls,
+            tick,
+        } = fx;
+        let push = |ctx: u32, e: Event| {
+            if let Some(i) = self.inboxes.borrow().get(&ctx) {
+                i.events.borrow_mut().push_back(e);
+                i.notify.notify_one();
+            }
+        };
+        for c in resume {
+            push(c, Event::Resume);
+        }
+        for (c, r) in replies {
+            push(c, Event::Reply(r));
+        }
+        for c in close {
+            push(c, Event::Close);
+        }
+        let Some(live) = &self.live else { return };
+        if let Some(t) = tick {
+            live.tick.set((!t.is_zero()).then_some(t));
+            live.root_inbox.notify.notify_one();
+        }
+        for call in calls {
+            let Some(inbox) = self.inboxes.borrow().get(&call.context).cloned() else {
+                continue;
+            };
+            let clusters = live.clusters.clone();
+            inbox.pending.set(inbox.pending.get() + 1);
+            tokio::task::spawn_local(async move {
+                let resp = calls::run(&call, &clusters).await;
+                inbox.pending.set(inbox.pending.get().saturating_sub(1));
+                inbox
+                    .events
+                    .borrow_mut()
+                    .push_back(Event::Call(call.token, call.kind, resp));
+                inbox.notify.notify_one();
+            });
+        }
+    }
+
+    /// A new stream or connection context under the root.
+    pub fn new_context(&self) -> Result<(u32, Rc<Inbox>), Failed> {
+        let id = self.next_ctx.get();
+        self.next_ctx.set(id.wrapping_add(1).max(2));
+        let inbox = Rc::new(Inbox::default());
+        self.inboxes.borrow_mut().insert(id, inbox.clone());
+        if let Some(f) = self.f.context_create.clone() {
+            let root = self.root as i32;
+            self.call_for(
+                id,
+                "proxy_on_context_create",
+                &mut StreamData::default(),
+                |s| f.call(s, (id as i32, root)),
+            )?;
+        }
+        Ok((id, inbox))
+    }
+
+    /// A call on behalf of context `ctx`.
+    fn call_for<R>(
+        &self,
+        ctx: u32,
+        callback: &'static str,
+        data: &mut StreamData,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failed> {
+        if let Ok(mut s) = self.store.try_borrow_mut() {
+            s.data_mut().effective = ctx;
+        }
+        self.call(callback, data, f)
+    }
+
+    /// A stream callback returning an action, with the context's own effects.
+    fn stream_call(
+        &self,
+        ctx: u32,
+        callback: &'static str,
+        data: &mut StreamData,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<i32>,
+    ) -> Result<Outcome, Failed> {
+        let action = self.call_for(ctx, callback, data, f)?;
+        let mut out = Outcome {
+            action: action as u32,
+            ..Default::default()
+        };
+        // Envoy's filter statuses go up to 4; anything else is a broken guest.
+        if out.action > 4 {
+            let why = format!("{callback} returned an invalid action {action}");
+            self.fail(&why);
+            return Err(Failed(why));
+        }
+        self.take_own(ctx, &mut out);
+        Ok(out)
+    }
+
+    /// Moves the context's own resume/reply/close events into the outcome.
+    pub fn take_own(&self, ctx: u32, out: &mut Outcome) {
+        let inbox = self.inboxes.borrow().get(&ctx).cloned();
+        let Some(inbox) = inbox else { return };
+        let mut q = inbox.events.borrow_mut();
+        let mut keep = VecDeque::new();
+        while let Some(e) = q.pop_front() {
+            match e {
+                Event::Resume => out.resume = true,
+                Event::Reply(r) => out.reply = Some(r),
+                Event::Close => out.close = true,
+                other => keep.push_back(other),
+            }
+        }
+        *q = keep;
+    }
+
+    pub fn request_headers(
+        &self,
+        ctx: u32,
+        n: usize,
+        eos: bool,
+        data: &mut StreamData,
+    ) -> Result<Outcome, Failed> {
+        match self.f.request_headers.clone() {
+            Some(HeadersFn::V2(f)) => {
+                self.stream_call(ctx, "proxy_on_request_headers", data, |s| {
+                    f.call(s, (ctx as i32, n as i32, eos as i32))
+                })
+            }
+            Some(HeadersFn::V1(f)) => {
+                self.stream_call(ctx, "proxy_on_request_headers", data, |s| {
+                    f.call(s, (ctx as i32, n as i32))
+                })
+            }
+            None => Ok(Outcome::default()),
+        }
+    }
+
+    pub fn response_headers(
+        &self,
+        ctx: u32,
+        n: usize,
+        eos: bool,
+        data: &mut StreamData,
+    ) -> Result<Outcome, Failed> {
+        match self.f.response_headers.clone() {
+            Some(HeadersFn::V2(f)) => {
+                self.stream_call(ctx, "proxy_on_response_headers", data, |s| {
+                    f.call(s, (ctx as i32, n as i32, eos as i32))
+                })
+            }
+            Some(HeadersFn::V1(f)) => {
+                self.stream_call(ctx, "proxy_on_response_headers", data, |s| {
+                    f.call(s, (ctx as i32, n as i32))
+                })
+            }
+            None => Ok(Outcome::default()),
+        }
+    }
+
+    pub fn body(
+        &self,
+        ctx: u32,
+        request: bool,
+        size: usize,
+        eos: bool,
+        data: &mut StreamData,
+    ) -> Result<Outcome, Failed> {
+        let (f, name) = if request {
+            (self.f.request_body.clone(), "proxy_on_request_body")
+        } else {
+            (self.f.response_body.clone(), "proxy_on_response_body")
+        };
+        match f {
+            Some(f) => self.stream_call(ctx, name, data, |s| {
+                f.call(s, (ctx as i32, size as i32, eos as i32))
+            }),
+            None => Ok(Outcome::default()),
+        }
+    }
+
+    pub fn trailers(
+        &self,
+        ctx: u32,
+        request: bool,
+        n: usize,
+        data: &mut StreamData,
+    ) -> Result<Outcome, Failed> {
+        let (f, name) = if request {
+            (self.f.request_trailers.clone(), "proxy_on_request_trailers")
+        } else {
+            (
+                self.f.response_trailers.clone(),
+                "proxy_on_response_trailers",
+            )
+        };
+        match f {
+            Some(f) => self.stream_call(ctx, name, data, |s| f.call(s, (ctx as i32, n as i32))),
+            None => Ok(Outcome::default()),
+        }
+    }
+
+    pub fn new_connection(&self, ctx: u32, data: &mut StreamData) -> Result<Outcome, Failed> {
+        match self.f.new_connection.clone() {
+            Some(f) => self.stream_call(ctx, "proxy_on_new_connection", data, |s| {
+                f.call(s, ctx as i32)
+            }),
+            None => Ok(Outcome::default()),
+        }
+    }
+
+    pub fn data(
+        &self,
+        ctx: u32,
+        downstream: bool,
+        size: usize,
+        eos: bool,
+        data: &mut StreamData,
+    ) -> Result<Outcome, Failed> {
+        let (f, name) = if downstream {
+            (self.f.downstream_data.clone(), "proxy_on_downstream_data")
+        } else {
+            (self.f.upstream_data.clone(), "proxy_on_upstream_data")
+        };
+        match f {
+            Some(f) => self.stream_call(ctx, name, data, |s| {
+                f.call(s, (ctx as i32, size as i32, eos as i32))
+            }),
+            None => Ok(Outcome::default()),
+        }
+    }
+
+    pub fn connection_closed(&self, ctx: u32, data: &mut StreamData) {
+        // Envoy reports the downstream close with peer type "remote" (2).
+        if let Some(f) = self.f.downstream_close.clone() {
+            let _ = self.call_for(ctx, "proxy_on_downstream_connection_close", data, |s| {
+                f.call(s, (ctx as i32, 2))
+            });
+        }
+        if let Some(f) = self.f.upstream_close.clone() {
+            let _ = self.call_for(ctx, "proxy_on_upstream_connection_close", data, |s| {
+                f.call(s, (ctx as i32, 1))
+            });
+        }
+    }
+
+    /// Delivers a call response to the context whose data is `data`.
+    pub fn deliver(
+        &self,
+        ctx: u32,
+        token: u32,
+        kind: CallKind,
+        resp: CallResponse,
+        data: &mut StreamData,
+    ) -> Result<(), Failed> {
+        match kind {
+            CallKind::Http => {
+                let Some(f) = self.f.http_call_response.clone() else {
+                    return Ok(());
+                };
+                let (nh, nb, nt) = (resp.headers.len(), resp.body.len(), resp.trailers.len());
+                self.set_call(Some(resp));
+                let r = self.call_for(ctx, "proxy_on_http_call_response", data, |s| {
+                    f.call(
+                        s,
+                        (ctx as i32, token as i32, nh as i32, nb as i32, nt as i32),
+                    )
+                });
+                self.set_call(None);
+                r
+            }
+            CallKind::Grpc => {
+                let messages = calls::grpc_messages(&resp.body);
+                let status = resp.grpc_status.0;
+                self.set_call(Some(resp));
+                let mut r = Ok(());
+                if status == 0
+                    && let Some(f) = self.f.grpc_receive.clone()
+                {
+                    for m in messages {
+                        let n = m.len();
+                        if let Ok(mut s) = self.store.try_borrow_mut() {
+                            s.data_mut().grpc_message = Some(m);
+                        }
+                        r = self.call_for(ctx, "proxy_on_grpc_receive", data, |s| {
+                            f.call(s, (ctx as i32, token as i32, n as i32))
+                        });
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if r.is_ok()
+                    && let Some(f) = self.f.grpc_close.clone()
+                {
+                    r = self.call_for(ctx, "proxy_on_grpc_close", data, |s| {
+                        f.call(s, (ctx as i32, token as i32, status as i32))
+                    });
+                }
+                self.set_call(None);
+                r
+            }
+        }
+    }
+
+    fn set_call(&self, resp: Option<CallResponse>) {
+        if let Ok(mut s) = self.store.try_borrow_mut() {
+            s.data_mut().call = resp;
+            s.data_mut().grpc_message = None;
+        }
+    }
+
+    /// `on_log`, `on_done`, `on_delete`, and the context is forgotten.
+    pub fn finish(&self, ctx: u32, log: bool, data: &mut StreamData) {
+        if !self.failed.get() {
+            if log && let Some(f) = self.f.log.clone() {
+                let _ = self.call_for(ctx, "proxy_on_log", data, |s| f.call(s, ctx as i32));
+            }
+            if let Some(f) = self.f.done.clone() {
+                let _ = self.call_for(ctx, "proxy_on_done", data, |s| f.call(s, ctx as i32));
+            }
+            if let Some(f) = self.f.delete.clone() {
+                let _ = self.call_for(ctx, "proxy_on_delete", data, |s| f.call(s, ctx as i32));
+            }
+        }
+        self.inboxes.borrow_mut().remove(&ctx);
+    }
+
+    fn tick(&self) {
+        if let Some(f) = self.f.tick.clone() {
+            let root = self.root;
+            let _ = self.call_for(root, "proxy_on_tick", &mut StreamData::default(), |s| {
+                f.call(s, root as i32)
+            });
+        }
+    }
+
+    fn queue_ready(&self, id: u32) {
+        if let Some(f) = self.f.queue_ready.clone() {
+            let root = self.root;
+            let _ = self.call_for(
+                root,
+                "proxy_on_queue_ready",
+                &mut StreamData::default(),
+                |s| f.call(s, (root as i32, id as i32)),
+            );
+        }
+    }
+}
+
+/// Delivers the root context's timers, queue items and call responses. It holds
+/// the VM weakly, so a failed or retired VM ends it.
+async fn root_task(
+    vm: std::rc::Weak<Vm>,
+    mut retired: tokio::sync::watch::Receiver<bool>,
+    queues: Arc<QueueOwner>,
+) {
+    let period = |v: &Vm| v.live.as_ref().and_then(|l| l.tick.get());
+    let Some(inbox) = vm
+        .upgrade()
+        .and_then(|v| v.live.as_ref().map(|l| l.root_inbox.clone()))
+    else {
+        return;
+    };
+    let mut next_tick: Option<Instant> = None;
+    loop {
+        {
+            let Some(v) = vm.upgrade() else { return };
+            if v.is_failed() {
+                return;
+            }
+            if next_tick.is_none() {
+                next_tick = period(&v).map(|t| Instant::now() + t);
+            }
+        }
+        let sleep = async {
+            match next_tick {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = retired.wait_for(|r| *r) => return,
+            _ = sleep => {
+                let Some(v) = vm.upgrade() else { return };
+                v.tick();
+                next_tick = period(&v).map(|t| Instant::now() + t);
+            }
+            _ = inbox.notify.notified() => {
+                let Some(v) = vm.upgrade() else { return };
+                let events: Vec<Event> = inbox.events.borrow_mut().drain(..).collect();
+                for e in events {
+                    if let Event::Call(token, kind, resp) = e {
+                        let _ = v.deliver(v.root, token, kind, resp, &mut StreamData::default());
+                    }
+                }
+                // The period may have changed.
+                next_tick = period(&v).map(|t| Instant::now() + t);
+            }
+            _ = queues.notify.notified() => {
+                let Some(v) = vm.upgrade() else { return };
+                let ready = std::mem::take(&mut *queues.ready.lock().unwrap_or_else(|e| e.into_inner()));
+                for id in ready {
+                    v.queue_ready(id);
+                }
+            }
+        }
+    }
+}
+
+/// Why a guest call failed, in a line.
+fn describe(e: &wasmtime::Error, callback: &str, plugin: &WasmPlugin) -> String {
+    let what = if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        match t {
+            wasmtime::Trap::Interrupt => format!(
+                "exceeded the callback time limit of {:?}",
+                plugin.limits.max_callback_duration
+            ),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "trapped: unreachable (a panic or abort in the filter)".to_string()
+            }
+            other => format!("trapped: {other}"),
+        }
+    } else {
+        let s = format!("{e:#}");
+        if s.contains("memory") && s.contains("grow")
+            || s.contains("forcing trap when growing memory")
+        {
+            format!(
+                "exceeded the memory limit of {} bytes",
+                plugin.limits.max_memory_bytes
+            )
+        } else {
+            s.lines().next().unwrap_or("").to_string()
+        }
+    };
+    format!("{callback}: {what}")
+}
+
+/// A plugin's VM slot on one worker: the VM in service, rebuilt after a failure.
+/// The first rebuild is immediate, so one bad request costs one stream; a VM that
+/// keeps failing soon after being rebuilt waits `reload_config.backoff` (doubling
+/// up to its max) between rebuilds.
+pub struct Slot {
+    plugin: Weak<Plugin>,
+    vm: RefCell<Option<Rc<Vm>>>,
+    /// When the VM in service was built.
+    built_at: Cell<Option<Instant>>,
+    /// Rebuilds since a VM last lived longer than the max backoff.
+    quick_rebuilds: Cell<u32>,
+    /// No rebuild before this.
+    retry_at: Cell<Option<Instant>>,
+}
+
+impl Slot {
+    /// The VM in service, building one if there is none or the last failed.
+    pub fn vm(&self) -> Result<Rc<Vm>, String> {
+        if let Some(vm) = self.vm.borrow().as_ref()
+            && !vm.is_failed()
+        {
+            return Ok(vm.clone());
+        }
+        let Some(plugin) = self.plugin.upgrade() else {
+            return Err("the plugin was retired".into());
+        };
+        let now = Instant::now();
+        if let Some(at) = self.retry_at.get()
+            && now < at
+        {
+            return Err("the VM failed and is waiting to be rebuilt".into());
+        }
+        let (base, max) = plugin.config.reload_backoff;
+        let failed_vm = self.vm.borrow().is_some();
+        if failed_vm {
+            let lived = self.built_at.get().map_or(Duration::MAX, |b| now - b);
+            if lived > max {
+                self.quick_rebuilds.set(0);
+            }
+            let n = self.quick_rebuilds.get();
+            if n > 0 {
+                // A crash loop: wait before this rebuild.
+                let wait = (base * 2u32.saturating_pow(n - 1)).min(max);
+                if self.retry_at.get().is_none() {
+                    self.retry_at.set(Some(now + wait));
+                    return Err("the VM failed and is waiting to be rebuilt".into());
+                }
+            }
+        }
+        self.retry_at.set(None);
+        match Vm::new(&plugin, true) {
+            Ok(vm) => {
+                if failed_vm {
+                    self.quick_rebuilds.set(self.quick_rebuilds.get() + 1);
+                    plugin.stats.vm_reloaded.inc();
+                    tracing::info!(plugin = %plugin.config.name, "Wasm VM rebuilt");
+                }
+                self.built_at.set(Some(now));
+                *self.vm.borrow_mut() = Some(vm.clone());
+                Ok(vm)
+            }
+            Err(Failed(e)) => {
+                plugin.stats.vm_failed.inc();
+                let n = self.quick_rebuilds.get() + 1;
+                self.quick_rebuilds.set(n);
+                self.retry_at
+                    .set(Some(now + (base * 2u32.saturating_pow(n - 1)).min(max)));
+                tracing::error!(plugin = %plugin.config.name, "cannot start Wasm VM: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+type SlotEntry = (Weak<Plugin>, Rc<Slot>);
+
+thread_local! {
+    /// This worker's slots, by plugin address; the weak handle tells a retired
+    /// plugin from a new one at the same address.
+    static SLOTS: RefCell<HashMap<usize, SlotEntry>> = RefCell::new(HashMap::new());
+}
+
+/// This worker's slot for a plugin.
+pub fn slot(plugin: &Arc<Plugin>) -> Rc<Slot> {
+    let key = Arc::as_ptr(plugin) as usize;
+    SLOTS.with(|s| {
+        let mut s = s.borrow_mut();
+        if let Some((w, slot)) = s.get(&key)
+            && w.upgrade().is_some_and(|p| Arc::ptr_eq(&p, plugin))
+        {
+            return slot.clone();
+        }
+        // Forget the slots of retired plugins (their VMs end with the streams
+        // still holding them).
+        s.retain(|_, (w, _)| w.strong_count() > 0);
+        let slot = Rc::new(Slot {
+            plugin: Arc::downgrade(plugin),
+            vm: RefCell::new(None),
+            built_at: Cell::new(None),
+            quick_rebuilds: Cell::new(0),
+            retry_at: Cell::new(None),
+        });
+        s.insert(key, (Arc::downgrade(plugin), slot.clone()));
+        slot
+    })
+}
+
+/// Checks a plugin on a throwaway VM: instantiation, `on_vm_start`, `on_configure`.
+pub fn check(plugin: &Plugin) -> Result<(), String> {
+    Vm::new(plugin, false).map(|_| ()).map_err(|Failed(e)| e)
+}

@@ -1,0 +1,545 @@
+//! Wasm filters: the example proxy-wasm filters (built with the public `proxy-wasm`
+//! crate for wasm32-wasip1) loaded into the real binary and driven by real clients.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTES: &str =
+    "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+
+/// One listener with the given HTTP filters in front of `up`, plus extra clusters.
+fn config(filters: &str, up: SocketAddr, extra_clusters: &str) -> String {
+    bootstrap(
+        &http_listener_with_filters("ingress", "ingress", ROUTES, "", filters),
+        &(cluster("up", &[(up, 1)], "") + extra_clusters),
+    )
+}
+
+/// `curl -si` through the proxy; returns (status, lowercased head, body).
+fn curl_get(args: &[&str]) -> (u16, String, String) {
+    let mut a = vec!["-i"];
+    a.extend_from_slice(args);
+    let (ok, out, err) = curl(&a);
+    assert!(ok, "curl failed: {err}");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn url(a: SocketAddr, path: &str) -> String {
+    format!("http://{a}{path}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_filter_over_http1_and_http2() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("header_filter");
+    let l = Legate::start(&config(
+        &wasm_http_filter("header_filter", &wasm, "", ""),
+        up,
+        "",
+    ))
+    .await;
+    let a = l.listener("ingress").await;
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, body) =
+            curl_get(&[proto, "-H", "x-remove-me: 1", &url(a, "/some/path?q=1")]);
+        assert_eq!(status, 200, "{proto}: {head}");
+        assert!(
+            head.contains("x-wasm-filter: header_filter"),
+            "{proto}: {head}"
+        );
+        assert!(
+            head.contains("x-request-path: /some/path?q=1"),
+            "{proto}: {head}"
+        );
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-legate-wasm"], "header_filter", "{body}");
+        assert!(echo["headers"].get("x-remove-me").is_none(), "{body}");
+    }
+    // One VM per worker that served a stream; the config check's VM is gone.
+    let active = l.stat("wasm.envoy.wasm.runtime.v8.active").await;
+    assert!((1..=2).contains(&active), "{active}");
+}
+
+/// An auth service: `authorization: Bearer good` gets 200 and `x-auth-user`,
+/// anything else 401.
+async fn auth_service() -> SocketAddr {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let good = req
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|v| v == "Bearer good");
+                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                        if good && req.uri().path() == "/check" {
+                            resp.headers_mut()
+                                .insert("x-auth-user", "alice".parse().unwrap());
+                        } else {
+                            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_callout_to_a_real_auth_service() {
+    let up = echo_upstream("up").await;
+    let auth = auth_service().await;
+    let wasm = wasm_example("auth_callout");
+    let filter = wasm_http_filter(
+        "auth_callout",
+        &wasm,
+        r#"{"cluster": "auth", "path": "/check", "timeout_ms": 1000}"#,
+        "",
+    );
+    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(auth, 1)], ""))).await;
+    let a = l.listener("ingress").await;
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, body) = curl_get(&[
+            proto,
+            "-H",
+            "authorization: Bearer good",
+            "-H",
+            "x-auth-user: mallory",
+            &url(a, "/x"),
+        ]);
+        assert_eq!(status, 200, "{proto}: {head}{body}");
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-auth-user"], "alice", "{body}");
+        let (status, head, body) =
+            curl_get(&[proto, "-H", "authorization: Bearer bad", &url(a, "/x")]);
+        assert_eq!(status, 403, "{proto}: {head}");
+        assert!(head.contains("x-auth-denied: 1"), "{head}");
+        assert_eq!(body, "denied by auth_callout\n");
+    }
+    // The auth cluster's stats show the calls went through its pool.
+    assert!(l.stat("cluster.auth.upstream_cx_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_callout_with_the_auth_service_down() {
+    let up = echo_upstream("up").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let wasm = wasm_example("auth_callout");
+    let filter = wasm_http_filter("auth_callout", &wasm, r#"{"cluster": "auth"}"#, "");
+    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(dead, 1)], ""))).await;
+    let a = l.listener("ingress").await;
+    // As in Envoy: the failed call comes back as a synthetic 503, which this
+    // filter turns into a denial.
+    let (status, _, body) = curl_get(&[&url(a, "/x")]);
+    assert_eq!(status, 403);
+    assert_eq!(body, "denied by auth_callout\n");
+}
+
+/// Sends a chunked request in several writes, with pauses, and returns the
+/// response.
+async fn chunked_post(a: SocketAddr, chunks: &[&str]) -> String {
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for c in chunks {
+        s.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes a chunked HTTP/1.1 body.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_rewrite_across_chunks() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("body_rewrite");
+    let l = Legate::start(&config(
+        &wasm_http_filter("body_rewrite", &wasm, "{}", ""),
+        up,
+        "",
+    ))
+    .await;
+    let a = l.listener("ingress").await;
+    // "hello" split across chunk boundaries still gets rewritten: the filter
+    // buffers until the end of the body.
+    let resp = chunked_post(a, &["he", "llo wor", "ld, hel", "lo"]).await;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Upstream saw the request rewritten; the response's "world" became "planet".
+    assert_eq!(echo["body"], "goodbye planet, goodbye", "{body}");
+    // HTTP/2 with a body sent in one go.
+    let (status, _, body) = curl_get(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        "hello world",
+        &url(a, "/echo"),
+    ]);
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["body"], "goodbye planet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_buffer_limit_gives_413() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("body_rewrite");
+    let extra = "                legate_limits: {max_buffered_body_bytes: 1024}";
+    let l = Legate::start(&config(
+        &wasm_http_filter("body_rewrite", &wasm, "{}", extra),
+        up,
+        "",
+    ))
+    .await;
+    let a = l.listener("ingress").await;
+    let big = "x".repeat(4096);
+    let (status, _, body) = curl_get(&["--data-binary", &big, &url(a, "/echo")]);
+    assert_eq!(status, 413, "{body}");
+    // Small bodies still pass.
+    let (status, _, _) = curl_get(&["--data-binary", "hello", &url(a, "/echo")]);
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_filter_follows_its_configuration() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("config_filter");
+    let cfg =
+        r#"{"headers": {"x-a": "1", "x-b": "2"}, "deny_paths": ["/admin"], "deny_status": 451}"#;
+    let mut filter = wasm_http_filter("config_filter", &wasm, cfg, "");
+    filter = filter.replace(
+        "                  runtime: envoy.wasm.runtime.v8\n",
+        "                  runtime: envoy.wasm.runtime.v8\n                  configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: vm-config-example}\n",
+    );
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-a: 1") && head.contains("x-b: 2"), "{head}");
+    assert!(head.contains("x-vm-config: vm-config-example"), "{head}");
+    let (status, head, body) = curl_get(&[&url(a, "/admin/users")]);
+    assert_eq!(status, 451);
+    assert!(head.contains("x-denied-by: config_filter"), "{head}");
+    assert_eq!(body, "denied\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_rejecting_its_configuration_fails_the_config() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("config_filter");
+    let yaml = config(
+        &wasm_http_filter("config_filter", &wasm, "{not json", ""),
+        up,
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--mode", "validate", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Wasm plugin \"config_filter\"")
+            && err.contains("on_configure returned false"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_module_is_refused_at_the_field() {
+    let up = echo_upstream("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").unwrap();
+    let yaml = config(&wasm_http_filter("junk", &junk, "", ""), up, "");
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--mode", "validate", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("code.local.filename") && err.contains("invalid Wasm module"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiter_holds_its_limit_across_two_workers() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("rate_limiter");
+    let filter = wasm_http_filter(
+        "rate_limiter",
+        &wasm,
+        r#"{"limit": 10, "window_s": 86400, "key_header": "x-user"}"#,
+        "",
+    );
+    let l = Legate::start_with(&config(&filter, up, ""), &["--concurrency", "2"]).await;
+    let a = l.listener("ingress").await;
+    // New connections spread over both workers; the count is shared data.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for _ in 0..5 {
+                let (s, _) = http_raw(
+                    a,
+                    "GET / HTTP/1.1\r\nHost: x\r\nx-user: bob\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                codes.push(s);
+            }
+            codes
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        for c in t.await.unwrap() {
+            match c {
+                200 => ok += 1,
+                429 => limited += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert_eq!((ok, limited), (10, 30));
+    // The plugin's metric is a stat, in every output format.
+    assert_eq!(l.stat("wasmcustom.rate_limiter.rejected").await, 30);
+    let (_, prom) = http_get(l.admin, "/stats/prometheus").await.unwrap();
+    assert!(prom.contains("rate_limiter_rejected"), "{prom}");
+    // Both workers built a VM.
+    assert!(l.stat("wasm.envoy.wasm.runtime.v8.created").await >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_rewrite_network_filter() {
+    let echo = tcp_echo().await;
+    let wasm = wasm_example("tcp_rewrite");
+    let listener = format!(
+        r#"
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: tcp_rewrite
+            configuration:
+              "@type": type.googleapis.com/google.protobuf.StringValue
+              value: '{{"from": "ping", "to": "PONG"}}'
+            vm_config:
+              runtime: envoy.wasm.runtime.v8
+              code: {{local: {{filename: "{}"}}}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: echo
+"#,
+        wasm.display()
+    );
+    let l = Legate::start(&bootstrap(&listener, &cluster("echo", &[(echo, 1)], ""))).await;
+    let a = l.listener("tcp").await;
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"ping hello\n").await.unwrap();
+    let mut buf = vec![0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    // ping -> PONG on the way up; hello -> HELLO on the way back.
+    assert_eq!(&buf, b"PONG HELLO\n");
+    drop(s);
+    assert_eq!(
+        l.wait_stat("wasmcustom.tcp_rewrite.connections", 1).await,
+        1
+    );
+}
+
+/// Two routes: `/wasm` runs the misbehaving filter; the listener `plain` has none.
+fn fault_config(up: SocketAddr, policy: &str, limits: &str) -> String {
+    let wasm = wasm_example("misbehave");
+    let mut extra = String::new();
+    if !policy.is_empty() {
+        extra.push_str(&format!("                failure_policy: {policy}\n"));
+    }
+    if !limits.is_empty() {
+        extra.push_str(&format!("                legate_limits: {limits}\n"));
+    }
+    let filter = wasm_http_filter("misbehave", &wasm, "", extra.trim_end_matches('\n'));
+    bootstrap(
+        &(http_listener_with_filters("ingress", "ingress", ROUTES, "", &filter)
+            + &http_listener("plain", "plain", ROUTES, "")),
+        &cluster("up", &[(up, 1)], ""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_filter_fails_closed_then_recovers() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "", ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"));
+    let (status, _, body) = curl_get(&["-H", "x-trap: 1", &url(a, "/")]);
+    assert_eq!(status, 503);
+    assert_eq!(body, "");
+    // The next request gets a fresh VM.
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert_eq!(l.stat("wasm.plugin.misbehave.vm_failed").await, 1);
+    assert_eq!(l.stat("wasm.plugin.misbehave.fail_closed").await, 1);
+    assert_eq!(l.stat("wasm.plugin.misbehave.vm_reloaded").await, 1);
+    assert!(
+        l.stderr_text().contains("trapped: unreachable"),
+        "{}",
+        l.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_filter_fails_open() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "FAIL_OPEN", ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    let (status, head, body) = curl_get(&["-H", "x-trap: 1", &url(a, "/")]);
+    // The stream skips the filter and reaches the upstream.
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("x-misbehave"), "{head}");
+    assert!(body.contains("\"upstream\":\"up\""), "{body}");
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert_eq!(l.stat("wasm.plugin.misbehave.fail_open").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_cut_at_the_time_limit() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(
+        &fault_config(up, "", "{max_callback_duration: 0.2s}"),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let a = l.listener("ingress").await;
+    let plain = l.listener("plain").await;
+    let t = Instant::now();
+    let (status, _, _) = curl_get(&["-H", "x-loop: 1", &url(a, "/")]);
+    let took = t.elapsed();
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The worker is free: other routes and the filter itself serve again.
+    let (status, _, _) = curl_get(&[&url(plain, "/")]);
+    assert_eq!(status, 200);
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"));
+    assert!(
+        l.stderr_text().contains("exceeded the callback time limit"),
+        "{}",
+        l.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_is_stopped_at_the_cap() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(
+        &fault_config(up, "", "{max_memory_bytes: 16777216}"),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let a = l.listener("ingress").await;
+    let plain = l.listener("plain").await;
+    let (status, _, _) = curl_get(&["-H", "x-hog: 1", &url(a, "/")]);
+    assert_eq!(status, 503);
+    let (status, _, _) = curl_get(&[&url(plain, "/")]);
+    assert_eq!(status, 200);
+    let (status, _, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    let log = l.stderr_text();
+    assert!(
+        log.contains("memory limit") || log.contains("trapped"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_built_for_wasm32_unknown_unknown_load() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example_for("header_filter", "wasm32-unknown-unknown");
+    let l = Legate::start(&config(
+        &wasm_http_filter("header_filter", &wasm, "", ""),
+        up,
+        "",
+    ))
+    .await;
+    let a = l.listener("ingress").await;
+    let (status, head, _) = curl_get(&[&url(a, "/p")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-wasm-filter: header_filter"), "{head}");
+}
