@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the same upstream measured direct, through nginx,
-# HAProxy, Envoy and legate, each proxy with ONE worker, for
-#   - HTTP/1.1 keep-alive load (wrk), and
-#   - HTTP/2 cleartext, prior knowledge (h2c) load (h2load).
+# Side-by-side benchmark, two suites (BENCH_SUITES):
+#   proxy: the same upstream measured direct, through nginx, HAProxy, Envoy and
+#          legate, each proxy with ONE worker, for
+#            - HTTP/1.1 keep-alive load (wrk), and
+#            - HTTP/2 cleartext, prior knowledge (h2c) load (h2load);
+#   wasm:  the cost of one header-adding proxy-wasm HTTP filter (the SAME
+#          header_filter.wasm in Envoy/V8 and in legate/wasmtime): wrk HTTP/1.1
+#          with ONE worker, each proxy with bench/proxy.yaml and with
+#          bench/proxy-wasm.yaml; then the resident memory (VmRSS) of Envoy and
+#          legate with 1 and 2 workers, with and without the filter.
 # Writes a markdown report to bench/RESULTS.md (see bench/README.md).
 #
 # Usage: bench/run.sh [--build-legate] [--no-build] [-h]
+#   --build-legate  rebuild legate (and the default filter) even if present
+#   --no-build      never call cargo
 #
 # Environment overrides (defaults in brackets):
 #   BENCH_DURATION       seconds per measured run [10]
@@ -14,9 +22,15 @@
 #   BENCH_WRK_THREADS    wrk threads [1]
 #   BENCH_H2_CONNECTIONS h2load connections [10]
 #   BENCH_H2_STREAMS     h2load max concurrent streams per connection [10]
-#   BENCH_TARGETS        which rows to run ["direct nginx haproxy envoy legate"]
-#   BENCH_PROTOCOLS      which protocols ["h1 h2c"]
-#   BENCH_BUILD_LEGATE   auto (build if binary missing) | always | never [auto]
+#   BENCH_SUITES         which suites ["proxy wasm"]
+#   BENCH_TARGETS        which rows to run ["direct nginx haproxy envoy legate"];
+#                        the wasm suite runs the envoy and legate ones
+#   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
+#   BENCH_RSS_WORKERS    worker counts of the wasm suite's memory table ["1 2"]
+#   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
+#                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
+#   BENCH_BUILD_LEGATE   auto (build if missing) | always | never [auto]; applies
+#                        to legate and to the default BENCH_WASM
 #   BENCH_RESULTS        output file [bench/RESULTS.md]
 #   BENCH_KEEP           1 = keep the scratch dir with configs/logs/raw output [0]
 #   LEGATE_BIN           legate binary [target/release/legate]
@@ -27,6 +41,8 @@
 #   18200 nginx proxy HTTP/1.1  18201 nginx proxy h2c
 #   18300 HAProxy (HTTP/1.1 and h2c on the same port)
 #   18100 Envoy / legate listener (codec AUTO), 18901 their admin
+# The upstream also answers GET /wasm-check with the x-legate-wasm request
+# header it received (the wasm suite's sanity check; the load is on / only).
 set -euo pipefail
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -39,8 +55,8 @@ repo_root=$(cd "$bench_dir/.." && pwd -P)
 # The exact command, with every override that was set, for the report
 # (computed before the defaults below are filled in).
 cmdline="bench/run.sh${*:+ $*}"
-for v in LEGATE_BIN ENVOY_BIN BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_PROTOCOLS BENCH_TARGETS \
-         BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
+for v in LEGATE_BIN ENVOY_BIN BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_RSS_WORKERS \
+         BENCH_PROTOCOLS BENCH_TARGETS BENCH_SUITES BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
     if [[ -n "${!v+x}" ]]; then
         val="${!v}"
         [[ "$val" =~ ^[A-Za-z0-9_./:=-]+$ ]] || val="'$val'"
@@ -56,11 +72,16 @@ H2_CONNS="${BENCH_H2_CONNECTIONS:-10}"
 H2_STREAMS="${BENCH_H2_STREAMS:-10}"
 TARGETS="${BENCH_TARGETS:-direct nginx haproxy envoy legate}"
 PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
+SUITES="${BENCH_SUITES:-proxy wasm}"
+RSS_WORKERS="${BENCH_RSS_WORKERS:-1 2}"
 BUILD_LEGATE="${BENCH_BUILD_LEGATE:-auto}"
 RESULTS="${BENCH_RESULTS:-$bench_dir/RESULTS.md}"
 KEEP="${BENCH_KEEP:-0}"
 LEGATE_BIN="${LEGATE_BIN:-$repo_root/target/release/legate}"
 PROXY_YAML="$bench_dir/proxy.yaml"
+WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an absolute .wasm path
+WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
+WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
 
 UP_H1_PORT=18080
 UP_H2_PORT=18081
@@ -87,6 +108,14 @@ for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
 done
 (( DURATION > 0 )) || { echo "BENCH_DURATION must be > 0" >&2; exit 2; }
+for s in $SUITES; do
+    [[ "$s" == proxy || "$s" == wasm ]] || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm)" >&2; exit 2; }
+done
+for w in $RSS_WORKERS; do
+    [[ "$w" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_RSS_WORKERS must list positive integers, got '$w'" >&2; exit 2; }
+done
+has_suite() { [[ " $SUITES " == *" $1 "* ]]; }
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -229,6 +258,12 @@ http {
             default_type text/plain;
             return 200 "$BODY\n";
         }
+        # Echoes the header that header_filter adds to requests (wasm suite
+        # sanity check only; never loaded).
+        location = /wasm-check {
+            default_type text/plain;
+            return 200 "\$http_x_legate_wasm\n";
+        }
     }
 }
 EOF
@@ -298,14 +333,16 @@ to_ms() {
         printf "%.3f", n }'
 }
 
+# run_wrk NAME URL [TABLE]: results go to RPS[TABLE,NAME] etc. (TABLE h1 by default).
 run_wrk() {
-    local name="$1" url="$2" out="$work/wrk-$name.txt"
+    local name="$1" url="$2" tb="${3:-h1}"
+    local out="$work/wrk-$tb-${name//+/-}.txt"
     if (( WARMUP > 0 )); then
         run_load $((WARMUP + 30)) /dev/null wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" || true
     fi
-    log "$name h1: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency $url"
+    log "$name $tb: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency $url"
     if ! run_load $((DURATION + 60)) "$out" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url"; then
-        NOTE[h1,$name]="wrk failed: $(tail -1 "$out")"; return
+        NOTE[$tb,$name]="wrk failed: $(tail -1 "$out")"; return
     fi
     local rps p50 p99 non2xx sockerr
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -314,13 +351,13 @@ run_wrk() {
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
     sockerr=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' "$out")
     if [[ -z "$rps" || -z "$p50" || -z "$p99" ]]; then
-        NOTE[h1,$name]="could not parse wrk output"; return
+        NOTE[$tb,$name]="could not parse wrk output"; return
     fi
-    RPS[h1,$name]=$rps
-    P50[h1,$name]=$(to_ms "$p50")
-    P99[h1,$name]=$(to_ms "$p99")
-    ERRS[h1,$name]=$(( ${non2xx:-0} + ${sockerr:-0} ))
-    log "$name h1: $rps req/s, p50 ${P50[h1,$name]} ms, p99 ${P99[h1,$name]} ms, errors ${ERRS[h1,$name]}"
+    RPS[$tb,$name]=$rps
+    P50[$tb,$name]=$(to_ms "$p50")
+    P99[$tb,$name]=$(to_ms "$p99")
+    ERRS[$tb,$name]=$(( ${non2xx:-0} + ${sockerr:-0} ))
+    log "$name $tb: $rps req/s, p50 ${P50[$tb,$name]} ms, p99 ${P99[$tb,$name]} ms, errors ${ERRS[$tb,$name]}"
 }
 
 run_h2load() {
@@ -365,10 +402,16 @@ run_h2load() {
 }
 
 # ---------------------------------------------------------------- targets
+# start_target NAME [YAML [WORKERS [TAG]]]: YAML and WORKERS (default
+# bench/proxy.yaml, 1) apply to envoy and legate; TAG names the log directory
+# (default NAME). Sets CUR_PID (empty for direct) and CUR_LOG.
 CUR_PID=
+CUR_LOG=
 start_target() {
-    local name="$1"
+    local name="$1" yaml="${2:-$PROXY_YAML}" workers="${3:-1}" tag="${4:-$1}"
     CUR_PID=
+    CUR_LOG="$work/$tag/stderr.log"
+    [[ "$name" == nginx ]] && CUR_LOG="$work/nginx/error.log"
     case "$name" in
         direct)
             URL_H1[$name]="http://127.0.0.1:$UP_H1_PORT/"
@@ -391,17 +434,17 @@ start_target() {
             wait_ready "$CUR_PID" "$HAPROXY_PORT" ;;
         envoy)
             [[ -n "${ENVOY_BIN:-}" ]] || { NOTE[all,$name]="not available (tests/envoy/fetch.sh failed)"; return 1; }
-            mkdir -p "$work/envoy"
-            start_bg "$work/envoy/stderr.log" "$ENVOY_BIN" -c "$PROXY_YAML" --disable-hot-restart \
-                --concurrency 1 --use-dynamic-base-id --log-level warn
+            mkdir -p "$work/$tag"
+            start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$yaml" --disable-hot-restart \
+                --concurrency "$workers" --use-dynamic-base-id --log-level warn
             CUR_PID=$BG_PID
             URL_H1[$name]="http://127.0.0.1:$EL_PORT/"
             URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
             wait_ready "$CUR_PID" "$EL_PORT" "$EL_ADMIN_PORT" ;;
         legate)
             [[ -x "$LEGATE_BIN" ]] || { NOTE[all,$name]="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
-            mkdir -p "$work/legate"
-            start_bg "$work/legate/stderr.log" "$LEGATE_BIN" -c "$PROXY_YAML" --concurrency 1
+            mkdir -p "$work/$tag"
+            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$yaml" --concurrency "$workers"
             CUR_PID=$BG_PID
             URL_H1[$name]="http://127.0.0.1:$EL_PORT/"
             URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
@@ -426,16 +469,10 @@ stop_target() {
     done
 }
 
-target_log() {
-    case "$1" in
-        nginx) echo "$work/nginx/error.log" ;;
-        *) echo "$work/$1/stderr.log" ;;
-    esac
-}
-
-# Last lines of a target's log, on one line, safe inside a markdown table.
+# Last lines of the current (or last) target's log, on one line, safe inside
+# a markdown table.
 log_tail() {
-    tail -3 "$(target_log "$1")" 2>/dev/null | tr '\n|`' " /'" | cut -c1-300 | sed 's/ *$//'
+    tail -3 "$CUR_LOG" 2>/dev/null | tr '\n|`' " /'" | cut -c1-300 | sed 's/ *$//'
 }
 
 bench_target() {
@@ -447,7 +484,7 @@ bench_target() {
             if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
                 wait "$CUR_PID" 2>/dev/null && why="exited" || why="exited with status $?"
             fi
-            tailtxt=$(log_tail "$name")
+            tailtxt=$(log_tail)
             NOTE[all,$name]="failed to start ($why)${tailtxt:+: $tailtxt}"
         fi
         log "$name: ${NOTE[all,$name]}"
@@ -457,7 +494,7 @@ bench_target() {
     for proto in $PROTOCOLS; do
         if [[ "$proto" == h1 ]]; then url=${URL_H1[$name]}; else url=${URL_H2[$name]}; fi
         if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
-            NOTE[$proto,$name]="process exited: $(log_tail "$name")"
+            NOTE[$proto,$name]="process exited: $(log_tail)"
             continue
         fi
         if ! check_url "$url" "$proto"; then

@@ -54,7 +54,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{Legate, bootstrap, closed_port, cluster, http_get, http_listener};
+use support::{Legate, bootstrap, closed_port, cluster, http_get, http_listener, wasm_example};
 
 /// Where legate differs from Envoy ON PURPOSE. Each entry is (what, why); the
 /// comparison applies exactly these exceptions (see `norm_header`) and no other.
@@ -115,6 +115,13 @@ const HYPER_CODEC_REQUESTS: &[&str] = &[
 ];
 
 const KNOWN: &[Known] = &[
+    Known {
+        what: "by design: FAIL_OPEN lets the stream whose callback trapped through",
+        why: "Envoy answers the stream that crashed the VM with 503 and skips the \
+              filter only for later streams; legate's FAIL_OPEN passes that stream \
+              on to the upstream too, so a filter bug never costs a request",
+        matches: |m| m.case == "wasm_misbehave_fail_open",
+    },
     Known {
         what: "intentional: `x-forwarded-for` for a loopback peer",
         why: "with use_remote_address Envoy appends the host's first non-loopback \
@@ -2398,6 +2405,119 @@ fn feature_cases(u: &Ups) -> Vec<Case> {
     ]
 }
 
+/// The example proxy-wasm filters (built with the public SDK) on Envoy's V8 and on
+/// legate's wasmtime: the same `.wasm`, the same config, the same requests.
+/// Requests of a case run concurrently, so stateful examples (rate limiter)
+/// and a fail-closed trap (Envoy keeps that VM dead, legate rebuilds it) are
+/// checked by the wasm test instead.
+fn wasm_cases(u: &Ups) -> Vec<Case> {
+    let filter = |name: &str, config: &str, extra: Value| {
+        let mut cfg = json!({
+            "name": name,
+            "root_id": "",
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
+            "vm_config": {
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": wasm_example(name).display().to_string()}},
+            },
+        });
+        if let (Some(c), Value::Object(extra)) = (cfg.as_object_mut(), extra) {
+            c.extend(extra);
+        }
+        json!({"http_filters": [
+            {"name": "envoy.filters.http.wasm", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": cfg}},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ]})
+    };
+    let case = |name: &'static str, hcm_extra: Value, reqs: Vec<Req>| Case {
+        name,
+        yaml: bootstrap(
+            &hcm_listener(
+                "main",
+                hcm_extra,
+                one_vhost(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+            ),
+            &u.clusters(),
+        ),
+        default_listener: "main",
+        reqs,
+    };
+    vec![
+        case(
+            "wasm_header_filter",
+            filter("header_filter", "", json!({})),
+            vec![
+                get("/some/path?q=1").hdr("x-remove-me", "1"),
+                get("/h2").h2(),
+                post("/post", "body"),
+            ],
+        ),
+        case(
+            "wasm_auth_callout_allow",
+            filter(
+                "auth_callout",
+                r#"{"cluster": "up2", "path": "/status/200"}"#,
+                json!({}),
+            ),
+            vec![
+                get("/a")
+                    .hdr("authorization", "Bearer x")
+                    .hdr("x-auth-user", "mallory"),
+                get("/b").h2(),
+            ],
+        ),
+        case(
+            "wasm_auth_callout_deny",
+            filter(
+                "auth_callout",
+                r#"{"cluster": "up2", "path": "/status/401"}"#,
+                json!({}),
+            ),
+            vec![get("/a"), get("/b").h2()],
+        ),
+        case(
+            "wasm_auth_callout_down",
+            filter("auth_callout", r#"{"cluster": "closed"}"#, json!({})),
+            vec![get("/a")],
+        ),
+        case(
+            "wasm_body_rewrite",
+            filter("body_rewrite", "{}", json!({})),
+            vec![
+                post("/echo", "hello world, hello"),
+                post("/echo", "hello world").h2(),
+                get("/echo"),
+            ],
+        ),
+        case(
+            "wasm_config_filter",
+            filter(
+                "config_filter",
+                r#"{"headers": {"x-a": "1", "x-b": "2"}, "deny_paths": ["/admin"], "deny_status": 403}"#,
+                json!({}),
+            ),
+            vec![get("/"), get("/admin/x"), get("/admin").h2()],
+        ),
+        case(
+            "wasm_misbehave",
+            filter("misbehave", "", json!({})),
+            vec![get("/ok"), get("/ok").h2()],
+        ),
+        case(
+            "wasm_misbehave_fail_open",
+            filter("misbehave", "", json!({"failure_policy": "FAIL_OPEN"})),
+            vec![get("/trap").hdr("x-trap", "1")],
+        ),
+        case(
+            "wasm_misbehave_fail_closed",
+            filter("misbehave", "", json!({})),
+            vec![get("/trap").hdr("x-trap", "1")],
+        ),
+    ]
+}
+
 impl Case {
     /// Replaces the route_config of a one-listener feature case.
     fn route_config(mut self, rc: Value, u: &Ups) -> Case {
@@ -2458,7 +2578,8 @@ async fn envoy_and_legate_agree() {
         case_protocol(&ups),
     ]
     .into_iter()
-    .chain(feature_cases(&ups));
+    .chain(feature_cases(&ups))
+    .chain(wasm_cases(&ups));
     let mut all = Vec::new();
     let mut summary = Vec::new();
     for case in cases {

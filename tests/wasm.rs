@@ -451,9 +451,9 @@ async fn a_trapping_filter_fails_closed_then_recovers() {
     let (status, head, _) = curl_get(&[&url(a, "/")]);
     assert_eq!(status, 200);
     assert!(head.contains("x-misbehave: ok"), "{head}");
-    assert_eq!(l.stat("wasm.plugin.misbehave.vm_failed").await, 1);
-    assert_eq!(l.stat("wasm.plugin.misbehave.fail_closed").await, 1);
-    assert_eq!(l.stat("wasm.plugin.misbehave.vm_reloaded").await, 1);
+    assert_eq!(l.stat("wasm.misbehave.vm_failed").await, 1);
+    assert_eq!(l.stat("wasm.misbehave.fail_closed").await, 1);
+    assert_eq!(l.stat("wasm.misbehave.vm_reload_success").await, 1);
     assert!(
         l.stderr_text().contains("trapped: unreachable"),
         "{}",
@@ -474,7 +474,7 @@ async fn a_trapping_filter_fails_open() {
     let (status, head, _) = curl_get(&[&url(a, "/")]);
     assert_eq!(status, 200);
     assert!(head.contains("x-misbehave: ok"), "{head}");
-    assert_eq!(l.stat("wasm.plugin.misbehave.fail_open").await, 1);
+    assert_eq!(l.stat("wasm.misbehave.fail_open").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,4 +542,140 @@ async fn modules_built_for_wasm32_unknown_unknown_load() {
     let (status, head, _) = curl_get(&[&url(a, "/p")]);
     assert_eq!(status, 200);
     assert!(head.contains("x-wasm-filter: header_filter"), "{head}");
+}
+
+/// Which example answered: header_filter marks `x-wasm-filter`, config_filter
+/// adds the configured `x-a`.
+fn which(h: &http::HeaderMap) -> Option<&'static str> {
+    if h.contains_key("x-wasm-filter") {
+        Some("header_filter")
+    } else if h.get("x-a").is_some_and(|v| v == "config") {
+        Some("config_filter")
+    } else {
+        None
+    }
+}
+
+fn replace_file(dst: &std::path::Path, bytes: &[u8]) {
+    // Write then rename, as deploy tools do, so the watcher never sees half a file.
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_file_swaps_under_load_drop_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let up = echo_upstream("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("plugin.wasm");
+    let versions = [
+        std::fs::read(wasm_example("header_filter")).unwrap(),
+        std::fs::read(wasm_example("config_filter")).unwrap(),
+    ];
+    replace_file(&plugin, &versions[0]);
+    let filter = wasm_http_filter("swap", &plugin, r#"{"headers": {"x-a": "config"}}"#, "");
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    // A bounded load loop: 8 keep-alive clients until told to stop, 40 s at most.
+    for _ in 0..8 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let until = Instant::now() + Duration::from_secs(40);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                match client.get(format!("http://{a}/x").parse().unwrap()).await {
+                    Ok(r) if r.status() == 200 && which(r.headers()).is_some() => {
+                        if r.into_body().collect().await.is_ok() {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let probe = || async {
+        let (ok, out, _) = curl(&["-si", &url(a, "/probe")]);
+        assert!(ok);
+        let lower = out.to_ascii_lowercase();
+        if lower.contains("x-wasm-filter: header_filter") {
+            "header_filter"
+        } else if lower.contains("x-a: config") {
+            "config_filter"
+        } else {
+            "none"
+        }
+    };
+    // Five swaps, each checked to be in force before the next.
+    let mut expect = "header_filter";
+    for i in 1..=5 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        replace_file(&plugin, &versions[i % 2]);
+        expect = ["header_filter", "config_filter"][i % 2];
+        l.wait_stat("server.config_reload", i as i64).await;
+        assert_eq!(probe().await, expect, "after swap {i}");
+    }
+    // A broken module: the reload is refused and the last good one keeps serving.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    replace_file(&plugin, b"\0asm\x01\0\0\0not really wasm");
+    l.wait_stat("server.config_reload_failed", 1).await;
+    assert_eq!(probe().await, expect);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during swaps"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 500,
+        "load loop too small: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(l.stat("server.config_reload").await, 5);
+    assert!(
+        l.stderr_text().contains("invalid Wasm module"),
+        "{}",
+        l.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_backs_off_between_rebuilds() {
+    let up = echo_upstream("up").await;
+    let policy = "FAIL_RELOAD\n                reload_config: {backoff: {base_interval: 1s, max_interval: 4s}}";
+    let l = Legate::start_with(&fault_config(up, policy, ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    // The first failure is rebuilt at once; a rebuilt VM that fails right away
+    // makes the next rebuild wait the base interval.
+    for _ in 0..2 {
+        let (status, _, _) = curl_get(&["-H", "x-trap: 1", &url(a, "/")]);
+        assert_eq!(status, 503);
+    }
+    let (status, _, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 503, "a clean request during the backoff");
+    assert!(l.stat("wasm.misbehave.vm_reload_backoff").await >= 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"));
+    assert_eq!(l.stat("wasm.misbehave.vm_reload_success").await, 2);
+    assert_eq!(l.stat("wasm.misbehave.vm_failed").await, 2);
 }

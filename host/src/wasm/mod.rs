@@ -132,20 +132,25 @@ fn abi_version(module: &Module) -> Result<AbiVersion, String> {
     })
 }
 
-/// Envoy's `wasm.<runtime>.*` and per-plugin stats.
+/// Envoy's `wasm.<runtime>.*` and `wasm.<plugin>.*` stats, plus Legate's
+/// failure counters under the same plugin prefix.
 pub(crate) struct PluginStats {
     /// VMs created (`wasm.envoy.wasm.runtime.<rt>.created`).
     pub created: Counter,
     /// VMs alive on all workers (`...active`).
     pub active: Gauge,
-    /// Callbacks that trapped, ran out of time or memory, or misbehaved.
+    /// VM rebuilds tried after a failure (`wasm.<plugin>.vm_reload`).
+    pub vm_reload: Counter,
+    pub vm_reload_success: Counter,
+    pub vm_reload_failure: Counter,
+    /// Streams that found the VM waiting out its rebuild backoff.
+    pub vm_reload_backoff: Counter,
+    /// Legate: callbacks that trapped, ran out of time or memory, or misbehaved.
     pub vm_failed: Counter,
-    /// Streams answered 503 by FAIL_CLOSED.
+    /// Legate: streams answered 503 (or connections closed) by the policy.
     pub fail_closed: Counter,
-    /// Streams passed through by FAIL_OPEN.
+    /// Legate: streams passed through by FAIL_OPEN.
     pub fail_open: Counter,
-    /// VMs rebuilt after a failure.
-    pub vm_reloaded: Counter,
 }
 
 impl PluginStats {
@@ -156,14 +161,17 @@ impl PluginStats {
         } else {
             runtime
         };
-        let p = if plugin.is_empty() { "_" } else { plugin };
+        let c = |n: &str| s.counter(format!("wasm.{plugin}.{n}"));
         PluginStats {
             created: s.counter(format!("wasm.{rt}.created")),
             active: s.gauge(format!("wasm.{rt}.active")),
-            vm_failed: s.counter(format!("wasm.plugin.{p}.vm_failed")),
-            fail_closed: s.counter(format!("wasm.plugin.{p}.fail_closed")),
-            fail_open: s.counter(format!("wasm.plugin.{p}.fail_open")),
-            vm_reloaded: s.counter(format!("wasm.plugin.{p}.vm_reloaded")),
+            vm_reload: c("vm_reload"),
+            vm_reload_success: c("vm_reload_success"),
+            vm_reload_failure: c("vm_reload_failure"),
+            vm_reload_backoff: c("vm_reload_backoff"),
+            vm_failed: c("vm_failed"),
+            fail_closed: c("fail_closed"),
+            fail_open: c("fail_open"),
         }
     }
 }

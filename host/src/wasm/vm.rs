@@ -878,6 +878,7 @@ impl Slot {
         if let Some(at) = self.retry_at.get()
             && now < at
         {
+            plugin.stats.vm_reload_backoff.inc();
             return Err("the VM failed and is waiting to be rebuilt".into());
         }
         let (base, max) = plugin.config.reload_backoff;
@@ -893,16 +894,20 @@ impl Slot {
                 let wait = (base * 2u32.saturating_pow(n - 1)).min(max);
                 if self.retry_at.get().is_none() {
                     self.retry_at.set(Some(now + wait));
+                    plugin.stats.vm_reload_backoff.inc();
                     return Err("the VM failed and is waiting to be rebuilt".into());
                 }
             }
         }
         self.retry_at.set(None);
+        if failed_vm {
+            plugin.stats.vm_reload.inc();
+        }
         match Vm::new(&plugin, true) {
             Ok(vm) => {
                 if failed_vm {
                     self.quick_rebuilds.set(self.quick_rebuilds.get() + 1);
-                    plugin.stats.vm_reloaded.inc();
+                    plugin.stats.vm_reload_success.inc();
                     tracing::info!(plugin = %plugin.config.name, "Wasm VM rebuilt");
                 }
                 self.built_at.set(Some(now));
@@ -910,7 +915,9 @@ impl Slot {
                 Ok(vm)
             }
             Err(Failed(e)) => {
-                plugin.stats.vm_failed.inc();
+                if failed_vm {
+                    plugin.stats.vm_reload_failure.inc();
+                }
                 let n = self.quick_rebuilds.get() + 1;
                 self.quick_rebuilds.set(n);
                 self.retry_at
