@@ -405,11 +405,14 @@ run_h2load() {
 # start_target NAME [YAML [WORKERS [TAG]]]: YAML and WORKERS (default
 # bench/proxy.yaml, 1) apply to envoy and legate; TAG names the log directory
 # (default NAME). Sets CUR_PID (empty for direct) and CUR_LOG.
+# When it fails before starting anything, START_NA says why.
 CUR_PID=
 CUR_LOG=
+START_NA=
 start_target() {
     local name="$1" yaml="${2:-$PROXY_YAML}" workers="${3:-1}" tag="${4:-$1}"
     CUR_PID=
+    START_NA=
     CUR_LOG="$work/$tag/stderr.log"
     [[ "$name" == nginx ]] && CUR_LOG="$work/nginx/error.log"
     case "$name" in
@@ -433,7 +436,7 @@ start_target() {
             URL_H2[$name]="http://127.0.0.1:$HAPROXY_PORT/"
             wait_ready "$CUR_PID" "$HAPROXY_PORT" ;;
         envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { NOTE[all,$name]="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (tests/envoy/fetch.sh failed)"; return 1; }
             mkdir -p "$work/$tag"
             start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$yaml" --disable-hot-restart \
                 --concurrency "$workers" --use-dynamic-base-id --log-level warn
@@ -442,7 +445,7 @@ start_target() {
             URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
             wait_ready "$CUR_PID" "$EL_PORT" "$EL_ADMIN_PORT" ;;
         legate)
-            [[ -x "$LEGATE_BIN" ]] || { NOTE[all,$name]="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
+            [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
             mkdir -p "$work/$tag"
             start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$yaml" --concurrency "$workers"
             CUR_PID=$BG_PID
@@ -475,18 +478,24 @@ log_tail() {
     tail -3 "$CUR_LOG" 2>/dev/null | tr '\n|`' " /'" | cut -c1-300 | sed 's/ *$//'
 }
 
+# After start_target failed: set START_NA (if start_target did not) to why.
+# Runs in the main shell (not in $(...)) so that it can reap the process.
+start_failure() {
+    [[ -z "$START_NA" ]] || return 0
+    local why="not ready after 30 s" tailtxt
+    if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+        wait "$CUR_PID" 2>/dev/null && why="exited" || why="exited with status $?"
+    fi
+    tailtxt=$(log_tail)
+    START_NA="failed to start ($why)${tailtxt:+: $tailtxt}"
+}
+
 bench_target() {
     local name="$1" proto url
     log "=== $name"
     if ! start_target "$name"; then
-        if [[ -z "${NOTE[all,$name]:-}" ]]; then
-            local why="not ready after 30 s" tailtxt
-            if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
-                wait "$CUR_PID" 2>/dev/null && why="exited" || why="exited with status $?"
-            fi
-            tailtxt=$(log_tail)
-            NOTE[all,$name]="failed to start ($why)${tailtxt:+: $tailtxt}"
-        fi
+        start_failure
+        NOTE[all,$name]=$START_NA
         log "$name: ${NOTE[all,$name]}"
         stop_target
         return 0
@@ -507,6 +516,113 @@ bench_target() {
             h2c) run_h2load "$name" "$url" ;;
         esac
     done
+    stop_target
+}
+
+# ---------------------------------------------------------------- wasm suite
+WASM_YAML=       # scratch copy of bench/proxy-wasm.yaml with the absolute .wasm path
+WASM_NA=         # why the filter rows cannot run, if they cannot
+RSS_LOAD_SECS=$(( WARMUP > 0 ? WARMUP : 2 ))
+declare -A RSS_IDLE RSS_LOAD RSS_HWM RSS_NOTE
+
+# prepare_wasm: check the .wasm and that proxy-wasm.yaml is proxy.yaml plus
+# the filter, then write the scratch copy of it. Sets WASM_NA on failure.
+prepare_wasm() {
+    if [[ -n "$WASM_NA" ]]; then return 1; fi
+    if [[ ! -s "$WASM_FILE" ]]; then
+        WASM_NA="no filter at ${WASM_FILE#"$repo_root"/}"; return 1
+    fi
+    WASM_FILE=$(realpath "$WASM_FILE")
+    if ! diff <(grep -v '^ *#' "$PROXY_YAML") \
+            <(grep -v '^ *#' "$WASM_YAML_SRC" | sed '/- name: envoy.filters.http.wasm$/,/filename:/d') >&2; then
+        WASM_NA="bench/proxy-wasm.yaml is not bench/proxy.yaml plus the wasm filter (diff above)"; return 1
+    fi
+    WASM_YAML="$work/proxy-wasm.yaml"
+    sed "s|filename: \"[^\"]*\"|filename: \"$WASM_FILE\"|" "$WASM_YAML_SRC" >"$WASM_YAML"
+    if ! grep -qF "filename: \"$WASM_FILE\"" "$WASM_YAML"; then
+        WASM_NA="could not set the .wasm path in proxy-wasm.yaml"; return 1
+    fi
+}
+
+# check_wasm BASE_URL yes|no: GET /wasm-check through the proxy shows the
+# filter at work (yes: the upstream got x-legate-wasm, the response has
+# x-wasm-filter and x-request-path) or shows no trace of it (no).
+check_wasm() {
+    local base="$1" want="$2" out hdrs body
+    out=$(curl -s -m 5 --http1.1 -D - -H 'x-remove-me: 1' "${base}wasm-check" 2>/dev/null) || return 1
+    hdrs=$(printf '%s' "$out" | sed '/^\r$/q' | tr -d '\r' | tr 'A-Z' 'a-z')
+    body=$(printf '%s' "$out" | sed '1,/^\r$/d')
+    if [[ "$want" == yes ]]; then
+        [[ "$body" == header_filter && "$hdrs" == *$'\nx-wasm-filter: header_filter'* \
+            && "$hdrs" == *$'\nx-request-path: /wasm-check'* ]] && return 0
+    else
+        [[ -z "$body" && "$hdrs" != *x-wasm-filter* ]] && return 0
+    fi
+    log "unexpected answer from ${base}wasm-check (filter $want): $(printf '%q' "$out")"
+    return 1
+}
+
+# bench_wasm_row ROW PROXY yes|no: one row of the filter-cost table, one worker.
+bench_wasm_row() {
+    local row="$1" proxy="$2" filter="$3" yaml="$PROXY_YAML" url="http://127.0.0.1:$EL_PORT/"
+    log "=== $row (wasm suite)"
+    if [[ "$filter" == yes ]]; then
+        [[ -z "$WASM_NA" ]] || { NOTE[wasm,$row]="not available ($WASM_NA)"; return 0; }
+        yaml="$WASM_YAML"
+    fi
+    if ! start_target "$proxy" "$yaml" 1 "$row"; then
+        start_failure
+        NOTE[wasm,$row]=$START_NA
+        log "$row: ${NOTE[wasm,$row]}"
+        stop_target
+        return 0
+    fi
+    if ! check_url "$url" h1 || ! check_wasm "$url" "$filter"; then
+        NOTE[wasm,$row]="sanity request failed (filter expected: $filter)"
+        log "$row: ${NOTE[wasm,$row]}"
+    else
+        run_wrk "$row" "$url" wasm
+    fi
+    stop_target
+}
+
+# rss_mib PID FIELD: a /proc/PID/status field (VmRSS, VmHWM) in MiB.
+rss_mib() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null; }
+
+# measure_rss PROXY WORKERS yes|no: VmRSS 1 s after the proxy is ready (before
+# any request), then VmRSS and VmHWM right after a RSS_LOAD_SECS wrk load.
+measure_rss() {
+    local proxy="$1" workers="$2" filter="$3" key="$1,$2,$3" yaml="$PROXY_YAML"
+    local tag="rss-$1-w$2-$3" url="http://127.0.0.1:$EL_PORT/" out non2xx
+    if [[ "$filter" == yes ]]; then
+        [[ -z "$WASM_NA" ]] || { RSS_NOTE[$key]="not available ($WASM_NA)"; return 0; }
+        yaml="$WASM_YAML"
+    fi
+    log "=== memory: $proxy, $workers worker(s), filter: $filter"
+    if ! start_target "$proxy" "$yaml" "$workers" "$tag"; then
+        start_failure
+        RSS_NOTE[$key]=$START_NA
+        log "$tag: ${RSS_NOTE[$key]}"
+        stop_target
+        return 0
+    fi
+    sleep 1
+    RSS_IDLE[$key]=$(rss_mib "$CUR_PID" VmRSS)
+    if ! check_url "$url" h1 || ! check_wasm "$url" "$filter"; then
+        RSS_NOTE[$key]="sanity request failed (filter expected: $filter)"
+    else
+        out="$work/$tag/wrk.txt"
+        if ! run_load $((RSS_LOAD_SECS + 30)) "$out" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${RSS_LOAD_SECS}s" "$url"; then
+            RSS_NOTE[$key]="wrk failed: $(tail -1 "$out")"
+        else
+            non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+            (( ${non2xx:-0} == 0 )) || RSS_NOTE[$key]="$non2xx non-2xx responses during the load"
+            RSS_LOAD[$key]=$(rss_mib "$CUR_PID" VmRSS)
+            RSS_HWM[$key]=$(rss_mib "$CUR_PID" VmHWM)
+        fi
+    fi
+    if ! kill -0 "$CUR_PID" 2>/dev/null; then RSS_NOTE[$key]="process exited: $(log_tail)"; fi
+    log "$tag: idle ${RSS_IDLE[$key]:-?} MiB, after load ${RSS_LOAD[$key]:-?} MiB, peak ${RSS_HWM[$key]:-?} MiB${RSS_NOTE[$key]:+ (${RSS_NOTE[$key]})}"
     stop_target
 }
 
@@ -538,6 +654,74 @@ write_table() {
     done
 }
 
+fmt_loss() {   # without with -> "3.2%" (req/s lost with the filter), or "-"
+    [[ -n "$1" && -n "$2" ]] || { echo "-"; return; }
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 == 0) print "-"; else printf "%.1f%%", (a - b) * 100 / a }'
+}
+
+write_wasm_table() {
+    local row base rps p50 p99 note
+    echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | p99 vs same proxy without the filter | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for row in envoy envoy+wasm legate legate+wasm; do
+        has_target "${row%+wasm}" || continue
+        rps=${RPS[wasm,$row]:-}
+        if [[ -z "$rps" ]]; then
+            echo "| $row | ${NOTE[wasm,$row]:-not run} | | | | | |"
+            continue
+        fi
+        p50=${P50[wasm,$row]}; p99=${P99[wasm,$row]}
+        base=${row%+wasm}
+        if [[ "$row" == "$base" ]]; then
+            printf '| %s | %s | %s | %s | (baseline) | (baseline) | %s |\n' "$row" \
+                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${ERRS[wasm,$row]:-0}"
+        else
+            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$row" \
+                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
+                "$(fmt_loss "${RPS[wasm,$base]:-}" "$rps")" "$(fmt_ratio "$p99" "${P99[wasm,$base]:-}")" \
+                "${ERRS[wasm,$row]:-0}"
+        fi
+    done
+}
+
+# The target: legate loses at most 5% of its req/s to the filter.
+wasm_target_line() {
+    local a=${RPS[wasm,legate]:-} b=${RPS[wasm,legate+wasm]:-}
+    if [[ -z "$a" || -z "$b" ]]; then
+        echo "Target (legate+wasm loses at most 5% of legate's req/s): not measured."
+        return
+    fi
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        loss = (a - b) * 100 / a
+        printf "Target (legate+wasm loses at most 5%% of legate'"'"'s req/s): **%s**, %.1f%% lost (%.0f vs %.0f req/s).\n", (loss <= 5 ? "met" : "NOT met"), loss, b, a }'
+}
+
+write_rss_table() {
+    local proxy w f key note delta
+    echo "| proxy | workers | wasm filter | idle RSS (MiB) | RSS after load (MiB) | peak RSS, VmHWM (MiB) | filter's cost after load (MiB) |"
+    echo "|---|---:|---|---:|---:|---:|---:|"
+    for proxy in envoy legate; do
+        has_target "$proxy" || continue
+        for w in $RSS_WORKERS; do
+            for f in no yes; do
+                key="$proxy,$w,$f"
+                note=${RSS_NOTE[$key]:-}
+                if [[ -z "${RSS_IDLE[$key]:-}" && -z "${RSS_LOAD[$key]:-}" ]]; then
+                    echo "| $proxy | $w | $f | ${note:-not run} | | | |"
+                    continue
+                fi
+                delta="-"
+                if [[ "$f" == yes && -n "${RSS_LOAD[$key]:-}" && -n "${RSS_LOAD[$proxy,$w,no]:-}" ]]; then
+                    delta=$(awk -v a="${RSS_LOAD[$key]}" -v b="${RSS_LOAD[$proxy,$w,no]}" 'BEGIN { printf "%+.1f", a - b }')
+                fi
+                printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$proxy" "$w" "$f" \
+                    "${RSS_IDLE[$key]:--}" "${RSS_LOAD[$key]:-${note:--}}" "${RSS_HWM[$key]:--}" "$delta"
+                [[ -z "$note" || -z "${RSS_LOAD[$key]:-}" ]] || NOTES_OUT+=("$proxy, $w worker(s), filter $f: $note")
+            done
+        done
+    done
+}
+
 write_report() {
     local tmp="$RESULTS.tmp.$$" kind
     if (( DURATION < 10 )); then
@@ -554,9 +738,18 @@ write_report() {
         echo "- Command (from the repo root): \`$cmdline\`"
         echo "- Machine: $(nproc) CPUs, $CPU_MODEL, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
         echo "- Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews the numbers)"
-        echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
+        echo "- Suites: $SUITES. Repository: $REPO_STATE."
+        if has_suite wasm; then
+            echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`; except in the memory table, which also has ${RSS_WORKERS// /, } workers."
+        else
+            echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
+        fi
         echo "- Upstream: nginx (\`worker_processes 1\`) answering \`return 200\` with a 20-byte body. Every proxy talks HTTP/1.1 to it over reused keep-alive connections, for both client protocols; only the direct h2c row talks h2c to the upstream."
-        echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml). No access logs anywhere."
+        if has_suite wasm; then
+            echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml), and for the filter rows [bench/proxy-wasm.yaml](proxy-wasm.yaml) (the same plus one wasm filter). No access logs anywhere."
+        else
+            echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml). No access logs anywhere."
+        fi
         echo
         echo "Tool versions:"
         echo
@@ -564,10 +757,14 @@ write_report() {
         echo "- HAProxy: $(haproxy -v 2>&1 | head -1 | sed 's/^HA-*Proxy version //; s/ - https.*//')"
         echo "- Envoy: ${ENVOY_VERSION_STR:-not available}"
         echo "- legate: ${LEGATE_VERSION_STR:-not available}"
+        if has_suite wasm; then
+            echo "- wasm filter: ${WASM_DESC:-not available${WASM_NA:+ ($WASM_NA)}}"
+            echo "- wasm runtimes: Envoy's built-in V8 (\`runtime: envoy.wasm.runtime.v8\`); legate runs the same module on wasmtime ${WASMTIME_VERSION:-?} (from Cargo.lock), whatever the runtime name"
+        fi
         echo "- wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
         echo "- h2load: $(h2load --version 2>&1 | head -1)"
         echo
-        if [[ " $PROTOCOLS " == *" h1 "* ]]; then
+        if has_suite proxy && [[ " $PROTOCOLS " == *" h1 "* ]]; then
             echo "## HTTP/1.1 keep-alive (wrk)"
             echo
             echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency URL\`, after a ${WARMUP}s warm-up run with the same settings."
@@ -575,7 +772,7 @@ write_report() {
             write_table h1
             echo
         fi
-        if [[ " $PROTOCOLS " == *" h2c "* ]]; then
+        if has_suite proxy && [[ " $PROTOCOLS " == *" h2c "* ]]; then
             echo "## HTTP/2 cleartext, prior knowledge (h2load)"
             echo
             echo "\`h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D $DURATION --warm-up-time=${WARMUP}s --log-file=FILE URL\` ($((H2_CONNS * H2_STREAMS)) concurrent streams). p50/p99 are nearest-rank percentiles of the per-request times in h2load's \`--log-file\` (h2load itself prints only min/max/mean/sd)."
@@ -583,7 +780,37 @@ write_report() {
             write_table h2c
             echo
         fi
-        echo "Ratios are relative to the nginx and HAProxy rows of the same table: req/s above 1.00x is more throughput, p99 below 1.00x is lower tail latency. Errors are wrk non-2xx responses plus socket errors, or h2load failed/errored/timed-out requests plus non-2xx responses."
+        if has_suite proxy; then
+            echo "Ratios are relative to the nginx and HAProxy rows of the same table: req/s above 1.00x is more throughput, p99 below 1.00x is lower tail latency. Errors are wrk non-2xx responses plus socket errors, or h2load failed/errored/timed-out requests plus non-2xx responses."
+            echo
+        fi
+        if has_suite wasm; then
+            echo "## proxy-wasm filter cost, HTTP/1.1 keep-alive (wrk), one worker"
+            echo
+            echo "Each proxy with [bench/proxy.yaml](proxy.yaml) (no filter), then with [bench/proxy-wasm.yaml](proxy-wasm.yaml): the same plus \`envoy.filters.http.wasm\` running [header_filter](../examples/wasm/header_filter) before the router. On every request it reads \`:path\`, adds \`x-legate-wasm\` and removes \`x-remove-me\`; on every response it adds \`x-wasm-filter\` and \`x-request-path\`. Envoy and legate load the same .wasm file. Before the load, one request to \`/wasm-check\` checks the filter is at work in the filter rows (the upstream saw \`x-legate-wasm\`, the response carries both headers) and absent from the others."
+            echo
+            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency http://127.0.0.1:$EL_PORT/\`, after a ${WARMUP}s warm-up run with the same settings (as in the HTTP/1.1 table above); Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
+            echo
+            write_wasm_table
+            echo
+            wasm_target_line
+            echo
+            echo "\"req/s lost\" is (without - with) / without; negative means the filter row happened to be faster (noise). p99 vs same proxy: above 1.00x is a higher tail latency with the filter. Errors are wrk non-2xx responses plus socket errors."
+            echo
+            echo "## Resident memory (VmRSS), Envoy and legate, with and without the filter"
+            echo
+            echo "From \`/proc/<pid>/status\` of the proxy process (all its threads): \"idle\" is VmRSS 1 s after the proxy is ready, before any request; \"after load\" is VmRSS right after a ${RSS_LOAD_SECS}s \`wrk -t$WRK_THREADS -c$CONNS\` load (it follows the two sanity requests); \"peak\" is VmHWM at that point. Same bootstraps as above, \`--concurrency N\` for N workers. The last column is \"after load\" with the filter minus without, same proxy and workers. 1 MiB = 1024 KiB."
+            echo
+            NOTES_OUT=()
+            write_rss_table
+            echo
+            if ((${#NOTES_OUT[@]})); then
+                echo "Notes:"
+                echo
+                printf -- '- %s\n' "${NOTES_OUT[@]}"
+                echo
+            fi
+        fi
     } >"$tmp"
     mv "$tmp" "$RESULTS"
 }
@@ -603,7 +830,7 @@ for p in $ALL_PORTS; do
     fi
 done
 
-if [[ " $TARGETS " == *" envoy "* ]]; then
+if has_target envoy; then
     if [[ -z "${ENVOY_BIN:-}" ]]; then
         ENVOY_BIN=$("$repo_root/tests/envoy/fetch.sh") || { log "fetching Envoy failed"; ENVOY_BIN=; }
     fi
@@ -612,7 +839,7 @@ if [[ " $TARGETS " == *" envoy "* ]]; then
     fi
 fi
 
-if [[ " $TARGETS " == *" legate "* ]]; then
+if has_target legate; then
     want_build=0
     case "$BUILD_LEGATE" in
         always) want_build=1 ;;
@@ -639,6 +866,46 @@ if [[ " $TARGETS " == *" legate "* ]]; then
     fi
 fi
 
+# The filter, for the wasm suite: BENCH_WASM as given, or the example built
+# from examples/wasm (same build policy as legate).
+if has_suite wasm && { has_target envoy || has_target legate; }; then
+    if [[ -z "${BENCH_WASM:-}" ]]; then
+        want_build=0
+        case "$BUILD_LEGATE" in
+            always) want_build=1 ;;
+            auto) [[ -s "$WASM_FILE" ]] || want_build=1 ;;
+        esac
+        if (( want_build )); then
+            wasm_build=(cargo build --release --target wasm32-wasip1 --manifest-path examples/wasm/Cargo.toml
+                        --target-dir target/wasm -p header_filter)
+            if ! command -v cargo >/dev/null; then
+                WASM_NA="cargo not found and no filter at ${WASM_FILE#"$repo_root"/}"
+            else
+                log "building the filter: ${wasm_build[*]}"
+                if ! (cd "$repo_root" && "${wasm_build[@]}") >"$work/cargo-build-wasm.log" 2>&1; then
+                    tail -20 "$work/cargo-build-wasm.log" >&2
+                    log "filter build failed; the filter rows will be reported as not available"
+                    WASM_NA="${wasm_build[*]} failed"
+                fi
+            fi
+        fi
+    fi
+    if prepare_wasm; then
+        WASM_DESC="\`${WASM_FILE#"$repo_root"/}\`, $(stat -c %s "$WASM_FILE") bytes, sha256 $(sha256sum "$WASM_FILE" | cut -c1-16)…, modified $(date -u -r "$WASM_FILE" '+%Y-%m-%d %H:%M UTC')"
+    else
+        log "wasm filter not available: $WASM_NA"
+    fi
+    WASMTIME_VERSION=$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$repo_root/Cargo.lock" 2>/dev/null || true)
+fi
+
+REPO_STATE="not a git checkout"
+if git -C "$repo_root" rev-parse --short HEAD >/dev/null 2>&1; then
+    REPO_STATE="commit $(git -C "$repo_root" rev-parse --short HEAD)"
+    if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+        REPO_STATE+=" with uncommitted changes (a binary built now may include them)"
+    fi
+fi
+
 log "scratch dir: $work"
 write_nginx_upstream_conf
 start_bg "$work/upstream/stderr.log" nginx -p "$work/upstream" -e "$work/upstream/error.log" \
@@ -650,12 +917,29 @@ if ! wait_ready "$UP_PID" "$UP_H1_PORT" || ! wait_ready "$UP_PID" "$UP_H2_PORT" 
     exit 1
 fi
 
-for t in $TARGETS; do
-    case "$t" in
-        direct|nginx|haproxy|envoy|legate) bench_target "$t" ;;
-        *) log "unknown target '$t' ignored" ;;
-    esac
-done
+if has_suite proxy; then
+    for t in $TARGETS; do
+        case "$t" in
+            direct|nginx|haproxy|envoy|legate) bench_target "$t" ;;
+            *) log "unknown target '$t' ignored" ;;
+        esac
+    done
+fi
+
+if has_suite wasm; then
+    for t in envoy legate; do
+        has_target "$t" || continue
+        bench_wasm_row "$t" "$t" no
+        bench_wasm_row "$t+wasm" "$t" yes
+    done
+    for t in envoy legate; do
+        has_target "$t" || continue
+        for w in $RSS_WORKERS; do
+            measure_rss "$t" "$w" no
+            measure_rss "$t" "$w" yes
+        done
+    done
+fi
 
 write_report
 log "wrote ${RESULTS}"

@@ -16,6 +16,8 @@
 //! configs, many requests each) plus one small case per optional feature
 //! (`feature_cases`), so that a config field legate rejects costs only that
 //! case; the rejection itself is reported as a `config accepted` mismatch.
+//! `wasm_cases` run the example proxy-wasm filters (the same `.wasm` on Envoy's
+//! V8 and on legate's wasmtime).
 //! Requests of a case run up to 8 at a time, each on its own connection.
 //!
 //! Run: `cargo test -p legate --test differential -- --nocapture`.

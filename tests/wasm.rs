@@ -593,18 +593,14 @@ async fn wasm_file_swaps_under_load_drop_nothing() {
                     .build_http::<http_body_util::Full<bytes::Bytes>>();
             let until = Instant::now() + Duration::from_secs(40);
             while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                match client.get(format!("http://{a}/x").parse().unwrap()).await {
+                let good = match client.get(format!("http://{a}/x").parse().unwrap()).await {
                     Ok(r) if r.status() == 200 && which(r.headers()).is_some() => {
-                        if r.into_body().collect().await.is_ok() {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                        r.into_body().collect().await.is_ok()
                     }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                    _ => false,
+                };
+                let counter = if good { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }

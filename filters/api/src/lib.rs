@@ -264,6 +264,8 @@ pub struct StreamInfo {
     pub route_name: Option<String>,
     /// The cluster the route chose, once routed.
     pub upstream_cluster: Option<String>,
+    /// The upstream host the request was sent to, once chosen.
+    pub upstream_host: Option<SocketAddr>,
     /// Response flags for the access log.
     pub response_flags: ResponseFlags,
     /// Metadata set by filters, per filter namespace.

@@ -242,6 +242,7 @@ mod tests {
                 connection_id: 1,
                 route_name: None,
                 upstream_cluster: None,
+                upstream_host: None,
                 response_flags: ResponseFlags::default(),
                 dynamic_metadata: Default::default(),
             },

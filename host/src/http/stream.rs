@@ -646,6 +646,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         connection_id: cx.id,
         route_name: None,
         upstream_cluster: None,
+        upstream_host: None,
         response_flags: ResponseFlags::default(),
         dynamic_metadata: Default::default(),
     };
@@ -940,6 +941,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         }
     };
     st.t().upstream_host = Some(pool.addr);
+    if !filters.is_empty() {
+        st.info.upstream_host = Some(pool.addr);
+    }
 
     // Build the upstream request.
     let upstream_h2 = upgrade.is_none() && cluster.shared.config.http2;
@@ -1382,6 +1386,7 @@ mod tests {
             connection_id: 1,
             route_name: None,
             upstream_cluster: None,
+            upstream_host: None,
             response_flags: ResponseFlags::default(),
             dynamic_metadata: Default::default(),
         }

@@ -86,6 +86,7 @@ fn placeholder_info(i: &StreamInfo) -> StreamInfo {
         connection_id: i.connection_id,
         route_name: None,
         upstream_cluster: None,
+        upstream_host: None,
         response_flags: i.response_flags,
         dynamic_metadata: Default::default(),
     }

@@ -82,11 +82,9 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
             int(n as i64)
         }
         ["response", "code"] => int(resp?.status.as_u16() as i64),
-        ["response", "code_details"] => {
-            resp?;
-            text("via_upstream")
-        }
         ["response", "headers", name] => resp?.headers.get(*name)?.as_bytes().to_vec(),
+        ["upstream", "address"] => text(&d.info.as_ref()?.upstream_host?.to_string()),
+        ["upstream", "port"] => int(d.info.as_ref()?.upstream_host?.port() as i64),
         ["xds", "cluster_name"] => text(d.info.as_ref()?.upstream_cluster.as_deref()?),
         ["xds", "route_name"] => text(d.info.as_ref()?.route_name.as_deref()?),
         _ => return None,
