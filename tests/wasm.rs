@@ -675,3 +675,194 @@ async fn a_crash_loop_backs_off_between_rebuilds() {
     assert_eq!(l.stat("wasm.misbehave.vm_reload_success").await, 2);
     assert_eq!(l.stat("wasm.misbehave.vm_failed").await, 2);
 }
+
+/// A cluster over h2c.
+fn h2_cluster(name: &str, addr: SocketAddr) -> String {
+    cluster(
+        name,
+        &[(addr, 1)],
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_service_ticks_calls_out_and_drains_a_queue() {
+    let up = echo_upstream("up").await;
+    let service = format!(
+        r#"bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: heartbeat
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: '{{"cluster": "up", "path": "/status/204", "period_ms": 100}}'
+      vm_config:
+        vm_id: heartbeat
+        runtime: envoy.wasm.runtime.v8
+        code: {{local: {{filename: "{}"}}}}
+"#,
+        wasm_example("heartbeat").display()
+    );
+    let client = wasm_http_filter(
+        "heartbeat_client",
+        &wasm_example("heartbeat_client"),
+        "",
+        "",
+    )
+    .replace(
+        "                  runtime: envoy.wasm.runtime.v8\n",
+        "                  vm_id: heartbeat\n                  runtime: envoy.wasm.runtime.v8\n",
+    );
+    let yaml = service + &config(&client, up, "");
+    let l = Legate::start(&yaml).await;
+    let a = l.listener("ingress").await;
+    // The service's timer fires every 100 ms and each tick calls the cluster;
+    // the status it stores in shared data reaches the filter on the workers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        let (_, head, _) = curl_get(&[&url(a, "/n")]);
+        seen = head;
+        if seen.contains("x-heartbeat: 204") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains("x-heartbeat: 204"), "{seen}");
+    assert!(l.stat("wasmcustom.heartbeat.ticks").await >= 1);
+    // Every request's path went through the shared queue to the service.
+    let before = l.stat("wasmcustom.heartbeat.queued").await;
+    for i in 0..5 {
+        let (status, _, _) = curl_get(&[&url(a, &format!("/q{i}"))]);
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        l.wait_stat("wasmcustom.heartbeat.queued", before + 5).await,
+        before + 5
+    );
+    let ticks = l.stat("wasmcustom.heartbeat.ticks").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(l.stat("wasmcustom.heartbeat.ticks").await >= ticks + 3);
+    assert!(l.stat("cluster.up.upstream_rq_total").await >= 3);
+}
+
+/// A gRPC echo over h2c: every message of the request comes back, then
+/// `grpc-status` 0, or 7 when the path contains `Fail`.
+async fn grpc_echo() -> SocketAddr {
+    use http_body_util::{BodyExt, StreamBody};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let fail = req.uri().path().contains("Fail");
+                        let (tx, rx) = tokio::sync::mpsc::channel::<
+                            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                        >(16);
+                        tokio::spawn(async move {
+                            let mut body = req.into_body();
+                            while let Some(Ok(f)) = body.frame().await {
+                                if let Ok(d) = f.into_data()
+                                    && !fail
+                                {
+                                    let _ = tx.send(Ok(hyper::body::Frame::data(d))).await;
+                                }
+                            }
+                            let mut t = http::HeaderMap::new();
+                            t.insert("grpc-status", if fail { "7" } else { "0" }.parse().unwrap());
+                            let _ = tx.send(Ok(hyper::body::Frame::trailers(t))).await;
+                        });
+                        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+                            .boxed();
+                        let mut resp = hyper::Response::new(body);
+                        resp.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callout_makes_a_unary_call() {
+    let up = echo_upstream("up").await;
+    let grpc = grpc_echo().await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let filter = |cluster: &str, method: &str| {
+        wasm_http_filter(
+            "grpc_callout",
+            &wasm_example("grpc_callout"),
+            &format!(
+                r#"{{"cluster": "{cluster}", "service": "test.Echo", "method": "{method}", "timeout_ms": 1000}}"#
+            ),
+            "",
+        )
+    };
+    for (cluster, method, want) in [
+        ("grpc", "Unary", 200),
+        ("grpc", "Fail", 502),
+        ("dead", "Unary", 502),
+    ] {
+        let clusters = h2_cluster("grpc", grpc) + &h2_cluster("dead", dead);
+        let l = Legate::start(&config(&filter(cluster, method), up, &clusters)).await;
+        let a = l.listener("ingress").await;
+        let (status, head, body) = curl_get(&[&url(a, "/hello?x=1")]);
+        assert_eq!(status, want, "{cluster}/{method}: {head}{body}");
+        match want {
+            200 => {
+                // The echoed message carried the path; the filter put it in a
+                // request header the upstream saw.
+                let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(echo["headers"]["x-grpc-reply"], "/hello?x=1", "{body}");
+            }
+            _ if cluster == "dead" => assert!(head.contains("x-grpc-status: 14"), "{head}"),
+            _ => assert!(head.contains("x-grpc-status: 7"), "{head}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callout_streams_messages_both_ways() {
+    let up = echo_upstream("up").await;
+    let grpc = grpc_echo().await;
+    for (method, want) in [("Bidi", 200), ("Fail", 502)] {
+        let filter = wasm_http_filter(
+            "grpc_callout",
+            &wasm_example("grpc_callout"),
+            &format!(
+                r#"{{"cluster": "grpc", "service": "test.Echo", "method": "{method}", "stream": true}}"#
+            ),
+            "",
+        );
+        let l = Legate::start(&config(&filter, up, &h2_cluster("grpc", grpc))).await;
+        let a = l.listener("ingress").await;
+        let (status, head, body) = curl_get(&[&url(a, "/s")]);
+        assert_eq!(status, want, "{method}: {head}{body}");
+        if want == 200 {
+            // Both messages came back, then initial metadata and one trailer.
+            let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(echo["headers"]["x-grpc-stream"], "/s,second", "{body}");
+            assert_eq!(
+                echo["headers"]["x-grpc-stream-meta"], "application/grpc;1",
+                "{body}"
+            );
+        } else {
+            assert!(head.contains("x-grpc-status: 7"), "{head}");
+        }
+    }
+}

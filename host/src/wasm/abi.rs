@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use legate_filter_api::{LocalReply, RequestHead, ResponseHead};
 use wasmtime::{Caller, Linker, Module, Val};
 
-use super::calls::{CallKind, OutCall, grpc_frame};
+use super::calls::{CallKind, OutCall, StreamHandle, StreamMsg, grpc_frame};
 use super::shared;
 use super::vm::HostState;
 
@@ -20,7 +20,6 @@ const BAD_ARGUMENT: i32 = 2;
 const INVALID_MEMORY_ACCESS: i32 = 6;
 const EMPTY: i32 = 7;
 const CAS_MISMATCH: i32 = 8;
-const UNIMPLEMENTED: i32 = 12;
 
 // WASI errnos.
 const ERRNO_SUCCESS: i32 = 0;
@@ -193,8 +192,17 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
             Some(v)
         }
         3 => d.resp_trailers.as_ref().map(plain),
-        4 | 6 => call(false),
-        5 | 7 => call(true),
+        4 | 5 => match &st.grpc_meta {
+            Some((mt, pairs)) if *mt == t => Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect(),
+            ),
+            _ => None,
+        },
+        6 => call(false),
+        7 => call(true),
         _ => None,
     }
 }
@@ -780,7 +788,8 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(BAD_ARGUMENT);
             };
             let has = |n: &[u8]| headers.iter().any(|(k, _)| k.as_ref() == n);
-            if !has(b":method") || !has(b":path") {
+            // Envoy refuses a call without these.
+            if !has(b":method") || !has(b":path") || !has(b":authority") {
                 return Ok(BAD_ARGUMENT);
             }
             dispatch(
@@ -816,29 +825,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let method = try_mem!(read(&c, mp, ml));
             let meta = try_mem!(read(&c, ip, il));
             let msg = try_mem!(read(&c, msgp, msgl));
-            let Some(cluster) = grpc_cluster(&upstream, &c.data().cluster_names) else {
+            let Some((cluster, headers)) = grpc_request(&c, &upstream, &service, &method, &meta)
+            else {
                 return Ok(BAD_ARGUMENT);
             };
-            if !c.data().cluster_names.contains(&cluster) {
-                return Ok(BAD_ARGUMENT);
-            }
-            let Some(meta) = deserialize(&meta) else {
-                return Ok(BAD_ARGUMENT);
-            };
-            let mut path = b"/".to_vec();
-            path.extend_from_slice(&service);
-            path.push(b'/');
-            path.extend_from_slice(&method);
-            let mut headers = vec![
-                (Bytes::from_static(b":method"), Bytes::from_static(b"POST")),
-                (Bytes::from_static(b":path"), Bytes::from(path)),
-                (
-                    Bytes::from_static(b"content-type"),
-                    Bytes::from_static(b"application/grpc"),
-                ),
-                (Bytes::from_static(b"te"), Bytes::from_static(b"trailers")),
-            ];
-            headers.extend(meta);
             dispatch(
                 &mut c,
                 cluster,
@@ -853,31 +843,94 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         E,
         "proxy_grpc_stream",
-        |_c: C,
-         _a: i32,
-         _b: i32,
-         _d: i32,
-         _e: i32,
-         _f: i32,
-         _g: i32,
-         _h: i32,
-         _i: i32,
-         _j: i32|
-         -> R { Ok(UNIMPLEMENTED) },
+        |mut c: C,
+         up: i32,
+         ul: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         ip: i32,
+         il: i32,
+         token_ptr: i32|
+         -> R {
+            let upstream = try_mem!(read(&c, up, ul));
+            let service = try_mem!(read(&c, sp, sl));
+            let method = try_mem!(read(&c, mp, ml));
+            let meta = try_mem!(read(&c, ip, il));
+            let Some((cluster, headers)) = grpc_request(&c, &upstream, &service, &method, &meta)
+            else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let cancel = std::sync::Arc::new(tokio::sync::Notify::new());
+            let token = c.data().next_token;
+            c.data_mut().streams.insert(
+                token,
+                StreamHandle {
+                    tx,
+                    cancel: cancel.clone(),
+                },
+            );
+            let status = dispatch(
+                &mut c,
+                cluster,
+                headers,
+                Bytes::new(),
+                0,
+                CallKind::GrpcStream,
+                token_ptr,
+            )?;
+            if let Some(call) = c.data_mut().effects.calls.last_mut() {
+                call.stream = Some((rx, cancel));
+            }
+            Ok(status)
+        },
     )?;
     l.func_wrap(
         E,
         "proxy_grpc_send",
-        |_c: C, _t: i32, _p: i32, _l: i32, _e: i32| -> R { Ok(NOT_FOUND) },
+        |c: C, token: i32, p: i32, len: i32, end: i32| -> R {
+            let msg = try_mem!(read(&c, p, len));
+            let Some(h) = c.data().streams.get(&(token as u32)) else {
+                return Ok(NOT_FOUND);
+            };
+            let _ = h.tx.send(StreamMsg::Data(grpc_frame(&msg)));
+            if end != 0 {
+                let _ = h.tx.send(StreamMsg::End);
+            }
+            Ok(OK)
+        },
     )?;
-    for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
-        l.func_wrap(E, name, |_c: C, _t: i32| -> R { Ok(NOT_FOUND) })?;
-    }
+    // Cancel: no more callbacks for the stream; close: half-close our side.
+    l.func_wrap(E, "proxy_grpc_cancel", |mut c: C, token: i32| -> R {
+        match c.data_mut().streams.remove(&(token as u32)) {
+            Some(h) => {
+                h.cancel.notify_one();
+                Ok(OK)
+            }
+            None => Ok(NOT_FOUND),
+        }
+    })?;
+    l.func_wrap(E, "proxy_grpc_close", |c: C, token: i32| -> R {
+        match c.data().streams.get(&(token as u32)) {
+            Some(h) => {
+                let _ = h.tx.send(StreamMsg::End);
+                Ok(OK)
+            }
+            None => Ok(NOT_FOUND),
+        }
+    })?;
     l.func_wrap(
         E,
         "proxy_get_status",
         |mut c: C, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> R {
-            let Some((code, msg)) = c.data().call.as_ref().map(|r| r.grpc_status.clone()) else {
+            let st = c.data();
+            let status = st
+                .grpc_status
+                .clone()
+                .or_else(|| st.call.as_ref().map(|r| r.grpc_status.clone()));
+            let Some((code, msg)) = status else {
                 return Ok(NOT_FOUND);
             };
             if !write_u32(&mut c, code_ptr, code) {
@@ -1089,6 +1142,36 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// The cluster and request headers of a gRPC call or stream.
+fn grpc_request(
+    c: &C,
+    upstream: &[u8],
+    service: &[u8],
+    method: &[u8],
+    meta: &[u8],
+) -> Option<(String, Vec<(Bytes, Bytes)>)> {
+    let cluster = grpc_cluster(upstream, &c.data().cluster_names)?;
+    if !c.data().cluster_names.contains(&cluster) {
+        return None;
+    }
+    let meta = deserialize(meta)?;
+    let mut path = b"/".to_vec();
+    path.extend_from_slice(service);
+    path.push(b'/');
+    path.extend_from_slice(method);
+    let mut headers = vec![
+        (Bytes::from_static(b":method"), Bytes::from_static(b"POST")),
+        (Bytes::from_static(b":path"), Bytes::from(path)),
+        (
+            Bytes::from_static(b"content-type"),
+            Bytes::from_static(b"application/grpc"),
+        ),
+        (Bytes::from_static(b"te"), Bytes::from_static(b"trailers")),
+    ];
+    headers.extend(meta);
+    Some((cluster, headers))
+}
+
 fn dispatch(
     c: &mut C,
     cluster: String,
@@ -1110,6 +1193,7 @@ fn dispatch(
         body,
         timeout: std::time::Duration::from_millis((timeout_ms as u32).max(1) as u64),
         kind,
+        stream: None,
     });
     Ok(if write_u32(c, token_ptr, token) {
         OK

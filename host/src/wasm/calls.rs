@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use std::rc::Rc;
+
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
@@ -13,6 +15,11 @@ use crate::upstream::WorkerClusters;
 /// A call a callback asked for; the VM starts it once the callback returns.
 pub struct OutCall {
     pub token: u32,
+    /// For gRPC streams: the messages the guest sends, and its cancel signal.
+    pub stream: Option<(
+        tokio::sync::mpsc::UnboundedReceiver<StreamMsg>,
+        std::sync::Arc<tokio::sync::Notify>,
+    )>,
     pub context: u32,
     pub cluster: String,
     pub headers: Vec<(Bytes, Bytes)>,
@@ -26,6 +33,50 @@ pub enum CallKind {
     Http,
     /// A unary gRPC call: the response is unframed and trailers carry the status.
     Grpc,
+    /// A gRPC stream: messages go out through `proxy_grpc_send` and come back one
+    /// event each.
+    GrpcStream,
+}
+
+/// What the guest sends on a gRPC stream.
+pub enum StreamMsg {
+    Data(Bytes),
+    End,
+}
+
+/// The outgoing side of a gRPC stream, kept by the VM while the stream lives.
+pub struct StreamHandle {
+    pub tx: tokio::sync::mpsc::UnboundedSender<StreamMsg>,
+    pub cancel: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// What comes back on a gRPC stream, in order.
+pub enum GrpcEvent {
+    Initial(Vec<(Bytes, Bytes)>),
+    Message(Bytes),
+    Trailers(Vec<(Bytes, Bytes)>),
+    Close(u32, Bytes),
+}
+
+/// A request body fed by the guest's `proxy_grpc_send` calls.
+struct ChannelBody(tokio::sync::mpsc::UnboundedReceiver<StreamMsg>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = crate::http::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.0.poll_recv(cx) {
+            std::task::Poll::Ready(Some(StreamMsg::Data(b))) => {
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b))))
+            }
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// What came back: headers are empty when the call failed before a response.
@@ -74,7 +125,12 @@ fn failed(kind: CallKind, status: u16, why: &str) -> CallResponse {
     }
 }
 
-async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse> {
+/// The request of a call, and the cluster it goes to.
+fn request(
+    call: &OutCall,
+    body: Body,
+    clusters: &WorkerClusters,
+) -> Option<(Request<Body>, Rc<crate::upstream::WorkerCluster>)> {
     let wc = clusters.get(&call.cluster)?.clone();
     let mut b = Request::builder();
     let (mut method, mut path, mut authority) = (None, None, None);
@@ -92,17 +148,36 @@ async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse>
             }
         }
     }
+    // As Envoy marks its own calls.
+    headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+    if call.kind != CallKind::GrpcStream {
+        headers.insert(
+            "x-envoy-expected-rq-timeout-ms",
+            HeaderValue::from(call.timeout.as_millis() as u64),
+        );
+    }
     let authority = authority.unwrap_or_else(|| Bytes::from(call.cluster.clone()));
     if let Ok(v) = HeaderValue::from_bytes(&authority) {
         headers.insert(http::header::HOST, v);
     }
     b = b.method(method.as_deref().unwrap_or(b"GET"));
-    b = b.uri(path.as_deref().unwrap_or(b"/"));
+    let path = path.as_deref().unwrap_or(b"/");
     if wc.shared.config.http2 {
-        b = b.version(http::Version::HTTP_2);
+        // HTTP/2 carries :scheme and :authority, so the URI is absolute.
+        let mut uri = b"http://".to_vec();
+        uri.extend_from_slice(&authority);
+        uri.extend_from_slice(path);
+        b = b.uri(uri.as_slice()).version(http::Version::HTTP_2);
+    } else {
+        b = b.uri(path);
     }
-    let mut req = b.body(Body::full(call.body.clone())).ok()?;
+    let mut req = b.body(body).ok()?;
     *req.headers_mut() = headers;
+    Some((req, wc))
+}
+
+async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse> {
+    let (req, wc) = request(call, Body::full(call.body.clone()), clusters)?;
     let host = wc.pick_host()?;
     let pool = wc.http_pool(&host).await.ok()?;
     let (resp, ret) = pool.send(&wc, &host, req).await.ok()?;
@@ -120,16 +195,7 @@ async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse>
     headers.extend(pairs(&parts.headers));
     let mut grpc_status = (0, Bytes::new());
     if call.kind != CallKind::Http {
-        let find = |name: &str| {
-            trailers
-                .get(name)
-                .or_else(|| parts.headers.get(name))
-                .map(|v| v.as_bytes().to_vec())
-        };
-        let code = find("grpc-status")
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-            .unwrap_or(2);
-        grpc_status = (code, Bytes::from(find("grpc-message").unwrap_or_default()));
+        grpc_status = status_of(&trailers, &parts.headers);
     }
     Some(CallResponse {
         headers,
@@ -137,6 +203,81 @@ async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse>
         trailers: pairs(&trailers),
         grpc_status,
     })
+}
+
+/// `grpc-status` and `grpc-message` from trailers (or trailers-only headers).
+fn status_of(trailers: &HeaderMap, headers: &HeaderMap) -> (u32, Bytes) {
+    let find = |name: &str| trailers.get(name).or_else(|| headers.get(name));
+    let code = find("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(2);
+    let msg = find("grpc-message").map_or(Bytes::new(), |v| Bytes::copy_from_slice(v.as_bytes()));
+    (code, msg)
+}
+
+/// Runs a gRPC stream, handing each event to `emit` as it arrives. Ends with a
+/// `Close` unless cancelled.
+pub async fn run_stream(mut call: OutCall, clusters: &WorkerClusters, emit: impl Fn(GrpcEvent)) {
+    let Some((rx, cancel)) = call.stream.take() else {
+        return;
+    };
+    let body = Body::Stream(http_body_util::BodyExt::boxed_unsync(ChannelBody(rx)));
+    let work = async {
+        let unavailable = |why: &str| GrpcEvent::Close(14, Bytes::from(why.to_string()));
+        let Some((req, wc)) = request(&call, body, clusters) else {
+            return emit(unavailable("unknown cluster"));
+        };
+        let Some(host) = wc.pick_host() else {
+            return emit(unavailable("no healthy upstream"));
+        };
+        let Ok(pool) = wc.http_pool(&host).await else {
+            return emit(unavailable("upstream connect error"));
+        };
+        let Ok((resp, _)) = pool.send(&wc, &host, req).await else {
+            return emit(unavailable("upstream connect error"));
+        };
+        let (parts, mut body) = resp.into_parts();
+        let mut initial = vec![(
+            Bytes::from_static(b":status"),
+            Bytes::from(parts.status.as_str().to_string()),
+        )];
+        initial.extend(pairs(&parts.headers));
+        emit(GrpcEvent::Initial(initial));
+        let mut buf = BytesMut::new();
+        let mut trailers = HeaderMap::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return emit(GrpcEvent::Close(14, Bytes::from_static(b"stream reset")));
+            };
+            match frame.into_data() {
+                Ok(d) => {
+                    buf.extend_from_slice(&d);
+                    while buf.len() >= 5 {
+                        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                        if buf.len() < 5 + len {
+                            break;
+                        }
+                        let msg = buf.split_to(5 + len).split_off(5).freeze();
+                        emit(GrpcEvent::Message(msg));
+                    }
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers = t;
+                    }
+                }
+            }
+        }
+        if !trailers.is_empty() {
+            emit(GrpcEvent::Trailers(pairs(&trailers)));
+        }
+        let (code, msg) = status_of(&trailers, &parts.headers);
+        emit(GrpcEvent::Close(code, msg));
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = cancel.notified() => {}
+    }
 }
 
 /// Frames a gRPC message (uncompressed).
@@ -148,7 +289,7 @@ pub fn grpc_frame(msg: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// The messages of a gRPC response body (uncompressed frames).
+/// The messages of a unary gRPC response body (uncompressed frames).
 pub fn grpc_messages(mut body: &[u8]) -> Vec<Bytes> {
     let mut out = Vec::new();
     while body.len() >= 5 {

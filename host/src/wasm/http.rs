@@ -15,7 +15,7 @@ use legate_filter_api::{
 };
 
 use super::Plugin;
-use super::vm::{Event, Failed, Inbox, Outcome, Slot, StreamData, Vm, slot};
+use super::vm::{Failed, Inbox, Outcome, Slot, StreamData, Vm, slot};
 use crate::config::FailurePolicy;
 
 /// Builds the per-stream filters of one plugin.
@@ -145,11 +145,9 @@ impl WasmHttpFilter {
     ) -> Result<Done, Failed> {
         let (vm, id) = self.context()?;
         let mut out = f(&vm, id, &mut self.data)?;
-        let inbox = self
-            .cx
-            .as_ref()
-            .map(|c| c.inbox.clone())
-            .expect("context exists");
+        let Some(inbox) = self.cx.as_ref().map(|c| c.inbox.clone()) else {
+            return Ok(Done::Continue);
+        };
         loop {
             if let Some(r) = out.reply.take() {
                 return Ok(Done::Reply(r));
@@ -166,44 +164,24 @@ impl WasmHttpFilter {
                 return Ok(Done::Buffer);
             }
             // Paused: deliver this context's events until it resumes.
-            let next = inbox.events.borrow_mut().pop_front();
-            match next {
-                Some(Event::Call(token, kind, resp)) => {
-                    vm.deliver(id, token, kind, resp, &mut self.data)?;
-                    vm.take_own(id, &mut out);
-                }
-                Some(Event::Resume) => out.resume = true,
-                Some(Event::Reply(r)) => out.reply = Some(r),
-                Some(Event::Close) => out.close = true,
-                None => {
-                    if !vm.has_pending(id) {
-                        // Nothing the host holds can resume it: Envoy would wait
-                        // for more data, which this hook cannot see; go on.
-                        return Ok(Done::Continue);
-                    }
-                    inbox.notify.notified().await;
-                }
+            if vm.drain(id, &mut self.data, &mut out)? {
+                continue;
             }
+            if !vm.has_pending(id) {
+                // Nothing the host holds can resume it: Envoy would wait for more
+                // data, which this hook cannot see; go on.
+                return Ok(Done::Continue);
+            }
+            inbox.notify.notified().await;
         }
     }
 
-    /// Call responses that arrived while the stream was not paused.
+    /// Events that arrived while the stream was not paused.
     fn drain_events(&mut self) -> Result<Option<LocalReply>, Failed> {
         let Some(cx) = &self.cx else { return Ok(None) };
-        let (vm, id, inbox) = (cx.vm.clone(), cx.id, cx.inbox.clone());
+        let (vm, id) = (cx.vm.clone(), cx.id);
         let mut out = Outcome::default();
-        loop {
-            let next = inbox.events.borrow_mut().pop_front();
-            match next {
-                Some(Event::Call(token, kind, resp)) => {
-                    vm.deliver(id, token, kind, resp, &mut self.data)?;
-                    vm.take_own(id, &mut out);
-                }
-                Some(Event::Reply(r)) => out.reply = Some(r),
-                Some(_) => {}
-                None => break,
-            }
-        }
+        vm.drain(id, &mut self.data, &mut out)?;
         Ok(out.reply)
     }
 

@@ -103,6 +103,14 @@ impl WasmNetworkFilter {
             Ok(c) => c,
             Err(e) => return self.failure(e),
         };
+        // Call responses that arrived since the last callback.
+        let mut early = Outcome::default();
+        if let Err(e) = vm.drain(id, &mut self.data, &mut early) {
+            return self.failure(e);
+        }
+        if let Some(a) = Self::outcome(&early) {
+            return a;
+        }
         let buf = if downstream {
             &mut self.down_buf
         } else {

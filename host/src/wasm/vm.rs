@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use legate_filter_api::{LocalReply, RequestHead, ResponseHead, StreamInfo};
 use wasmtime::{Instance, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 
-use super::calls::{self, CallKind, CallResponse, OutCall};
+use super::calls::{self, CallKind, CallResponse, GrpcEvent, OutCall};
 use super::shared::{Metric, QueueOwner};
 use super::{Plugin, PluginStats, abi};
 use crate::config::WasmPlugin;
@@ -66,6 +66,12 @@ pub struct HostState {
     pub call: Option<CallResponse>,
     /// A gRPC message being delivered.
     pub grpc_message: Option<Bytes>,
+    /// gRPC stream metadata being delivered: map type 4 (initial) or 5 (trailing).
+    pub grpc_meta: Option<(i32, Vec<(Bytes, Bytes)>)>,
+    /// The status of a gRPC stream being closed, for `proxy_get_status`.
+    pub grpc_status: Option<(u32, Bytes)>,
+    /// Open gRPC streams, by token.
+    pub streams: HashMap<u32, calls::StreamHandle>,
     pub effects: Effects,
     pub metrics: Vec<Metric>,
     pub next_token: u32,
@@ -79,6 +85,7 @@ pub struct HostState {
 /// An event for one context, handled by whoever owns the context's data.
 pub enum Event {
     Call(u32, CallKind, CallResponse),
+    Grpc(u32, GrpcEvent),
     Resume,
     Reply(LocalReply),
     Close,
@@ -140,7 +147,9 @@ struct Exports {
     response_body: Option<F3R>,
     response_trailers: Option<F2R>,
     http_call_response: Option<F5>,
+    grpc_initial: Option<F3>,
     grpc_receive: Option<F3>,
+    grpc_trailing: Option<F3>,
     grpc_close: Option<F3>,
     log: Option<F1>,
     done: Option<F1R>,
@@ -180,7 +189,9 @@ fn exports(store: &mut Store<HostState>, i: &Instance) -> Exports {
         response_body: get!("proxy_on_response_body"),
         response_trailers: get!("proxy_on_response_trailers"),
         http_call_response: get!("proxy_on_http_call_response"),
+        grpc_initial: get!("proxy_on_grpc_receive_initial_metadata"),
         grpc_receive: get!("proxy_on_grpc_receive"),
+        grpc_trailing: get!("proxy_on_grpc_receive_trailing_metadata"),
         grpc_close: get!("proxy_on_grpc_close"),
         log: get!("proxy_on_log"),
         done: get!("proxy_on_done"),
@@ -236,6 +247,9 @@ impl Vm {
             stream: StreamData::default(),
             call: None,
             grpc_message: None,
+            grpc_meta: None,
+            grpc_status: None,
+            streams: HashMap::new(),
             effects: Effects::default(),
             metrics: Vec::new(),
             next_token: 1,
@@ -441,6 +455,19 @@ impl Vm {
             };
             let clusters = live.clusters.clone();
             inbox.pending.set(inbox.pending.get() + 1);
+            if call.kind == CallKind::GrpcStream {
+                tokio::task::spawn_local(async move {
+                    let token = call.token;
+                    calls::run_stream(call, &clusters, |e| {
+                        inbox.events.borrow_mut().push_back(Event::Grpc(token, e));
+                        inbox.notify.notify_one();
+                    })
+                    .await;
+                    inbox.pending.set(inbox.pending.get().saturating_sub(1));
+                    inbox.notify.notify_one();
+                });
+                continue;
+            }
             tokio::task::spawn_local(async move {
                 let resp = calls::run(&call, &clusters).await;
                 inbox.pending.set(inbox.pending.get().saturating_sub(1));
@@ -506,6 +533,33 @@ impl Vm {
         }
         self.take_own(ctx, &mut out);
         Ok(out)
+    }
+
+    /// Delivers the context's pending events with `data` lent to the VM, and
+    /// merges what they asked of the context into `out`. Returns whether any
+    /// event was handled.
+    pub fn drain(
+        &self,
+        ctx: u32,
+        data: &mut StreamData,
+        out: &mut Outcome,
+    ) -> Result<bool, Failed> {
+        let Some(inbox) = self.inboxes.borrow().get(&ctx).cloned() else {
+            return Ok(false);
+        };
+        let mut any = false;
+        loop {
+            let next = inbox.events.borrow_mut().pop_front();
+            let Some(e) = next else { return Ok(any) };
+            any = true;
+            match e {
+                Event::Call(token, kind, resp) => self.deliver(ctx, token, kind, resp, data)?,
+                Event::Grpc(token, g) => self.grpc(ctx, token, g, data)?,
+                Event::Resume => out.resume = true,
+                Event::Reply(r) => out.reply = Some(r),
+                Event::Close => out.close = true,
+            }
+        }
     }
 
     /// Moves the context's own resume/reply/close events into the outcome.
@@ -680,44 +734,99 @@ impl Vm {
                 self.set_call(None);
                 r
             }
-            CallKind::Grpc => {
-                let messages = calls::grpc_messages(&resp.body);
-                let status = resp.grpc_status.0;
+            CallKind::Grpc | CallKind::GrpcStream => {
+                // Unary: a response message on success, a close on failure,
+                // never both (the SDKs forget the token after either).
+                let status = resp.grpc_status.clone();
+                let message = calls::grpc_messages(&resp.body).into_iter().next();
                 self.set_call(Some(resp));
-                let mut r = Ok(());
-                if status == 0
-                    && let Some(f) = self.f.grpc_receive.clone()
-                {
-                    for m in messages {
-                        let n = m.len();
-                        if let Ok(mut s) = self.store.try_borrow_mut() {
-                            s.data_mut().grpc_message = Some(m);
-                        }
-                        r = self.call_for(ctx, "proxy_on_grpc_receive", data, |s| {
-                            f.call(s, (ctx as i32, token as i32, n as i32))
-                        });
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                }
-                if r.is_ok()
-                    && let Some(f) = self.f.grpc_close.clone()
-                {
-                    r = self.call_for(ctx, "proxy_on_grpc_close", data, |s| {
-                        f.call(s, (ctx as i32, token as i32, status as i32))
-                    });
-                }
+                let r = if status.0 == 0 {
+                    self.grpc(
+                        ctx,
+                        token,
+                        GrpcEvent::Message(message.unwrap_or_default()),
+                        data,
+                    )
+                } else {
+                    self.grpc(ctx, token, GrpcEvent::Close(status.0, status.1), data)
+                };
                 self.set_call(None);
                 r
             }
         }
     }
 
+    /// Delivers one gRPC event; events of a cancelled stream are dropped.
+    pub fn grpc(
+        &self,
+        ctx: u32,
+        token: u32,
+        e: GrpcEvent,
+        data: &mut StreamData,
+    ) -> Result<(), Failed> {
+        {
+            let Ok(mut s) = self.store.try_borrow_mut() else {
+                return Err(Failed("re-entrant call into the VM".into()));
+            };
+            let st = s.data_mut();
+            let is_stream = st.streams.contains_key(&token);
+            let unary = st.call.is_some();
+            if !is_stream && !unary {
+                return Ok(());
+            }
+            match &e {
+                GrpcEvent::Initial(h) => st.grpc_meta = Some((4, h.clone())),
+                GrpcEvent::Trailers(t) => st.grpc_meta = Some((5, t.clone())),
+                GrpcEvent::Message(m) => st.grpc_message = Some(m.clone()),
+                GrpcEvent::Close(code, msg) => {
+                    st.grpc_status = Some((*code, msg.clone()));
+                    st.streams.remove(&token);
+                }
+            }
+        }
+        let (t, c) = (token as i32, ctx as i32);
+        let r = match e {
+            GrpcEvent::Initial(h) => match self.f.grpc_initial.clone() {
+                Some(f) => {
+                    self.call_for(ctx, "proxy_on_grpc_receive_initial_metadata", data, |s| {
+                        f.call(s, (c, t, h.len() as i32))
+                    })
+                }
+                None => Ok(()),
+            },
+            GrpcEvent::Message(m) => match self.f.grpc_receive.clone() {
+                Some(f) => self.call_for(ctx, "proxy_on_grpc_receive", data, |s| {
+                    f.call(s, (c, t, m.len() as i32))
+                }),
+                None => Ok(()),
+            },
+            GrpcEvent::Trailers(tr) => match self.f.grpc_trailing.clone() {
+                Some(f) => {
+                    self.call_for(ctx, "proxy_on_grpc_receive_trailing_metadata", data, |s| {
+                        f.call(s, (c, t, tr.len() as i32))
+                    })
+                }
+                None => Ok(()),
+            },
+            GrpcEvent::Close(code, _) => match self.f.grpc_close.clone() {
+                Some(f) => self.call_for(ctx, "proxy_on_grpc_close", data, |s| {
+                    f.call(s, (c, t, code as i32))
+                }),
+                None => Ok(()),
+            },
+        };
+        if let Ok(mut s) = self.store.try_borrow_mut() {
+            let st = s.data_mut();
+            st.grpc_meta = None;
+            st.grpc_message = None;
+            st.grpc_status = None;
+        }
+        r
+    }
+
     fn set_call(&self, resp: Option<CallResponse>) {
         if let Ok(mut s) = self.store.try_borrow_mut() {
             s.data_mut().call = resp;
-            s.data_mut().grpc_message = None;
         }
     }
 
@@ -801,9 +910,13 @@ async fn root_task(
                 let Some(v) = vm.upgrade() else { return };
                 let events: Vec<Event> = inbox.events.borrow_mut().drain(..).collect();
                 for e in events {
-                    if let Event::Call(token, kind, resp) = e {
-                        let _ = v.deliver(v.root, token, kind, resp, &mut StreamData::default());
-                    }
+                    let _ = match e {
+                        Event::Call(token, kind, resp) => {
+                            v.deliver(v.root, token, kind, resp, &mut StreamData::default())
+                        }
+                        Event::Grpc(token, g) => v.grpc(v.root, token, g, &mut StreamData::default()),
+                        _ => Ok(()),
+                    };
                 }
                 // The period may have changed.
                 next_tick = period(&v).map(|t| Instant::now() + t);

@@ -16,8 +16,14 @@
 //! * any other gRPC status: `502` with `x-grpc-status: <code>`, body `grpc call failed`;
 //! * the call cannot be dispatched at all: `503`, body `grpc dispatch failed`.
 //!
+//! With `"stream": true` it opens a gRPC stream instead (`open_grpc_stream`), sends two
+//! messages (the `:path`, then `second`) and half-closes; when the stream closes with
+//! status 0 the request goes upstream with `x-grpc-stream: <reply1>,<reply2>` and
+//! `x-grpc-stream-meta: <initial content-type>;<trailer count>`.
+//!
 //! Plugin configuration (JSON, every field optional):
-//! `{"cluster": "grpc", "service": "test.Echo", "method": "Unary", "timeout_ms": 1000}`
+//! `{"cluster": "grpc", "service": "test.Echo", "method": "Unary", "timeout_ms": 1000,
+//! "stream": false}`
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -38,6 +44,7 @@ struct Config {
     service: String,
     method: String,
     timeout: Duration,
+    stream: bool,
 }
 
 impl Default for Config {
@@ -47,6 +54,7 @@ impl Default for Config {
             service: "test.Echo".to_string(),
             method: "Unary".to_string(),
             timeout: Duration::from_millis(1000),
+            stream: false,
         }
     }
 }
@@ -72,6 +80,9 @@ impl Config {
                     .ok_or_else(|| format!("\"{name}\" must be a string"))?
                     .to_string();
             }
+        }
+        if let Some(v) = obj.get("stream") {
+            config.stream = v.as_bool().ok_or("\"stream\" must be a boolean")?;
         }
         if let Some(v) = obj.get("timeout_ms") {
             let ms = v
@@ -154,7 +165,9 @@ fn decode_field1(bytes: &[u8]) -> Result<Option<&[u8]>, &'static str> {
 
 /// Whether `value` can be sent as an HTTP header value (no control characters).
 fn header_safe(value: &[u8]) -> bool {
-    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 struct GrpcRoot {
@@ -185,6 +198,8 @@ impl RootContext for GrpcRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(GrpcFilter {
             config: Rc::clone(&self.config),
+            replies: Vec::new(),
+            meta: String::new(),
         }))
     }
 
@@ -195,6 +210,9 @@ impl RootContext for GrpcRoot {
 
 struct GrpcFilter {
     config: Rc<Config>,
+    /// Stream mode: the decoded replies so far, and what the metadata said.
+    replies: Vec<String>,
+    meta: String,
 }
 
 impl HttpContext for GrpcFilter {
@@ -205,6 +223,28 @@ impl HttpContext for GrpcFilter {
             .get_http_request_header_bytes(":path")
             .unwrap_or_default();
         let message = encode_field1(&path);
+        if self.config.stream {
+            return match self.open_grpc_stream(
+                &self.config.cluster,
+                &self.config.service,
+                &self.config.method,
+                vec![("x-from-wasm", b"1")],
+            ) {
+                Ok(token) => {
+                    self.send_grpc_stream_message(token, Some(&message), false);
+                    self.send_grpc_stream_message(token, Some(&encode_field1(b"second")), true);
+                    Action::Pause
+                }
+                Err(status) => {
+                    warn!(
+                        "grpc_callout: stream to {:?} failed: {status:?}",
+                        self.config.cluster
+                    );
+                    self.send_http_response(503, vec![], Some(b"grpc dispatch failed\n"));
+                    Action::Pause
+                }
+            };
+        }
         match self.dispatch_grpc_call(
             &self.config.cluster,
             &self.config.service,
@@ -227,6 +267,45 @@ impl HttpContext for GrpcFilter {
 }
 
 impl Context for GrpcFilter {
+    fn on_grpc_stream_initial_metadata(&mut self, _token_id: u32, _num_elements: u32) {
+        let ct = self
+            .get_grpc_stream_initial_metadata_value("content-type")
+            .unwrap_or_default();
+        self.meta = String::from_utf8_lossy(&ct).into_owned();
+    }
+
+    fn on_grpc_stream_message(&mut self, _token_id: u32, message_size: usize) {
+        let body = self
+            .get_grpc_stream_message(0, message_size)
+            .unwrap_or_default();
+        if let Ok(Some(reply)) = decode_field1(&body) {
+            self.replies
+                .push(String::from_utf8_lossy(reply).into_owned());
+        }
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token_id: u32, num_elements: u32) {
+        self.meta = format!("{};{num_elements}", self.meta);
+    }
+
+    fn on_grpc_stream_close(&mut self, _token_id: u32, status_code: u32) {
+        if status_code != 0 {
+            let code = status_code.to_string();
+            self.send_http_response(
+                502,
+                vec![("x-grpc-status", &code)],
+                Some(b"grpc stream failed\n"),
+            );
+            return;
+        }
+        let joined = self.replies.join(",");
+        if header_safe(joined.as_bytes()) && header_safe(self.meta.as_bytes()) {
+            self.add_http_request_header("x-grpc-stream", &joined);
+            self.add_http_request_header("x-grpc-stream-meta", &self.meta);
+        }
+        self.resume_http_request();
+    }
+
     fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
         if status_code != 0 {
             let (_, message) = self.get_grpc_status();

@@ -114,10 +114,10 @@ impl Heartbeat {
     }
 
     fn bump(metric: Option<u32>, by: i64) {
-        if let Some(id) = metric {
-            if let Err(status) = hostcalls::increment_metric(id, by) {
-                debug!("heartbeat: increment_metric({id}) failed: {status:?}");
-            }
+        if let Some(id) = metric
+            && let Err(status) = hostcalls::increment_metric(id, by)
+        {
+            debug!("heartbeat: increment_metric({id}) failed: {status:?}");
         }
     }
 }
@@ -184,12 +184,14 @@ impl RootContext for Heartbeat {
             (":path", self.config.path.as_str()),
             (":authority", self.config.cluster.as_str()),
         ];
-        match self.dispatch_http_call(&self.config.cluster, headers, None, vec![], CALL_TIMEOUT)
-        {
+        match self.dispatch_http_call(&self.config.cluster, headers, None, vec![], CALL_TIMEOUT) {
             Ok(token) => {
                 debug!("heartbeat: tick, call {token} sent");
                 if self.dispatch_failing {
-                    info!("heartbeat: dispatching to {} works again", self.config.cluster);
+                    info!(
+                        "heartbeat: dispatching to {} works again",
+                        self.config.cluster
+                    );
                     self.dispatch_failing = false;
                 }
             }
@@ -224,7 +226,10 @@ impl RootContext for Heartbeat {
             }
         }
         if let Some(item) = last {
-            debug!("heartbeat: {count} item(s) from queue {queue_id}");
+            debug!(
+                "heartbeat: {count} item(s) from queue {queue_id}, last {:?}",
+                String::from_utf8_lossy(&item)
+            );
             self.store(LAST_ITEM_KEY, &item);
         }
     }

@@ -44,7 +44,9 @@ impl HttpContext for HeartbeatClient {
 
         match self.resolve_shared_queue(QUEUE_VM_ID, QUEUE_NAME) {
             Some(queue_id) => {
-                let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
+                let path = self
+                    .get_http_request_header_bytes(":path")
+                    .unwrap_or_default();
                 if let Err(status) = self.enqueue_shared_queue(queue_id, Some(&path)) {
                     debug!("heartbeat_client: enqueue to queue {queue_id} failed: {status:?}");
                 }
