@@ -866,3 +866,38 @@ async fn grpc_callout_streams_messages_both_ways() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_environment_and_on_log_reach_the_filter() {
+    let up = echo_upstream("up").await;
+    let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", "").replace(
+        "                  runtime: envoy.wasm.runtime.v8\n",
+        "                  runtime: envoy.wasm.runtime.v8\n                  environment_variables: {key_values: {MISBEHAVE_ENV: from-config}}\n",
+    );
+    let routes = "              - match: {prefix: \"/\"}\n                name: main-route\n                route: {cluster: up}\n";
+    let yaml = bootstrap(
+        &http_listener_with_filters("ingress", "ingress", routes, "", &filter),
+        &cluster("up", &[(up, 1)], ""),
+    );
+    let l = Legate::start(&yaml).await;
+    let a = l.listener("ingress").await;
+    let (status, head, _) = curl_get(&["-H", "x-props: 1", &url(a, "/p/q?x=1")]);
+    assert_eq!(status, 200);
+    for want in [
+        "x-prop-plugin-name: misbehave".to_string(),
+        "x-prop-source-address: 127.0.0.1:".to_string(),
+        format!("x-prop-destination-address: {a}"),
+        "x-prop-request-path: /p/q?x=1".to_string(),
+        "x-prop-request-url-path: /p/q".to_string(),
+        "x-prop-request-method: get".to_string(),
+        "x-prop-request-protocol: http/1.1".to_string(),
+        "x-prop-response-code: 200".to_string(),
+        "x-prop-cluster-name: up".to_string(),
+        "x-prop-route-name: main-route".to_string(),
+        format!("x-prop-upstream-address: {up}"),
+        "x-prop-env: from-config".to_string(),
+    ] {
+        assert!(head.contains(&want), "missing {want:?} in {head}");
+    }
+    assert_eq!(l.wait_stat("wasmcustom.misbehave.logged", 1).await, 1);
+}

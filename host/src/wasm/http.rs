@@ -421,8 +421,23 @@ impl HttpFilter for WasmHttpFilter {
     }
 
     fn on_stream_complete(&mut self, info: &StreamInfo) {
-        let Some(cx) = self.cx.take() else { return };
         self.data.info = Some(info.clone());
-        cx.vm.finish(cx.id, !self.bypass, &mut self.data);
+        self.finish();
+    }
+}
+
+impl WasmHttpFilter {
+    /// `on_log`, `on_done`, `on_delete`: once, when the stream ends or the filter
+    /// is dropped (a reset stream, or the end of the response body).
+    fn finish(&mut self) {
+        if let Some(cx) = self.cx.take() {
+            cx.vm.finish(cx.id, !self.bypass, &mut self.data);
+        }
+    }
+}
+
+impl Drop for WasmHttpFilter {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

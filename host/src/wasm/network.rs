@@ -188,3 +188,12 @@ impl NetworkFilter for WasmNetworkFilter {
         }
     }
 }
+
+impl Drop for WasmNetworkFilter {
+    /// A connection dropped without `on_close` still ends its context.
+    fn drop(&mut self) {
+        if let Some((vm, id)) = self.cx.take() {
+            vm.finish(id, !self.bypass, &mut self.data);
+        }
+    }
+}

@@ -8,18 +8,23 @@
 //! * `x-bad-status`: does nothing and continues (no `x-misbehave` header);
 //! * otherwise: continues, and the response gets `x-misbehave: ok`.
 //!
+//! It also reports what the host tells it, for tests: with `x-props` on the request,
+//! the response gets `x-prop-<name>` headers with host properties (strings as they
+//! are, integers in decimal) and `x-prop-env` with the `MISBEHAVE_ENV` environment
+//! variable; every finished stream counts `misbehave.logged` in `on_log`.
+//!
 //! No plugin configuration.
 
 use std::hint::black_box;
 
 use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
+use proxy_wasm::types::{Action, LogLevel, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
-        Box::new(Misbehave { mark_response: false })
+        Box::new(Misbehave { mark_response: false, props: false })
     });
 }}
 
@@ -28,7 +33,23 @@ const PAGE: usize = 4096;
 
 struct Misbehave {
     mark_response: bool,
+    props: bool,
 }
+
+/// Properties reported under `x-props`: (header suffix, path, is an integer).
+const PROPS: &[(&str, &[&str], bool)] = &[
+    ("plugin-name", &["plugin_name"], false),
+    ("source-address", &["source", "address"], false),
+    ("destination-address", &["destination", "address"], false),
+    ("request-path", &["request", "path"], false),
+    ("request-url-path", &["request", "url_path"], false),
+    ("request-method", &["request", "method"], false),
+    ("request-protocol", &["request", "protocol"], false),
+    ("response-code", &["response", "code"], true),
+    ("cluster-name", &["xds", "cluster_name"], false),
+    ("route-name", &["xds", "route_name"], false),
+    ("upstream-address", &["upstream", "address"], false),
+];
 
 impl Context for Misbehave {}
 
@@ -66,6 +87,7 @@ impl HttpContext for Misbehave {
         if has("x-bad-status") {
             return Action::Continue;
         }
+        self.props = has("x-props");
         self.mark_response = true;
         Action::Continue
     }
@@ -74,6 +96,31 @@ impl HttpContext for Misbehave {
         if self.mark_response {
             self.add_http_response_header("x-misbehave", "ok");
         }
+        if self.props {
+            for (name, path, int) in PROPS {
+                let Some(v) = self.get_property(path.to_vec()) else {
+                    continue;
+                };
+                let text = if *int && v.len() == 8 {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&v);
+                    i64::from_le_bytes(b).to_string()
+                } else {
+                    String::from_utf8_lossy(&v).into_owned()
+                };
+                self.add_http_response_header(&format!("x-prop-{name}"), &text);
+            }
+            let env = std::env::var("MISBEHAVE_ENV").unwrap_or_default();
+            self.add_http_response_header("x-prop-env", &env);
+        }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Ok(id) =
+            proxy_wasm::hostcalls::define_metric(MetricType::Counter, "misbehave.logged")
+        {
+            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+        }
     }
 }
