@@ -2516,7 +2516,13 @@ fn wasm_cases(u: &Ups) -> Vec<Case> {
                 r#"{"headers": {"x-a": "1", "x-b": "2"}, "deny_paths": ["/admin"], "deny_status": 403}"#,
                 json!({}),
             ),
-            vec![get("/"), get("/admin/x"), get("/admin").h2()],
+            vec![
+                get("/"),
+                get("/admin/x"),
+                get("/admin").h2(),
+                grpc("/admin/Svc").h2(),
+                grpc("/admin/Svc"),
+            ],
         ),
         case(
             "wasm_misbehave",

@@ -901,3 +901,80 @@ async fn properties_environment_and_on_log_reach_the_filter() {
     }
     assert_eq!(l.wait_stat("wasmcustom.misbehave.logged", 1).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_struct_wrapping_and_deprecated_fail_open() {
+    let up = echo_upstream("up").await;
+    // As Istio and many examples write it: a TypedStruct around the Wasm message,
+    // with the deprecated `fail_open`.
+    let filter = format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              value:
+                config:
+                  name: misbehave
+                  fail_open: true
+                  vm_config:
+                    runtime: envoy.wasm.runtime.wamr
+                    code: {{local: {{filename: "{}"}}}}"#,
+        wasm_example("misbehave").display()
+    );
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    let (status, _, body) = curl_get(&["-H", "x-trap: 1", &url(a, "/")]);
+    assert_eq!(status, 200, "fail_open: true passes the stream on: {body}");
+    // Any envoy.wasm.runtime.* runs on wasmtime, and says so.
+    assert!(
+        l.stderr_text()
+            .contains("envoy.wasm.runtime.wamr\" is served by wasmtime")
+    );
+    assert!(l.stat("wasm.envoy.wasm.runtime.wamr.created").await >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_mistakes_are_reported_together_with_their_paths() {
+    let up = echo_upstream("up").await;
+    let wasm = wasm_example("header_filter");
+    let filter = format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: one
+                failure_polcy: FAIL_OPEN
+                vm_config:
+                  runtime: wasmtime
+                  code: {{local: {{filename: "{}"}}}}
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: two
+                vm_config:
+                  code: {{remote: {{http_uri: {{uri: "http://x/f.wasm"}}}}}}"#,
+        wasm.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(&p, config(&filter, up, "")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--mode", "validate", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "unknown field \"failure_polcy\"; did you mean \"failure_policy\"?",
+        "unknown Wasm runtime \"wasmtime\"",
+        "field \"remote\" is not supported by legate",
+        "config.vm_config.runtime",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use log::{info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -150,6 +150,19 @@ impl HttpContext for ConfigFilter {
             .any(|p| path.starts_with(p.as_str()))
         {
             self.denied = true;
+            let grpc = self
+                .get_http_request_header("content-type")
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+            if grpc {
+                // gRPC clients get a gRPC status: PERMISSION_DENIED.
+                proxy_wasm::hostcalls::send_grpc_response(
+                    GrpcStatusCode::PermissionDenied,
+                    Some("denied"),
+                    vec![("x-denied-by", b"config_filter")],
+                )
+                .ok();
+                return Action::Pause;
+            }
             self.send_http_response(
                 self.config.deny_status,
                 vec![("x-denied-by", "config_filter")],
