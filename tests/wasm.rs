@@ -978,3 +978,55 @@ async fn config_mistakes_are_reported_together_with_their_paths() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headers_pause_waits_for_the_body_and_may_still_change_headers() {
+    let up = echo_upstream("up").await;
+    let extra = "                legate_limits: {max_buffered_body_bytes: 4096}";
+    let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", extra);
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    // The body arrives in pieces; the headers are held until all of it is there,
+    // then changed by the body callback before they go upstream.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"POST /hold HTTP/1.1\r\nHost: x\r\nx-hold: 1\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b" world").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["headers"]["x-held-body-bytes"], "11", "{body}");
+    assert_eq!(echo["body"], "hello world");
+    // A body the filter refuses never reaches the upstream.
+    let before = l.stat("cluster.up.upstream_rq_total").await;
+    let (status, _, body) = curl_get(&[
+        "-H",
+        "x-hold: 1",
+        "--data-binary",
+        "please deny",
+        &url(a, "/hold"),
+    ]);
+    assert_eq!((status, body.as_str()), (403, "denied by body\n"));
+    // Past the buffer limit: 413, as Envoy's buffering filters answer.
+    let big = "x".repeat(5000);
+    let (status, _, _) = curl_get(&["-H", "x-hold: 1", "--data-binary", &big, &url(a, "/hold")]);
+    assert_eq!(status, 413);
+    assert_eq!(l.stat("cluster.up.upstream_rq_total").await, before);
+    // HTTP/2 too.
+    let (status, _, body) = curl_get(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "x-hold: 1",
+        "--data-binary",
+        "abc",
+        &url(a, "/hold"),
+    ]);
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-held-body-bytes"], "3", "{body}");
+}

@@ -80,6 +80,14 @@ pub enum HeadersAction {
     Continue,
     /// Stop the chain and answer with a local reply.
     Respond(LocalReply),
+    /// Request headers only: hold the request until its whole body has arrived (at
+    /// most `limit` bytes, or the stream gets 413), then call
+    /// [`HttpFilter::on_request_buffered`] with headers, body and trailers, all
+    /// still changeable. Envoy's `StopIteration` for filters that decide on the body.
+    WaitForBody {
+        /// The most body bytes to buffer.
+        limit: usize,
+    },
 }
 
 /// What an HTTP filter wants after a body or trailers hook.
@@ -282,6 +290,20 @@ pub trait HttpFilter {
         &mut self,
         _head: &mut RequestHead,
         _end_of_stream: bool,
+        _info: &mut StreamInfo,
+    ) -> HeadersAction {
+        HeadersAction::Continue
+    }
+
+    /// The whole request, after this filter answered its headers with
+    /// [`HeadersAction::WaitForBody`]. The headers have not gone on yet; the body and
+    /// trailers replace the request's. The body hooks still run afterwards, with the
+    /// body as one chunk.
+    async fn on_request_buffered(
+        &mut self,
+        _head: &mut RequestHead,
+        _body: &mut Bytes,
+        _trailers: &mut Option<http::HeaderMap>,
         _info: &mut StreamInfo,
     ) -> HeadersAction {
         HeadersAction::Continue

@@ -24,6 +24,8 @@ pub struct RequestProgress {
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
+    /// A whole request a filter waited for: its data, then its trailers.
+    Buffered(Option<Bytes>, Option<http::HeaderMap>),
     Incoming(Incoming),
     /// A downstream request body whose progress is recorded, for
     /// `%BYTES_RECEIVED%` and `request_timeout`.
@@ -56,6 +58,13 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Buffered(data, trailers) => Poll::Ready(
+                data.take()
+                    .filter(|d| !d.is_empty())
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
             Body::Counted(i, progress) => {
                 let r = Pin::new(&mut *i).poll_frame(cx);
@@ -82,6 +91,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
+            Body::Buffered(d, t) => d.as_ref().is_none_or(|d| d.is_empty()) && t.is_none(),
             Body::Incoming(i) | Body::Counted(i, _) => i.is_end_stream(),
             Body::Stream(s) => s.is_end_stream(),
             Body::Filtered(f) => f.is_end_stream(),
@@ -92,6 +102,11 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            // With trailers the length is left open, so HTTP/1.1 goes chunked.
+            Body::Buffered(d, None) => {
+                SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Body::Buffered(_, Some(_)) => SizeHint::default(),
             Body::Incoming(i) | Body::Counted(i, _) => i.size_hint(),
             Body::Stream(s) => s.size_hint(),
             Body::Filtered(_) => SizeHint::default(),

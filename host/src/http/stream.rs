@@ -540,19 +540,97 @@ pub(crate) async fn run_response_headers(
     None
 }
 
-/// Runs request-header hooks in order; stops at the first local reply.
+/// Runs request-header hooks in order; stops at the first local reply. A filter
+/// that waits for the body gets it here, read from `body` into `buffered`.
 pub(crate) async fn run_request_headers(
     filters: &mut [Box<dyn HttpFilter>],
     head: &mut RequestHead,
     eos: bool,
     info: &mut StreamInfo,
+    body: &mut Option<Incoming>,
+    buffered: &mut Option<(Bytes, Option<HeaderMap>)>,
+    read_limit: Option<Duration>,
 ) -> Option<(usize, LocalReply)> {
     for (i, f) in filters.iter_mut().enumerate() {
-        if let HeadersAction::Respond(r) = f.on_request_headers(head, eos, info).await {
-            return Some((i, r));
+        let eos = eos
+            || buffered
+                .as_ref()
+                .is_some_and(|(b, t)| b.is_empty() && t.is_none());
+        match f.on_request_headers(head, eos, info).await {
+            HeadersAction::Continue => {}
+            HeadersAction::Respond(r) => return Some((i, r)),
+            HeadersAction::WaitForBody { limit } => {
+                if buffered.is_none() {
+                    match read_whole(body.take(), limit, read_limit).await {
+                        Ok(b) => *buffered = Some(b),
+                        Err(r) => return Some((i + 1, *r)),
+                    }
+                }
+                let Some((data, trailers)) = buffered.as_mut() else {
+                    continue;
+                };
+                if let HeadersAction::Respond(r) =
+                    f.on_request_buffered(head, data, trailers, info).await
+                {
+                    return Some((i, r));
+                }
+            }
         }
     }
     None
+}
+
+/// Whether the request has no body (left).
+fn body_empty(body: &Option<Incoming>, buffered: &Option<(Bytes, Option<HeaderMap>)>) -> bool {
+    match buffered {
+        Some((b, t)) => b.is_empty() && t.is_none(),
+        None => body.as_ref().is_none_or(|b| b.is_end_stream()),
+    }
+}
+
+/// Reads a whole request body for a filter that waits for it: 413 past `limit`,
+/// 408 when it does not arrive in time.
+async fn read_whole(
+    body: Option<Incoming>,
+    limit: usize,
+    within: Option<Duration>,
+) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
+    use http_body_util::BodyExt;
+    let Some(mut body) = body else {
+        return Ok((Bytes::new(), None));
+    };
+    let read = async {
+        let mut data = bytes::BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                let mut r = LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request");
+                r.details = "downstream_remote_disconnect";
+                return Err(Box::new(r));
+            };
+            match frame.into_data() {
+                Ok(d) => {
+                    if data.len() + d.len() > limit {
+                        let mut r =
+                            LocalReply::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                        r.details = "request_payload_too_large";
+                        return Err(Box::new(r));
+                    }
+                    data.extend_from_slice(&d);
+                }
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        Ok((data.freeze(), trailers))
+    };
+    match within {
+        Some(t) => tokio::time::timeout(t, read).await.unwrap_or_else(|_| {
+            let mut r = LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout");
+            r.details = "request_overall_timeout";
+            Err(Box::new(r))
+        }),
+        None => read.await,
+    }
 }
 
 pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -570,6 +648,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let start = Instant::now();
     let start_time = SystemTime::now();
     let (mut parts, body) = req.into_parts();
+    // The body leaves `body` for `buffered` when a filter waits for all of it.
+    let mut body = Some(body);
+    let mut buffered: Option<(Bytes, Option<HeaderMap>)> = None;
     let invalid = if cx.http2 {
         None
     } else {
@@ -675,7 +756,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         request_id: parts.headers.get(&hdr::X_REQUEST_ID).cloned(),
         // Only trusted requests keep this header past mutate_request.
         echo_request_id: parts.headers.contains_key("x-envoy-force-trace"),
-        unread_body: !body.is_end_stream(),
+        unread_body: !body_empty(&body, &buffered),
         chain: None,
         body_deadline: None,
     };
@@ -751,8 +832,27 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             version: parts.version,
             headers: std::mem::take(&mut parts.headers),
         };
-        let eos = body.is_end_stream();
-        let reply = run_request_headers(&mut filters, &mut head, eos, &mut st.info).await;
+        let eos = body.as_ref().is_none_or(|b| b.is_end_stream());
+        let within = cfg.request_timeout.or(cfg.stream_idle_timeout);
+        let reply = run_request_headers(
+            &mut filters,
+            &mut head,
+            eos,
+            &mut st.info,
+            &mut body,
+            &mut buffered,
+            within,
+        )
+        .await;
+        if let Some((b, _)) = &buffered {
+            progress.bytes.set(b.len() as u64);
+            progress.complete.set(true);
+            // The filter may have changed the body.
+            if head.headers.contains_key(header::CONTENT_LENGTH) {
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            }
+        }
         parts.method = head.method;
         parts.uri = head.uri;
         parts.headers = head.headers;
@@ -1008,7 +1108,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         }
         hdr::join_cookies(&mut parts.headers);
         // Envoy frames a bodyless OPTIONS explicitly; hyper would send no length.
-        if body.is_end_stream()
+        if body_empty(&body, &buffered)
             && parts.method == http::Method::OPTIONS
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
             && !parts.headers.contains_key(header::TRANSFER_ENCODING)
@@ -1020,7 +1120,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         parts.version = Version::HTTP_11;
     }
     st.unread_body = false;
-    let body_was_empty = body.is_end_stream();
+    let body_was_empty = body_empty(&body, &buffered);
     if filters.iter().any(|f| f.wants_body()) {
         st.chain = Some(Rc::new(tokio::sync::Mutex::new(Chain {
             filters: std::mem::take(&mut filters),
@@ -1028,13 +1128,18 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             local_reply: None,
         })));
     }
-    let req_body = if body_was_empty {
-        Body::Empty
-    } else if let Some(chain) = &st.chain {
-        let counted = Body::Counted(body, progress.clone());
-        Body::Filtered(Box::new(FilteredBody::new(counted, chain.clone(), true)))
-    } else {
-        Body::Counted(body, progress.clone())
+    let source = match (buffered, body) {
+        (Some((data, trailers)), _) => Some(Body::Buffered(Some(data), trailers)),
+        (None, Some(b)) => Some(Body::Counted(b, progress.clone())),
+        (None, None) => None,
+    };
+    let req_body = match (source, &st.chain) {
+        (None, _) => Body::Empty,
+        _ if body_was_empty => Body::Empty,
+        (Some(b), Some(chain)) => {
+            Body::Filtered(Box::new(FilteredBody::new(b, chain.clone(), true)))
+        }
+        (Some(b), None) => b,
     };
     let upstream_req = Request::from_parts(parts, req_body);
 
@@ -1418,9 +1523,17 @@ mod tests {
         };
         let mut i = info();
         assert!(
-            run_request_headers(&mut filters, &mut head, true, &mut i)
-                .await
-                .is_none()
+            run_request_headers(
+                &mut filters,
+                &mut head,
+                true,
+                &mut i,
+                &mut None,
+                &mut None,
+                None
+            )
+            .await
+            .is_none()
         );
         let seen: Vec<_> = head.headers.get_all("x-seen").iter().collect();
         assert_eq!(seen, ["a", "b", "c"]);
@@ -1449,9 +1562,17 @@ mod tests {
             version: Version::HTTP_11,
             headers: HeaderMap::new(),
         };
-        let (at, reply) = run_request_headers(&mut filters, &mut head, true, &mut info())
-            .await
-            .expect("b answers locally");
+        let (at, reply) = run_request_headers(
+            &mut filters,
+            &mut head,
+            true,
+            &mut info(),
+            &mut None,
+            &mut None,
+            None,
+        )
+        .await
+        .expect("b answers locally");
         assert_eq!(at, 1);
         assert_eq!(reply.status, StatusCode::FORBIDDEN);
         assert_eq!(*log.borrow(), ["req:a", "req:b"]);

@@ -39,6 +39,7 @@ impl HttpFilterFactory for WasmHttpFactory {
             data: StreamData::default(),
             req_buf: BytesMut::new(),
             resp_buf: BytesMut::new(),
+            request_buffered: false,
         })
     }
 }
@@ -59,6 +60,8 @@ pub struct WasmHttpFilter {
     data: StreamData,
     req_buf: BytesMut,
     resp_buf: BytesMut,
+    /// The request body went through `on_request_buffered`: the body hooks pass.
+    request_buffered: bool,
 }
 
 /// How a callback (and whatever it waited for) ended.
@@ -66,6 +69,9 @@ enum Done {
     Continue,
     /// Paused on a body chunk: keep buffering.
     Buffer,
+    /// Paused on request headers with nothing pending: wait for the body, as
+    /// Envoy's StopIteration does.
+    WaitForBody,
     Reply(LocalReply),
 }
 
@@ -141,6 +147,7 @@ impl WasmHttpFilter {
     async fn run(
         &mut self,
         wait: bool,
+        body_follows: bool,
         f: impl FnOnce(&Vm, u32, &mut StreamData) -> Result<Outcome, Failed>,
     ) -> Result<Done, Failed> {
         let (vm, id) = self.context()?;
@@ -168,9 +175,13 @@ impl WasmHttpFilter {
                 continue;
             }
             if !vm.has_pending(id) {
-                // Nothing the host holds can resume it: Envoy would wait for more
-                // data, which this hook cannot see; go on.
-                return Ok(Done::Continue);
+                // Nothing the host holds can resume it: wait for the request body
+                // if one follows, else go on (Envoy would hang the stream).
+                return Ok(if body_follows {
+                    Done::WaitForBody
+                } else {
+                    Done::Continue
+                });
             }
             inbox.notify.notified().await;
         }
@@ -224,7 +235,7 @@ impl WasmHttpFilter {
         self.data.body = Some((if request { 0 } else { 1 }, std::mem::take(buf)));
         self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
         let r = self
-            .run(eos, |vm, id, d| vm.body(id, request, size, eos, d))
+            .run(eos, false, |vm, id, d| vm.body(id, request, size, eos, d))
             .await;
         if let Some(i) = self.data.info.take() {
             *info = i;
@@ -237,7 +248,7 @@ impl WasmHttpFilter {
         };
         *buf = buffered;
         match r {
-            Ok(Done::Continue) => {
+            Ok(Done::Continue | Done::WaitForBody) => {
                 *chunk = buf.split().freeze();
                 DataAction::Continue
             }
@@ -274,7 +285,7 @@ impl WasmHttpFilter {
         *slot = Some(std::mem::take(trailers));
         self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
         let r = self
-            .run(true, |vm, id, d| vm.trailers(id, request, n, d))
+            .run(true, false, |vm, id, d| vm.trailers(id, request, n, d))
             .await;
         if let Some(i) = self.data.info.take() {
             *info = i;
@@ -312,7 +323,7 @@ impl HttpFilter for WasmHttpFilter {
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
         self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
         let r = self
-            .run(true, |vm, id, d| vm.request_headers(id, n, eos, d))
+            .run(true, !eos, |vm, id, d| vm.request_headers(id, n, eos, d))
             .await;
         if let Some(h) = self.data.req.take() {
             *head = h;
@@ -320,6 +331,56 @@ impl HttpFilter for WasmHttpFilter {
         if let Some(i) = self.data.info.take() {
             *info = i;
         }
+        self.data.req_seen = Some(copy_request(head));
+        match r {
+            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
+            Ok(Done::WaitForBody) => HeadersAction::WaitForBody {
+                limit: self.plugin.config.limits.max_buffered_body_bytes,
+            },
+            Ok(_) => HeadersAction::Continue,
+            Err(e) => match self.failure(e) {
+                Some(r) => HeadersAction::Respond(r),
+                None => HeadersAction::Continue,
+            },
+        }
+    }
+
+    async fn on_request_buffered(
+        &mut self,
+        head: &mut RequestHead,
+        body: &mut Bytes,
+        trailers: &mut Option<http::HeaderMap>,
+        info: &mut StreamInfo,
+    ) -> HeadersAction {
+        self.request_buffered = true;
+        if self.bypass {
+            return HeadersAction::Continue;
+        }
+        let eos = trailers.is_none();
+        let size = body.len();
+        self.data.req = Some(std::mem::replace(head, placeholder_request()));
+        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.body = Some((0, BytesMut::from(&body[..])));
+        self.data.req_trailers = trailers.take();
+        let mut r = self
+            .run(true, false, |vm, id, d| vm.body(id, true, size, eos, d))
+            .await;
+        if let (Ok(Done::Continue), Some(t)) = (&r, &self.data.req_trailers) {
+            let n = t.len();
+            r = self
+                .run(true, false, |vm, id, d| vm.trailers(id, true, n, d))
+                .await;
+        }
+        if let Some(h) = self.data.req.take() {
+            *head = h;
+        }
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        if let Some((_, b)) = self.data.body.take() {
+            *body = b.freeze();
+        }
+        *trailers = self.data.req_trailers.take();
         self.data.req_seen = Some(copy_request(head));
         match r {
             Ok(Done::Reply(r)) => HeadersAction::Respond(r),
@@ -337,6 +398,9 @@ impl HttpFilter for WasmHttpFilter {
         eos: bool,
         info: &mut StreamInfo,
     ) -> DataAction {
+        if self.request_buffered {
+            return DataAction::Continue;
+        }
         self.body(true, chunk, eos, info).await
     }
 
@@ -345,6 +409,9 @@ impl HttpFilter for WasmHttpFilter {
         trailers: &mut http::HeaderMap,
         info: &mut StreamInfo,
     ) -> DataAction {
+        if self.request_buffered {
+            return DataAction::Continue;
+        }
         self.trailers(true, trailers, info).await
     }
 
@@ -377,7 +444,7 @@ impl HttpFilter for WasmHttpFilter {
         ));
         self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
         let r = self
-            .run(true, |vm, id, d| vm.response_headers(id, n, eos, d))
+            .run(true, false, |vm, id, d| vm.response_headers(id, n, eos, d))
             .await;
         if let Some(h) = self.data.resp.take() {
             *head = h;

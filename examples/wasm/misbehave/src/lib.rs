@@ -6,6 +6,9 @@
 //! * `x-loop`: spins forever (the host must interrupt it, or the worker is lost);
 //! * `x-hog`: allocates (and touches) 1 MiB chunks until memory runs out, which traps;
 //! * `x-bad-status`: does nothing and continues (no `x-misbehave` header);
+//! * `x-hold`: pauses the request headers until the whole body has arrived; then
+//!   adds the request header `x-held-body-bytes: <size>`, or answers 403
+//!   `denied by body` if the body contains `deny`;
 //! * otherwise: continues, and the response gets `x-misbehave: ok`.
 //!
 //! It also reports what the host tells it, for tests: with `x-props` on the request,
@@ -24,7 +27,7 @@ use proxy_wasm::types::{Action, LogLevel, MetricType};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
-        Box::new(Misbehave { mark_response: false, props: false })
+        Box::new(Misbehave { mark_response: false, props: false, hold: false })
     });
 }}
 
@@ -34,6 +37,7 @@ const PAGE: usize = 4096;
 struct Misbehave {
     mark_response: bool,
     props: bool,
+    hold: bool,
 }
 
 /// Properties reported under `x-props`: (header suffix, path, is an integer).
@@ -87,7 +91,13 @@ impl HttpContext for Misbehave {
         if has("x-bad-status") {
             return Action::Continue;
         }
-        self.props = has("x-props");
+        let (props, hold) = (has("x-props"), has("x-hold"));
+        self.props = props;
+        if hold {
+            self.hold = true;
+            self.mark_response = true;
+            return Action::Pause;
+        }
         self.mark_response = true;
         Action::Continue
     }
@@ -113,6 +123,22 @@ impl HttpContext for Misbehave {
             let env = std::env::var("MISBEHAVE_ENV").unwrap_or_default();
             self.add_http_response_header("x-prop-env", &env);
         }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.hold {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if body.windows(4).any(|w| w == b"deny") {
+            self.send_http_response(403, vec![], Some(b"denied by body\n"));
+            return Action::Pause;
+        }
+        self.set_http_request_header("x-held-body-bytes", Some(&body.len().to_string()));
         Action::Continue
     }
 
