@@ -1032,12 +1032,21 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_define_metric",
         |mut c: C, kind: i32, np: i32, nl: i32, id_ptr: i32| -> R {
             let name = try_mem!(read(&c, np, nl));
-            let Some(m) = shared::metric(kind as u32, &String::from_utf8_lossy(&name)) else {
-                return Ok(BAD_ARGUMENT);
+            let key = (kind as u32, String::from_utf8_lossy(&name).into_owned());
+            // Defining a metric again gives the same id, as in Envoy.
+            let id = match c.data().metric_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let Some(m) = shared::metric(key.0, &key.1) else {
+                        return Ok(BAD_ARGUMENT);
+                    };
+                    let st = c.data_mut();
+                    st.metrics.push(m);
+                    let id = st.metrics.len() as u32;
+                    st.metric_ids.insert(key, id);
+                    id
+                }
             };
-            let st = c.data_mut();
-            st.metrics.push(m);
-            let id = st.metrics.len() as u32;
             Ok(if write_u32(&mut c, id_ptr, id) {
                 OK
             } else {
@@ -1111,7 +1120,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C, pp: i32, pl: i32, vp: i32, vl: i32| -> R {
             let path = try_mem!(read(&c, pp, pl));
             let value = try_mem!(read(&c, vp, vl));
-            c.data_mut().properties.insert(path, Bytes::from(value));
+            c.data_mut()
+                .stream
+                .properties
+                .insert(path, Bytes::from(value));
             Ok(OK)
         },
     )?;

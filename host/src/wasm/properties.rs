@@ -14,7 +14,7 @@ fn text(s: &str) -> Vec<u8> {
 }
 
 pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
-    if let Some(v) = st.properties.get(path) {
+    if let Some(v) = st.stream.properties.get(path) {
         return Some(v.to_vec());
     }
     let path = std::str::from_utf8(path).ok()?;

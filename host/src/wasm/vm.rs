@@ -41,6 +41,8 @@ pub struct StreamData {
     pub body: Option<(u32, BytesMut)>,
     pub info: Option<StreamInfo>,
     pub conn: Option<ConnFacts>,
+    /// `proxy_set_property` values: filter state of this stream.
+    pub properties: HashMap<Vec<u8>, Bytes>,
 }
 
 /// What callbacks asked of the host, acted on once they return.
@@ -74,10 +76,11 @@ pub struct HostState {
     pub streams: HashMap<u32, calls::StreamHandle>,
     pub effects: Effects,
     pub metrics: Vec<Metric>,
+    /// Metric ids by (type, name).
+    pub metric_ids: HashMap<(u32, String), u32>,
     pub next_token: u32,
     pub queue_owner: Arc<QueueOwner>,
     pub cluster_names: Arc<Vec<String>>,
-    pub properties: HashMap<Vec<u8>, Bytes>,
     /// The callback being run, for error messages.
     pub callback: &'static str,
 }
@@ -252,6 +255,7 @@ impl Vm {
             streams: HashMap::new(),
             effects: Effects::default(),
             metrics: Vec::new(),
+            metric_ids: HashMap::new(),
             next_token: 1,
             queue_owner: queue_owner.clone(),
             cluster_names: Arc::new(
@@ -261,7 +265,6 @@ impl Vm {
                     .map(|c| c.config.name.clone())
                     .collect(),
             ),
-            properties: HashMap::new(),
             callback: "instantiate",
         };
         let mut store = Store::new(engine, state);
