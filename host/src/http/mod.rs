@@ -543,4 +543,56 @@ mod tests {
             })
             .await;
     }
+
+    /// Waits for the whole body, then signs the request with its length and
+    /// reverses the body.
+    struct Whole;
+
+    #[async_trait(?Send)]
+    impl HttpFilter for Whole {
+        async fn on_request_headers(
+            &mut self,
+            _head: &mut legate_filter_api::RequestHead,
+            _eos: bool,
+            _info: &mut StreamInfo,
+        ) -> legate_filter_api::HeadersAction {
+            legate_filter_api::HeadersAction::WaitForBody { limit: 64 }
+        }
+        async fn on_request_buffered(
+            &mut self,
+            head: &mut legate_filter_api::RequestHead,
+            body: &mut Bytes,
+            _trailers: &mut Option<http::HeaderMap>,
+            _info: &mut StreamInfo,
+        ) -> legate_filter_api::HeadersAction {
+            head.headers
+                .insert("x-filtered", http::HeaderValue::from(body.len()));
+            *body = body.iter().rev().copied().collect::<Vec<u8>>().into();
+            legate_filter_api::HeadersAction::Continue
+        }
+    }
+
+    struct WholeFactory;
+    impl HttpFilterFactory for WholeFactory {
+        fn create(&self) -> Box<dyn HttpFilter> {
+            Box::new(Whole)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_headers_hook_can_wait_for_the_whole_body() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                // The echo upstream returns the body it got.
+                let (status, headers, body) = proxy_once(Arc::new(WholeFactory), "abc").await;
+                assert_eq!(status, 200);
+                // Headers changed after the body was seen; the body replaced.
+                assert_eq!(headers["x-saw-filtered"], "3");
+                assert_eq!(body, "cba");
+                let (status, _, _) =
+                    proxy_once(Arc::new(WholeFactory), "x".repeat(65).leak()).await;
+                assert_eq!(status, 413);
+            })
+            .await;
+    }
 }
