@@ -523,7 +523,7 @@ async fn a_memory_hog_is_stopped_at_the_cap() {
     assert_eq!(status, 200);
     let log = l.stderr_text();
     assert!(
-        log.contains("memory limit") || log.contains("trapped"),
+        log.contains("exceeded the memory limit of 16777216 bytes"),
         "{log}"
     );
 }
