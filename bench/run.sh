@@ -26,6 +26,8 @@
 #   BENCH_TARGETS        which rows to run ["direct nginx haproxy envoy legate"];
 #                        the wasm suite runs the envoy and legate ones
 #   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
+#   BENCH_WASM_ROUNDS    rounds of the wasm suite's filter-cost table; each round
+#                        runs its four rows back to back, the report gives medians [3]
 #   BENCH_RSS_WORKERS    worker counts of the wasm suite's memory table ["1 2"]
 #   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
 #                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
@@ -33,6 +35,9 @@
 #                        to legate and to the default BENCH_WASM
 #   BENCH_RESULTS        output file [bench/RESULTS.md]
 #   BENCH_KEEP           1 = keep the scratch dir with configs/logs/raw output [0]
+#   BENCH_PORT_OFFSET    add this to every port below, e.g. 10000 when something
+#                        else holds one of them; the proxies then get copies of
+#                        proxy.yaml/proxy-wasm.yaml with the ports shifted [0]
 #   LEGATE_BIN           legate binary [target/release/legate]
 #   ENVOY_BIN            envoy binary [output of tests/envoy/fetch.sh]
 #
@@ -55,7 +60,7 @@ repo_root=$(cd "$bench_dir/.." && pwd -P)
 # The exact command, with every override that was set, for the report
 # (computed before the defaults below are filled in).
 cmdline="bench/run.sh${*:+ $*}"
-for v in LEGATE_BIN ENVOY_BIN BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_RSS_WORKERS \
+for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_WASM_ROUNDS BENCH_RSS_WORKERS \
          BENCH_PROTOCOLS BENCH_TARGETS BENCH_SUITES BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
     if [[ -n "${!v+x}" ]]; then
         val="${!v}"
@@ -74,6 +79,7 @@ TARGETS="${BENCH_TARGETS:-direct nginx haproxy envoy legate}"
 PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
 SUITES="${BENCH_SUITES:-proxy wasm}"
 RSS_WORKERS="${BENCH_RSS_WORKERS:-1 2}"
+WASM_ROUNDS="${BENCH_WASM_ROUNDS:-3}"
 BUILD_LEGATE="${BENCH_BUILD_LEGATE:-auto}"
 RESULTS="${BENCH_RESULTS:-$bench_dir/RESULTS.md}"
 KEEP="${BENCH_KEEP:-0}"
@@ -83,13 +89,16 @@ WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an
 WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
 WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
 
-UP_H1_PORT=18080
-UP_H2_PORT=18081
-EL_PORT=18100      # envoy / legate listener (from proxy.yaml)
-EL_ADMIN_PORT=18901
-NGINX_H1_PORT=18200
-NGINX_H2_PORT=18201
-HAPROXY_PORT=18300
+PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
+[[ "$PORT_OFFSET" =~ ^[0-9]+$ ]] && (( PORT_OFFSET <= 40000 )) \
+    || { echo "BENCH_PORT_OFFSET must be an integer from 0 to 40000, got '$PORT_OFFSET'" >&2; exit 2; }
+UP_H1_PORT=$((18080 + PORT_OFFSET))
+UP_H2_PORT=$((18081 + PORT_OFFSET))
+EL_PORT=$((18100 + PORT_OFFSET))      # envoy / legate listener (from proxy.yaml)
+EL_ADMIN_PORT=$((18901 + PORT_OFFSET))
+NGINX_H1_PORT=$((18200 + PORT_OFFSET))
+NGINX_H2_PORT=$((18201 + PORT_OFFSET))
+HAPROXY_PORT=$((18300 + PORT_OFFSET))
 ALL_PORTS="$UP_H1_PORT $UP_H2_PORT $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT"
 BODY="hello from upstream"   # response body is this plus a newline (20 bytes)
 
@@ -104,10 +113,11 @@ for arg in "$@"; do
     esac
 done
 
-for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS; do
+for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS WASM_ROUNDS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
 done
 (( DURATION > 0 )) || { echo "BENCH_DURATION must be > 0" >&2; exit 2; }
+(( WASM_ROUNDS > 0 )) || { echo "BENCH_WASM_ROUNDS must be > 0" >&2; exit 2; }
 for s in $SUITES; do
     [[ "$s" == proxy || "$s" == wasm ]] || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm)" >&2; exit 2; }
 done
@@ -523,7 +533,7 @@ bench_target() {
 WASM_YAML=       # scratch copy of bench/proxy-wasm.yaml with the absolute .wasm path
 WASM_NA=         # why the filter rows cannot run, if they cannot
 RSS_LOAD_SECS=$(( WARMUP > 0 ? WARMUP : 2 ))
-declare -A RSS_IDLE RSS_LOAD RSS_HWM RSS_NOTE
+declare -A RSS_IDLE RSS_LOAD RSS_HWM RSS_VMS RSS_NOTE
 
 # prepare_wasm: check the .wasm and that proxy-wasm.yaml is proxy.yaml plus
 # the filter, then write the scratch copy of it. Sets WASM_NA on failure.
@@ -562,32 +572,90 @@ check_wasm() {
     return 1
 }
 
-# bench_wasm_row ROW PROXY yes|no: one row of the filter-cost table, one worker.
+# bench_wasm_row ROW PROXY yes|no ROUND: one row of the filter-cost table, one
+# worker, fresh process; results under the table key wasmROUND.
 bench_wasm_row() {
-    local row="$1" proxy="$2" filter="$3" yaml="$PROXY_YAML" url="http://127.0.0.1:$EL_PORT/"
-    log "=== $row (wasm suite)"
+    local row="$1" proxy="$2" filter="$3" r="$4" yaml="$PROXY_YAML" url="http://127.0.0.1:$EL_PORT/"
+    local tb="wasm$r"
+    log "=== $row (wasm suite, round $r of $WASM_ROUNDS)"
     if [[ "$filter" == yes ]]; then
-        [[ -z "$WASM_NA" ]] || { NOTE[wasm,$row]="not available ($WASM_NA)"; return 0; }
+        [[ -z "$WASM_NA" ]] || { NOTE[$tb,$row]="not available ($WASM_NA)"; return 0; }
         yaml="$WASM_YAML"
     fi
-    if ! start_target "$proxy" "$yaml" 1 "$row"; then
+    if ! start_target "$proxy" "$yaml" 1 "$row-r$r"; then
         start_failure
-        NOTE[wasm,$row]=$START_NA
-        log "$row: ${NOTE[wasm,$row]}"
+        NOTE[$tb,$row]=$START_NA
+        log "$row: ${NOTE[$tb,$row]}"
         stop_target
         return 0
     fi
     if ! check_url "$url" h1 || ! check_wasm "$url" "$filter"; then
-        NOTE[wasm,$row]="sanity request failed (filter expected: $filter)"
-        log "$row: ${NOTE[wasm,$row]}"
+        NOTE[$tb,$row]="sanity request failed (filter expected: $filter)"
+        log "$row: ${NOTE[$tb,$row]}"
     else
-        run_wrk "$row" "$url" wasm
+        run_wrk "$row" "$url" "$tb"
     fi
     stop_target
 }
 
+median() {   # numbers as arguments -> their median, or nothing
+    (( $# )) || return 0
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# Medians over the rounds into the table key "wasm"; per-round losses of the
+# filter rows (each against the row without the filter of the same round).
+declare -A LOSS_MED LOSS_LIST
+aggregate_wasm() {
+    local row base r rps p50 p99 errs failed note loss
+    for row in envoy envoy+wasm legate legate+wasm; do
+        rps=(); p50=(); p99=(); errs=0; failed=0; note=
+        for r in $(seq 1 "$WASM_ROUNDS"); do
+            if [[ -n "${RPS[wasm$r,$row]:-}" ]]; then
+                rps+=("${RPS[wasm$r,$row]}"); p50+=("${P50[wasm$r,$row]}"); p99+=("${P99[wasm$r,$row]}")
+                errs=$(( errs + ${ERRS[wasm$r,$row]:-0} ))
+            else
+                failed=$((failed + 1)); note=${note:-${NOTE[wasm$r,$row]:-}}
+            fi
+        done
+        if ((${#rps[@]})); then
+            RPS[wasm,$row]=$(median "${rps[@]}")
+            P50[wasm,$row]=$(median "${p50[@]}")
+            P99[wasm,$row]=$(median "${p99[@]}")
+            ERRS[wasm,$row]=$errs
+            (( failed == 0 )) || NOTES_WASM+=("$row: $failed of $WASM_ROUNDS rounds failed${note:+ ($note)}")
+        else
+            NOTE[wasm,$row]=${note:-not run}
+        fi
+        base=${row%+wasm}
+        [[ "$row" != "$base" ]] || continue
+        local losses=() shown=()
+        for r in $(seq 1 "$WASM_ROUNDS"); do
+            if [[ -n "${RPS[wasm$r,$row]:-}" && -n "${RPS[wasm$r,$base]:-}" ]]; then
+                loss=$(awk -v a="${RPS[wasm$r,$base]}" -v b="${RPS[wasm$r,$row]}" 'BEGIN { if (a + 0 > 0) printf "%.1f", (a - b) * 100 / a }')
+                [[ -n "$loss" ]] || continue
+                losses+=("$loss"); shown+=("$loss%")
+            else
+                shown+=("-")
+            fi
+        done
+        if ((${#losses[@]})); then
+            LOSS_MED[$row]=$(median "${losses[@]}")
+            LOSS_LIST[$row]="${shown[*]}"
+            LOSS_LIST[$row]=${LOSS_LIST[$row]// / \/ }
+        fi
+    done
+}
+
 # rss_mib PID FIELD: a /proc/PID/status field (VmRSS, VmHWM) in MiB.
 rss_mib() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null; }
+
+# Live Wasm VMs, from the admin stat both proxies keep
+# (wasm.envoy.wasm.runtime.<runtime>.active); empty if there is none.
+wasm_vms() {
+    curl -s -m 2 "http://127.0.0.1:$EL_ADMIN_PORT/stats" 2>/dev/null \
+        | awk -F': ' '$1 ~ /^wasm\.envoy\.wasm\.runtime\.[A-Za-z0-9_]+\.active$/ { n += $2; found = 1 } END { if (found) print n }'
+}
 
 # measure_rss PROXY WORKERS yes|no: VmRSS 1 s after the proxy is ready (before
 # any request), then VmRSS and VmHWM right after a RSS_LOAD_SECS wrk load.
@@ -619,10 +687,11 @@ measure_rss() {
             (( ${non2xx:-0} == 0 )) || RSS_NOTE[$key]="$non2xx non-2xx responses during the load"
             RSS_LOAD[$key]=$(rss_mib "$CUR_PID" VmRSS)
             RSS_HWM[$key]=$(rss_mib "$CUR_PID" VmHWM)
+            RSS_VMS[$key]=$(wasm_vms)
         fi
     fi
     if ! kill -0 "$CUR_PID" 2>/dev/null; then RSS_NOTE[$key]="process exited: $(log_tail)"; fi
-    log "$tag: idle ${RSS_IDLE[$key]:-?} MiB, after load ${RSS_LOAD[$key]:-?} MiB, peak ${RSS_HWM[$key]:-?} MiB${RSS_NOTE[$key]:+ (${RSS_NOTE[$key]})}"
+    log "$tag: idle ${RSS_IDLE[$key]:-?} MiB, after load ${RSS_LOAD[$key]:-?} MiB, peak ${RSS_HWM[$key]:-?} MiB, Wasm VMs ${RSS_VMS[$key]:--}${RSS_NOTE[$key]:+ (${RSS_NOTE[$key]})}"
     stop_target
 }
 
@@ -654,31 +723,32 @@ write_table() {
     done
 }
 
-fmt_loss() {   # without with -> "3.2%" (req/s lost with the filter), or "-"
-    [[ -n "$1" && -n "$2" ]] || { echo "-"; return; }
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 == 0) print "-"; else printf "%.1f%%", (a - b) * 100 / a }'
-}
-
 write_wasm_table() {
-    local row base rps p50 p99 note
-    echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | p99 vs same proxy without the filter | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    local row base rps p50 p99 r med per perstr
+    echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | per round | p99 vs same proxy without the filter | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for row in envoy envoy+wasm legate legate+wasm; do
         has_target "${row%+wasm}" || continue
         rps=${RPS[wasm,$row]:-}
         if [[ -z "$rps" ]]; then
-            echo "| $row | ${NOTE[wasm,$row]:-not run} | | | | | |"
+            echo "| $row | ${NOTE[wasm,$row]:-not run} | | | | | | |"
             continue
         fi
         p50=${P50[wasm,$row]}; p99=${P99[wasm,$row]}
         base=${row%+wasm}
+        per=()
+        for r in $(seq 1 "$WASM_ROUNDS"); do
+            if [[ -n "${RPS[wasm$r,$row]:-}" ]]; then per+=("$(fmt_rps "${RPS[wasm$r,$row]}")"); else per+=("-"); fi
+        done
         if [[ "$row" == "$base" ]]; then
-            printf '| %s | %s | %s | %s | (baseline) | (baseline) | %s |\n' "$row" \
-                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${ERRS[wasm,$row]:-0}"
+            perstr="${per[*]}"
+            printf '| %s | %s | %s | %s | (baseline) | req/s: %s | (baseline) | %s |\n' "$row" \
+                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${perstr// / \/ }" "${ERRS[wasm,$row]:-0}"
         else
-            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$row" \
+            med=${LOSS_MED[$row]:-}
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$row" \
                 "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
-                "$(fmt_loss "${RPS[wasm,$base]:-}" "$rps")" "$(fmt_ratio "$p99" "${P99[wasm,$base]:-}")" \
+                "$(if [[ -n "$med" ]]; then awk -v m="$med" 'BEGIN { printf "**%.1f%%**", m }'; else echo -; fi)" "${LOSS_LIST[$row]:--}" "$(fmt_ratio "$p99" "${P99[wasm,$base]:-}")" \
                 "${ERRS[wasm,$row]:-0}"
         fi
     done
@@ -686,20 +756,19 @@ write_wasm_table() {
 
 # The target: legate loses at most 5% of its req/s to the filter.
 wasm_target_line() {
-    local a=${RPS[wasm,legate]:-} b=${RPS[wasm,legate+wasm]:-}
-    if [[ -z "$a" || -z "$b" ]]; then
+    local med=${LOSS_MED[legate+wasm]:-}
+    if [[ -z "$med" ]]; then
         echo "Target (legate+wasm loses at most 5% of legate's req/s): not measured."
         return
     fi
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        loss = (a - b) * 100 / a
-        printf "Target (legate+wasm loses at most 5%% of legate'"'"'s req/s): **%s**, %.1f%% lost (%.0f vs %.0f req/s).\n", (loss <= 5 ? "met" : "NOT met"), loss, b, a }'
+    awk -v m="$med" -v list="${LOSS_LIST[legate+wasm]}" -v n="$WASM_ROUNDS" 'BEGIN {
+        printf "Target (legate+wasm loses at most 5%% of legate'"'"'s req/s): **%s**, %.1f%% lost (median of %d round%s: %s).\n", (m <= 5 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), list }'
 }
 
 write_rss_table() {
     local proxy w f key note delta
-    echo "| proxy | workers | wasm filter | idle RSS (MiB) | RSS after load (MiB) | peak RSS, VmHWM (MiB) | filter's cost after load (MiB) |"
-    echo "|---|---:|---|---:|---:|---:|---:|"
+    echo "| proxy | workers | wasm filter | idle RSS (MiB) | RSS after load (MiB) | peak RSS, VmHWM (MiB) | filter's cost after load (MiB) | Wasm VMs after load |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|"
     for proxy in envoy legate; do
         has_target "$proxy" || continue
         for w in $RSS_WORKERS; do
@@ -707,15 +776,15 @@ write_rss_table() {
                 key="$proxy,$w,$f"
                 note=${RSS_NOTE[$key]:-}
                 if [[ -z "${RSS_IDLE[$key]:-}" && -z "${RSS_LOAD[$key]:-}" ]]; then
-                    echo "| $proxy | $w | $f | ${note:-not run} | | | |"
+                    echo "| $proxy | $w | $f | ${note:-not run} | | | | |"
                     continue
                 fi
                 delta="-"
                 if [[ "$f" == yes && -n "${RSS_LOAD[$key]:-}" && -n "${RSS_LOAD[$proxy,$w,no]:-}" ]]; then
                     delta=$(awk -v a="${RSS_LOAD[$key]}" -v b="${RSS_LOAD[$proxy,$w,no]}" 'BEGIN { printf "%+.1f", a - b }')
                 fi
-                printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$proxy" "$w" "$f" \
-                    "${RSS_IDLE[$key]:--}" "${RSS_LOAD[$key]:-${note:--}}" "${RSS_HWM[$key]:--}" "$delta"
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$proxy" "$w" "$f" \
+                    "${RSS_IDLE[$key]:--}" "${RSS_LOAD[$key]:-${note:--}}" "${RSS_HWM[$key]:--}" "$delta" "${RSS_VMS[$key]:--}"
                 [[ -z "$note" || -z "${RSS_LOAD[$key]:-}" ]] || NOTES_OUT+=("$proxy, $w worker(s), filter $f: $note")
             done
         done
@@ -739,8 +808,11 @@ write_report() {
         echo "- Machine: $(nproc) CPUs, $CPU_MODEL, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
         echo "- Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews the numbers)"
         echo "- Suites: $SUITES. Repository: $REPO_STATE."
+        if (( PORT_OFFSET > 0 )); then
+            echo "- Ports: the defaults plus BENCH_PORT_OFFSET=$PORT_OFFSET (upstream $UP_H1_PORT, Envoy/legate $EL_PORT, admin $EL_ADMIN_PORT); Envoy and legate get copies of the bootstraps with the same shift."
+        fi
         if has_suite wasm; then
-            echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`; except in the memory table, which also has ${RSS_WORKERS// /, } workers."
+            echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`. The memory table is the exception: it runs Envoy and legate with \`--concurrency\` ${RSS_WORKERS// /, }."
         else
             echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
         fi
@@ -789,17 +861,21 @@ write_report() {
             echo
             echo "Each proxy with [bench/proxy.yaml](proxy.yaml) (no filter), then with [bench/proxy-wasm.yaml](proxy-wasm.yaml): the same plus \`envoy.filters.http.wasm\` running [header_filter](../examples/wasm/header_filter) before the router. On every request it reads \`:path\`, adds \`x-legate-wasm\` and removes \`x-remove-me\`; on every response it adds \`x-wasm-filter\` and \`x-request-path\`. Envoy and legate load the same .wasm file. Before the load, one request to \`/wasm-check\` checks the filter is at work in the filter rows (the upstream saw \`x-legate-wasm\`, the response carries both headers) and absent from the others."
             echo
-            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency http://127.0.0.1:$EL_PORT/\`, after a ${WARMUP}s warm-up run with the same settings (as in the HTTP/1.1 table above); Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
+            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency http://127.0.0.1:$EL_PORT/\`, after a ${WARMUP}s warm-up run with the same settings (as in the HTTP/1.1 table above); Envoy \`--concurrency 1\`, legate \`--concurrency 1\`. $WASM_ROUNDS round(s): each round runs the four rows in table order, each in a fresh process. req/s, p50 and p99 are medians over the rounds. \"req/s lost\" is computed per round, against the row without the filter that ran just before, and the median is shown; \"per round\" lists every round (req/s for the rows without the filter)."
             echo
             write_wasm_table
             echo
             wasm_target_line
             echo
-            echo "\"req/s lost\" is (without - with) / without; negative means the filter row happened to be faster (noise). p99 vs same proxy: above 1.00x is a higher tail latency with the filter. Errors are wrk non-2xx responses plus socket errors."
+            if ((${#NOTES_WASM[@]})); then
+                printf -- '- %s\n' "${NOTES_WASM[@]}"
+                echo
+            fi
+            echo "\"req/s lost\" is (without - with) / without; negative means the filter row happened to be faster (noise). p99 vs same proxy: above 1.00x is a higher tail latency with the filter. Errors are wrk non-2xx responses plus socket errors. For where legate's extra time goes, see [PROFILE-wasm.md](PROFILE-wasm.md) (\`bench/profile-wasm.sh\`, callgrind)."
             echo
             echo "## Resident memory (VmRSS), Envoy and legate, with and without the filter"
             echo
-            echo "From \`/proc/<pid>/status\` of the proxy process (all its threads): \"idle\" is VmRSS 1 s after the proxy is ready, before any request; \"after load\" is VmRSS right after a ${RSS_LOAD_SECS}s \`wrk -t$WRK_THREADS -c$CONNS\` load (it follows the two sanity requests); \"peak\" is VmHWM at that point. Same bootstraps as above, \`--concurrency N\` for N workers. The last column is \"after load\" with the filter minus without, same proxy and workers. 1 MiB = 1024 KiB."
+            echo "From \`/proc/<pid>/status\` of the proxy process (all its threads): \"idle\" is VmRSS 1 s after the proxy is ready, before any request; \"after load\" is VmRSS right after a ${RSS_LOAD_SECS}s \`wrk -t$WRK_THREADS -c$CONNS\` load (it follows the two sanity requests); \"peak\" is VmHWM at that point. Same bootstraps as above, \`--concurrency N\` for N workers. \"Filter's cost\" is \"after load\" with the filter minus without, same proxy and workers. \"Wasm VMs\" is the admin stat \`wasm.envoy.wasm.runtime.v8.active\` after the load (both proxies keep it; \"-\" when there is no filter). Envoy makes its VMs at start-up, one per worker plus some on the main thread. legate makes a worker's VM on that worker's first stream, so its \"idle\" column has none of them. 1 MiB = 1024 KiB."
             echo
             NOTES_OUT=()
             write_rss_table
@@ -825,10 +901,27 @@ ensure_tools
 
 for p in $ALL_PORTS; do
     if port_open "$p"; then
-        log "port 127.0.0.1:$p is already in use (a leftover run?); stop it first"
+        log "port 127.0.0.1:$p is already in use (a leftover run?); stop it first, or set BENCH_PORT_OFFSET"
         exit 1
     fi
 done
+
+# With BENCH_PORT_OFFSET, Envoy and legate get copies of the bootstraps with
+# every port_value shifted (still one identical file for both proxies).
+if (( PORT_OFFSET > 0 )); then
+    shift_ports() {
+        awk -v off="$PORT_OFFSET" '{
+            while (match($0, /port_value: [0-9]+/)) {
+                n = substr($0, RSTART + 12, RLENGTH - 12) + off
+                $0 = substr($0, 1, RSTART - 1) "port_value= " n substr($0, RSTART + RLENGTH)
+            }
+            gsub(/port_value= /, "port_value: "); print }' "$1"
+    }
+    shift_ports "$PROXY_YAML" >"$work/proxy.yaml"
+    shift_ports "$WASM_YAML_SRC" >"$work/proxy-wasm.src.yaml"
+    PROXY_YAML="$work/proxy.yaml"
+    WASM_YAML_SRC="$work/proxy-wasm.src.yaml"
+fi
 
 if has_target envoy; then
     if [[ -z "${ENVOY_BIN:-}" ]]; then
@@ -898,11 +991,14 @@ if has_suite wasm && { has_target envoy || has_target legate; }; then
     WASMTIME_VERSION=$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$repo_root/Cargo.lock" 2>/dev/null || true)
 fi
 
+# The checkout at the start of the run (bench/ itself does not go into any binary).
 REPO_STATE="not a git checkout"
 if git -C "$repo_root" rev-parse --short HEAD >/dev/null 2>&1; then
     REPO_STATE="commit $(git -C "$repo_root" rev-parse --short HEAD)"
-    if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-        REPO_STATE+=" with uncommitted changes (a binary built now may include them)"
+    if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no -- . ':!bench' 2>/dev/null)" ]]; then
+        REPO_STATE+=", with uncommitted changes outside bench/ (a binary built from this checkout may include them)"
+    else
+        REPO_STATE+=", no uncommitted changes outside bench/"
     fi
 fi
 
@@ -926,12 +1022,16 @@ if has_suite proxy; then
     done
 fi
 
+NOTES_WASM=()
 if has_suite wasm; then
-    for t in envoy legate; do
-        has_target "$t" || continue
-        bench_wasm_row "$t" "$t" no
-        bench_wasm_row "$t+wasm" "$t" yes
+    for r in $(seq 1 "$WASM_ROUNDS"); do
+        for t in envoy legate; do
+            has_target "$t" || continue
+            bench_wasm_row "$t" "$t" no "$r"
+            bench_wasm_row "$t+wasm" "$t" yes "$r"
+        done
     done
+    aggregate_wasm
     for t in envoy legate; do
         has_target "$t" || continue
         for w in $RSS_WORKERS; do

@@ -42,6 +42,25 @@ fn read(c: &C, ptr: i32, len: i32) -> Option<Vec<u8>> {
     mem.data(c).get(p..p.checked_add(l)?).map(<[u8]>::to_vec)
 }
 
+/// Runs `f` on two ranges of guest memory and the host state, without copying
+/// them out; `None` when a range is out of bounds.
+fn with_mem<T>(
+    c: &mut C,
+    (p1, l1): (i32, i32),
+    (p2, l2): (i32, i32),
+    f: impl FnOnce(&[u8], &[u8], &mut HostState) -> T,
+) -> Option<T> {
+    let mem = c.data().memory?;
+    let (data, st) = mem.data_and_store_mut(c);
+    let range = |p: i32, l: i32| {
+        let (p, l) = (p as u32 as usize, l as u32 as usize);
+        p..p.checked_add(l).unwrap_or(usize::MAX)
+    };
+    let a = data.get(range(p1, l1))?;
+    let b = data.get(range(p2, l2))?;
+    Some(f(a, b, st))
+}
+
 fn write(c: &mut C, ptr: i32, bytes: &[u8]) -> bool {
     let Some(mem) = c.data().memory else {
         return false;
@@ -131,33 +150,31 @@ fn deserialize(b: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
     Some(out)
 }
 
-/// The pseudo-headers of a request head.
-fn request_pseudo(h: &RequestHead) -> [(&'static [u8], Vec<u8>); 4] {
-    let authority = h
-        .uri
-        .authority()
-        .map(|a| a.as_str().as_bytes().to_vec())
-        .or_else(|| {
-            h.headers
+/// One pseudo-header of a request head (`key` in any case).
+fn request_pseudo(h: &RequestHead, key: &[u8]) -> Option<Vec<u8>> {
+    let v: &[u8] = if key.eq_ignore_ascii_case(b":path") {
+        h.uri
+            .path_and_query()
+            .map_or(b"/", |p| p.as_str().as_bytes())
+    } else if key.eq_ignore_ascii_case(b":authority") {
+        match h.uri.authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => h
+                .headers
                 .get(http::header::HOST)
-                .map(|v| v.as_bytes().to_vec())
-        })
-        .unwrap_or_default();
-    [
-        (b":authority", authority),
-        (
-            b":path",
-            h.uri
-                .path_and_query()
-                .map_or(b"/".to_vec(), |p| p.as_str().as_bytes().to_vec()),
-        ),
-        (b":method", h.method.as_str().as_bytes().to_vec()),
-        (
-            b":scheme",
-            h.uri.scheme_str().unwrap_or("http").as_bytes().to_vec(),
-        ),
-    ]
+                .map_or(b"", |v| v.as_bytes()),
+        }
+    } else if key.eq_ignore_ascii_case(b":method") {
+        h.method.as_str().as_bytes()
+    } else if key.eq_ignore_ascii_case(b":scheme") {
+        h.uri.scheme_str().unwrap_or("http").as_bytes()
+    } else {
+        return None;
+    };
+    Some(v.to_vec())
 }
+
+const REQUEST_PSEUDO: [&[u8]; 4] = [b":authority", b":path", b":method", b":scheme"];
 
 /// A header map as pairs (pseudo-headers first), or `None` when this callback
 /// has no such map.
@@ -177,9 +194,9 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     match t {
         0 => {
             let h = d.req.as_ref().or(d.req_seen.as_ref())?;
-            let mut v: Vec<(Vec<u8>, Vec<u8>)> = request_pseudo(h)
-                .into_iter()
-                .map(|(k, v)| (k.to_vec(), v))
+            let mut v: Vec<(Vec<u8>, Vec<u8>)> = REQUEST_PSEUDO
+                .iter()
+                .filter_map(|k| Some((k.to_vec(), request_pseudo(h, k)?)))
                 .collect();
             v.extend(plain(&h.headers));
             Some(v)
@@ -224,13 +241,7 @@ fn map_value(st: &HostState, t: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
         0 => {
             let h = d.req.as_ref().or(d.req_seen.as_ref())?;
             if key.starts_with(b":") {
-                let lower = key.to_ascii_lowercase();
-                return Some(
-                    request_pseudo(h)
-                        .into_iter()
-                        .find(|(k, _)| *k == lower.as_slice())
-                        .map(|(_, v)| v),
-                );
+                return Some(request_pseudo(h, key));
             }
             Some(joined(&h.headers))
         }
@@ -331,7 +342,12 @@ fn edit(h: &mut HeaderMap, key: &[u8], value: &[u8], op: Op) -> bool {
 /// Edits a live header map; `None` when this callback cannot write it.
 fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Option<bool> {
     let d = &mut st.stream;
-    let key = key.to_ascii_lowercase();
+    // HeaderName parsing lowercases; only pseudo-header matching needs it here.
+    let key: std::borrow::Cow<[u8]> = if key.iter().any(u8::is_ascii_uppercase) {
+        key.to_ascii_lowercase().into()
+    } else {
+        key.into()
+    };
     Some(match t {
         0 => {
             let h = d.req.as_mut()?;
@@ -344,7 +360,7 @@ fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Opt
         1 => edit(d.req_trailers.as_mut()?, &key, value, op),
         2 => {
             let h: &mut ResponseHead = d.resp.as_mut()?;
-            if key == b":status" {
+            if *key == *b":status" {
                 if let Some(s) = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.parse::<u16>().ok())
@@ -670,8 +686,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         E,
         "proxy_get_header_map_value",
         |mut c: C, t: i32, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32| -> R {
-            let key = try_mem!(read(&c, kp, kl));
-            match map_value(c.data(), t, &key) {
+            let value = try_mem!(with_mem(&mut c, (kp, kl), (0, 0), |key, _, st| {
+                map_value(st, t, key)
+            }));
+            match value {
                 Some(Some(v)) => give(&mut c, &v, ptr_ptr, size_ptr),
                 _ => Ok(NOT_FOUND),
             }
@@ -685,9 +703,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             E,
             name,
             move |mut c: C, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
-                let key = try_mem!(read(&c, kp, kl));
-                let value = try_mem!(read(&c, vp, vl));
-                Ok(match map_edit(c.data_mut(), t, &key, &value, op) {
+                let edited = try_mem!(with_mem(&mut c, (kp, kl), (vp, vl), |key, value, st| {
+                    map_edit(st, t, key, value, op)
+                }));
+                Ok(match edited {
                     Some(true) => OK,
                     Some(false) => BAD_ARGUMENT,
                     None => NOT_FOUND,
@@ -699,8 +718,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         E,
         "proxy_remove_header_map_value",
         |mut c: C, t: i32, kp: i32, kl: i32| -> R {
-            let key = try_mem!(read(&c, kp, kl));
-            Ok(match map_edit(c.data_mut(), t, &key, b"", Op::Remove) {
+            let edited = try_mem!(with_mem(&mut c, (kp, kl), (0, 0), |key, _, st| {
+                map_edit(st, t, key, b"", Op::Remove)
+            }));
+            Ok(match edited {
                 Some(_) => OK,
                 None => NOT_FOUND,
             })

@@ -212,7 +212,14 @@ impl WasmHttpFilter {
         } else {
             &mut self.resp_buf
         };
-        buf.extend_from_slice(chunk);
+        if buf.is_empty() {
+            // Nothing held back: take the chunk itself, copying only if shared.
+            *buf = std::mem::take(chunk)
+                .try_into_mut()
+                .unwrap_or_else(|b| BytesMut::from(&b[..]));
+        } else {
+            buf.extend_from_slice(chunk);
+        }
         if buf.len() > limit {
             // Envoy's answers when a buffering filter overflows.
             let (status, body) = if request {

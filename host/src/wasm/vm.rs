@@ -55,6 +55,16 @@ pub struct Effects {
     pub tick: Option<Duration>,
 }
 
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.resume.is_empty()
+            && self.replies.is_empty()
+            && self.close.is_empty()
+            && self.calls.is_empty()
+            && self.tick.is_none()
+    }
+}
+
 /// The store's data: what host functions see.
 pub struct HostState {
     pub limits: StoreLimits,
@@ -335,13 +345,13 @@ impl Vm {
     /// Root context: create, `on_vm_start`, `on_configure`.
     fn start_root(self: &Rc<Self>) -> Result<(), Failed> {
         let root = self.root as i32;
-        if let Some(f) = self.f.context_create.clone() {
+        if let Some(f) = &self.f.context_create {
             self.call("proxy_on_context_create", &mut StreamData::default(), |s| {
                 f.call(s, (root, 0))
             })?;
         }
         let vm_cfg = self.plugin.vm_configuration.len() as i32;
-        if let Some(f) = self.f.vm_start.clone() {
+        if let Some(f) = &self.f.vm_start {
             let ok = self.call("proxy_on_vm_start", &mut StreamData::default(), |s| {
                 f.call(s, (root, vm_cfg))
             })?;
@@ -350,7 +360,7 @@ impl Vm {
             }
         }
         let cfg = self.plugin.configuration.len() as i32;
-        if let Some(f) = self.f.configure.clone() {
+        if let Some(f) = &self.f.configure {
             let ok = self.call("proxy_on_configure", &mut StreamData::default(), |s| {
                 f.call(s, (root, cfg))
             })?;
@@ -425,6 +435,9 @@ impl Vm {
 
     /// Sends effects to the inboxes of their contexts and starts calls.
     fn dispatch(&self, fx: Effects, _ctx: u32) {
+        if fx.is_empty() {
+            return;
+        }
         let Effects {
             resume,
             replies,
@@ -489,7 +502,7 @@ impl Vm {
         self.next_ctx.set(id.wrapping_add(1).max(2));
         let inbox = Rc::new(Inbox::default());
         self.inboxes.borrow_mut().insert(id, inbox.clone());
-        if let Some(f) = self.f.context_create.clone() {
+        if let Some(f) = &self.f.context_create {
             let root = self.root as i32;
             self.call_for(
                 id,
@@ -589,7 +602,7 @@ impl Vm {
         eos: bool,
         data: &mut StreamData,
     ) -> Result<Outcome, Failed> {
-        match self.f.request_headers.clone() {
+        match &self.f.request_headers {
             Some(HeadersFn::V2(f)) => {
                 self.stream_call(ctx, "proxy_on_request_headers", data, |s| {
                     f.call(s, (ctx as i32, n as i32, eos as i32))
@@ -611,7 +624,7 @@ impl Vm {
         eos: bool,
         data: &mut StreamData,
     ) -> Result<Outcome, Failed> {
-        match self.f.response_headers.clone() {
+        match &self.f.response_headers {
             Some(HeadersFn::V2(f)) => {
                 self.stream_call(ctx, "proxy_on_response_headers", data, |s| {
                     f.call(s, (ctx as i32, n as i32, eos as i32))
@@ -635,9 +648,9 @@ impl Vm {
         data: &mut StreamData,
     ) -> Result<Outcome, Failed> {
         let (f, name) = if request {
-            (self.f.request_body.clone(), "proxy_on_request_body")
+            (&self.f.request_body, "proxy_on_request_body")
         } else {
-            (self.f.response_body.clone(), "proxy_on_response_body")
+            (&self.f.response_body, "proxy_on_response_body")
         };
         match f {
             Some(f) => self.stream_call(ctx, name, data, |s| {
@@ -655,12 +668,9 @@ impl Vm {
         data: &mut StreamData,
     ) -> Result<Outcome, Failed> {
         let (f, name) = if request {
-            (self.f.request_trailers.clone(), "proxy_on_request_trailers")
+            (&self.f.request_trailers, "proxy_on_request_trailers")
         } else {
-            (
-                self.f.response_trailers.clone(),
-                "proxy_on_response_trailers",
-            )
+            (&self.f.response_trailers, "proxy_on_response_trailers")
         };
         match f {
             Some(f) => self.stream_call(ctx, name, data, |s| f.call(s, (ctx as i32, n as i32))),
@@ -669,7 +679,7 @@ impl Vm {
     }
 
     pub fn new_connection(&self, ctx: u32, data: &mut StreamData) -> Result<Outcome, Failed> {
-        match self.f.new_connection.clone() {
+        match &self.f.new_connection {
             Some(f) => self.stream_call(ctx, "proxy_on_new_connection", data, |s| {
                 f.call(s, ctx as i32)
             }),
@@ -686,9 +696,9 @@ impl Vm {
         data: &mut StreamData,
     ) -> Result<Outcome, Failed> {
         let (f, name) = if downstream {
-            (self.f.downstream_data.clone(), "proxy_on_downstream_data")
+            (&self.f.downstream_data, "proxy_on_downstream_data")
         } else {
-            (self.f.upstream_data.clone(), "proxy_on_upstream_data")
+            (&self.f.upstream_data, "proxy_on_upstream_data")
         };
         match f {
             Some(f) => self.stream_call(ctx, name, data, |s| {
@@ -700,12 +710,12 @@ impl Vm {
 
     pub fn connection_closed(&self, ctx: u32, data: &mut StreamData) {
         // Envoy reports the downstream close with peer type "remote" (2).
-        if let Some(f) = self.f.downstream_close.clone() {
+        if let Some(f) = &self.f.downstream_close {
             let _ = self.call_for(ctx, "proxy_on_downstream_connection_close", data, |s| {
                 f.call(s, (ctx as i32, 2))
             });
         }
-        if let Some(f) = self.f.upstream_close.clone() {
+        if let Some(f) = &self.f.upstream_close {
             let _ = self.call_for(ctx, "proxy_on_upstream_connection_close", data, |s| {
                 f.call(s, (ctx as i32, 1))
             });
@@ -723,7 +733,7 @@ impl Vm {
     ) -> Result<(), Failed> {
         match kind {
             CallKind::Http => {
-                let Some(f) = self.f.http_call_response.clone() else {
+                let Some(f) = &self.f.http_call_response else {
                     return Ok(());
                 };
                 let (nh, nb, nt) = (resp.headers.len(), resp.body.len(), resp.trailers.len());
@@ -789,7 +799,7 @@ impl Vm {
         }
         let (t, c) = (token as i32, ctx as i32);
         let r = match e {
-            GrpcEvent::Initial(h) => match self.f.grpc_initial.clone() {
+            GrpcEvent::Initial(h) => match &self.f.grpc_initial {
                 Some(f) => {
                     self.call_for(ctx, "proxy_on_grpc_receive_initial_metadata", data, |s| {
                         f.call(s, (c, t, h.len() as i32))
@@ -797,13 +807,13 @@ impl Vm {
                 }
                 None => Ok(()),
             },
-            GrpcEvent::Message(m) => match self.f.grpc_receive.clone() {
+            GrpcEvent::Message(m) => match &self.f.grpc_receive {
                 Some(f) => self.call_for(ctx, "proxy_on_grpc_receive", data, |s| {
                     f.call(s, (c, t, m.len() as i32))
                 }),
                 None => Ok(()),
             },
-            GrpcEvent::Trailers(tr) => match self.f.grpc_trailing.clone() {
+            GrpcEvent::Trailers(tr) => match &self.f.grpc_trailing {
                 Some(f) => {
                     self.call_for(ctx, "proxy_on_grpc_receive_trailing_metadata", data, |s| {
                         f.call(s, (c, t, tr.len() as i32))
@@ -811,7 +821,7 @@ impl Vm {
                 }
                 None => Ok(()),
             },
-            GrpcEvent::Close(code, _) => match self.f.grpc_close.clone() {
+            GrpcEvent::Close(code, _) => match &self.f.grpc_close {
                 Some(f) => self.call_for(ctx, "proxy_on_grpc_close", data, |s| {
                     f.call(s, (c, t, code as i32))
                 }),
@@ -836,13 +846,13 @@ impl Vm {
     /// `on_log`, `on_done`, `on_delete`, and the context is forgotten.
     pub fn finish(&self, ctx: u32, log: bool, data: &mut StreamData) {
         if !self.failed.get() {
-            if log && let Some(f) = self.f.log.clone() {
+            if log && let Some(f) = &self.f.log {
                 let _ = self.call_for(ctx, "proxy_on_log", data, |s| f.call(s, ctx as i32));
             }
-            if let Some(f) = self.f.done.clone() {
+            if let Some(f) = &self.f.done {
                 let _ = self.call_for(ctx, "proxy_on_done", data, |s| f.call(s, ctx as i32));
             }
-            if let Some(f) = self.f.delete.clone() {
+            if let Some(f) = &self.f.delete {
                 let _ = self.call_for(ctx, "proxy_on_delete", data, |s| f.call(s, ctx as i32));
             }
         }
@@ -850,7 +860,7 @@ impl Vm {
     }
 
     fn tick(&self) {
-        if let Some(f) = self.f.tick.clone() {
+        if let Some(f) = &self.f.tick {
             let root = self.root;
             let _ = self.call_for(root, "proxy_on_tick", &mut StreamData::default(), |s| {
                 f.call(s, root as i32)
@@ -859,7 +869,7 @@ impl Vm {
     }
 
     fn queue_ready(&self, id: u32) {
-        if let Some(f) = self.f.queue_ready.clone() {
+        if let Some(f) = &self.f.queue_ready {
             let root = self.root;
             let _ = self.call_for(
                 root,
