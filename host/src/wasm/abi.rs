@@ -54,7 +54,7 @@ fn with_mem<T>(
     let (data, st) = mem.data_and_store_mut(c);
     let range = |p: i32, l: i32| {
         let (p, l) = (p as u32 as usize, l as u32 as usize);
-        p..p.checked_add(l).unwrap_or(usize::MAX)
+        p..p.saturating_add(l)
     };
     let a = data.get(range(p1, l1))?;
     let b = data.get(range(p2, l2))?;
