@@ -15,7 +15,7 @@ use legate_filter_api::{
 };
 
 use super::Plugin;
-use super::vm::{Failed, Inbox, Outcome, Slot, StreamData, Vm, slot};
+use super::vm::{Data, Failed, Outcome, Slot, Vm, slot};
 use crate::config::FailurePolicy;
 
 /// Builds the per-stream filters of one plugin.
@@ -31,12 +31,13 @@ impl WasmHttpFactory {
 
 impl HttpFilterFactory for WasmHttpFactory {
     fn create(&self) -> Box<dyn HttpFilter> {
+        let slot = slot(&self.plugin);
         Box::new(WasmHttpFilter {
-            slot: slot(&self.plugin),
+            data: slot.take_data(),
+            slot,
             plugin: self.plugin.clone(),
             cx: None,
             bypass: false,
-            data: StreamData::default(),
             req_buf: BytesMut::new(),
             resp_buf: BytesMut::new(),
             request_buffered: false,
@@ -48,7 +49,6 @@ impl HttpFilterFactory for WasmHttpFactory {
 struct Cx {
     vm: Rc<Vm>,
     id: u32,
-    inbox: Rc<Inbox>,
 }
 
 pub struct WasmHttpFilter {
@@ -57,7 +57,7 @@ pub struct WasmHttpFilter {
     cx: Option<Cx>,
     /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
     bypass: bool,
-    data: StreamData,
+    data: Data,
     req_buf: BytesMut,
     resp_buf: BytesMut,
     /// The request body went through `on_request_buffered`: the body hooks pass.
@@ -114,12 +114,8 @@ impl WasmHttpFilter {
             return Ok((c.vm.clone(), c.id));
         }
         let vm = self.slot.vm().map_err(Failed)?;
-        let (id, inbox) = vm.new_context()?;
-        self.cx = Some(Cx {
-            vm: vm.clone(),
-            id,
-            inbox,
-        });
+        let id = vm.new_context()?;
+        self.cx = Some(Cx { vm: vm.clone(), id });
         Ok((vm, id))
     }
 
@@ -148,13 +144,10 @@ impl WasmHttpFilter {
         &mut self,
         wait: bool,
         body_follows: bool,
-        f: impl FnOnce(&Vm, u32, &mut StreamData) -> Result<Outcome, Failed>,
+        f: impl FnOnce(&Vm, u32, &mut Data) -> Result<Outcome, Failed>,
     ) -> Result<Done, Failed> {
         let (vm, id) = self.context()?;
         let mut out = f(&vm, id, &mut self.data)?;
-        let Some(inbox) = self.cx.as_ref().map(|c| c.inbox.clone()) else {
-            return Ok(Done::Continue);
-        };
         loop {
             if let Some(r) = out.reply.take() {
                 return Ok(Done::Reply(r));
@@ -183,6 +176,9 @@ impl WasmHttpFilter {
                     Done::Continue
                 });
             }
+            let Some(inbox) = vm.inbox(id) else {
+                return Ok(Done::Continue);
+            };
             inbox.notify.notified().await;
         }
     }
@@ -513,5 +509,6 @@ impl WasmHttpFilter {
 impl Drop for WasmHttpFilter {
     fn drop(&mut self) {
         self.finish();
+        self.slot.give_back(std::mem::take(&mut self.data));
     }
 }

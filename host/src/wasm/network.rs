@@ -11,7 +11,7 @@ use legate_filter_api::network::{
 };
 
 use super::Plugin;
-use super::vm::{ConnFacts, Failed, Outcome, Slot, StreamData, Vm, slot};
+use super::vm::{ConnFacts, Data, Failed, Outcome, Slot, Vm, slot};
 use crate::config::FailurePolicy;
 
 pub struct WasmNetworkFactory {
@@ -31,7 +31,7 @@ impl NetworkFilterFactory for WasmNetworkFactory {
             plugin: self.plugin.clone(),
             cx: None,
             bypass: false,
-            data: StreamData::default(),
+            data: Data::default(),
             down_buf: BytesMut::new(),
             up_buf: BytesMut::new(),
         })
@@ -43,7 +43,7 @@ pub struct WasmNetworkFilter {
     plugin: Arc<Plugin>,
     cx: Option<(Rc<Vm>, u32)>,
     bypass: bool,
-    data: StreamData,
+    data: Data,
     /// Data held while the filter pauses.
     down_buf: BytesMut,
     up_buf: BytesMut,
@@ -60,7 +60,7 @@ impl WasmNetworkFilter {
             id: info.connection_id,
         });
         let vm = self.slot.vm().map_err(Failed)?;
-        let (id, _) = vm.new_context()?;
+        let id = vm.new_context()?;
         self.cx = Some((vm.clone(), id));
         Ok((vm, id))
     }

@@ -45,6 +45,9 @@ pub struct StreamData {
     pub properties: HashMap<Vec<u8>, Bytes>,
 }
 
+/// Stream data as lent to the store: boxed, so lending is a pointer swap.
+pub type Data = Box<StreamData>;
+
 /// What callbacks asked of the host, acted on once they return.
 #[derive(Default)]
 pub struct Effects {
@@ -73,7 +76,7 @@ pub struct HostState {
     pub malloc: Option<TypedFunc<i32, i32>>,
     /// `proxy_set_effective_context`, or the context being called.
     pub effective: u32,
-    pub stream: StreamData,
+    pub stream: Data,
     /// The call response being delivered.
     pub call: Option<CallResponse>,
     /// A gRPC message being delivered.
@@ -120,6 +123,16 @@ pub struct Outcome {
     pub reply: Option<LocalReply>,
     pub resume: bool,
     pub close: bool,
+}
+
+impl Outcome {
+    fn merge(&mut self, o: Outcome) {
+        self.resume |= o.resume;
+        self.close |= o.close;
+        if o.reply.is_some() {
+            self.reply = o.reply;
+        }
+    }
 }
 
 /// A callback failed: trap, time or memory limit, or a bad return value.
@@ -212,13 +225,37 @@ fn exports(store: &mut Store<HostState>, i: &Instance) -> Exports {
     }
 }
 
+/// Context ids are small sequential integers: a multiply spreads them well
+/// enough, at a fraction of SipHash's cost.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Live contexts, each with its inbox once something was sent to it.
+type Contexts = HashMap<u32, Option<Rc<Inbox>>, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A plugin's VM on one worker.
 pub struct Vm {
     store: RefCell<Store<HostState>>,
     f: Exports,
     pub root: u32,
     next_ctx: Cell<u32>,
-    inboxes: RefCell<HashMap<u32, Rc<Inbox>>>,
+    contexts: RefCell<Contexts>,
+    /// Stream data for callbacks that have none (root context, context creation).
+    scratch: RefCell<Data>,
     failed: Cell<bool>,
     deadline_ticks: u64,
     pub stats: Arc<PluginStats>,
@@ -257,7 +294,7 @@ impl Vm {
             memory: None,
             malloc: None,
             effective: 1,
-            stream: StreamData::default(),
+            stream: Data::default(),
             call: None,
             grpc_message: None,
             grpc_meta: None,
@@ -321,7 +358,8 @@ impl Vm {
             f,
             root: 1,
             next_ctx: Cell::new(2),
-            inboxes: RefCell::new(HashMap::new()),
+            contexts: RefCell::new(Contexts::default()),
+            scratch: RefCell::new(Data::default()),
             failed: Cell::new(false),
             deadline_ticks,
             stats: plugin.stats.clone(),
@@ -329,7 +367,9 @@ impl Vm {
             live,
         });
         if let Some(l) = &vm.live {
-            vm.inboxes.borrow_mut().insert(1, l.root_inbox.clone());
+            vm.contexts
+                .borrow_mut()
+                .insert(1, Some(l.root_inbox.clone()));
         }
         vm.start_root()?;
         if vm.live.is_some() {
@@ -344,26 +384,21 @@ impl Vm {
 
     /// Root context: create, `on_vm_start`, `on_configure`.
     fn start_root(self: &Rc<Self>) -> Result<(), Failed> {
-        let root = self.root as i32;
+        let root = self.root;
+        let r = root as i32;
         if let Some(f) = &self.f.context_create {
-            self.call("proxy_on_context_create", &mut StreamData::default(), |s| {
-                f.call(s, (root, 0))
-            })?;
+            self.call_scratch(root, "proxy_on_context_create", |s| f.call(s, (r, 0)))?;
         }
         let vm_cfg = self.plugin.vm_configuration.len() as i32;
         if let Some(f) = &self.f.vm_start {
-            let ok = self.call("proxy_on_vm_start", &mut StreamData::default(), |s| {
-                f.call(s, (root, vm_cfg))
-            })?;
+            let ok = self.call_scratch(root, "proxy_on_vm_start", |s| f.call(s, (r, vm_cfg)))?;
             if ok == 0 {
                 return Err(Failed("on_vm_start returned false".into()));
             }
         }
         let cfg = self.plugin.configuration.len() as i32;
         if let Some(f) = &self.f.configure {
-            let ok = self.call("proxy_on_configure", &mut StreamData::default(), |s| {
-                f.call(s, (root, cfg))
-            })?;
+            let ok = self.call_scratch(root, "proxy_on_configure", |s| f.call(s, (r, cfg)))?;
             if ok == 0 {
                 return Err(Failed(
                     "on_configure returned false: the plugin rejected its configuration".into(),
@@ -375,26 +410,35 @@ impl Vm {
 
     /// Whether the context waits on something the host will deliver.
     pub fn has_pending(&self, ctx: u32) -> bool {
-        self.inboxes
+        self.contexts
             .borrow()
             .get(&ctx)
+            .and_then(|i| i.as_ref())
             .is_some_and(|i| i.pending.get() > 0 || !i.events.borrow().is_empty())
+    }
+
+    /// A live context's inbox, made on first use; `None` once the context ended.
+    pub fn inbox(&self, ctx: u32) -> Option<Rc<Inbox>> {
+        let mut c = self.contexts.borrow_mut();
+        let slot = c.get_mut(&ctx)?;
+        Some(slot.get_or_insert_with(Default::default).clone())
     }
 
     pub fn is_failed(&self) -> bool {
         self.failed.get()
     }
 
-    /// Runs one guest call with `data` lent to the store, then acts on the
-    /// effects: the calling context's own come back in the [`Outcome`], the rest
-    /// go to their contexts' inboxes.
+    /// Runs one guest call for context `ctx` with `data` lent to the store, then
+    /// acts on the effects: the context's own (resume, reply, close) come back,
+    /// the others go to their contexts' inboxes and calls start.
     fn call<R>(
         &self,
+        ctx: u32,
         callback: &'static str,
-        data: &mut StreamData,
+        data: &mut Data,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, Failed> {
-        let (r, fx, ctx) = {
+    ) -> Result<(R, Outcome), Failed> {
+        let (r, fx) = {
             let Ok(mut store) = self.store.try_borrow_mut() else {
                 return Err(Failed("re-entrant call into the VM".into()));
             };
@@ -402,25 +446,36 @@ impl Vm {
                 return Err(Failed("the VM has failed".into()));
             }
             store.set_epoch_deadline(self.deadline_ticks);
-            std::mem::swap(&mut store.data_mut().stream, data);
-            store.data_mut().callback = callback;
+            let st = store.data_mut();
+            std::mem::swap(&mut st.stream, data);
+            st.callback = callback;
+            st.effective = ctx;
             let r = f(&mut store);
-            std::mem::swap(&mut store.data_mut().stream, data);
-            let fx = std::mem::take(&mut store.data_mut().effects);
-            let ctx = store.data().effective;
-            (r, fx, ctx)
+            let st = store.data_mut();
+            std::mem::swap(&mut st.stream, data);
+            (r, std::mem::take(&mut st.effects))
         };
         match r {
-            Ok(r) => {
-                self.dispatch(fx, ctx);
-                Ok(r)
-            }
+            Ok(r) => Ok((r, self.dispatch(fx, ctx))),
             Err(e) => {
                 let why = describe(&e, callback, &self.plugin);
                 self.fail(&why);
                 Err(Failed(why))
             }
         }
+    }
+
+    /// A call with no stream data (root context, context creation).
+    fn call_scratch<R>(
+        &self,
+        ctx: u32,
+        callback: &'static str,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failed> {
+        let Ok(mut scratch) = self.scratch.try_borrow_mut() else {
+            return Err(Failed("re-entrant call into the VM".into()));
+        };
+        self.call(ctx, callback, &mut scratch, f).map(|(r, _)| r)
     }
 
     fn fail(&self, why: &str) {
@@ -433,10 +488,11 @@ impl Vm {
         }
     }
 
-    /// Sends effects to the inboxes of their contexts and starts calls.
-    fn dispatch(&self, fx: Effects, _ctx: u32) {
+    /// Acts on a callback's effects; returns those for context `own`.
+    fn dispatch(&self, fx: Effects, own: u32) -> Outcome {
+        let mut out = Outcome::default();
         if fx.is_empty() {
-            return;
+            return out;
         }
         let Effects {
             resume,
@@ -446,27 +502,39 @@ impl Vm {
             tick,
         } = fx;
         let push = |ctx: u32, e: Event| {
-            if let Some(i) = self.inboxes.borrow().get(&ctx) {
+            if let Some(i) = self.inbox(ctx) {
                 i.events.borrow_mut().push_back(e);
                 i.notify.notify_one();
             }
         };
         for c in resume {
-            push(c, Event::Resume);
+            if c == own {
+                out.resume = true;
+            } else {
+                push(c, Event::Resume);
+            }
         }
         for (c, r) in replies {
-            push(c, Event::Reply(r));
+            if c == own {
+                out.reply = Some(r);
+            } else {
+                push(c, Event::Reply(r));
+            }
         }
         for c in close {
-            push(c, Event::Close);
+            if c == own {
+                out.close = true;
+            } else {
+                push(c, Event::Close);
+            }
         }
-        let Some(live) = &self.live else { return };
+        let Some(live) = &self.live else { return out };
         if let Some(t) = tick {
             live.tick.set((!t.is_zero()).then_some(t));
             live.root_inbox.notify.notify_one();
         }
         for call in calls {
-            let Some(inbox) = self.inboxes.borrow().get(&call.context).cloned() else {
+            let Some(inbox) = self.inbox(call.context) else {
                 continue;
             };
             let clusters = live.clusters.clone();
@@ -494,38 +562,21 @@ impl Vm {
                 inbox.notify.notify_one();
             });
         }
+        out
     }
 
     /// A new stream or connection context under the root.
-    pub fn new_context(&self) -> Result<(u32, Rc<Inbox>), Failed> {
+    pub fn new_context(&self) -> Result<u32, Failed> {
         let id = self.next_ctx.get();
         self.next_ctx.set(id.wrapping_add(1).max(2));
-        let inbox = Rc::new(Inbox::default());
-        self.inboxes.borrow_mut().insert(id, inbox.clone());
+        self.contexts.borrow_mut().insert(id, None);
         if let Some(f) = &self.f.context_create {
             let root = self.root as i32;
-            self.call_for(
-                id,
-                "proxy_on_context_create",
-                &mut StreamData::default(),
-                |s| f.call(s, (id as i32, root)),
-            )?;
+            self.call_scratch(id, "proxy_on_context_create", |s| {
+                f.call(s, (id as i32, root))
+            })?;
         }
-        Ok((id, inbox))
-    }
-
-    /// A call on behalf of context `ctx`.
-    fn call_for<R>(
-        &self,
-        ctx: u32,
-        callback: &'static str,
-        data: &mut StreamData,
-        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, Failed> {
-        if let Ok(mut s) = self.store.try_borrow_mut() {
-            s.data_mut().effective = ctx;
-        }
-        self.call(callback, data, f)
+        Ok(id)
     }
 
     /// A stream callback returning an action, with the context's own effects.
@@ -533,66 +584,51 @@ impl Vm {
         &self,
         ctx: u32,
         callback: &'static str,
-        data: &mut StreamData,
+        data: &mut Data,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<i32>,
     ) -> Result<Outcome, Failed> {
-        let action = self.call_for(ctx, callback, data, f)?;
-        let mut out = Outcome {
-            action: action as u32,
-            ..Default::default()
-        };
+        let (action, mut out) = self.call(ctx, callback, data, f)?;
+        out.action = action as u32;
         // Envoy's filter statuses go up to 4; anything else is a broken guest.
         if out.action > 4 {
             let why = format!("{callback} returned an invalid action {action}");
             self.fail(&why);
             return Err(Failed(why));
         }
-        self.take_own(ctx, &mut out);
         Ok(out)
     }
 
     /// Delivers the context's pending events with `data` lent to the VM, and
     /// merges what they asked of the context into `out`. Returns whether any
     /// event was handled.
-    pub fn drain(
-        &self,
-        ctx: u32,
-        data: &mut StreamData,
-        out: &mut Outcome,
-    ) -> Result<bool, Failed> {
-        let Some(inbox) = self.inboxes.borrow().get(&ctx).cloned() else {
-            return Ok(false);
+    pub fn drain(&self, ctx: u32, data: &mut Data, out: &mut Outcome) -> Result<bool, Failed> {
+        let inbox = match self.contexts.borrow().get(&ctx) {
+            Some(Some(i)) => i.clone(),
+            _ => return Ok(false),
         };
         let mut any = false;
         loop {
             let next = inbox.events.borrow_mut().pop_front();
             let Some(e) = next else { return Ok(any) };
             any = true;
-            match e {
+            let got = match e {
                 Event::Call(token, kind, resp) => self.deliver(ctx, token, kind, resp, data)?,
                 Event::Grpc(token, g) => self.grpc(ctx, token, g, data)?,
-                Event::Resume => out.resume = true,
-                Event::Reply(r) => out.reply = Some(r),
-                Event::Close => out.close = true,
-            }
+                Event::Resume => Outcome {
+                    resume: true,
+                    ..Default::default()
+                },
+                Event::Reply(r) => Outcome {
+                    reply: Some(r),
+                    ..Default::default()
+                },
+                Event::Close => Outcome {
+                    close: true,
+                    ..Default::default()
+                },
+            };
+            out.merge(got);
         }
-    }
-
-    /// Moves the context's own resume/reply/close events into the outcome.
-    pub fn take_own(&self, ctx: u32, out: &mut Outcome) {
-        let inbox = self.inboxes.borrow().get(&ctx).cloned();
-        let Some(inbox) = inbox else { return };
-        let mut q = inbox.events.borrow_mut();
-        let mut keep = VecDeque::new();
-        while let Some(e) = q.pop_front() {
-            match e {
-                Event::Resume => out.resume = true,
-                Event::Reply(r) => out.reply = Some(r),
-                Event::Close => out.close = true,
-                other => keep.push_back(other),
-            }
-        }
-        *q = keep;
     }
 
     pub fn request_headers(
@@ -600,7 +636,7 @@ impl Vm {
         ctx: u32,
         n: usize,
         eos: bool,
-        data: &mut StreamData,
+        data: &mut Data,
     ) -> Result<Outcome, Failed> {
         match &self.f.request_headers {
             Some(HeadersFn::V2(f)) => {
@@ -622,7 +658,7 @@ impl Vm {
         ctx: u32,
         n: usize,
         eos: bool,
-        data: &mut StreamData,
+        data: &mut Data,
     ) -> Result<Outcome, Failed> {
         match &self.f.response_headers {
             Some(HeadersFn::V2(f)) => {
@@ -645,7 +681,7 @@ impl Vm {
         request: bool,
         size: usize,
         eos: bool,
-        data: &mut StreamData,
+        data: &mut Data,
     ) -> Result<Outcome, Failed> {
         let (f, name) = if request {
             (&self.f.request_body, "proxy_on_request_body")
@@ -665,7 +701,7 @@ impl Vm {
         ctx: u32,
         request: bool,
         n: usize,
-        data: &mut StreamData,
+        data: &mut Data,
     ) -> Result<Outcome, Failed> {
         let (f, name) = if request {
             (&self.f.request_trailers, "proxy_on_request_trailers")
@@ -678,7 +714,7 @@ impl Vm {
         }
     }
 
-    pub fn new_connection(&self, ctx: u32, data: &mut StreamData) -> Result<Outcome, Failed> {
+    pub fn new_connection(&self, ctx: u32, data: &mut Data) -> Result<Outcome, Failed> {
         match &self.f.new_connection {
             Some(f) => self.stream_call(ctx, "proxy_on_new_connection", data, |s| {
                 f.call(s, ctx as i32)
@@ -693,7 +729,7 @@ impl Vm {
         downstream: bool,
         size: usize,
         eos: bool,
-        data: &mut StreamData,
+        data: &mut Data,
     ) -> Result<Outcome, Failed> {
         let (f, name) = if downstream {
             (&self.f.downstream_data, "proxy_on_downstream_data")
@@ -708,15 +744,15 @@ impl Vm {
         }
     }
 
-    pub fn connection_closed(&self, ctx: u32, data: &mut StreamData) {
+    pub fn connection_closed(&self, ctx: u32, data: &mut Data) {
         // Envoy reports the downstream close with peer type "remote" (2).
         if let Some(f) = &self.f.downstream_close {
-            let _ = self.call_for(ctx, "proxy_on_downstream_connection_close", data, |s| {
+            let _ = self.call(ctx, "proxy_on_downstream_connection_close", data, |s| {
                 f.call(s, (ctx as i32, 2))
             });
         }
         if let Some(f) = &self.f.upstream_close {
-            let _ = self.call_for(ctx, "proxy_on_upstream_connection_close", data, |s| {
+            let _ = self.call(ctx, "proxy_on_upstream_connection_close", data, |s| {
                 f.call(s, (ctx as i32, 1))
             });
         }
@@ -729,23 +765,23 @@ impl Vm {
         token: u32,
         kind: CallKind,
         resp: CallResponse,
-        data: &mut StreamData,
-    ) -> Result<(), Failed> {
+        data: &mut Data,
+    ) -> Result<Outcome, Failed> {
         match kind {
             CallKind::Http => {
                 let Some(f) = &self.f.http_call_response else {
-                    return Ok(());
+                    return Ok(Outcome::default());
                 };
                 let (nh, nb, nt) = (resp.headers.len(), resp.body.len(), resp.trailers.len());
                 self.set_call(Some(resp));
-                let r = self.call_for(ctx, "proxy_on_http_call_response", data, |s| {
+                let r = self.call(ctx, "proxy_on_http_call_response", data, |s| {
                     f.call(
                         s,
                         (ctx as i32, token as i32, nh as i32, nb as i32, nt as i32),
                     )
                 });
                 self.set_call(None);
-                r
+                r.map(|(_, o)| o)
             }
             CallKind::Grpc | CallKind::GrpcStream => {
                 // Unary: a response message on success, a close on failure,
@@ -775,8 +811,8 @@ impl Vm {
         ctx: u32,
         token: u32,
         e: GrpcEvent,
-        data: &mut StreamData,
-    ) -> Result<(), Failed> {
+        data: &mut Data,
+    ) -> Result<Outcome, Failed> {
         {
             let Ok(mut s) = self.store.try_borrow_mut() else {
                 return Err(Failed("re-entrant call into the VM".into()));
@@ -785,7 +821,7 @@ impl Vm {
             let is_stream = st.streams.contains_key(&token);
             let unary = st.call.is_some();
             if !is_stream && !unary {
-                return Ok(());
+                return Ok(Outcome::default());
             }
             match &e {
                 GrpcEvent::Initial(h) => st.grpc_meta = Some((4, h.clone())),
@@ -800,32 +836,28 @@ impl Vm {
         let (t, c) = (token as i32, ctx as i32);
         let r = match e {
             GrpcEvent::Initial(h) => match &self.f.grpc_initial {
-                Some(f) => {
-                    self.call_for(ctx, "proxy_on_grpc_receive_initial_metadata", data, |s| {
-                        f.call(s, (c, t, h.len() as i32))
-                    })
-                }
-                None => Ok(()),
+                Some(f) => self.call(ctx, "proxy_on_grpc_receive_initial_metadata", data, |s| {
+                    f.call(s, (c, t, h.len() as i32))
+                }),
+                None => Ok(((), Outcome::default())),
             },
             GrpcEvent::Message(m) => match &self.f.grpc_receive {
-                Some(f) => self.call_for(ctx, "proxy_on_grpc_receive", data, |s| {
+                Some(f) => self.call(ctx, "proxy_on_grpc_receive", data, |s| {
                     f.call(s, (c, t, m.len() as i32))
                 }),
-                None => Ok(()),
+                None => Ok(((), Outcome::default())),
             },
             GrpcEvent::Trailers(tr) => match &self.f.grpc_trailing {
-                Some(f) => {
-                    self.call_for(ctx, "proxy_on_grpc_receive_trailing_metadata", data, |s| {
-                        f.call(s, (c, t, tr.len() as i32))
-                    })
-                }
-                None => Ok(()),
+                Some(f) => self.call(ctx, "proxy_on_grpc_receive_trailing_metadata", data, |s| {
+                    f.call(s, (c, t, tr.len() as i32))
+                }),
+                None => Ok(((), Outcome::default())),
             },
             GrpcEvent::Close(code, _) => match &self.f.grpc_close {
-                Some(f) => self.call_for(ctx, "proxy_on_grpc_close", data, |s| {
+                Some(f) => self.call(ctx, "proxy_on_grpc_close", data, |s| {
                     f.call(s, (c, t, code as i32))
                 }),
-                None => Ok(()),
+                None => Ok(((), Outcome::default())),
             },
         };
         if let Ok(mut s) = self.store.try_borrow_mut() {
@@ -834,7 +866,7 @@ impl Vm {
             st.grpc_message = None;
             st.grpc_status = None;
         }
-        r
+        r.map(|(_, o)| o)
     }
 
     fn set_call(&self, resp: Option<CallResponse>) {
@@ -844,40 +876,50 @@ impl Vm {
     }
 
     /// `on_log`, `on_done`, `on_delete`, and the context is forgotten.
-    pub fn finish(&self, ctx: u32, log: bool, data: &mut StreamData) {
+    pub fn finish(&self, ctx: u32, log: bool, data: &mut Data) {
         if !self.failed.get() {
+            let c = ctx as i32;
             if log && let Some(f) = &self.f.log {
-                let _ = self.call_for(ctx, "proxy_on_log", data, |s| f.call(s, ctx as i32));
+                let _ = self.call(ctx, "proxy_on_log", data, |s| f.call(s, c));
             }
             if let Some(f) = &self.f.done {
-                let _ = self.call_for(ctx, "proxy_on_done", data, |s| f.call(s, ctx as i32));
+                let _ = self.call(ctx, "proxy_on_done", data, |s| f.call(s, c));
             }
             if let Some(f) = &self.f.delete {
-                let _ = self.call_for(ctx, "proxy_on_delete", data, |s| f.call(s, ctx as i32));
+                let _ = self.call(ctx, "proxy_on_delete", data, |s| f.call(s, c));
             }
         }
-        self.inboxes.borrow_mut().remove(&ctx);
+        self.contexts.borrow_mut().remove(&ctx);
     }
 
     fn tick(&self) {
         if let Some(f) = &self.f.tick {
             let root = self.root;
-            let _ = self.call_for(root, "proxy_on_tick", &mut StreamData::default(), |s| {
-                f.call(s, root as i32)
-            });
+            let _ = self.call_scratch(root, "proxy_on_tick", |s| f.call(s, root as i32));
         }
     }
 
     fn queue_ready(&self, id: u32) {
         if let Some(f) = &self.f.queue_ready {
             let root = self.root;
-            let _ = self.call_for(
-                root,
-                "proxy_on_queue_ready",
-                &mut StreamData::default(),
-                |s| f.call(s, (root as i32, id as i32)),
-            );
+            let _ = self.call_scratch(root, "proxy_on_queue_ready", |s| {
+                f.call(s, (root as i32, id as i32))
+            });
         }
+    }
+
+    /// Delivers an event to the root context.
+    fn root_event(&self, e: Event) {
+        let Ok(mut scratch) = self.scratch.try_borrow_mut() else {
+            return;
+        };
+        let _ = match e {
+            Event::Call(token, kind, resp) => {
+                self.deliver(self.root, token, kind, resp, &mut scratch)
+            }
+            Event::Grpc(token, g) => self.grpc(self.root, token, g, &mut scratch),
+            _ => Ok(Outcome::default()),
+        };
     }
 }
 
@@ -923,13 +965,7 @@ async fn root_task(
                 let Some(v) = vm.upgrade() else { return };
                 let events: Vec<Event> = inbox.events.borrow_mut().drain(..).collect();
                 for e in events {
-                    let _ = match e {
-                        Event::Call(token, kind, resp) => {
-                            v.deliver(v.root, token, kind, resp, &mut StreamData::default())
-                        }
-                        Event::Grpc(token, g) => v.grpc(v.root, token, g, &mut StreamData::default()),
-                        _ => Ok(()),
-                    };
+                    v.root_event(e);
                 }
                 // The period may have changed.
                 next_tick = period(&v).map(|t| Instant::now() + t);
@@ -987,9 +1023,28 @@ pub struct Slot {
     quick_rebuilds: Cell<u32>,
     /// No rebuild before this.
     retry_at: Cell<Option<Instant>>,
+    /// Stream data of ended streams, cleared, for the next ones.
+    spare: RefCell<Vec<Data>>,
 }
 
+/// Spare stream data kept per worker and plugin.
+const SPARE_DATA: usize = 64;
+
 impl Slot {
+    /// Stream data for a new stream, reused when one ended.
+    pub fn take_data(&self) -> Data {
+        self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Takes back an ended stream's data.
+    pub fn give_back(&self, mut data: Data) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_DATA {
+            *data = StreamData::default();
+            spare.push(data);
+        }
+    }
+
     /// The VM in service, building one if there is none or the last failed.
     pub fn vm(&self) -> Result<Rc<Vm>, String> {
         if let Some(vm) = self.vm.borrow().as_ref()
@@ -1082,6 +1137,7 @@ pub fn slot(plugin: &Arc<Plugin>) -> Rc<Slot> {
             built_at: Cell::new(None),
             quick_rebuilds: Cell::new(0),
             retry_at: Cell::new(None),
+            spare: RefCell::new(Vec::new()),
         });
         s.insert(key, (Arc::downgrade(plugin), slot.clone()));
         slot
