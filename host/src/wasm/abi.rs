@@ -316,17 +316,32 @@ fn set_request_pseudo(h: &mut RequestHead, key: &[u8], value: &[u8], op: Op) -> 
     ok
 }
 
-fn edit(h: &mut HeaderMap, key: &[u8], value: &[u8], op: Op) -> bool {
-    let Ok(name) = HeaderName::from_bytes(key) else {
-        return false;
-    };
+/// Header names a VM has set, so repeated edits skip parsing and allocation.
+const NAME_CACHE: usize = 32;
+
+fn header_name(names: &mut Vec<HeaderName>, key: &[u8]) -> Option<HeaderName> {
+    if let Some(n) = names.iter().find(|n| n.as_str().as_bytes() == key) {
+        return Some(n.clone());
+    }
+    let n = HeaderName::from_bytes(key).ok()?;
+    if names.len() < NAME_CACHE && n.as_str().as_bytes() == key {
+        names.push(n.clone());
+    }
+    Some(n)
+}
+
+fn edit(h: &mut HeaderMap, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], op: Op) -> bool {
     match op {
         Op::Remove => {
-            h.remove(name);
+            // By &str, which looks the name up without allocating.
+            if let Ok(k) = std::str::from_utf8(key) {
+                h.remove(k);
+            }
             true
         }
         Op::Add | Op::Replace => {
-            let Ok(v) = HeaderValue::from_bytes(value) else {
+            let (Some(name), Ok(v)) = (header_name(names, key), HeaderValue::from_bytes(value))
+            else {
                 return false;
             };
             if matches!(op, Op::Add) {
@@ -342,6 +357,7 @@ fn edit(h: &mut HeaderMap, key: &[u8], value: &[u8], op: Op) -> bool {
 /// Edits a live header map; `None` when this callback cannot write it.
 fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Option<bool> {
     let d = &mut st.stream;
+    let names = &mut st.header_names;
     // HeaderName parsing lowercases; only pseudo-header matching needs it here.
     let key: std::borrow::Cow<[u8]> = if key.iter().any(u8::is_ascii_uppercase) {
         key.to_ascii_lowercase().into()
@@ -354,10 +370,10 @@ fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Opt
             if key.starts_with(b":") {
                 set_request_pseudo(h, &key, value, op)
             } else {
-                edit(&mut h.headers, &key, value, op)
+                edit(&mut h.headers, names, &key, value, op)
             }
         }
-        1 => edit(d.req_trailers.as_mut()?, &key, value, op),
+        1 => edit(d.req_trailers.as_mut()?, names, &key, value, op),
         2 => {
             let h: &mut ResponseHead = d.resp.as_mut()?;
             if *key == *b":status" {
@@ -372,10 +388,10 @@ fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Opt
             } else if key.starts_with(b":") {
                 true
             } else {
-                edit(&mut h.headers, &key, value, op)
+                edit(&mut h.headers, names, &key, value, op)
             }
         }
-        3 => edit(d.resp_trailers.as_mut()?, &key, value, op),
+        3 => edit(d.resp_trailers.as_mut()?, names, &key, value, op),
         _ => return None,
     })
 }

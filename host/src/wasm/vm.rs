@@ -89,6 +89,8 @@ pub struct HostState {
     pub streams: HashMap<u32, calls::StreamHandle>,
     pub effects: Effects,
     pub metrics: Vec<Metric>,
+    /// Header names the guest set, parsed once (see `abi::header_name`).
+    pub header_names: Vec<http::HeaderName>,
     /// Metric ids by (type, name).
     pub metric_ids: HashMap<(u32, String), u32>,
     pub next_token: u32,
@@ -303,6 +305,7 @@ impl Vm {
             effects: Effects::default(),
             metrics: Vec::new(),
             metric_ids: HashMap::new(),
+            header_names: Vec::new(),
             next_token: 1,
             queue_owner: queue_owner.clone(),
             cluster_names: Arc::new(
