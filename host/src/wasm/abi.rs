@@ -176,6 +176,20 @@ fn request_pseudo(h: &RequestHead, key: &[u8]) -> Option<Vec<u8>> {
 
 const REQUEST_PSEUDO: [&[u8]; 4] = [b":authority", b":path", b":method", b":scheme"];
 
+/// A snapshot's wire bytes when it serves map `t` in this callback.
+fn snapshot_wire(st: &HostState, t: i32) -> Option<Vec<u8>> {
+    let d = &st.stream;
+    match t {
+        0 if d.req.is_none() => d.req_seen.as_ref().map(|s| s.wire().to_vec()),
+        2 if d.resp.is_none() => d.resp_seen.as_ref().map(|s| s.wire().to_vec()),
+        _ => None,
+    }
+}
+
+fn owned<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pairs.map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
 /// A header map as pairs (pseudo-headers first), or `None` when this callback
 /// has no such map.
 fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -192,8 +206,10 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         })
     };
     match t {
+        0 if d.req.is_none() => Some(owned(d.req_seen.as_ref()?.pairs())),
+        2 if d.resp.is_none() => Some(owned(d.resp_seen.as_ref()?.pairs())),
         0 => {
-            let h = d.req.as_ref().or(d.req_seen.as_ref())?;
+            let h = d.req.as_ref()?;
             let mut v: Vec<(Vec<u8>, Vec<u8>)> = REQUEST_PSEUDO
                 .iter()
                 .filter_map(|k| Some((k.to_vec(), request_pseudo(h, k)?)))
@@ -203,7 +219,7 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         }
         1 => d.req_trailers.as_ref().map(plain),
         2 => {
-            let h = d.resp.as_ref().or(d.resp_seen.as_ref())?;
+            let h = d.resp.as_ref()?;
             let mut v = vec![(b":status".to_vec(), h.status.as_str().as_bytes().to_vec())];
             v.extend(plain(&h.headers));
             Some(v)
@@ -238,15 +254,17 @@ fn map_value(st: &HostState, t: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
         }))
     };
     match t {
+        0 if d.req.is_none() => Some(d.req_seen.as_ref()?.joined(key)),
+        2 if d.resp.is_none() => Some(d.resp_seen.as_ref()?.joined(key)),
         0 => {
-            let h = d.req.as_ref().or(d.req_seen.as_ref())?;
+            let h = d.req.as_ref()?;
             if key.starts_with(b":") {
                 return Some(request_pseudo(h, key));
             }
             Some(joined(&h.headers))
         }
         2 => {
-            let h = d.resp.as_ref().or(d.resp_seen.as_ref())?;
+            let h = d.resp.as_ref()?;
             if key == b":status" {
                 return Some(Some(h.status.as_str().as_bytes().to_vec()));
             }
@@ -658,6 +676,9 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         E,
         "proxy_get_header_map_pairs",
         |mut c: C, t: i32, ptr_ptr: i32, size_ptr: i32| -> R {
+            if let Some(wire) = snapshot_wire(c.data(), t) {
+                return give(&mut c, &wire, ptr_ptr, size_ptr);
+            }
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };

@@ -15,6 +15,7 @@ use legate_filter_api::{
 };
 
 use super::Plugin;
+use super::snapshot::Snapshot;
 use super::vm::{Data, Failed, Outcome, Slot, Vm, slot};
 use crate::config::FailurePolicy;
 
@@ -95,15 +96,6 @@ fn placeholder_info(i: &StreamInfo) -> StreamInfo {
         upstream_host: None,
         response_flags: i.response_flags,
         dynamic_metadata: Default::default(),
-    }
-}
-
-fn copy_request(h: &RequestHead) -> RequestHead {
-    RequestHead {
-        method: h.method.clone(),
-        uri: h.uri.clone(),
-        version: h.version,
-        headers: h.headers.clone(),
     }
 }
 
@@ -334,7 +326,7 @@ impl HttpFilter for WasmHttpFilter {
         if let Some(i) = self.data.info.take() {
             *info = i;
         }
-        self.data.req_seen = Some(copy_request(head));
+        self.data.req_seen = Some(Snapshot::request(head));
         match r {
             Ok(Done::Reply(r)) => HeadersAction::Respond(r),
             Ok(Done::WaitForBody) => HeadersAction::WaitForBody {
@@ -384,7 +376,7 @@ impl HttpFilter for WasmHttpFilter {
             *body = b.freeze();
         }
         *trailers = self.data.req_trailers.take();
-        self.data.req_seen = Some(copy_request(head));
+        self.data.req_seen = Some(Snapshot::request(head));
         match r {
             Ok(Done::Reply(r)) => HeadersAction::Respond(r),
             Ok(_) => HeadersAction::Continue,
@@ -455,10 +447,7 @@ impl HttpFilter for WasmHttpFilter {
         if let Some(i) = self.data.info.take() {
             *info = i;
         }
-        self.data.resp_seen = Some(ResponseHead {
-            status: head.status,
-            headers: head.headers.clone(),
-        });
+        self.data.resp_seen = Some(Snapshot::response(head));
         match r {
             Ok(Done::Reply(r)) => HeadersAction::Respond(r),
             Ok(_) => HeadersAction::Continue,

@@ -13,6 +13,7 @@ pub mod http;
 pub mod network;
 mod properties;
 mod shared;
+mod snapshot;
 mod vm;
 
 use std::collections::HashMap;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use super::snapshot::Snapshot;
 use super::vm::HostState;
 
 fn int(v: i64) -> Vec<u8> {
@@ -31,8 +32,24 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
             )
         })
         .or_else(|| d.conn.map(|c| (c.remote, c.local, c.id)));
-    let req = d.req.as_ref().or(d.req_seen.as_ref());
-    let resp = d.resp.as_ref().or(d.resp_seen.as_ref());
+    // The live head during its callback, else the snapshot taken after it.
+    let req = match (&d.req, &d.req_seen) {
+        (Some(h), _) => Some(Snapshot::request(h)),
+        (None, Some(_)) => None,
+        (None, None) => None,
+    };
+    let req = req.as_ref().or(d.req_seen.as_ref());
+    let resp = match (&d.resp, &d.resp_seen) {
+        (Some(h), _) => Some(Snapshot::response(h)),
+        _ => None,
+    };
+    let resp = resp.as_ref().or(d.resp_seen.as_ref());
+    let header = |s: Option<&Snapshot>, name: &str| -> Option<Vec<u8>> {
+        if name.starts_with(':') {
+            return None;
+        }
+        s?.get(name.as_bytes()).map(<[u8]>::to_vec)
+    };
     Some(match segs.as_slice() {
         ["plugin_name"] => text(&st.plugin.name),
         ["plugin_root_id"] => text(&st.plugin.root_id),
@@ -43,33 +60,22 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         ["destination", "port"] => int(addrs?.1.port() as i64),
         ["connection", "id"] => int(addrs?.2 as i64),
         ["connection_id"] => int(addrs?.2 as i64),
-        ["request", "path"] => text(req?.uri.path_and_query().map_or("/", |p| p.as_str())),
-        ["request", "url_path"] => text(req?.uri.path()),
-        ["request", "host"] => {
-            let r = req?;
-            match r.uri.authority() {
-                Some(a) => text(a.as_str()),
-                None => r.headers.get(http::header::HOST)?.as_bytes().to_vec(),
-            }
+        ["request", "path"] => req?.get(b":path")?.to_vec(),
+        ["request", "url_path"] => {
+            let p = req?.get(b":path")?;
+            p.split(|b| *b == b'?').next().unwrap_or(p).to_vec()
         }
-        ["request", "scheme"] => text(req?.uri.scheme_str().unwrap_or("http")),
-        ["request", "method"] => text(req?.method.as_str()),
+        ["request", "host"] => req?.get(b":authority")?.to_vec(),
+        ["request", "scheme"] => req?.get(b":scheme")?.to_vec(),
+        ["request", "method"] => req?.get(b":method")?.to_vec(),
         ["request", "headers"] => {
-            let r = req?;
-            let pairs: Vec<(&[u8], &[u8])> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-                .collect();
+            let pairs: Vec<(&[u8], &[u8])> =
+                req?.pairs().filter(|(k, _)| !k.starts_with(b":")).collect();
             super::abi::serialize_pairs(&pairs)
         }
-        ["request", "headers", name] => req?.headers.get(*name)?.as_bytes().to_vec(),
-        ["request", "id"] => req?.headers.get("x-request-id")?.as_bytes().to_vec(),
-        ["request", "useragent"] => req?
-            .headers
-            .get(http::header::USER_AGENT)?
-            .as_bytes()
-            .to_vec(),
+        ["request", "headers", name] => header(req, name)?,
+        ["request", "id"] => header(req, "x-request-id")?,
+        ["request", "useragent"] => header(req, "user-agent")?,
         ["request", "protocol"] => text(match req?.version {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_2 => "HTTP/2",
@@ -81,8 +87,14 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
             let n = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
             int(n as i64)
         }
-        ["response", "code"] => int(resp?.status.as_u16() as i64),
-        ["response", "headers", name] => resp?.headers.get(*name)?.as_bytes().to_vec(),
+        ["response", "code"] => {
+            let code = std::str::from_utf8(resp?.get(b":status")?)
+                .ok()?
+                .parse::<i64>()
+                .ok()?;
+            int(code)
+        }
+        ["response", "headers", name] => header(resp, name)?,
         ["upstream", "address"] => text(&d.info.as_ref()?.upstream_host?.to_string()),
         ["upstream", "port"] => int(d.info.as_ref()?.upstream_host?.port() as i64),
         ["xds", "cluster_name"] => text(d.info.as_ref()?.upstream_cluster.as_deref()?),

@@ -32,9 +32,9 @@ pub struct ConnFacts {
 pub struct StreamData {
     pub req: Option<RequestHead>,
     /// Request headers as they left the filter, readable in later callbacks.
-    pub req_seen: Option<RequestHead>,
+    pub req_seen: Option<super::snapshot::Snapshot>,
     pub resp: Option<ResponseHead>,
-    pub resp_seen: Option<ResponseHead>,
+    pub resp_seen: Option<super::snapshot::Snapshot>,
     pub req_trailers: Option<http::HeaderMap>,
     pub resp_trailers: Option<http::HeaderMap>,
     /// The body buffer of the callback, and its proxy-wasm buffer type.
