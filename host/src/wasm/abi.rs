@@ -539,7 +539,7 @@ macro_rules! try_mem {
 /// A linker with every host function, plus ENOSYS stubs for the WASI calls this
 /// module imports that legate does not serve.
 pub fn linker(module: &Module) -> wasmtime::Result<Linker<HostState>> {
-    let mut l: Linker<HostState> = Linker::new(super::engine());
+    let mut l: Linker<HostState> = Linker::new(super::engine().map_err(wasmtime::Error::msg)?);
     env(&mut l)?;
     for ns in ["wasi_snapshot_preview1", "wasi_unstable"] {
         wasi(&mut l, ns)?;

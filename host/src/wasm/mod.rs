@@ -31,27 +31,28 @@ use crate::upstream::ClusterManager;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The process's engine; its epoch ticker starts with it.
-pub(crate) fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut c = Config::new();
-        c.epoch_interruption(true);
-        c.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = match Engine::new(&c) {
-            Ok(e) => e,
-            Err(e) => panic!("wasmtime engine configuration is invalid: {e}"),
-        };
-        let ticker = engine.clone();
-        let _ = std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticker.increment_epoch();
-                }
-            });
-        engine
-    })
+pub(crate) fn engine() -> Result<&'static Engine, String> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut c = Config::new();
+            c.epoch_interruption(true);
+            c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+            let engine = Engine::new(&c).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+            let ticker = engine.clone();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(EPOCH_TICK);
+                        ticker.increment_epoch();
+                    }
+                })
+                .map_err(|e| format!("cannot start the Wasm epoch thread: {e}"))?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// The proxy-wasm ABI version a module was built for.
@@ -97,7 +98,7 @@ impl Code {
                     .into(),
             );
         }
-        let module = Module::new(engine(), bytes).map_err(|e| {
+        let module = Module::new(engine()?, bytes).map_err(|e| {
             format!(
                 "invalid Wasm module: {}",
                 e.root_cause().to_string().lines().next().unwrap_or("")

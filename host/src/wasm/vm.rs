@@ -281,7 +281,7 @@ impl Drop for Vm {
 impl Vm {
     fn new(plugin: &Plugin, live: bool) -> Result<Rc<Vm>, Failed> {
         let config = plugin.config.clone();
-        let engine = super::engine();
+        let engine = super::engine().map_err(Failed)?;
         let queue_owner = Arc::new(QueueOwner {
             notify: tokio::sync::Notify::new(),
             ready: Default::default(),
