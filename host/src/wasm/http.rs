@@ -175,6 +175,21 @@ impl WasmHttpFilter {
         }
     }
 
+    /// What a hook answers for how its callback ended.
+    fn headers_action(&mut self, r: Result<Done, Failed>) -> HeadersAction {
+        match r {
+            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
+            Ok(Done::WaitForBody) => HeadersAction::WaitForBody {
+                limit: self.plugin.config.limits.max_buffered_body_bytes,
+            },
+            Ok(Done::Continue | Done::Buffer) => HeadersAction::Continue,
+            Err(e) => match self.failure(e) {
+                Some(r) => HeadersAction::Respond(r),
+                None => HeadersAction::Continue,
+            },
+        }
+    }
+
     /// Events that arrived while the stream was not paused.
     fn drain_events(&mut self) -> Result<Option<LocalReply>, Failed> {
         let Some(cx) = &self.cx else { return Ok(None) };
@@ -291,13 +306,9 @@ impl WasmHttpFilter {
             &mut self.data.resp_trailers
         };
         *trailers = slot.take().unwrap_or_default();
-        match r {
-            Ok(Done::Reply(r)) => DataAction::Respond(r),
-            Ok(_) => DataAction::Continue,
-            Err(e) => match self.failure(e) {
-                Some(r) => DataAction::Respond(r),
-                None => DataAction::Continue,
-            },
+        match self.headers_action(r) {
+            HeadersAction::Respond(r) => DataAction::Respond(r),
+            _ => DataAction::Continue,
         }
     }
 }
@@ -318,7 +329,7 @@ impl HttpFilter for WasmHttpFilter {
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
         self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
         let r = self
-            .run(true, !eos, |vm, id, d| vm.request_headers(id, n, eos, d))
+            .run(true, !eos, |vm, id, d| vm.headers(id, true, n, eos, d))
             .await;
         if let Some(h) = self.data.req.take() {
             *head = h;
@@ -327,17 +338,7 @@ impl HttpFilter for WasmHttpFilter {
             *info = i;
         }
         self.data.req_seen = Some(Snapshot::request(head));
-        match r {
-            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
-            Ok(Done::WaitForBody) => HeadersAction::WaitForBody {
-                limit: self.plugin.config.limits.max_buffered_body_bytes,
-            },
-            Ok(_) => HeadersAction::Continue,
-            Err(e) => match self.failure(e) {
-                Some(r) => HeadersAction::Respond(r),
-                None => HeadersAction::Continue,
-            },
-        }
+        self.headers_action(r)
     }
 
     async fn on_request_buffered(
@@ -377,14 +378,7 @@ impl HttpFilter for WasmHttpFilter {
         }
         *trailers = self.data.req_trailers.take();
         self.data.req_seen = Some(Snapshot::request(head));
-        match r {
-            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
-            Ok(_) => HeadersAction::Continue,
-            Err(e) => match self.failure(e) {
-                Some(r) => HeadersAction::Respond(r),
-                None => HeadersAction::Continue,
-            },
-        }
+        self.headers_action(r)
     }
 
     async fn on_request_body(
@@ -439,7 +433,7 @@ impl HttpFilter for WasmHttpFilter {
         ));
         self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
         let r = self
-            .run(true, false, |vm, id, d| vm.response_headers(id, n, eos, d))
+            .run(true, false, |vm, id, d| vm.headers(id, false, n, eos, d))
             .await;
         if let Some(h) = self.data.resp.take() {
             *head = h;
@@ -448,14 +442,7 @@ impl HttpFilter for WasmHttpFilter {
             *info = i;
         }
         self.data.resp_seen = Some(Snapshot::response(head));
-        match r {
-            Ok(Done::Reply(r)) => HeadersAction::Respond(r),
-            Ok(_) => HeadersAction::Continue,
-            Err(e) => match self.failure(e) {
-                Some(r) => HeadersAction::Respond(r),
-                None => HeadersAction::Continue,
-            },
-        }
+        self.headers_action(r)
     }
 
     async fn on_response_body(

@@ -634,46 +634,23 @@ impl Vm {
         }
     }
 
-    pub fn request_headers(
+    pub fn headers(
         &self,
         ctx: u32,
+        request: bool,
         n: usize,
         eos: bool,
         data: &mut Data,
     ) -> Result<Outcome, Failed> {
-        match &self.f.request_headers {
-            Some(HeadersFn::V2(f)) => {
-                self.stream_call(ctx, "proxy_on_request_headers", data, |s| {
-                    f.call(s, (ctx as i32, n as i32, eos as i32))
-                })
-            }
-            Some(HeadersFn::V1(f)) => {
-                self.stream_call(ctx, "proxy_on_request_headers", data, |s| {
-                    f.call(s, (ctx as i32, n as i32))
-                })
-            }
-            None => Ok(Outcome::default()),
-        }
-    }
-
-    pub fn response_headers(
-        &self,
-        ctx: u32,
-        n: usize,
-        eos: bool,
-        data: &mut Data,
-    ) -> Result<Outcome, Failed> {
-        match &self.f.response_headers {
-            Some(HeadersFn::V2(f)) => {
-                self.stream_call(ctx, "proxy_on_response_headers", data, |s| {
-                    f.call(s, (ctx as i32, n as i32, eos as i32))
-                })
-            }
-            Some(HeadersFn::V1(f)) => {
-                self.stream_call(ctx, "proxy_on_response_headers", data, |s| {
-                    f.call(s, (ctx as i32, n as i32))
-                })
-            }
+        let (f, name) = if request {
+            (&self.f.request_headers, "proxy_on_request_headers")
+        } else {
+            (&self.f.response_headers, "proxy_on_response_headers")
+        };
+        let (c, n, e) = (ctx as i32, n as i32, eos as i32);
+        match f {
+            Some(HeadersFn::V2(f)) => self.stream_call(ctx, name, data, |s| f.call(s, (c, n, e))),
+            Some(HeadersFn::V1(f)) => self.stream_call(ctx, name, data, |s| f.call(s, (c, n))),
             None => Ok(Outcome::default()),
         }
     }
