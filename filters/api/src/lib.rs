@@ -363,8 +363,10 @@ pub trait HttpFilter {
         false
     }
 
-    /// The stream ended (completed or reset); the access log has the final
-    /// [`StreamInfo`].
+    /// The stream ended (completed or reset) after its response started, with the
+    /// final [`StreamInfo`], as the access log sees it. A stream abandoned before
+    /// any response (the client left) drops its filters without this call, so a
+    /// filter that must always clean up does it in `Drop`.
     fn on_stream_complete(&mut self, _info: &StreamInfo) {}
 }
 

@@ -595,4 +595,40 @@ mod tests {
             })
             .await;
     }
+
+    /// Records `on_stream_complete`, with and without body hooks.
+    struct Completes(Arc<std::sync::Mutex<Vec<String>>>, bool);
+
+    #[async_trait(?Send)]
+    impl HttpFilter for Completes {
+        fn wants_body(&self) -> bool {
+            self.1
+        }
+        fn on_stream_complete(&mut self, info: &StreamInfo) {
+            let mut log = self.0.lock().unwrap();
+            log.push(format!("complete via {:?}", info.upstream_cluster));
+        }
+    }
+
+    struct CompletesFactory(Arc<std::sync::Mutex<Vec<String>>>, bool);
+    impl HttpFilterFactory for CompletesFactory {
+        fn create(&self) -> Box<dyn HttpFilter> {
+            Box::new(Completes(self.0.clone(), self.1))
+        }
+    }
+
+    #[tokio::test]
+    async fn filters_hear_that_the_stream_completed() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                for wants_body in [false, true] {
+                    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+                    let f = Arc::new(CompletesFactory(log.clone(), wants_body));
+                    let (status, _, _) = proxy_once(f, "x").await;
+                    assert_eq!(status, 200);
+                    assert_eq!(*log.lock().unwrap(), ["complete via Some(\"up\")"]);
+                }
+            })
+            .await;
+    }
 }

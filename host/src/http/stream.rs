@@ -45,6 +45,42 @@ struct Tail {
     log: Option<Box<LogData>>,
     local_reply_body: Option<String>,
     downstream_remote: std::net::SocketAddr,
+    /// The filters, for `on_stream_complete` once the stream ends.
+    finishers: Option<Finishers>,
+}
+
+/// Where a stream's filters are when its response starts.
+enum Finishers {
+    Owned(Vec<Box<dyn HttpFilter>>, Box<StreamInfo>),
+    /// Moved into the chain shared with the body hooks.
+    Shared(SharedChain),
+}
+
+/// Takes a finished filter's place in its chain.
+struct Finished;
+impl HttpFilter for Finished {}
+
+impl Finishers {
+    fn complete(self, flags: ResponseFlags) {
+        match self {
+            Finishers::Owned(mut filters, mut info) => {
+                info.response_flags = flags;
+                for f in &mut filters {
+                    f.on_stream_complete(&info);
+                }
+            }
+            Finishers::Shared(chain) => {
+                // Nothing else holds the chain once both bodies are done.
+                if let Ok(mut c) = chain.try_lock() {
+                    let c = &mut *c;
+                    c.info.response_flags = flags;
+                    for f in &mut c.filters {
+                        f.on_stream_complete(&c.info);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Request and response heads kept for the access log (only when one is configured).
@@ -59,7 +95,8 @@ struct LogData {
 }
 
 impl Tail {
-    fn finish(self: Box<Self>, completed: bool) {
+    fn finish(mut self: Box<Self>, completed: bool) {
+        let finishers = self.finishers.take();
         let stats = &self.cx.hcm.stats;
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
@@ -82,6 +119,9 @@ impl Tail {
         {
             c.stats().upstream_rq_active.dec();
             c.stats().upstream_rq_completed.inc();
+        }
+        if let Some(f) = finishers {
+            f.complete(flags);
         }
         let logs = &self.cx.hcm.access_logs;
         if logs.is_empty() {
@@ -418,6 +458,18 @@ impl Stream {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        let finishers = match &self.chain {
+            Some(chain) => Some(Finishers::Shared(chain.clone())),
+            None if !filters.is_empty() => {
+                let owned = filters
+                    .iter_mut()
+                    .map(|f| std::mem::replace(f, Box::new(Finished) as Box<dyn HttpFilter>))
+                    .collect();
+                Some(Finishers::Owned(owned, Box::new(self.info.clone())))
+            }
+            None => None,
+        };
+        self.t().finishers = finishers;
         let code = resp.status().as_u16();
         self.t().code = code;
         self.t().flags = ResponseFlags(self.t().flags.0 | self.info.response_flags.0);
@@ -749,6 +801,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             log,
             local_reply_body: None,
             downstream_remote,
+            finishers: None,
         })),
         grpc,
         info,
