@@ -74,38 +74,21 @@ async fn header_filter_over_http1_and_http2() {
 /// An auth service: `authorization: Bearer good` gets 200 and `x-auth-user`,
 /// anything else 401.
 async fn auth_service() -> SocketAddr {
-    use http_body_util::Full;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let good = req
-                            .headers()
-                            .get("authorization")
-                            .is_some_and(|v| v == "Bearer good");
-                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
-                        if good && req.uri().path() == "/check" {
-                            resp.headers_mut()
-                                .insert("x-auth-user", "alice".parse().unwrap());
-                        } else {
-                            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
+    http_server(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let good = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer good");
+        let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        if good && req.uri().path() == "/check" {
+            resp.headers_mut()
+                .insert("x-auth-user", "alice".parse().unwrap());
+        } else {
+            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
         }
-    });
-    addr
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,49 +736,31 @@ async fn a_bootstrap_service_ticks_calls_out_and_drains_a_queue() {
 /// `grpc-status` 0, or 7 when the path contains `Fail`.
 async fn grpc_echo() -> SocketAddr {
     use http_body_util::{BodyExt, StreamBody};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let fail = req.uri().path().contains("Fail");
-                        let (tx, rx) = tokio::sync::mpsc::channel::<
-                            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
-                        >(16);
-                        tokio::spawn(async move {
-                            let mut body = req.into_body();
-                            while let Some(Ok(f)) = body.frame().await {
-                                if let Ok(d) = f.into_data()
-                                    && !fail
-                                {
-                                    let _ = tx.send(Ok(hyper::body::Frame::data(d))).await;
-                                }
-                            }
-                            let mut t = http::HeaderMap::new();
-                            t.insert("grpc-status", if fail { "7" } else { "0" }.parse().unwrap());
-                            let _ = tx.send(Ok(hyper::body::Frame::trailers(t))).await;
-                        });
-                        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
-                            .boxed();
-                        let mut resp = hyper::Response::new(body);
-                        resp.headers_mut()
-                            .insert("content-type", "application/grpc".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(resp)
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
-            });
-        }
-    });
-    addr
+    http_server(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let fail = req.uri().path().contains("Fail");
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >(16);
+        tokio::spawn(async move {
+            let mut body = req.into_body();
+            while let Some(Ok(f)) = body.frame().await {
+                if let Ok(d) = f.into_data()
+                    && !fail
+                {
+                    let _ = tx.send(Ok(hyper::body::Frame::data(d))).await;
+                }
+            }
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", if fail { "7" } else { "0" }.parse().unwrap());
+            let _ = tx.send(Ok(hyper::body::Frame::trailers(t))).await;
+        });
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let mut resp = hyper::Response::new(body);
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

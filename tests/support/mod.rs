@@ -228,6 +228,17 @@ pub fn curl(args: &[&str]) -> (bool, String, String) {
 /// `/status/N` answers N, `/sleep/MS` waits first, `/bytes/N` sends N bytes.
 /// The response carries `x-upstream: <name>`.
 pub async fn echo_upstream(name: &'static str) -> SocketAddr {
+    http_server(move |req| echo(name, req)).await
+}
+
+/// Serves `handler` on a loopback port, HTTP/1.1 (with upgrades) and h2c.
+pub async fn http_server<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -235,8 +246,9 @@ pub async fn echo_upstream(name: &'static str) -> SocketAddr {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| echo(name, req));
+                let svc = hyper::service::service_fn(handler);
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
