@@ -8,6 +8,7 @@ use wasmtime::{Caller, Linker, Module, Val};
 
 use super::calls::{CallKind, OutCall, StreamHandle, StreamMsg, grpc_frame};
 use super::shared;
+use super::snapshot::encode;
 use super::vm::HostState;
 
 type C<'a> = Caller<'a, HostState>;
@@ -100,30 +101,6 @@ fn give(c: &mut C, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R {
         && write_u32(c, ptr_ptr, p as u32)
         && write_u32(c, size_ptr, bytes.len() as u32);
     Ok(if ok { OK } else { INVALID_MEMORY_ACCESS })
-}
-
-/// The proxy-wasm header map wire format.
-fn serialize<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
-    let n = pairs.clone().count();
-    let size: usize = pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + n * 8 + size);
-    out.extend_from_slice(&(n as u32).to_le_bytes());
-    for (k, v) in pairs.clone() {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k);
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
-
-/// Serializes header pairs (for properties that are maps).
-pub fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    serialize(pairs.iter().copied())
 }
 
 fn deserialize(b: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
@@ -682,7 +659,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let bytes = serialize(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            let bytes = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
             give(&mut c, &bytes, ptr_ptr, size_ptr)
         },
     )?;
@@ -693,7 +670,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let n = serialize(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).len();
+            let n = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).len();
             Ok(if write_u32(&mut c, size_ptr, n as u32) {
                 OK
             } else {

@@ -69,9 +69,8 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         ["request", "scheme"] => req?.get(b":scheme")?.to_vec(),
         ["request", "method"] => req?.get(b":method")?.to_vec(),
         ["request", "headers"] => {
-            let pairs: Vec<(&[u8], &[u8])> =
-                req?.pairs().filter(|(k, _)| !k.starts_with(b":")).collect();
-            super::abi::serialize_pairs(&pairs)
+            let r = req?;
+            super::snapshot::encode(|| r.pairs().filter(|(k, _)| !k.starts_with(b":")))
         }
         ["request", "headers", name] => header(req, name)?,
         ["request", "id"] => header(req, "x-request-id")?,

@@ -5,35 +5,34 @@
 
 use legate_filter_api::{RequestHead, ResponseHead};
 
+/// Encodes header pairs in the proxy-wasm wire format (little-endian): a count,
+/// each pair's key and value lengths, then each key and value NUL-terminated.
+/// `pairs` is called twice: once to size the buffer, once to fill it.
+pub fn encode<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(pairs: impl Fn() -> I) -> Vec<u8> {
+    let (n, size) = pairs().fold((0, 0), |(n, size), (k, v)| {
+        (n + 1, size + k.len() + v.len() + 2)
+    });
+    let mut wire = Vec::with_capacity(4 + n * 8 + size);
+    wire.extend_from_slice(&(n as u32).to_le_bytes());
+    for (k, v) in pairs() {
+        wire.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        wire.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs() {
+        wire.extend_from_slice(k);
+        wire.push(0);
+        wire.extend_from_slice(v);
+        wire.push(0);
+    }
+    wire
+}
+
 pub struct Snapshot {
     wire: Vec<u8>,
     pub version: http::Version,
 }
 
 impl Snapshot {
-    /// `pairs` is called twice: once to size the buffer, once to fill it.
-    fn build<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
-        pairs: impl Fn() -> I,
-        version: http::Version,
-    ) -> Snapshot {
-        let (n, size) = pairs().fold((0, 0), |(n, size), (k, v)| {
-            (n + 1, size + k.len() + v.len() + 2)
-        });
-        let mut wire = Vec::with_capacity(4 + n * 8 + size);
-        wire.extend_from_slice(&(n as u32).to_le_bytes());
-        for (k, v) in pairs() {
-            wire.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            wire.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs() {
-            wire.extend_from_slice(k);
-            wire.push(0);
-            wire.extend_from_slice(v);
-            wire.push(0);
-        }
-        Snapshot { wire, version }
-    }
-
     /// Pseudo-headers (`:authority`, `:path`, `:method`, `:scheme`), then headers.
     pub fn request(h: &RequestHead) -> Snapshot {
         let authority = match h.uri.authority() {
@@ -59,7 +58,10 @@ impl Snapshot {
                 .iter()
                 .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
         };
-        Snapshot::build(|| pseudo.into_iter().chain(headers()), h.version)
+        Snapshot {
+            wire: encode(|| pseudo.into_iter().chain(headers())),
+            version: h.version,
+        }
     }
 
     /// `:status`, then headers.
@@ -70,10 +72,10 @@ impl Snapshot {
                 .iter()
                 .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
         };
-        Snapshot::build(
-            || status.into_iter().chain(headers()),
-            http::Version::HTTP_11,
-        )
+        Snapshot {
+            wire: encode(|| status.into_iter().chain(headers())),
+            version: http::Version::HTTP_11,
+        }
     }
 
     /// The map in the wire format.
