@@ -263,13 +263,13 @@ fn map_value(st: &HostState, t: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
 }
 
 #[derive(Clone, Copy)]
-enum Op {
+pub(super) enum Op {
     Add,
     Replace,
     Remove,
 }
 
-fn set_request_pseudo(h: &mut RequestHead, key: &[u8], value: &[u8], op: Op) -> bool {
+pub(super) fn set_request_pseudo(h: &mut RequestHead, key: &[u8], value: &[u8], op: Op) -> bool {
     if matches!(op, Op::Remove) {
         return true;
     }
@@ -325,7 +325,13 @@ fn header_name(names: &mut Vec<HeaderName>, key: &[u8]) -> Option<HeaderName> {
     Some(n)
 }
 
-fn edit(h: &mut HeaderMap, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], op: Op) -> bool {
+pub(super) fn edit(
+    h: &mut HeaderMap,
+    names: &mut Vec<HeaderName>,
+    key: &[u8],
+    value: &[u8],
+    op: Op,
+) -> bool {
     match op {
         Op::Remove => {
             // By &str, which looks the name up without allocating.
@@ -1143,7 +1149,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_property",
         |mut c: C, pp: i32, pl: i32, ptr_ptr: i32, size_ptr: i32| -> R {
             let path = try_mem!(read(&c, pp, pl));
-            match super::properties::get(c.data(), &path) {
+            match super::properties::get(&c.data().plugin, &c.data().stream, &path) {
                 Some(v) => give(&mut c, &v, ptr_ptr, size_ptr),
                 None => Ok(NOT_FOUND),
             }

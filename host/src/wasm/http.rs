@@ -76,7 +76,7 @@ enum Done {
     Reply(LocalReply),
 }
 
-fn placeholder_request() -> RequestHead {
+pub(super) fn placeholder_request() -> RequestHead {
     RequestHead {
         method: http::Method::GET,
         uri: http::Uri::default(),
@@ -85,7 +85,7 @@ fn placeholder_request() -> RequestHead {
     }
 }
 
-fn placeholder_info(i: &StreamInfo) -> StreamInfo {
+pub(super) fn placeholder_info(i: &StreamInfo) -> StreamInfo {
     StreamInfo {
         start_time: i.start_time,
         downstream_remote_address: i.downstream_remote_address,
