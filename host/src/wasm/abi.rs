@@ -1374,7 +1374,9 @@ fn wasi(l: &mut Linker<HostState>, ns: &str) -> wasmtime::Result<()> {
     })?;
     l.func_wrap(ns, "random_get", |mut c: C, ptr: i32, len: i32| -> R {
         let mut b = vec![0u8; len as u32 as usize];
-        fastrand::fill(&mut b);
+        if getrandom::fill(&mut b).is_err() {
+            fastrand::fill(&mut b);
+        }
         Ok(if write(&mut c, ptr, &b) {
             ERRNO_SUCCESS
         } else {

@@ -988,7 +988,8 @@ pub(super) fn describe(e: &wasmtime::Error, callback: &str, plugin: &WasmPlugin)
                 plugin.limits.max_memory_bytes
             )
         } else {
-            s.lines().next().unwrap_or("").to_string()
+            // The root cause: wasmtime wraps host errors in backtrace context.
+            e.root_cause().to_string()
         }
     };
     format!("{callback}: {what}")

@@ -1,0 +1,265 @@
+//! The `legate:filter` host interfaces: log, metrics, shared-data, properties
+//! and http-client.
+
+use super::*;
+
+/// Only ever lifted from the guest, never built here.
+#[allow(dead_code)]
+#[derive(ComponentType, Lift)]
+#[component(enum)]
+#[repr(u8)]
+enum Level {
+    #[component(name = "trace")]
+    Trace,
+    #[component(name = "debug")]
+    Debug,
+    #[component(name = "info")]
+    Info,
+    #[component(name = "warn")]
+    Warn,
+    #[component(name = "error")]
+    Error,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct Entry {
+    value: Vec<u8>,
+    version: u32,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct WRequest {
+    cluster: String,
+    method: String,
+    path: String,
+    authority: String,
+    headers: Vec<WHeader>,
+    body: Vec<u8>,
+    #[component(name = "timeout-ms")]
+    timeout_ms: u32,
+}
+
+/// Host-side types of the metric resources.
+struct CounterRes;
+struct GaugeRes;
+struct HistogramRes;
+
+fn log(st: &CState, level: Level, msg: &str) {
+    let plugin = &st.plugin.name;
+    match level {
+        Level::Trace => tracing::trace!(plugin = %plugin, "{msg}"),
+        Level::Debug => tracing::debug!(plugin = %plugin, "{msg}"),
+        Level::Info => tracing::info!(plugin = %plugin, "{msg}"),
+        Level::Warn => tracing::warn!(plugin = %plugin, "{msg}"),
+        Level::Error => tracing::error!(plugin = %plugin, "{msg}"),
+    }
+}
+
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+        Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        Level::Error => tracing::enabled!(tracing::Level::ERROR),
+    }
+}
+
+fn define_metric(st: &mut CState, kind: u32, name: &str) -> wasmtime::Result<u32> {
+    let m =
+        shared::metric(kind, name).ok_or_else(|| wasmtime::Error::msg("unknown metric kind"))?;
+    st.metrics.push(m);
+    Ok(st.metrics.len() as u32 - 1)
+}
+
+fn metric(st: &CState, rep: u32) -> wasmtime::Result<&Metric> {
+    st.metrics
+        .get(rep as usize)
+        .ok_or_else(|| wasmtime::Error::msg("unknown metric handle"))
+}
+
+/// A new outbound call, checked and queued for the filter to start.
+fn send(st: &mut CState, req: WRequest) -> Result<u32, WCallError> {
+    if !st.calls_allowed {
+        return Err(WCallError::NotAllowed);
+    }
+    if !st.cluster_names.contains(&req.cluster) {
+        return Err(WCallError::UnknownCluster(req.cluster));
+    }
+    if http::Method::from_bytes(req.method.as_bytes()).is_err() {
+        return Err(WCallError::InvalidRequest(format!(
+            "bad method {:?}",
+            req.method
+        )));
+    }
+    if !req.path.starts_with('/') {
+        return Err(WCallError::InvalidRequest(format!(
+            "path {:?} does not start with /",
+            req.path
+        )));
+    }
+    let mut headers = vec![
+        (Bytes::from_static(b":method"), Bytes::from(req.method)),
+        (Bytes::from_static(b":path"), Bytes::from(req.path)),
+    ];
+    if !req.authority.is_empty() {
+        headers.push((
+            Bytes::from_static(b":authority"),
+            Bytes::from(req.authority),
+        ));
+    }
+    for h in req.headers {
+        if h.name.starts_with(':') {
+            return Err(WCallError::InvalidRequest(format!(
+                "pseudo-header {} in headers",
+                h.name
+            )));
+        }
+        headers.push((Bytes::from(h.name), Bytes::from(h.value)));
+    }
+    let token = st.next_call;
+    st.next_call = st.next_call.wrapping_add(1).max(1);
+    st.calls.push(OutCall {
+        token,
+        stream: None,
+        context: 0,
+        cluster: req.cluster,
+        headers,
+        body: Bytes::from(req.body),
+        timeout: Duration::from_millis(u64::from(req.timeout_ms.max(1))),
+        kind: CallKind::Http,
+    });
+    Ok(token)
+}
+
+/// Defines the host interface `iface` under the name the component imports.
+pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wasmtime::Result<()> {
+    let mut i = linker.instance(name)?;
+    match iface {
+        "types" => {}
+        "log" => {
+            i.func_wrap("write", |c, (level, msg): (Level, String)| {
+                log(c.data(), level, &msg);
+                Ok(())
+            })?;
+            i.func_wrap("enabled", |_, (level,): (Level,)| Ok((enabled(level),)))?;
+        }
+        "metrics" => {
+            i.resource("counter", ResourceType::host::<CounterRes>(), |_, _| Ok(()))?;
+            i.resource("gauge", ResourceType::host::<GaugeRes>(), |_, _| Ok(()))?;
+            i.resource("histogram", ResourceType::host::<HistogramRes>(), |_, _| {
+                Ok(())
+            })?;
+            i.func_wrap("[constructor]counter", |mut c, (name,): (String,)| {
+                let rep = define_metric(c.data_mut(), 0, &name)?;
+                Ok((Resource::<CounterRes>::new_own(rep),))
+            })?;
+            i.func_wrap(
+                "[method]counter.increment",
+                |c, (r, d): (Resource<CounterRes>, u64)| {
+                    if let Metric::Counter(m) = metric(c.data(), r.rep())? {
+                        m.add(d);
+                    }
+                    Ok(())
+                },
+            )?;
+            i.func_wrap(
+                "[method]counter.value",
+                |c, (r,): (Resource<CounterRes>,)| match metric(c.data(), r.rep())? {
+                    Metric::Counter(m) => Ok((m.value(),)),
+                    _ => Ok((0,)),
+                },
+            )?;
+            i.func_wrap("[constructor]gauge", |mut c, (name,): (String,)| {
+                let rep = define_metric(c.data_mut(), 1, &name)?;
+                Ok((Resource::<GaugeRes>::new_own(rep),))
+            })?;
+            i.func_wrap(
+                "[method]gauge.set",
+                |c, (r, v): (Resource<GaugeRes>, i64)| {
+                    if let Metric::Gauge(m) = metric(c.data(), r.rep())? {
+                        m.set(v);
+                    }
+                    Ok(())
+                },
+            )?;
+            i.func_wrap(
+                "[method]gauge.add",
+                |c, (r, v): (Resource<GaugeRes>, i64)| {
+                    if let Metric::Gauge(m) = metric(c.data(), r.rep())? {
+                        m.add(v);
+                    }
+                    Ok(())
+                },
+            )?;
+            i.func_wrap(
+                "[method]gauge.value",
+                |c, (r,): (Resource<GaugeRes>,)| match metric(c.data(), r.rep())? {
+                    Metric::Gauge(m) => Ok((m.value(),)),
+                    _ => Ok((0,)),
+                },
+            )?;
+            i.func_wrap("[constructor]histogram", |mut c, (name,): (String,)| {
+                let rep = define_metric(c.data_mut(), 2, &name)?;
+                Ok((Resource::<HistogramRes>::new_own(rep),))
+            })?;
+            i.func_wrap(
+                "[method]histogram.record-value",
+                |c, (r, v): (Resource<HistogramRes>, u64)| {
+                    if let Metric::Histogram(m) = metric(c.data(), r.rep())? {
+                        m.record(v as f64);
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        "shared-data" => {
+            i.func_wrap("get", |c, (key,): (String,)| {
+                let e =
+                    shared::get(&c.data().plugin.vm_id, key.as_bytes()).map(|(value, version)| {
+                        Entry {
+                            value: value.to_vec(),
+                            version,
+                        }
+                    });
+                Ok((e,))
+            })?;
+            i.func_wrap("set", |c, (key, value): (String, Vec<u8>)| {
+                let _ = shared::set(&c.data().plugin.vm_id, key.as_bytes(), value.into(), 0);
+                Ok(())
+            })?;
+            i.func_wrap(
+                "compare-and-swap",
+                |c, (key, expected, value): (String, Option<u32>, Vec<u8>)| {
+                    let vm_id = &c.data().plugin.vm_id;
+                    let ok = match expected {
+                        None => shared::create(vm_id, key.as_bytes(), value.into()),
+                        Some(0) => false,
+                        Some(v) => shared::set(vm_id, key.as_bytes(), value.into(), v).is_ok(),
+                    };
+                    Ok((ok,))
+                },
+            )?;
+        }
+        "properties" => {
+            i.func_wrap("get", |c, (path,): (Vec<String>,)| {
+                let st = c.data();
+                let joined = path.join("\0");
+                Ok((super::super::properties::get(
+                    &st.plugin,
+                    &st.stream,
+                    joined.as_bytes(),
+                ),))
+            })?;
+        }
+        "http-client" => {
+            i.func_wrap("send", |mut c, (req,): (WRequest,)| {
+                Ok((send(c.data_mut(), req),))
+            })?;
+        }
+        _ => return Err(wasmtime::Error::msg(format!("no host interface {iface}"))),
+    }
+    Ok(())
+}
