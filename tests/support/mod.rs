@@ -48,6 +48,16 @@ impl Legate {
     /// Like [`Legate::start_with`], but a refused config or a failed start is an
     /// error value, so callers comparing many configs can report it and go on.
     pub async fn try_start_with(yaml: &str, extra: &[&str]) -> Result<Legate, String> {
+        Self::try_start_in(yaml, extra, None).await
+    }
+
+    /// Like [`Legate::try_start_with`], run from directory `cwd` (for configs
+    /// with relative paths).
+    pub async fn try_start_in(
+        yaml: &str,
+        extra: &[&str],
+        cwd: Option<&std::path::Path>,
+    ) -> Result<Legate, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let cfg = dir.path().join("legate.yaml");
         std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
@@ -60,7 +70,11 @@ impl Legate {
         } else {
             &["-l", "info"]
         };
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let child = cmd
             .arg("-c")
             .arg(&cfg)
             .arg("--admin-address-path")
