@@ -10,305 +10,7 @@ use crate::bindings::http::exports::legate::filter::http_handler as wit_handler;
 use crate::bindings::http::legate::filter::types as wit;
 use crate::exec::Slot;
 use crate::http::{CallError, Response};
-
-/// A header or trailer map as a hook sees it: names are lowercase, values are
-/// bytes, and request and response headers start with their pseudo-headers
-/// (`:method`, `:path`, `:authority`, `:scheme`; `:status`). Changes are sent
-/// back to the proxy when the hook returns.
-///
-/// ```
-/// let mut h = legate_sdk::Headers::from_pairs([(":path", "/a"), ("x-id", "7")]);
-/// h.set("x-id", "8");
-/// h.append("x-more", "1");
-/// h.remove("x-gone");
-/// assert_eq!(h.get_str("x-id"), Some("8"));
-/// assert_eq!(h.path(), Some("/a"));
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers {
-    list: Vec<(String, Vec<u8>)>,
-    edits: Vec<Edit>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Edit {
-    Set(String, Vec<u8>),
-    Append(String, Vec<u8>),
-    Remove(String),
-}
-
-impl Headers {
-    /// Headers from name/value pairs, e.g. for tests. Names are lowercased.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([("Content-Type", "text/plain")]);
-    /// assert_eq!(h.get_str("content-type"), Some("text/plain"));
-    /// ```
-    pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(
-        pairs: impl IntoIterator<Item = (N, V)>,
-    ) -> Headers {
-        Headers {
-            list: pairs
-                .into_iter()
-                .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v.as_ref().to_vec()))
-                .collect(),
-            edits: Vec::new(),
-        }
-    }
-
-    pub(crate) fn from_wit(list: Vec<wit::Header>) -> Headers {
-        Headers {
-            list: list.into_iter().map(|h| (h.name, h.value)).collect(),
-            edits: Vec::new(),
-        }
-    }
-
-    /// The first value of `name` (case-insensitive).
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([("x-a", "1"), ("x-a", "2")]);
-    /// assert_eq!(h.get("X-A"), Some(&b"1"[..]));
-    /// ```
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.list
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// The first value of `name`, if it is UTF-8.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([("x-a", "yes")]);
-    /// assert_eq!(h.get_str("x-a"), Some("yes"));
-    /// ```
-    pub fn get_str(&self, name: &str) -> Option<&str> {
-        std::str::from_utf8(self.get(name)?).ok()
-    }
-
-    /// Every value of `name`, in order.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([("x-a", "1"), ("x-a", "2")]);
-    /// assert_eq!(h.get_all("x-a").count(), 2);
-    /// ```
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.list
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// Every header, in order, pseudo-headers first.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([("a", "1"), ("b", "2")]);
-    /// let names: Vec<&str> = h.iter().map(|(n, _)| n).collect();
-    /// assert_eq!(names, ["a", "b"]);
-    /// ```
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.list.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
-    }
-
-    /// How many values there are.
-    ///
-    /// ```
-    /// assert_eq!(legate_sdk::Headers::default().len(), 0);
-    /// ```
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// Whether there are none.
-    ///
-    /// ```
-    /// assert!(legate_sdk::Headers::default().is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    /// Replaces every value of `name` with `value`, or adds it.
-    ///
-    /// ```
-    /// let mut h = legate_sdk::Headers::from_pairs([("x-a", "1"), ("x-a", "2")]);
-    /// h.set("x-a", "3");
-    /// assert_eq!(h.get_all("x-a").collect::<Vec<_>>(), [b"3"]);
-    /// ```
-    pub fn set(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        let value = value.as_ref().to_vec();
-        match self.list.iter().position(|(n, _)| *n == name) {
-            Some(i) => {
-                self.list[i].1 = value.clone();
-                let mut j = i + 1;
-                while j < self.list.len() {
-                    if self.list[j].0 == name {
-                        self.list.remove(j);
-                    } else {
-                        j += 1;
-                    }
-                }
-            }
-            None => self.list.push((name.clone(), value.clone())),
-        }
-        self.edits.push(Edit::Set(name, value));
-    }
-
-    /// Adds a value of `name`, keeping the others.
-    ///
-    /// ```
-    /// let mut h = legate_sdk::Headers::default();
-    /// h.append("x-a", "1");
-    /// h.append("x-a", "2");
-    /// assert_eq!(h.get_all("x-a").count(), 2);
-    /// ```
-    pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        let value = value.as_ref().to_vec();
-        self.list.push((name.clone(), value.clone()));
-        self.edits.push(Edit::Append(name, value));
-    }
-
-    /// Removes every value of `name`.
-    ///
-    /// ```
-    /// let mut h = legate_sdk::Headers::from_pairs([("x-a", "1")]);
-    /// h.remove("x-a");
-    /// assert!(h.get("x-a").is_none());
-    /// ```
-    pub fn remove(&mut self, name: &str) {
-        let name = name.to_ascii_lowercase();
-        self.list.retain(|(n, _)| *n != name);
-        self.edits.push(Edit::Remove(name));
-    }
-
-    /// `:path` of request headers.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([(":path", "/x?y=1")]);
-    /// assert_eq!(h.path(), Some("/x?y=1"));
-    /// ```
-    pub fn path(&self) -> Option<&str> {
-        self.get_str(":path")
-    }
-
-    /// `:method` of request headers.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([(":method", "GET")]);
-    /// assert_eq!(h.method(), Some("GET"));
-    /// ```
-    pub fn method(&self) -> Option<&str> {
-        self.get_str(":method")
-    }
-
-    /// `:authority` of request headers.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([(":authority", "example.com")]);
-    /// assert_eq!(h.authority(), Some("example.com"));
-    /// ```
-    pub fn authority(&self) -> Option<&str> {
-        self.get_str(":authority")
-    }
-
-    /// `:status` of response headers.
-    ///
-    /// ```
-    /// let h = legate_sdk::Headers::from_pairs([(":status", "404")]);
-    /// assert_eq!(h.status(), Some(404));
-    /// ```
-    pub fn status(&self) -> Option<u16> {
-        self.get_str(":status")?.parse().ok()
-    }
-
-    fn take_edits(&mut self) -> Vec<wit::HeaderOp> {
-        self.edits
-            .drain(..)
-            .map(|e| match e {
-                Edit::Set(name, value) => wit::HeaderOp::Set(wit::Header { name, value }),
-                Edit::Append(name, value) => wit::HeaderOp::Append(wit::Header { name, value }),
-                Edit::Remove(name) => wit::HeaderOp::Remove(name),
-            })
-            .collect()
-    }
-}
-
-/// A chunk of body (or the whole body, after [`Action::WaitForBody`]).
-///
-/// ```
-/// let mut b = legate_sdk::Body::new("hello");
-/// let upper = b.bytes().to_ascii_uppercase();
-/// b.set(upper);
-/// assert_eq!(b.bytes(), b"HELLO");
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Body {
-    data: Vec<u8>,
-    changed: bool,
-}
-
-impl Body {
-    /// A body with these bytes, e.g. for tests.
-    ///
-    /// ```
-    /// assert_eq!(legate_sdk::Body::new("x").len(), 1);
-    /// ```
-    pub fn new(data: impl Into<Vec<u8>>) -> Body {
-        Body {
-            data: data.into(),
-            changed: false,
-        }
-    }
-
-    /// The bytes.
-    ///
-    /// ```
-    /// assert_eq!(legate_sdk::Body::new("x").bytes(), b"x");
-    /// ```
-    pub fn bytes(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// Replaces the bytes that go on.
-    ///
-    /// ```
-    /// let mut b = legate_sdk::Body::new("x");
-    /// b.set("y");
-    /// assert_eq!(b.bytes(), b"y");
-    /// ```
-    pub fn set(&mut self, data: impl Into<Vec<u8>>) {
-        self.data = data.into();
-        self.changed = true;
-    }
-
-    /// How many bytes there are.
-    ///
-    /// ```
-    /// assert_eq!(legate_sdk::Body::new("ab").len(), 2);
-    /// ```
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Whether there are none.
-    ///
-    /// ```
-    /// assert!(legate_sdk::Body::default().is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    pub(crate) fn changed(&self) -> bool {
-        self.changed
-    }
-
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.data
-    }
-}
+use crate::message::{Body, Headers, Map};
 
 /// A response the filter makes instead of the upstream's.
 ///
@@ -412,6 +114,16 @@ pub enum Action {
     WaitForBody,
 }
 
+impl Action {
+    fn into_wit(self) -> wit::Action {
+        match self {
+            Action::Continue => wit::Action::Continue,
+            Action::Respond(r) => wit::Action::Respond(r.into_wit()),
+            Action::WaitForBody => wit::Action::WaitForBody,
+        }
+    }
+}
+
 /// A per-stream HTTP filter. Every hook defaults to [`Action::Continue`], so a
 /// filter implements only what it needs. Hooks are `async`: await
 /// [`crate::http::send`] inside one and the stream waits while others go on.
@@ -468,7 +180,8 @@ pub trait HttpFilter: 'static {
         Action::Continue
     }
 
-    /// The stream ended, completed or reset.
+    /// The stream ended, completed or reset. Not called while a hook awaits a
+    /// call (the stream was reset under it).
     fn on_done(&mut self) {}
 }
 
@@ -555,45 +268,21 @@ pub(crate) fn root<P: 'static>(configure_empty: impl FnOnce() -> Result<P, Strin
     p
 }
 
-/// What a finished hook hands back.
-pub(crate) struct HookOut {
-    pub headers: Option<Headers>,
-    pub body: Option<Body>,
-    pub action: Action,
-}
-
-impl HookOut {
-    fn into_wit(mut self) -> wit::Outcome {
-        wit::Outcome {
-            edits: self
-                .headers
-                .as_mut()
-                .map(Headers::take_edits)
-                .unwrap_or_default(),
-            body: self.body.filter(|b| b.changed).map(|b| b.data),
-            action: match self.action {
-                Action::Continue => wit::Action::Continue,
-                Action::Respond(r) => wit::Action::Respond(r.into_wit()),
-                Action::WaitForBody => wit::Action::WaitForBody,
-            },
-        }
-    }
-}
-
 /// One stream's filter and its pending hook; used by the export and by
 /// [`crate::testing`].
 pub(crate) struct Stream<F: HttpFilter> {
-    slot: RefCell<Slot<F, HookOut>>,
+    slot: RefCell<Slot<F, Action>>,
 }
 
 /// Which hook to run.
+#[derive(Clone, Copy)]
 pub(crate) enum Hook {
-    RequestHeaders(Headers, bool),
-    RequestBody(Body, bool),
-    RequestTrailers(Headers),
-    ResponseHeaders(Headers, bool),
-    ResponseBody(Body, bool),
-    ResponseTrailers(Headers),
+    RequestHeaders(bool),
+    RequestBody(usize, bool),
+    RequestTrailers,
+    ResponseHeaders(bool),
+    ResponseBody(usize, bool),
+    ResponseTrailers,
 }
 
 impl<F: HttpFilter> Stream<F> {
@@ -604,64 +293,43 @@ impl<F: HttpFilter> Stream<F> {
     }
 
     /// Runs a hook; `None` while it awaits calls.
-    pub(crate) fn run(&self, hook: Hook) -> Option<HookOut> {
+    pub(crate) fn run(&self, hook: Hook) -> Option<Action> {
         self.slot.borrow_mut().start(|mut f| async move {
-            let out = match hook {
-                Hook::RequestHeaders(mut h, eos) => {
-                    let action = f.on_request_headers(&mut h, eos).await;
-                    HookOut::headers(h, action)
+            let action = match hook {
+                Hook::RequestHeaders(eos) => {
+                    let mut h = Headers::live(Map::RequestHeaders);
+                    f.on_request_headers(&mut h, eos).await
                 }
-                Hook::RequestBody(mut b, eos) => {
-                    let action = f.on_request_body(&mut b, eos).await;
-                    HookOut::body(b, action)
+                Hook::RequestBody(len, eos) => f.on_request_body(&mut Body::live(len), eos).await,
+                Hook::RequestTrailers => {
+                    let mut t = Headers::live(Map::RequestTrailers);
+                    f.on_request_trailers(&mut t).await
                 }
-                Hook::RequestTrailers(mut t) => {
-                    let action = f.on_request_trailers(&mut t).await;
-                    HookOut::headers(t, action)
+                Hook::ResponseHeaders(eos) => {
+                    let mut h = Headers::live(Map::ResponseHeaders);
+                    f.on_response_headers(&mut h, eos).await
                 }
-                Hook::ResponseHeaders(mut h, eos) => {
-                    let action = f.on_response_headers(&mut h, eos).await;
-                    HookOut::headers(h, action)
-                }
-                Hook::ResponseBody(mut b, eos) => {
-                    let action = f.on_response_body(&mut b, eos).await;
-                    HookOut::body(b, action)
-                }
-                Hook::ResponseTrailers(mut t) => {
-                    let action = f.on_response_trailers(&mut t).await;
-                    HookOut::headers(t, action)
+                Hook::ResponseBody(len, eos) => f.on_response_body(&mut Body::live(len), eos).await,
+                Hook::ResponseTrailers => {
+                    let mut t = Headers::live(Map::ResponseTrailers);
+                    f.on_response_trailers(&mut t).await
                 }
             };
-            (f, out)
+            (f, action)
         })
     }
 
     /// Delivers a call's result and continues the pending hook.
-    pub(crate) fn resume(&self, call: u32, result: Result<Response, CallError>) -> Option<HookOut> {
+    pub(crate) fn resume(&self, call: u32, result: Result<Response, CallError>) -> Option<Action> {
         crate::exec::deliver(call, result);
         self.slot.borrow_mut().resume()
     }
-
-    pub(crate) fn done(&self) {
-        if let Some(f) = self.slot.borrow_mut().idle() {
-            f.on_done();
-        }
-    }
 }
 
-impl HookOut {
-    fn headers(h: Headers, action: Action) -> HookOut {
-        HookOut {
-            headers: Some(h),
-            body: None,
-            action,
-        }
-    }
-    fn body(b: Body, action: Action) -> HookOut {
-        HookOut {
-            headers: None,
-            body: Some(b),
-            action,
+impl<F: HttpFilter> Drop for Stream<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.slot.get_mut().idle() {
+            f.on_done();
         }
     }
 }
@@ -670,13 +338,13 @@ impl HookOut {
 #[doc(hidden)]
 pub struct __HttpExport<P>(PhantomData<P>);
 
-/// The exported `stream` resource.
+/// The exported `http-stream` resource.
 #[doc(hidden)]
 pub struct HttpStreamExport<P: HttpPlugin>(Stream<P::Filter>);
 
-fn poll(out: Option<HookOut>) -> wit::Poll {
+fn poll(out: Option<Action>) -> wit::Poll {
     match out {
-        Some(o) => wit::Poll::Ready(o.into_wit()),
+        Some(a) => wit::Poll::Ready(a.into_wit()),
         None => wit::Poll::Pending,
     }
 }
@@ -689,51 +357,37 @@ impl<P: HttpPlugin> wit_handler::Guest for __HttpExport<P> {
     }
 }
 
+fn size(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 impl<P: HttpPlugin> wit_handler::GuestHttpStream for HttpStreamExport<P> {
     fn new() -> Self {
         HttpStreamExport(Stream::new(root(|| P::configure(b"")).new_filter()))
     }
 
-    fn on_request_headers(&self, headers: Vec<wit::Header>, end_of_stream: bool) -> wit::Poll {
-        poll(self.0.run(Hook::RequestHeaders(
-            Headers::from_wit(headers),
-            end_of_stream,
-        )))
+    fn on_request_headers(&self, end_of_stream: bool) -> wit::Poll {
+        poll(self.0.run(Hook::RequestHeaders(end_of_stream)))
     }
 
-    fn on_request_body(&self, chunk: Vec<u8>, end_of_stream: bool) -> wit::Poll {
-        poll(
-            self.0
-                .run(Hook::RequestBody(Body::new(chunk), end_of_stream)),
-        )
+    fn on_request_body(&self, len: u64, end_of_stream: bool) -> wit::Poll {
+        poll(self.0.run(Hook::RequestBody(size(len), end_of_stream)))
     }
 
-    fn on_request_trailers(&self, trailers: Vec<wit::Header>) -> wit::Poll {
-        poll(
-            self.0
-                .run(Hook::RequestTrailers(Headers::from_wit(trailers))),
-        )
+    fn on_request_trailers(&self) -> wit::Poll {
+        poll(self.0.run(Hook::RequestTrailers))
     }
 
-    fn on_response_headers(&self, headers: Vec<wit::Header>, end_of_stream: bool) -> wit::Poll {
-        poll(self.0.run(Hook::ResponseHeaders(
-            Headers::from_wit(headers),
-            end_of_stream,
-        )))
+    fn on_response_headers(&self, end_of_stream: bool) -> wit::Poll {
+        poll(self.0.run(Hook::ResponseHeaders(end_of_stream)))
     }
 
-    fn on_response_body(&self, chunk: Vec<u8>, end_of_stream: bool) -> wit::Poll {
-        poll(
-            self.0
-                .run(Hook::ResponseBody(Body::new(chunk), end_of_stream)),
-        )
+    fn on_response_body(&self, len: u64, end_of_stream: bool) -> wit::Poll {
+        poll(self.0.run(Hook::ResponseBody(size(len), end_of_stream)))
     }
 
-    fn on_response_trailers(&self, trailers: Vec<wit::Header>) -> wit::Poll {
-        poll(
-            self.0
-                .run(Hook::ResponseTrailers(Headers::from_wit(trailers))),
-        )
+    fn on_response_trailers(&self) -> wit::Poll {
+        poll(self.0.run(Hook::ResponseTrailers))
     }
 
     fn resume(
@@ -746,9 +400,5 @@ impl<P: HttpPlugin> wit_handler::GuestHttpStream for HttpStreamExport<P> {
     ) -> wit::Poll {
         let result = outcome.map(Response::from_wit).map_err(CallError::from_wit);
         poll(self.0.resume(call, result))
-    }
-
-    fn on_done(&self) {
-        self.0.done();
     }
 }

@@ -3,14 +3,59 @@
 
 use crate::http::{CallError, Request};
 use crate::log::Level;
+use crate::message::Map;
 use crate::shared::Entry;
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::*;
     use crate::bindings::http::legate::filter::{
-        http_client, log, metrics, properties, shared_data,
+        http_client, log, message, metrics, properties, shared_data,
     };
+
+    fn map(m: Map) -> message::Map {
+        match m {
+            Map::RequestHeaders => message::Map::RequestHeaders,
+            Map::RequestTrailers => message::Map::RequestTrailers,
+            Map::ResponseHeaders => message::Map::ResponseHeaders,
+            Map::ResponseTrailers => message::Map::ResponseTrailers,
+        }
+    }
+
+    pub fn header_get(m: Map, name: &str) -> Option<Vec<u8>> {
+        message::get(map(m), name)
+    }
+
+    pub fn header_get_all(m: Map, name: &str) -> Vec<Vec<u8>> {
+        message::get_all(map(m), name)
+    }
+
+    pub fn header_entries(m: Map) -> Vec<(String, Vec<u8>)> {
+        message::entries(map(m))
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect()
+    }
+
+    pub fn header_set(m: Map, name: &str, value: &[u8]) -> bool {
+        message::set(map(m), name, value)
+    }
+
+    pub fn header_append(m: Map, name: &str, value: &[u8]) -> bool {
+        message::append(map(m), name, value)
+    }
+
+    pub fn header_remove(m: Map, name: &str) {
+        message::remove(map(m), name)
+    }
+
+    pub fn body_get() -> Vec<u8> {
+        message::body()
+    }
+
+    pub fn body_set(data: &[u8]) {
+        message::set_body(data)
+    }
 
     fn level(l: Level) -> log::Level {
         match l {
@@ -108,7 +153,47 @@ mod imp {
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
     use super::*;
+    use crate::message::list;
     use crate::testing::mock;
+
+    pub fn header_get(m: Map, name: &str) -> Option<Vec<u8>> {
+        mock(|k| list::get(k.maps.get(&m)?, name).map(<[u8]>::to_vec))
+    }
+
+    pub fn header_get_all(m: Map, name: &str) -> Vec<Vec<u8>> {
+        mock(|k| {
+            k.maps
+                .get(&m)
+                .map(|l| list::get_all(l, name))
+                .unwrap_or_default()
+        })
+    }
+
+    pub fn header_entries(m: Map) -> Vec<(String, Vec<u8>)> {
+        mock(|k| k.maps.get(&m).cloned().unwrap_or_default())
+    }
+
+    pub fn header_set(m: Map, name: &str, value: &[u8]) -> bool {
+        mock(|k| list::set(k.maps.entry(m).or_default(), name, value));
+        true
+    }
+
+    pub fn header_append(m: Map, name: &str, value: &[u8]) -> bool {
+        mock(|k| list::append(k.maps.entry(m).or_default(), name, value));
+        true
+    }
+
+    pub fn header_remove(m: Map, name: &str) {
+        mock(|k| list::remove(k.maps.entry(m).or_default(), name))
+    }
+
+    pub fn body_get() -> Vec<u8> {
+        mock(|k| k.body.clone())
+    }
+
+    pub fn body_set(data: &[u8]) {
+        mock(|k| k.body = data.to_vec())
+    }
 
     pub fn log(l: Level, message: &str) {
         mock(|m| m.logs.push((l, message.to_string())));

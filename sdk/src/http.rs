@@ -178,7 +178,7 @@ impl Response {
     pub(crate) fn from_wit(r: wit::Response) -> Response {
         Response {
             status: r.status,
-            headers: Headers::from_wit(r.headers),
+            headers: Headers::detached(r.headers.into_iter().map(|h| (h.name, h.value)).collect()),
             body: r.body,
         }
     }

@@ -35,15 +35,15 @@ mod filter;
 mod host;
 pub mod http;
 pub mod log;
+mod message;
 pub mod metrics;
 mod network;
 pub mod properties;
 pub mod shared;
 pub mod testing;
 
-pub use filter::{
-    __HttpExport, Action, Body, Headers, HttpFilter, HttpPlugin, LocalReply, Unconfigured,
-};
+pub use filter::{__HttpExport, Action, HttpFilter, HttpPlugin, LocalReply, Unconfigured};
+pub use message::{Body, Headers};
 pub use network::{__NetworkExport, NetworkAction, NetworkFilter, NetworkPlugin};
 
 /// Exports an HTTP filter from the component.

@@ -20,19 +20,20 @@
 //! let mut stream = harness.stream();
 //! let out = stream.request_headers(&[(":path", "/")], true);
 //! assert_eq!(out.action, Action::Continue);
-//! assert_eq!(out.headers.get_str("x-tag"), Some("1"));
+//! assert_eq!(out.headers.get_str("x-tag").as_deref(), Some("1"));
 //! ```
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::filter::{Hook, HookOut, Stream};
+use crate::filter::{Hook, Stream};
 use crate::http::{CallError, Request, Response};
 use crate::log::Level;
+use crate::message::{List, Map};
 use crate::network::data_hook;
 use crate::shared::Entry;
-use crate::{Action, Body, Headers, HttpPlugin, NetworkAction, NetworkFilter, NetworkPlugin};
+use crate::{Action, Headers, HttpPlugin, NetworkAction, NetworkFilter, NetworkPlugin};
 
 /// The host as a test sees it.
 #[derive(Default)]
@@ -46,6 +47,9 @@ pub(crate) struct Mock {
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     pub calls: Vec<(u32, Request)>,
     pub next_call: u32,
+    /// The message of the running hook.
+    pub maps: HashMap<Map, List>,
+    pub body: Vec<u8>,
 }
 
 thread_local! {
@@ -218,12 +222,29 @@ pub struct TestStream<'h, P: HttpPlugin> {
     stream: Stream<P::Filter>,
 }
 
-fn headers(pairs: &[(&str, &str)]) -> Headers {
-    Headers::from_pairs(pairs.iter().copied())
+fn list(pairs: &[(&str, &str)]) -> List {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 impl<P: HttpPlugin> TestStream<'_, P> {
-    fn run(&mut self, hook: Hook) -> Outcome {
+    /// Runs a hook on `map` (or the body) as the proxy would: the maps of the
+    /// other direction are out of reach.
+    fn run(&mut self, hook: Hook, map: Option<(Map, List)>, body: &[u8]) -> Outcome {
+        let request = matches!(
+            hook,
+            Hook::RequestHeaders(_) | Hook::RequestBody(..) | Hook::RequestTrailers
+        );
+        mock(|m| {
+            m.maps
+                .retain(|k, _| matches!(k, Map::RequestHeaders | Map::RequestTrailers) == request);
+            if let Some((k, l)) = map.clone() {
+                m.maps.insert(k, l);
+            }
+            m.body = body.to_vec();
+        });
         let seen = mock(|m| m.calls.len());
         let mut out = self.stream.run(hook);
         let mut next = seen;
@@ -245,16 +266,19 @@ impl<P: HttpPlugin> TestStream<'_, P> {
                 }
             }
         }
-        let HookOut {
-            headers,
-            body,
+        let action = out.unwrap_or_else(|| unreachable!());
+        mock(|m| Outcome {
             action,
-        } = out.unwrap_or_else(|| unreachable!());
-        Outcome {
-            action,
-            headers: headers.unwrap_or_default(),
-            body: body.map(Body::into_bytes).unwrap_or_default(),
-        }
+            headers: Headers::detached(
+                map.and_then(|(k, _)| m.maps.get(&k).cloned())
+                    .unwrap_or_default(),
+            ),
+            body: if matches!(hook, Hook::RequestBody(..) | Hook::ResponseBody(..)) {
+                m.body.clone()
+            } else {
+                Vec::new()
+            },
+        })
     }
 
     /// Runs `on_request_headers`.
@@ -264,10 +288,11 @@ impl<P: HttpPlugin> TestStream<'_, P> {
     /// # #[derive(Default)] struct F; impl HttpFilter for F {}
     /// # let h = legate_sdk::testing::Harness::<Unconfigured<F>>::new(b"").unwrap();
     /// let out = h.stream().request_headers(&[(":method", "GET"), (":path", "/")], true);
-    /// assert_eq!(out.headers.path(), Some("/"));
+    /// assert_eq!(out.headers.path().as_deref(), Some("/"));
     /// ```
     pub fn request_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Outcome {
-        self.run(Hook::RequestHeaders(headers(pairs), end_of_stream))
+        let map = Some((Map::RequestHeaders, list(pairs)));
+        self.run(Hook::RequestHeaders(end_of_stream), map, b"")
     }
 
     /// Runs `on_request_body`.
@@ -279,7 +304,7 @@ impl<P: HttpPlugin> TestStream<'_, P> {
     /// assert_eq!(h.stream().request_body(b"abc", true).body, b"abc");
     /// ```
     pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Outcome {
-        self.run(Hook::RequestBody(Body::new(chunk), end_of_stream))
+        self.run(Hook::RequestBody(chunk.len(), end_of_stream), None, chunk)
     }
 
     /// Runs `on_request_trailers`.
@@ -289,10 +314,11 @@ impl<P: HttpPlugin> TestStream<'_, P> {
     /// # #[derive(Default)] struct F; impl HttpFilter for F {}
     /// # let h = legate_sdk::testing::Harness::<Unconfigured<F>>::new(b"").unwrap();
     /// let out = h.stream().request_trailers(&[("x-sum", "1")]);
-    /// assert_eq!(out.headers.get_str("x-sum"), Some("1"));
+    /// assert_eq!(out.headers.get_str("x-sum").as_deref(), Some("1"));
     /// ```
     pub fn request_trailers(&mut self, pairs: &[(&str, &str)]) -> Outcome {
-        self.run(Hook::RequestTrailers(headers(pairs)))
+        let map = Some((Map::RequestTrailers, list(pairs)));
+        self.run(Hook::RequestTrailers, map, b"")
     }
 
     /// Runs `on_response_headers`.
@@ -304,7 +330,8 @@ impl<P: HttpPlugin> TestStream<'_, P> {
     /// assert_eq!(h.stream().response_headers(&[(":status", "204")], true).headers.status(), Some(204));
     /// ```
     pub fn response_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Outcome {
-        self.run(Hook::ResponseHeaders(headers(pairs), end_of_stream))
+        let map = Some((Map::ResponseHeaders, list(pairs)));
+        self.run(Hook::ResponseHeaders(end_of_stream), map, b"")
     }
 
     /// Runs `on_response_body`.
@@ -316,7 +343,7 @@ impl<P: HttpPlugin> TestStream<'_, P> {
     /// assert_eq!(h.stream().response_body(b"x", false).body, b"x");
     /// ```
     pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Outcome {
-        self.run(Hook::ResponseBody(Body::new(chunk), end_of_stream))
+        self.run(Hook::ResponseBody(chunk.len(), end_of_stream), None, chunk)
     }
 
     /// Runs `on_response_trailers`.
@@ -328,13 +355,8 @@ impl<P: HttpPlugin> TestStream<'_, P> {
     /// assert_eq!(h.stream().response_trailers(&[("grpc-status", "0")]).action, legate_sdk::Action::Continue);
     /// ```
     pub fn response_trailers(&mut self, pairs: &[(&str, &str)]) -> Outcome {
-        self.run(Hook::ResponseTrailers(headers(pairs)))
-    }
-}
-
-impl<P: HttpPlugin> Drop for TestStream<'_, P> {
-    fn drop(&mut self) {
-        self.stream.done();
+        let map = Some((Map::ResponseTrailers, list(pairs)));
+        self.run(Hook::ResponseTrailers, map, b"")
     }
 }
 

@@ -128,7 +128,7 @@ fn deserialize(b: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
 }
 
 /// One pseudo-header of a request head (`key` in any case).
-fn request_pseudo(h: &RequestHead, key: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn request_pseudo(h: &RequestHead, key: &[u8]) -> Option<Vec<u8>> {
     let v: &[u8] = if key.eq_ignore_ascii_case(b":path") {
         h.uri
             .path_and_query()

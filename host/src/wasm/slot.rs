@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::Plugin;
+use super::vm::{Data, StreamData};
 
 /// What a slot holds: a per-worker instance of a plugin.
 pub trait Instance: Sized + 'static {
@@ -29,6 +30,27 @@ pub struct Slot<V> {
     quick_rebuilds: Cell<u32>,
     /// No rebuild before this.
     retry_at: Cell<Option<Instant>>,
+    /// Stream data of ended streams, cleared, for the next ones.
+    spare: RefCell<Vec<Data>>,
+}
+
+/// Spare stream data kept per worker and plugin.
+const SPARE_DATA: usize = 64;
+
+impl<V> Slot<V> {
+    /// Stream data for a new stream, reused when one ended.
+    pub fn take_data(&self) -> Data {
+        self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Takes back an ended stream's data.
+    pub fn give_back(&self, mut data: Data) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_DATA {
+            *data = StreamData::default();
+            spare.push(data);
+        }
+    }
 }
 
 impl<V: Instance> Slot<V> {
@@ -123,6 +145,7 @@ pub fn slot<V: Instance>(plugin: &Arc<Plugin>) -> Rc<Slot<V>> {
             built_at: Cell::new(None),
             quick_rebuilds: Cell::new(0),
             retry_at: Cell::new(None),
+            spare: RefCell::new(Vec::new()),
         });
         s.insert(key, (Arc::downgrade(plugin), slot.clone()));
         slot

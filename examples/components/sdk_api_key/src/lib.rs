@@ -56,7 +56,7 @@ pub struct ApiKey {
 
 impl HttpFilter for ApiKey {
     async fn on_request_headers(&mut self, headers: &mut Headers, _eos: bool) -> Action {
-        let user = headers.get_str("x-api-key").and_then(|k| self.keys.get(k)).cloned();
+        let user = headers.get_str("x-api-key").and_then(|k| self.keys.get(&k).cloned());
         headers.remove("x-api-key");
         match user {
             Some(user) => {
@@ -90,7 +90,7 @@ mod tests {
         let h = Harness::<ApiKeys>::new(br#"{"keys": {"k1": "alice"}}"#).unwrap();
         let out = h.stream().request_headers(&[("x-api-key", "k1")], true);
         assert_eq!(out.action, Action::Continue);
-        assert_eq!(out.headers.get_str("x-api-user"), Some("alice"));
+        assert_eq!(out.headers.get_str("x-api-user").as_deref(), Some("alice"));
         assert!(out.headers.get("x-api-key").is_none());
         let out = h.stream().request_headers(&[("x-api-key", "nope")], true);
         assert!(matches!(out.action, Action::Respond(ref r) if r.status == 401));

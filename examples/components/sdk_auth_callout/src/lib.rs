@@ -124,7 +124,7 @@ mod tests {
             .stream()
             .request_headers(&[("authorization", "Bearer ok"), ("x-auth-user", "mallory")], true);
         assert_eq!(out.action, Action::Continue);
-        assert_eq!(out.headers.get_str("x-auth-user"), Some("alice"));
+        assert_eq!(out.headers.get_str("x-auth-user").as_deref(), Some("alice"));
         let out = h.stream().request_headers(&[("authorization", "Bearer no")], true);
         assert!(matches!(out.action, Action::Respond(ref r) if r.status == 403));
     }

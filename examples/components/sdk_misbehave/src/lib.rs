@@ -15,23 +15,23 @@ pub struct Misbehave;
 
 impl HttpFilter for Misbehave {
     async fn on_request_headers(&mut self, headers: &mut Headers, _eos: bool) -> Action {
-        if headers.get("x-trap").is_some() {
+        if headers.contains("x-trap") {
             panic!("x-trap asked for a panic");
         }
-        if headers.get("x-loop").is_some() {
+        if headers.contains("x-loop") {
             let mut n: u64 = 0;
             loop {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
-        if headers.get("x-hog").is_some() {
+        if headers.contains("x-hog") {
             let mut hog: Vec<Vec<u8>> = Vec::new();
             loop {
                 hog.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hog);
             }
         }
-        if headers.get("x-print").is_some() {
+        if headers.contains("x-print") {
             println!("stdout says hi");
             eprintln!("stderr says {}", std::env::var("GREETING").unwrap_or_default());
         }

@@ -1,7 +1,11 @@
 //! The `legate:filter` host interfaces: log, metrics, shared-data, properties
 //! and http-client.
 
+use bytes::BytesMut;
+
 use super::*;
+use crate::wasm::abi::{Op, edit, request_pseudo, set_request_pseudo};
+use crate::wasm::vm::StreamData;
 
 /// Only ever lifted from the guest, never built here.
 #[allow(dead_code)]
@@ -39,6 +43,141 @@ struct WRequest {
     body: Vec<u8>,
     #[component(name = "timeout-ms")]
     timeout_ms: u32,
+}
+
+/// `message.map` (only ever lifted from the guest).
+#[allow(dead_code)]
+#[derive(ComponentType, Lift, Clone, Copy)]
+#[component(enum)]
+#[repr(u8)]
+enum MapKind {
+    #[component(name = "request-headers")]
+    RequestHeaders,
+    #[component(name = "request-trailers")]
+    RequestTrailers,
+    #[component(name = "response-headers")]
+    ResponseHeaders,
+    #[component(name = "response-trailers")]
+    ResponseTrailers,
+}
+
+/// Values of `name` in a map of the running hook, first only or all.
+fn map_get(d: &StreamData, map: MapKind, name: &str, all: bool) -> Vec<Vec<u8>> {
+    let take = if all { usize::MAX } else { 1 };
+    let values = |h: &::http::HeaderMap| -> Vec<Vec<u8>> {
+        h.get_all(name)
+            .iter()
+            .take(take)
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    };
+    match map {
+        MapKind::RequestHeaders => match &d.req {
+            Some(h) if name.starts_with(':') => {
+                request_pseudo(h, name.as_bytes()).into_iter().collect()
+            }
+            Some(h) => values(&h.headers),
+            None => Vec::new(),
+        },
+        MapKind::ResponseHeaders => match &d.resp {
+            Some(h) if name.eq_ignore_ascii_case(":status") => {
+                vec![h.status.as_str().as_bytes().to_vec()]
+            }
+            Some(h) if name.starts_with(':') => Vec::new(),
+            Some(h) => values(&h.headers),
+            None => Vec::new(),
+        },
+        MapKind::RequestTrailers => d.req_trailers.as_ref().map(values).unwrap_or_default(),
+        MapKind::ResponseTrailers => d.resp_trailers.as_ref().map(values).unwrap_or_default(),
+    }
+}
+
+/// Every header of a map, pseudo-headers first.
+fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
+    let pairs = |h: &::http::HeaderMap, out: &mut Vec<WHeader>| {
+        out.extend(h.iter().map(|(k, v)| WHeader {
+            name: k.as_str().to_string(),
+            value: v.as_bytes().to_vec(),
+        }))
+    };
+    let mut out = Vec::new();
+    match map {
+        MapKind::RequestHeaders => {
+            if let Some(h) = &d.req {
+                for p in [":method", ":path", ":authority", ":scheme"] {
+                    if let Some(value) = request_pseudo(h, p.as_bytes()) {
+                        out.push(WHeader {
+                            name: p.to_string(),
+                            value,
+                        });
+                    }
+                }
+                pairs(&h.headers, &mut out);
+            }
+        }
+        MapKind::ResponseHeaders => {
+            if let Some(h) = &d.resp {
+                out.push(WHeader {
+                    name: ":status".into(),
+                    value: h.status.as_str().as_bytes().to_vec(),
+                });
+                pairs(&h.headers, &mut out);
+            }
+        }
+        MapKind::RequestTrailers => {
+            if let Some(t) = &d.req_trailers {
+                pairs(t, &mut out);
+            }
+        }
+        MapKind::ResponseTrailers => {
+            if let Some(t) = &d.resp_trailers {
+                pairs(t, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Changes a map of the running hook; false if the name or value is invalid
+/// (a map the hook cannot reach ignores the change).
+fn map_edit(st: &mut CState, map: MapKind, name: &str, value: &[u8], op: Op) -> bool {
+    let names = &mut st.header_names;
+    let d = &mut st.stream;
+    let name = name.to_ascii_lowercase();
+    let key = name.as_bytes();
+    match map {
+        MapKind::RequestHeaders => match d.req.as_mut() {
+            Some(h) if key.starts_with(b":") => set_request_pseudo(h, key, value, op),
+            Some(h) => edit(&mut h.headers, names, key, value, op),
+            None => true,
+        },
+        MapKind::ResponseHeaders => match d.resp.as_mut() {
+            Some(h) if key == b":status" => {
+                match std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .and_then(|v| ::http::StatusCode::from_u16(v).ok())
+                {
+                    Some(s) if !matches!(op, Op::Remove) => {
+                        h.status = s;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Some(_) if key.starts_with(b":") => false,
+            Some(h) => edit(&mut h.headers, names, key, value, op),
+            None => true,
+        },
+        MapKind::RequestTrailers => match d.req_trailers.as_mut() {
+            Some(t) => edit(t, names, key, value, op),
+            None => true,
+        },
+        MapKind::ResponseTrailers => match d.resp_trailers.as_mut() {
+            Some(t) => edit(t, names, key, value, op),
+            None => true,
+        },
+    }
 }
 
 /// Host-side types of the metric resources.
@@ -88,7 +227,7 @@ fn send(st: &mut CState, req: WRequest) -> Result<u32, WCallError> {
     if !st.cluster_names.contains(&req.cluster) {
         return Err(WCallError::UnknownCluster(req.cluster));
     }
-    if http::Method::from_bytes(req.method.as_bytes()).is_err() {
+    if ::http::Method::from_bytes(req.method.as_bytes()).is_err() {
         return Err(WCallError::InvalidRequest(format!(
             "bad method {:?}",
             req.method
@@ -139,6 +278,45 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
     let mut i = linker.instance(name)?;
     match iface {
         "types" => {}
+        "message" => {
+            i.func_wrap("get", |c, (map, name): (MapKind, String)| {
+                Ok((map_get(&c.data().stream, map, &name, false).pop(),))
+            })?;
+            i.func_wrap("get-all", |c, (map, name): (MapKind, String)| {
+                Ok((map_get(&c.data().stream, map, &name, true),))
+            })?;
+            i.func_wrap("entries", |c, (map,): (MapKind,)| {
+                Ok((map_entries(&c.data().stream, map),))
+            })?;
+            i.func_wrap(
+                "set",
+                |mut c, (map, name, value): (MapKind, String, Vec<u8>)| {
+                    Ok((map_edit(c.data_mut(), map, &name, &value, Op::Replace),))
+                },
+            )?;
+            i.func_wrap(
+                "append",
+                |mut c, (map, name, value): (MapKind, String, Vec<u8>)| {
+                    Ok((map_edit(c.data_mut(), map, &name, &value, Op::Add),))
+                },
+            )?;
+            i.func_wrap("remove", |mut c, (map, name): (MapKind, String)| {
+                map_edit(c.data_mut(), map, &name, b"", Op::Remove);
+                Ok(())
+            })?;
+            i.func_wrap("body", |c, ()| {
+                let body = c.data().stream.body.as_ref();
+                Ok((body.map(|(_, b)| b.to_vec()).unwrap_or_default(),))
+            })?;
+            i.func_wrap("set-body", |mut c, (data,): (Vec<u8>,)| {
+                if let Some((_, b)) = c.data_mut().stream.body.as_mut() {
+                    *b = Bytes::from(data)
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                }
+                Ok(())
+            })?;
+        }
         "log" => {
             i.func_wrap("write", |c, (level, msg): (Level, String)| {
                 log(c.data(), level, &msg);

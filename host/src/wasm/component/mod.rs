@@ -18,10 +18,6 @@ use bytes::Bytes;
 use legate_filter_api::network::{
     ConnectionInfo, NetworkAction, NetworkFilter, NetworkFilterFactory,
 };
-use legate_filter_api::{
-    DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
-    ResponseHead, StreamInfo,
-};
 use wasmtime::component::{
     Component, ComponentType, Instance as CInstance, Lift, Linker, Lower, Resource, ResourceAny,
     ResourceType, TypedFunc,
@@ -29,12 +25,9 @@ use wasmtime::component::{
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 
 use super::Plugin;
-use super::abi::{Op, edit, set_request_pseudo};
 use super::calls::{self, CallFailure, CallKind, CallResponse, OutCall};
-use super::http::placeholder_info;
 use super::shared::{self, Metric};
 use super::slot::{Instance, Slot, slot};
-use super::snapshot::Snapshot;
 use super::vm::{ConnFacts, Data, describe};
 use crate::config::{FailurePolicy, WasmPlugin};
 use crate::upstream::WorkerClusters;
@@ -76,8 +69,9 @@ pub struct Compiled {
 }
 
 /// The interfaces legate provides to components.
-const HOST_INTERFACES: [&str; 6] = [
+const HOST_INTERFACES: [&str; 7] = [
     "types",
+    "message",
     "log",
     "metrics",
     "shared-data",
@@ -190,6 +184,8 @@ pub struct CState {
     cluster_names: Arc<Vec<String>>,
     /// Partial lines written to stdout and stderr.
     stdio: [Vec<u8>; 2],
+    /// Header names the guest has set, parsed once.
+    header_names: Vec<::http::HeaderName>,
 }
 
 /// A header as lowered into the guest, borrowed from the host's maps.
@@ -206,17 +202,6 @@ struct HeaderRef<'a> {
 struct WHeader {
     name: String,
     value: Vec<u8>,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-enum WHeaderOp {
-    #[component(name = "set")]
-    Set(WHeader),
-    #[component(name = "append")]
-    Append(WHeader),
-    #[component(name = "remove")]
-    Remove(String),
 }
 
 #[derive(ComponentType, Lift)]
@@ -241,18 +226,10 @@ enum WAction {
 }
 
 #[derive(ComponentType, Lift)]
-#[component(record)]
-struct WOutcome {
-    edits: Vec<WHeaderOp>,
-    body: Option<Vec<u8>>,
-    action: WAction,
-}
-
-#[derive(ComponentType, Lift)]
 #[component(variant)]
 enum WPoll {
     #[component(name = "ready")]
-    Ready(WOutcome),
+    Ready(WAction),
     #[component(name = "pending")]
     Pending,
 }
@@ -287,19 +264,16 @@ struct WDataOutcome {
     close: bool,
 }
 
-type Headers<'a> = &'a [HeaderRef<'a>];
-
 /// The typed exports of an `http-handler`.
 struct HttpFns {
     new: TypedFunc<(), (ResourceAny,)>,
-    request_headers: TypedFunc<(ResourceAny, Headers<'static>, bool), (WPoll,)>,
-    request_body: TypedFunc<(ResourceAny, &'static [u8], bool), (WPoll,)>,
-    request_trailers: TypedFunc<(ResourceAny, Headers<'static>), (WPoll,)>,
-    response_headers: TypedFunc<(ResourceAny, Headers<'static>, bool), (WPoll,)>,
-    response_body: TypedFunc<(ResourceAny, &'static [u8], bool), (WPoll,)>,
-    response_trailers: TypedFunc<(ResourceAny, Headers<'static>), (WPoll,)>,
+    request_headers: TypedFunc<(ResourceAny, bool), (WPoll,)>,
+    request_body: TypedFunc<(ResourceAny, u64, bool), (WPoll,)>,
+    request_trailers: TypedFunc<(ResourceAny,), (WPoll,)>,
+    response_headers: TypedFunc<(ResourceAny, bool), (WPoll,)>,
+    response_body: TypedFunc<(ResourceAny, u64, bool), (WPoll,)>,
+    response_trailers: TypedFunc<(ResourceAny,), (WPoll,)>,
     resume: TypedFunc<(ResourceAny, u32, Result<WResponse<'static>, WCallError>), (WPoll,)>,
-    done: TypedFunc<(ResourceAny,), ()>,
 }
 
 /// The typed exports of a `network-handler`.
@@ -385,6 +359,7 @@ impl CVm {
                     .collect(),
             ),
             stdio: Default::default(),
+            header_names: Vec::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -432,7 +407,6 @@ impl CVm {
                     "[method]http-stream.on-response-trailers",
                 )?,
                 resume: typed(s, &instance, &iface, "[method]http-stream.resume")?,
-                done: typed(s, &instance, &iface, "[method]http-stream.on-done")?,
             }),
             World::NetworkFilter => Fns::Network(NetFns {
                 new: typed(s, &instance, &iface, "[constructor]connection")?,
@@ -521,17 +495,13 @@ impl CVm {
     }
 
     /// Drops a guest resource (best effort: a failed instance is discarded anyway).
-    fn drop_resource(&self, r: ResourceAny) {
+    /// Drops a guest resource, running its destructor (where the SDK calls
+    /// `on_done` / `on_close`). A failed instance is discarded anyway.
+    fn drop_resource(&self, r: ResourceAny, data: &mut Data) {
         if self.failed.get() {
             return;
         }
-        let mut store = self.store.borrow_mut();
-        store.set_epoch_deadline(self.deadline_ticks);
-        if let Err(e) = r.resource_drop(&mut *store) {
-            self.failed.set(true);
-            self.stats.vm_failed.inc();
-            tracing::warn!(plugin = %self.config.name, "Wasm filter failed: {}", describe(&e, "drop", &self.config));
-        }
+        let _ = self.call("drop", data, false, |_, s| r.resource_drop(s));
     }
 }
 
@@ -553,6 +523,22 @@ struct Inbox {
     done: RefCell<VecDeque<(u32, CallResponse)>>,
     notify: tokio::sync::Notify,
     pending: Cell<u32>,
+}
+
+impl Inbox {
+    /// The next finished call; `None` if none is in flight.
+    async fn next(&self) -> Option<(u32, CallResponse)> {
+        loop {
+            if let Some(d) = self.done.borrow_mut().pop_front() {
+                self.pending.set(self.pending.get() - 1);
+                return Some(d);
+            }
+            if self.pending.get() == 0 {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// Starts the calls a hook made; their results arrive in `inbox`.
@@ -593,454 +579,6 @@ fn call_result(r: &CallResponse) -> Result<WResponse<'_>, WCallError> {
         headers,
         body: &r.body,
     })
-}
-
-// ---------------------------------------------------------------------------
-// HTTP filters
-
-/// Builds the per-stream filters of a component plugin.
-pub struct ComponentHttpFactory {
-    plugin: Arc<Plugin>,
-}
-
-impl ComponentHttpFactory {
-    pub fn new(plugin: Arc<Plugin>) -> ComponentHttpFactory {
-        ComponentHttpFactory { plugin }
-    }
-}
-
-impl HttpFilterFactory for ComponentHttpFactory {
-    fn create(&self) -> Box<dyn HttpFilter> {
-        Box::new(ComponentHttpFilter {
-            slot: slot(&self.plugin),
-            plugin: self.plugin.clone(),
-            cx: None,
-            inbox: Rc::new(Inbox::default()),
-            bypass: false,
-            data: Data::default(),
-            request_buffered: false,
-        })
-    }
-}
-
-pub struct ComponentHttpFilter {
-    slot: Rc<Slot<CVm>>,
-    plugin: Arc<Plugin>,
-    /// The instance and the stream's `http-stream` resource in it.
-    cx: Option<(Rc<CVm>, ResourceAny)>,
-    inbox: Rc<Inbox>,
-    /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
-    bypass: bool,
-    data: Data,
-    /// The request body went through `on_request_buffered`: the body hooks pass.
-    request_buffered: bool,
-}
-
-/// Which hook runs, with what it is given.
-enum Hook<'a> {
-    Headers(bool, Headers<'a>, bool),
-    Body(bool, &'a [u8], bool),
-    Trailers(bool, Headers<'a>),
-}
-
-/// A finished hook.
-struct Done {
-    edits: Vec<WHeaderOp>,
-    body: Option<Vec<u8>>,
-    action: WAction,
-}
-
-impl ComponentHttpFilter {
-    fn context(&mut self) -> Result<(Rc<CVm>, ResourceAny), Failed> {
-        if let Some((vm, r)) = &self.cx {
-            return Ok((vm.clone(), *r));
-        }
-        let vm = self.slot.vm().map_err(Failed)?;
-        let ((r,), _) = vm.call("constructor", &mut self.data, false, |vm, s| {
-            vm.http().new.call(s, ())
-        })?;
-        self.cx = Some((vm.clone(), r));
-        Ok((vm, r))
-    }
-
-    /// Runs a hook, then feeds it the results of the calls it awaits until it
-    /// finishes.
-    async fn run(&mut self, hook: Hook<'_>) -> Result<Done, Failed> {
-        let (vm, r) = self.context()?;
-        let name = match hook {
-            Hook::Headers(true, ..) => "on-request-headers",
-            Hook::Headers(false, ..) => "on-response-headers",
-            Hook::Body(true, ..) => "on-request-body",
-            Hook::Body(false, ..) => "on-response-body",
-            Hook::Trailers(true, ..) => "on-request-trailers",
-            Hook::Trailers(false, ..) => "on-response-trailers",
-        };
-        let ((mut poll,), calls) = vm.call(name, &mut self.data, true, |vm, s| {
-            let f = vm.http();
-            match hook {
-                Hook::Headers(true, h, eos) => f.request_headers.call(s, (r, h, eos)),
-                Hook::Headers(false, h, eos) => f.response_headers.call(s, (r, h, eos)),
-                Hook::Body(true, b, eos) => f.request_body.call(s, (r, b, eos)),
-                Hook::Body(false, b, eos) => f.response_body.call(s, (r, b, eos)),
-                Hook::Trailers(true, t) => f.request_trailers.call(s, (r, t)),
-                Hook::Trailers(false, t) => f.response_trailers.call(s, (r, t)),
-            }
-        })?;
-        start_calls(&vm, &self.inbox, calls);
-        loop {
-            match poll {
-                WPoll::Ready(o) => {
-                    return Ok(Done {
-                        edits: o.edits,
-                        body: o.body,
-                        action: o.action,
-                    });
-                }
-                WPoll::Pending => {}
-            }
-            let next = loop {
-                if let Some(d) = self.inbox.done.borrow_mut().pop_front() {
-                    break d;
-                }
-                if self.inbox.pending.get() == 0 {
-                    return Err(Failed(format!(
-                        "{name}: the hook is pending but awaits no outbound call"
-                    )));
-                }
-                self.inbox.notify.notified().await;
-            };
-            self.inbox.pending.set(self.inbox.pending.get() - 1);
-            let (token, resp) = next;
-            let ((p,), calls) = vm.call("resume", &mut self.data, true, |vm, s| {
-                vm.http().resume.call(s, (r, token, call_result(&resp)))
-            })?;
-            start_calls(&vm, &self.inbox, calls);
-            poll = p;
-        }
-    }
-
-    /// What the failure policy gives the stream.
-    fn failure(&mut self, Failed(why): Failed) -> Option<LocalReply> {
-        let stats = &self.plugin.stats;
-        tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
-        match self.plugin.config.failure_policy {
-            FailurePolicy::FailOpen => {
-                stats.fail_open.inc();
-                self.bypass = true;
-                None
-            }
-            FailurePolicy::FailClosed | FailurePolicy::FailReload => {
-                stats.fail_closed.inc();
-                let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
-                r.details = "wasm_fail_stream";
-                Some(r)
-            }
-        }
-    }
-
-    fn headers_action(&mut self, r: Result<WAction, Failed>, request: bool) -> HeadersAction {
-        match r {
-            Ok(WAction::Continue) => HeadersAction::Continue,
-            Ok(WAction::WaitForBody) if request => HeadersAction::WaitForBody {
-                limit: self.plugin.config.limits.max_buffered_body_bytes,
-            },
-            Ok(WAction::WaitForBody) => HeadersAction::Continue,
-            Ok(WAction::Respond(reply)) => HeadersAction::Respond(local_reply(reply)),
-            Err(e) => match self.failure(e) {
-                Some(r) => HeadersAction::Respond(r),
-                None => HeadersAction::Continue,
-            },
-        }
-    }
-
-    fn data_action(&mut self, r: Result<WAction, Failed>) -> DataAction {
-        match self.headers_action(r, false) {
-            HeadersAction::Respond(r) => DataAction::Respond(r),
-            _ => DataAction::Continue,
-        }
-    }
-
-    /// Runs the request headers hook on a snapshot of the head, then applies
-    /// the hook's edits to it.
-    async fn request_headers(
-        &mut self,
-        head: &mut RequestHead,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> Result<WAction, Failed> {
-        let snap = Snapshot::request(head);
-        let refs = refs(&snap);
-        let info_lent = std::mem::replace(info, placeholder_info(info));
-        self.data.info = Some(info_lent);
-        self.data.req_seen = None;
-        self.data.conn = None;
-        let r = self.run(Hook::Headers(true, &refs, eos)).await;
-        drop(refs);
-        self.data.req_seen = Some(snap);
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        let done = r?;
-        let names = &mut Vec::new();
-        for op in &done.edits {
-            let (key, value, op) = op_parts(op);
-            if key.starts_with(':') {
-                set_request_pseudo(head, key.as_bytes(), value, op);
-            } else {
-                edit(&mut head.headers, names, key.as_bytes(), value, op);
-            }
-        }
-        Ok(done.action)
-    }
-
-    async fn response_headers(
-        &mut self,
-        head: &mut ResponseHead,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> Result<WAction, Failed> {
-        let snap = Snapshot::response(head);
-        let refs = refs(&snap);
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let r = self.run(Hook::Headers(false, &refs, eos)).await;
-        drop(refs);
-        self.data.resp_seen = Some(snap);
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        let done = r?;
-        let names = &mut Vec::new();
-        for op in &done.edits {
-            let (key, value, op) = op_parts(op);
-            if key == ":status" {
-                if let Some(s) = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<u16>().ok())
-                    .and_then(|v| http::StatusCode::from_u16(v).ok())
-                {
-                    head.status = s;
-                }
-            } else if !key.starts_with(':') {
-                edit(&mut head.headers, names, key.as_bytes(), value, op);
-            }
-        }
-        Ok(done.action)
-    }
-
-    async fn body(
-        &mut self,
-        request: bool,
-        chunk: &mut Bytes,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        if self.bypass {
-            return DataAction::Continue;
-        }
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let taken = std::mem::take(chunk);
-        let r = self.run(Hook::Body(request, &taken, eos)).await;
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        *chunk = taken;
-        let r = r.map(|done| {
-            if let Some(b) = done.body {
-                *chunk = Bytes::from(b);
-            }
-            done.action
-        });
-        self.data_action(r)
-    }
-
-    async fn trailers(
-        &mut self,
-        request: bool,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        if self.bypass {
-            return DataAction::Continue;
-        }
-        let list: Vec<HeaderRef> = trailers
-            .iter()
-            .map(|(k, v)| HeaderRef {
-                name: k.as_str(),
-                value: v.as_bytes(),
-            })
-            .collect();
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let r = self.run(Hook::Trailers(request, &list)).await;
-        drop(list);
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        let r = r.map(|done| {
-            let names = &mut Vec::new();
-            for op in &done.edits {
-                let (key, value, op) = op_parts(op);
-                edit(trailers, names, key.as_bytes(), value, op);
-            }
-            done.action
-        });
-        self.data_action(r)
-    }
-
-    fn finish(&mut self) {
-        if let Some((vm, r)) = self.cx.take() {
-            if !self.bypass {
-                let _ = vm.call("on-done", &mut self.data, false, |vm, s| {
-                    vm.http().done.call(s, (r,))
-                });
-            }
-            vm.drop_resource(r);
-        }
-    }
-}
-
-/// Borrowed guest views of a snapshot's headers.
-fn refs(snap: &Snapshot) -> Vec<HeaderRef<'_>> {
-    snap.pairs()
-        .filter_map(|(k, v)| {
-            Some(HeaderRef {
-                name: std::str::from_utf8(k).ok()?,
-                value: v,
-            })
-        })
-        .collect()
-}
-
-fn op_parts(op: &WHeaderOp) -> (&str, &[u8], Op) {
-    match op {
-        WHeaderOp::Set(h) => (&h.name, &h.value, Op::Replace),
-        WHeaderOp::Append(h) => (&h.name, &h.value, Op::Add),
-        WHeaderOp::Remove(n) => (n, &[], Op::Remove),
-    }
-}
-
-fn local_reply(r: WLocalReply) -> LocalReply {
-    let status =
-        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut reply = LocalReply::new(status, Bytes::from(r.body));
-    let names = &mut Vec::new();
-    for h in &r.headers {
-        edit(
-            &mut reply.headers,
-            names,
-            h.name.as_bytes(),
-            &h.value,
-            Op::Add,
-        );
-    }
-    reply.grpc_status = r.grpc_status;
-    reply.details = "wasm_local_reply";
-    reply
-}
-
-#[async_trait(?Send)]
-impl HttpFilter for ComponentHttpFilter {
-    async fn on_request_headers(
-        &mut self,
-        head: &mut RequestHead,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
-        if self.bypass {
-            return HeadersAction::Continue;
-        }
-        let r = self.request_headers(head, eos, info).await;
-        self.headers_action(r, true)
-    }
-
-    async fn on_request_buffered(
-        &mut self,
-        _head: &mut RequestHead,
-        body: &mut Bytes,
-        trailers: &mut Option<http::HeaderMap>,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
-        self.request_buffered = true;
-        if self.bypass {
-            return HeadersAction::Continue;
-        }
-        let eos = trailers.is_none();
-        if let DataAction::Respond(r) = self.body(true, body, eos, info).await {
-            return HeadersAction::Respond(r);
-        }
-        if let Some(t) = trailers.as_mut()
-            && let DataAction::Respond(r) = self.trailers(true, t, info).await
-        {
-            return HeadersAction::Respond(r);
-        }
-        HeadersAction::Continue
-    }
-
-    async fn on_request_body(
-        &mut self,
-        chunk: &mut Bytes,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        if self.request_buffered {
-            return DataAction::Continue;
-        }
-        self.body(true, chunk, eos, info).await
-    }
-
-    async fn on_request_trailers(
-        &mut self,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        if self.request_buffered {
-            return DataAction::Continue;
-        }
-        self.trailers(true, trailers, info).await
-    }
-
-    async fn on_response_headers(
-        &mut self,
-        head: &mut ResponseHead,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
-        if self.bypass {
-            return HeadersAction::Continue;
-        }
-        let r = self.response_headers(head, eos, info).await;
-        self.headers_action(r, false)
-    }
-
-    async fn on_response_body(
-        &mut self,
-        chunk: &mut Bytes,
-        eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        self.body(false, chunk, eos, info).await
-    }
-
-    async fn on_response_trailers(
-        &mut self,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        self.trailers(false, trailers, info).await
-    }
-
-    fn wants_body(&self) -> bool {
-        true
-    }
-
-    fn on_stream_complete(&mut self, _info: &StreamInfo) {
-        self.finish();
-    }
-}
-
-impl Drop for ComponentHttpFilter {
-    fn drop(&mut self) {
-        self.finish();
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1191,7 +729,7 @@ impl NetworkFilter for ComponentNetworkFilter {
                     vm.net().close.call(s, (r,))
                 });
             }
-            vm.drop_resource(r);
+            vm.drop_resource(r, &mut self.data);
         }
     }
 }
@@ -1199,10 +737,13 @@ impl NetworkFilter for ComponentNetworkFilter {
 impl Drop for ComponentNetworkFilter {
     fn drop(&mut self) {
         if let Some((vm, r)) = self.cx.take() {
-            vm.drop_resource(r);
+            vm.drop_resource(r, &mut self.data);
         }
     }
 }
 
 mod host;
+mod http;
 mod wasi;
+
+pub use http::ComponentHttpFactory;
