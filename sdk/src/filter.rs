@@ -2,7 +2,7 @@
 //! adapter that exports a filter as the `http-handler` interface.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -148,17 +148,17 @@ pub trait HttpFilter: 'static {
     /// Request headers, pseudo-headers first. `end_of_stream` is true when the
     /// request has no body.
     async fn on_request_headers(&mut self, _headers: &mut Headers, _end_of_stream: bool) -> Action {
-        Action::Continue
+        unimplemented_hook()
     }
 
     /// A chunk of request body, or the whole body after [`Action::WaitForBody`].
     async fn on_request_body(&mut self, _body: &mut Body, _end_of_stream: bool) -> Action {
-        Action::Continue
+        unimplemented_hook()
     }
 
     /// Request trailers: the end of the request.
     async fn on_request_trailers(&mut self, _trailers: &mut Headers) -> Action {
-        Action::Continue
+        unimplemented_hook()
     }
 
     /// Response headers, `:status` first.
@@ -167,17 +167,17 @@ pub trait HttpFilter: 'static {
         _headers: &mut Headers,
         _end_of_stream: bool,
     ) -> Action {
-        Action::Continue
+        unimplemented_hook()
     }
 
     /// A chunk of response body.
     async fn on_response_body(&mut self, _body: &mut Body, _end_of_stream: bool) -> Action {
-        Action::Continue
+        unimplemented_hook()
     }
 
     /// Response trailers.
     async fn on_response_trailers(&mut self, _trailers: &mut Headers) -> Action {
-        Action::Continue
+        unimplemented_hook()
     }
 
     /// The stream ended, completed or reset. Not called while a hook awaits a
@@ -242,8 +242,32 @@ impl<F: HttpFilter + Default> HttpPlugin for Unconfigured<F> {
 }
 
 thread_local! {
+    /// Set by the default hook bodies: the filter does not implement the hook.
+    static UNIMPLEMENTED: Cell<bool> = const { Cell::new(false) };
     /// The configured plugin root (Wasm instances are single-threaded).
     static ROOT: RefCell<Option<Rc<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// The default hook body: continue, and tell the proxy it can skip the hook.
+fn unimplemented_hook() -> Action {
+    UNIMPLEMENTED.with(|u| u.set(true));
+    Action::Continue
+}
+
+/// What a hook came to: an action, or "not implemented".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Done {
+    Action(Action),
+    Unimplemented,
+}
+
+impl Done {
+    pub(crate) fn action(self) -> Action {
+        match self {
+            Done::Action(a) => a,
+            Done::Unimplemented => Action::Continue,
+        }
+    }
 }
 
 /// Configures the root of plugin type `P`.
@@ -271,7 +295,7 @@ pub(crate) fn root<P: 'static>(configure_empty: impl FnOnce() -> Result<P, Strin
 /// One stream's filter and its pending hook; used by the export and by
 /// [`crate::testing`].
 pub(crate) struct Stream<F: HttpFilter> {
-    slot: RefCell<Slot<F, Action>>,
+    slot: RefCell<Slot<F, Done>>,
 }
 
 /// Which hook to run.
@@ -293,7 +317,8 @@ impl<F: HttpFilter> Stream<F> {
     }
 
     /// Runs a hook; `None` while it awaits calls.
-    pub(crate) fn run(&self, hook: Hook) -> Option<Action> {
+    pub(crate) fn run(&self, hook: Hook) -> Option<Done> {
+        UNIMPLEMENTED.with(|u| u.set(false));
         self.slot.borrow_mut().start(|mut f| async move {
             let action = match hook {
                 Hook::RequestHeaders(eos) => {
@@ -315,12 +340,17 @@ impl<F: HttpFilter> Stream<F> {
                     f.on_response_trailers(&mut t).await
                 }
             };
-            (f, action)
+            let done = if UNIMPLEMENTED.with(|u| u.replace(false)) {
+                Done::Unimplemented
+            } else {
+                Done::Action(action)
+            };
+            (f, done)
         })
     }
 
     /// Delivers a call's result and continues the pending hook.
-    pub(crate) fn resume(&self, call: u32, result: Result<Response, CallError>) -> Option<Action> {
+    pub(crate) fn resume(&self, call: u32, result: Result<Response, CallError>) -> Option<Done> {
         crate::exec::deliver(call, result);
         self.slot.borrow_mut().resume()
     }
@@ -342,9 +372,10 @@ pub struct __HttpExport<P>(PhantomData<P>);
 #[doc(hidden)]
 pub struct HttpStreamExport<P: HttpPlugin>(Stream<P::Filter>);
 
-fn poll(out: Option<Action>) -> wit::Poll {
+fn poll(out: Option<Done>) -> wit::Poll {
     match out {
-        Some(a) => wit::Poll::Ready(a.into_wit()),
+        Some(Done::Action(a)) => wit::Poll::Ready(a.into_wit()),
+        Some(Done::Unimplemented) => wit::Poll::Unimplemented,
         None => wit::Poll::Pending,
     }
 }

@@ -266,7 +266,7 @@ impl<P: HttpPlugin> TestStream<'_, P> {
                 }
             }
         }
-        let action = out.unwrap_or_else(|| unreachable!());
+        let action = out.unwrap_or_else(|| unreachable!()).action();
         mock(|m| Outcome {
             action,
             headers: Headers::detached(

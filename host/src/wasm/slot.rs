@@ -54,6 +54,11 @@ impl<V> Slot<V> {
 }
 
 impl<V: Instance> Slot<V> {
+    /// The instance in service, if there is a healthy one, without building.
+    pub fn current(&self) -> Option<Rc<V>> {
+        self.vm.borrow().clone().filter(|vm| !vm.is_failed())
+    }
+
     /// The instance in service, building one if there is none or the last failed.
     pub fn vm(&self) -> Result<Rc<V>, String> {
         if let Some(vm) = self.vm.borrow().as_ref()

@@ -2,6 +2,8 @@
 //! and http-client.
 
 use bytes::BytesMut;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{WasmList, WasmStr};
 
 use super::*;
 use crate::wasm::abi::{Op, edit, request_pseudo, set_request_pseudo};
@@ -143,8 +145,14 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
 fn map_edit(st: &mut CState, map: MapKind, name: &str, value: &[u8], op: Op) -> bool {
     let names = &mut st.header_names;
     let d = &mut st.stream;
-    let name = name.to_ascii_lowercase();
-    let key = name.as_bytes();
+    // Header names are matched lowercase; copy only when the guest did not.
+    let lower;
+    let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        lower.as_bytes()
+    } else {
+        name.as_bytes()
+    };
     match map {
         MapKind::RequestHeaders => match d.req.as_mut() {
             Some(h) if key.starts_with(b":") => set_request_pseudo(h, key, value, op),
@@ -178,6 +186,34 @@ fn map_edit(st: &mut CState, map: MapKind, name: &str, value: &[u8], op: Op) -> 
             None => true,
         },
     }
+}
+
+/// A header edit with name and value read from guest memory into the store's
+/// scratch buffers, so a steady stream of edits allocates nothing here.
+fn edit_from_guest(
+    mut c: StoreContextMut<'_, CState>,
+    map: MapKind,
+    name: &WasmStr,
+    value: Option<&WasmList<u8>>,
+    op: Op,
+) -> wasmtime::Result<bool> {
+    let (mut key, mut val) = {
+        let st = c.data_mut();
+        (
+            std::mem::take(&mut st.scratch.0),
+            std::mem::take(&mut st.scratch.1),
+        )
+    };
+    key.clear();
+    val.clear();
+    key.extend_from_slice(name.to_str(&c)?.as_bytes());
+    if let Some(v) = value {
+        val.extend_from_slice(v.as_le_slice(&c));
+    }
+    let key_str = std::str::from_utf8(&key).unwrap_or_default();
+    let ok = map_edit(c.data_mut(), map, key_str, &val, op);
+    c.data_mut().scratch = (key, val);
+    Ok(ok)
 }
 
 /// Host-side types of the metric resources.
@@ -279,10 +315,12 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
     match iface {
         "types" => {}
         "message" => {
-            i.func_wrap("get", |c, (map, name): (MapKind, String)| {
+            i.func_wrap("get", |c, (map, name): (MapKind, WasmStr)| {
+                let name = name.to_str(&c)?;
                 Ok((map_get(&c.data().stream, map, &name, false).pop(),))
             })?;
-            i.func_wrap("get-all", |c, (map, name): (MapKind, String)| {
+            i.func_wrap("get-all", |c, (map, name): (MapKind, WasmStr)| {
+                let name = name.to_str(&c)?;
                 Ok((map_get(&c.data().stream, map, &name, true),))
             })?;
             i.func_wrap("entries", |c, (map,): (MapKind,)| {
@@ -290,19 +328,18 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
             })?;
             i.func_wrap(
                 "set",
-                |mut c, (map, name, value): (MapKind, String, Vec<u8>)| {
-                    Ok((map_edit(c.data_mut(), map, &name, &value, Op::Replace),))
+                |c, (map, name, value): (MapKind, WasmStr, WasmList<u8>)| {
+                    edit_from_guest(c, map, &name, Some(&value), Op::Replace).map(|ok| (ok,))
                 },
             )?;
             i.func_wrap(
                 "append",
-                |mut c, (map, name, value): (MapKind, String, Vec<u8>)| {
-                    Ok((map_edit(c.data_mut(), map, &name, &value, Op::Add),))
+                |c, (map, name, value): (MapKind, WasmStr, WasmList<u8>)| {
+                    edit_from_guest(c, map, &name, Some(&value), Op::Add).map(|ok| (ok,))
                 },
             )?;
-            i.func_wrap("remove", |mut c, (map, name): (MapKind, String)| {
-                map_edit(c.data_mut(), map, &name, b"", Op::Remove);
-                Ok(())
+            i.func_wrap("remove", |c, (map, name): (MapKind, WasmStr)| {
+                edit_from_guest(c, map, &name, None, Op::Remove).map(|_| ())
             })?;
             i.func_wrap("body", |c, ()| {
                 let body = c.data().stream.body.as_ref();

@@ -73,7 +73,22 @@ enum Hook {
     ResponseTrailers,
 }
 
+/// The bits of the body and trailers hooks in `CVm::unimplemented`: the
+/// chain wraps bodies for both.
+const BODY_HOOKS: u8 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5;
+
 impl Hook {
+    fn bit(self) -> u8 {
+        1 << match self {
+            Hook::RequestHeaders(_) => 0,
+            Hook::RequestBody(..) => 1,
+            Hook::RequestTrailers => 2,
+            Hook::ResponseHeaders(_) => 3,
+            Hook::ResponseBody(..) => 4,
+            Hook::ResponseTrailers => 5,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Hook::RequestHeaders(_) => "on-request-headers",
@@ -103,6 +118,9 @@ impl ComponentHttpFilter {
     /// finishes.
     async fn run(&mut self, hook: Hook) -> Result<WAction, Failed> {
         let (vm, r) = self.context()?;
+        if vm.unimplemented.get() & hook.bit() != 0 {
+            return Ok(WAction::Continue);
+        }
         let ((mut poll,), mut calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
             let f = vm.http();
             match hook {
@@ -119,12 +137,14 @@ impl ComponentHttpFilter {
                 let inbox = self.inbox.get_or_insert_with(Default::default);
                 start_calls(&vm, inbox, calls);
             }
-            let WPoll::Pending = poll else {
-                let WPoll::Ready(action) = poll else {
-                    unreachable!()
-                };
-                return Ok(action);
-            };
+            match poll {
+                WPoll::Ready(action) => return Ok(action),
+                WPoll::Unimplemented => {
+                    vm.unimplemented.set(vm.unimplemented.get() | hook.bit());
+                    return Ok(WAction::Continue);
+                }
+                WPoll::Pending => {}
+            }
             let Some(inbox) = self.inbox.clone() else {
                 return Err(Failed(format!(
                     "{}: the hook is pending but awaits no outbound call",
@@ -389,8 +409,14 @@ impl HttpFilter for ComponentHttpFilter {
         self.trailers(false, trailers, info).await
     }
 
+    /// Bodies pass by untouched once the filter said it implements none of
+    /// the body and trailers hooks.
     fn wants_body(&self) -> bool {
-        true
+        let vm = match &self.cx {
+            Some((vm, _)) => Some(vm.clone()),
+            None => self.slot.current(),
+        };
+        vm.is_none_or(|vm| vm.unimplemented.get() & BODY_HOOKS != BODY_HOOKS)
     }
 
     fn on_stream_complete(&mut self, _info: &StreamInfo) {

@@ -186,6 +186,8 @@ pub struct CState {
     stdio: [Vec<u8>; 2],
     /// Header names the guest has set, parsed once.
     header_names: Vec<::http::HeaderName>,
+    /// Reused buffers for header edits read from guest memory.
+    scratch: (Vec<u8>, Vec<u8>),
 }
 
 /// A header as lowered into the guest, borrowed from the host's maps.
@@ -232,6 +234,8 @@ enum WPoll {
     Ready(WAction),
     #[component(name = "pending")]
     Pending,
+    #[component(name = "unimplemented")]
+    Unimplemented,
 }
 
 #[derive(ComponentType, Lower)]
@@ -298,6 +302,8 @@ pub struct CVm {
     store: RefCell<Store<CState>>,
     fns: Fns,
     failed: Cell<bool>,
+    /// Hooks the filter said it does not implement, by bit: skipped.
+    unimplemented: Cell<u8>,
     deadline_ticks: u64,
     config: Arc<WasmPlugin>,
     stats: Arc<super::PluginStats>,
@@ -360,6 +366,7 @@ impl CVm {
             ),
             stdio: Default::default(),
             header_names: Vec::new(),
+            scratch: Default::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -440,6 +447,7 @@ impl CVm {
             store: RefCell::new(store),
             fns,
             failed: Cell::new(false),
+            unimplemented: Cell::new(0),
             deadline_ticks,
             config,
             stats: plugin.stats.clone(),
