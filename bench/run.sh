@@ -27,12 +27,16 @@
 #                        the wasm suite runs the envoy and legate ones
 #   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
 #   BENCH_WASM_ROUNDS    rounds of the wasm suite's filter-cost table; each round
-#                        runs its four rows back to back, the report gives medians [3]
+#                        runs its rows back to back, the report gives medians [3]
 #   BENCH_RSS_WORKERS    worker counts of the wasm suite's memory table ["1 2"]
 #   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
 #                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
+#   BENCH_COMPONENT      the same filter as a legate:filter component, for the
+#                        legate+component row [target/components/wasm32-wasip2/
+#                        release/sdk_header_filter.wasm, built from
+#                        examples/components like legate]
 #   BENCH_BUILD_LEGATE   auto (build if missing) | always | never [auto]; applies
-#                        to legate and to the default BENCH_WASM
+#                        to legate and to the default BENCH_WASM and BENCH_COMPONENT
 #   BENCH_RESULTS        output file [bench/RESULTS.md]
 #   BENCH_KEEP           1 = keep the scratch dir with configs/logs/raw output [0]
 #   BENCH_PORT_OFFSET    add this to every port below, e.g. 10000 when something
@@ -60,7 +64,7 @@ repo_root=$(cd "$bench_dir/.." && pwd -P)
 # The exact command, with every override that was set, for the report
 # (computed before the defaults below are filled in).
 cmdline="bench/run.sh${*:+ $*}"
-for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_WASM_ROUNDS BENCH_RSS_WORKERS \
+for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_COMPONENT BENCH_WASM_ROUNDS BENCH_RSS_WORKERS \
          BENCH_PROTOCOLS BENCH_TARGETS BENCH_SUITES BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
     if [[ -n "${!v+x}" ]]; then
         val="${!v}"
@@ -88,6 +92,11 @@ PROXY_YAML="$bench_dir/proxy.yaml"
 WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an absolute .wasm path
 WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
 WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
+COMPONENT_DEFAULT="$repo_root/target/components/wasm32-wasip2/release/sdk_header_filter.wasm"
+COMPONENT_FILE="${BENCH_COMPONENT:-$COMPONENT_DEFAULT}"
+COMPONENT_DESC=
+# The filter-cost table's rows, in run order within a round.
+WASM_ROWS="envoy envoy+wasm legate legate+wasm legate+component"
 
 PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
 [[ "$PORT_OFFSET" =~ ^[0-9]+$ ]] && (( PORT_OFFSET <= 40000 )) \
@@ -532,6 +541,8 @@ bench_target() {
 # ---------------------------------------------------------------- wasm suite
 WASM_YAML=       # scratch copy of bench/proxy-wasm.yaml with the absolute .wasm path
 WASM_NA=         # why the filter rows cannot run, if they cannot
+COMPONENT_YAML=  # the same with the component's path
+COMPONENT_NA=    # why the legate+component row cannot run, if it cannot
 RSS_LOAD_SECS=$(( WARMUP > 0 ? WARMUP : 2 ))
 declare -A RSS_IDLE RSS_LOAD RSS_HWM RSS_VMS RSS_NOTE
 
@@ -554,16 +565,34 @@ prepare_wasm() {
     fi
 }
 
-# check_wasm BASE_URL yes|no: GET /wasm-check through the proxy shows the
-# filter at work (yes: the upstream got x-legate-wasm, the response has
-# x-wasm-filter and x-request-path) or shows no trace of it (no).
+# prepare_component: the scratch copy of proxy-wasm.yaml that loads the
+# component instead (same filter config, other file). Sets COMPONENT_NA.
+prepare_component() {
+    if [[ -n "$COMPONENT_NA" ]]; then return 1; fi
+    if [[ -z "$WASM_YAML" ]]; then COMPONENT_NA="proxy-wasm.yaml not prepared (${WASM_NA:-?})"; return 1; fi
+    if [[ ! -s "$COMPONENT_FILE" ]]; then
+        COMPONENT_NA="no component at ${COMPONENT_FILE#"$repo_root"/}"; return 1
+    fi
+    COMPONENT_FILE=$(realpath "$COMPONENT_FILE")
+    COMPONENT_YAML="$work/proxy-component.yaml"
+    sed "s|filename: \"[^\"]*\"|filename: \"$COMPONENT_FILE\"|" "$WASM_YAML" >"$COMPONENT_YAML"
+    grep -qF "filename: \"$COMPONENT_FILE\"" "$COMPONENT_YAML" \
+        || { COMPONENT_NA="could not set the component path"; return 1; }
+}
+
+# check_wasm BASE_URL yes|no|component: GET /wasm-check through the proxy
+# shows the filter at work (the upstream got x-legate-wasm, the response has
+# x-wasm-filter and x-request-path, each naming header_filter, or
+# sdk_header_filter for the component) or shows no trace of it (no).
 check_wasm() {
     local base="$1" want="$2" out hdrs body
     out=$(curl -s -m 5 --http1.1 -D - -H 'x-remove-me: 1' "${base}wasm-check" 2>/dev/null) || return 1
     hdrs=$(printf '%s' "$out" | sed '/^\r$/q' | tr -d '\r' | tr 'A-Z' 'a-z')
     body=$(printf '%s' "$out" | sed '1,/^\r$/d')
-    if [[ "$want" == yes ]]; then
-        [[ "$body" == header_filter && "$hdrs" == *$'\nx-wasm-filter: header_filter'* \
+    if [[ "$want" != no ]]; then
+        local name=header_filter
+        [[ "$want" != component ]] || name=sdk_header_filter
+        [[ "$body" == "$name" && "$hdrs" == *$'\nx-wasm-filter: '"$name"* \
             && "$hdrs" == *$'\nx-request-path: /wasm-check'* ]] && return 0
     else
         [[ -z "$body" && "$hdrs" != *x-wasm-filter* ]] && return 0
@@ -572,8 +601,8 @@ check_wasm() {
     return 1
 }
 
-# bench_wasm_row ROW PROXY yes|no ROUND: one row of the filter-cost table, one
-# worker, fresh process; results under the table key wasmROUND.
+# bench_wasm_row ROW PROXY yes|no|component ROUND: one row of the filter-cost
+# table, one worker, fresh process; results under the table key wasmROUND.
 bench_wasm_row() {
     local row="$1" proxy="$2" filter="$3" r="$4" yaml="$PROXY_YAML" url="http://127.0.0.1:$EL_PORT/"
     local tb="wasm$r"
@@ -581,6 +610,9 @@ bench_wasm_row() {
     if [[ "$filter" == yes ]]; then
         [[ -z "$WASM_NA" ]] || { NOTE[$tb,$row]="not available ($WASM_NA)"; return 0; }
         yaml="$WASM_YAML"
+    elif [[ "$filter" == component ]]; then
+        [[ -z "$COMPONENT_NA" ]] || { NOTE[$tb,$row]="not available ($COMPONENT_NA)"; return 0; }
+        yaml="$COMPONENT_YAML"
     fi
     if ! start_target "$proxy" "$yaml" 1 "$row-r$r"; then
         start_failure
@@ -608,7 +640,7 @@ median() {   # numbers as arguments -> their median, or nothing
 declare -A LOSS_MED LOSS_LIST
 aggregate_wasm() {
     local row base r rps p50 p99 errs failed note loss
-    for row in envoy envoy+wasm legate legate+wasm; do
+    for row in $WASM_ROWS; do
         rps=(); p50=(); p99=(); errs=0; failed=0; note=
         for r in $(seq 1 "$WASM_ROUNDS"); do
             if [[ -n "${RPS[wasm$r,$row]:-}" ]]; then
@@ -627,7 +659,7 @@ aggregate_wasm() {
         else
             NOTE[wasm,$row]=${note:-not run}
         fi
-        base=${row%+wasm}
+        base=${row%%+*}
         [[ "$row" != "$base" ]] || continue
         local losses=() shown=()
         for r in $(seq 1 "$WASM_ROUNDS"); do
@@ -727,15 +759,15 @@ write_wasm_table() {
     local row base rps p50 p99 r med per perstr
     echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | per round | p99 vs same proxy without the filter | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    for row in envoy envoy+wasm legate legate+wasm; do
-        has_target "${row%+wasm}" || continue
+    for row in $WASM_ROWS; do
+        has_target "${row%%+*}" || continue
         rps=${RPS[wasm,$row]:-}
         if [[ -z "$rps" ]]; then
             echo "| $row | ${NOTE[wasm,$row]:-not run} | | | | | | |"
             continue
         fi
         p50=${P50[wasm,$row]}; p99=${P99[wasm,$row]}
-        base=${row%+wasm}
+        base=${row%%+*}
         per=()
         for r in $(seq 1 "$WASM_ROUNDS"); do
             if [[ -n "${RPS[wasm$r,$row]:-}" ]]; then per+=("$(fmt_rps "${RPS[wasm$r,$row]}")"); else per+=("-"); fi
@@ -752,6 +784,19 @@ write_wasm_table() {
                 "${ERRS[wasm,$row]:-0}"
         fi
     done
+}
+
+# The component target: its req/s loss is at most 1.2x the proxy-wasm one's.
+component_target_line() {
+    local c=${LOSS_MED[legate+component]:-} w=${LOSS_MED[legate+wasm]:-}
+    if [[ -z "$c" || -z "$w" ]]; then
+        echo "Target (the component costs at most 1.2x the proxy-wasm filter's req/s loss): not measured."
+        return
+    fi
+    awk -v c="$c" -v w="$w" 'BEGIN {
+        if (w <= 0) { printf "Target (the component costs at most 1.2x the proxy-wasm filter'"'"'s req/s loss): not measurable, the proxy-wasm loss is %.1f%%.\n", w; exit }
+        r = c / w
+        printf "Target (the component costs at most 1.2x the proxy-wasm filter'"'"'s req/s loss): **%s**, %.1f%% vs %.1f%% lost, %.2fx.\n", (r <= 1.2 ? "met" : "NOT met"), c, w, r }'
 }
 
 # The target: legate loses at most 5% of its req/s to the filter.
@@ -831,6 +876,7 @@ write_report() {
         echo "- legate: ${LEGATE_VERSION_STR:-not available}"
         if has_suite wasm; then
             echo "- wasm filter: ${WASM_DESC:-not available${WASM_NA:+ ($WASM_NA)}}"
+            echo "- the same filter as a component: ${COMPONENT_DESC:-not available${COMPONENT_NA:+ ($COMPONENT_NA)}}"
             echo "- wasm runtimes: Envoy's built-in V8 (\`runtime: envoy.wasm.runtime.v8\`); legate runs the same module on wasmtime ${WASMTIME_VERSION:-?} (from Cargo.lock), whatever the runtime name"
         fi
         echo "- wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
@@ -859,13 +905,15 @@ write_report() {
         if has_suite wasm; then
             echo "## proxy-wasm filter cost, HTTP/1.1 keep-alive (wrk), one worker"
             echo
-            echo "Each proxy with [bench/proxy.yaml](proxy.yaml) (no filter), then with [bench/proxy-wasm.yaml](proxy-wasm.yaml): the same plus \`envoy.filters.http.wasm\` running [header_filter](../examples/wasm/header_filter) before the router. On every request it reads \`:path\`, adds \`x-legate-wasm\` and removes \`x-remove-me\`; on every response it adds \`x-wasm-filter\` and \`x-request-path\`. Envoy and legate load the same .wasm file. Before the load, one request to \`/wasm-check\` checks the filter is at work in the filter rows (the upstream saw \`x-legate-wasm\`, the response carries both headers) and absent from the others."
+            echo "Each proxy with [bench/proxy.yaml](proxy.yaml) (no filter), then with [bench/proxy-wasm.yaml](proxy-wasm.yaml): the same plus \`envoy.filters.http.wasm\` running [header_filter](../examples/wasm/header_filter) before the router. On every request it reads \`:path\`, adds \`x-legate-wasm\` and removes \`x-remove-me\`; on every response it adds \`x-wasm-filter\` and \`x-request-path\`. Envoy and legate load the same .wasm file. The legate+component row runs [sdk_header_filter](../examples/components/sdk_header_filter), the same filter written with legate-sdk as a \`legate:filter\` component, in the same config. Before the load, one request to \`/wasm-check\` checks the filter is at work in the filter rows (the upstream saw \`x-legate-wasm\`, the response carries both headers) and absent from the others."
             echo
-            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency http://127.0.0.1:$EL_PORT/\`, after a ${WARMUP}s warm-up run with the same settings (as in the HTTP/1.1 table above); Envoy \`--concurrency 1\`, legate \`--concurrency 1\`. $WASM_ROUNDS round(s): each round runs the four rows in table order, each in a fresh process. req/s, p50 and p99 are medians over the rounds. \"req/s lost\" is computed per round, against the row without the filter that ran just before, and the median is shown; \"per round\" lists every round (req/s for the rows without the filter)."
+            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency http://127.0.0.1:$EL_PORT/\`, after a ${WARMUP}s warm-up run with the same settings (as in the HTTP/1.1 table above); Envoy \`--concurrency 1\`, legate \`--concurrency 1\`. $WASM_ROUNDS round(s): each round runs the rows in table order, each in a fresh process. req/s, p50 and p99 are medians over the rounds. \"req/s lost\" is computed per round, against the row without the filter that ran just before, and the median is shown; \"per round\" lists every round (req/s for the rows without the filter)."
             echo
             write_wasm_table
             echo
             wasm_target_line
+            echo
+            component_target_line
             echo
             if ((${#NOTES_WASM[@]})); then
                 printf -- '- %s\n' "${NOTES_WASM[@]}"
@@ -983,10 +1031,33 @@ if has_suite wasm && { has_target envoy || has_target legate; }; then
             fi
         fi
     fi
+    if has_target legate && [[ -z "${BENCH_COMPONENT:-}" ]]; then
+        want_build=0
+        case "$BUILD_LEGATE" in
+            always) want_build=1 ;;
+            auto) [[ -s "$COMPONENT_FILE" ]] || want_build=1 ;;
+        esac
+        if (( want_build )); then
+            component_build=(cargo build --release --target wasm32-wasip2 --manifest-path examples/components/Cargo.toml
+                             --target-dir target/components -p sdk_header_filter)
+            log "building the component: ${component_build[*]}"
+            if ! (cd "$repo_root" && "${component_build[@]}") >"$work/cargo-build-component.log" 2>&1; then
+                tail -20 "$work/cargo-build-component.log" >&2
+                COMPONENT_NA="${component_build[*]} failed"
+            fi
+        fi
+    fi
     if prepare_wasm; then
         WASM_DESC="\`${WASM_FILE#"$repo_root"/}\`, $(stat -c %s "$WASM_FILE") bytes, sha256 $(sha256sum "$WASM_FILE" | cut -c1-16)…, modified $(date -u -r "$WASM_FILE" '+%Y-%m-%d %H:%M UTC')"
     else
         log "wasm filter not available: $WASM_NA"
+    fi
+    if has_target legate; then
+        if prepare_component; then
+            COMPONENT_DESC="\`${COMPONENT_FILE#"$repo_root"/}\`, $(stat -c %s "$COMPONENT_FILE") bytes, sha256 $(sha256sum "$COMPONENT_FILE" | cut -c1-16)…, modified $(date -u -r "$COMPONENT_FILE" '+%Y-%m-%d %H:%M UTC')"
+        else
+            log "component not available: $COMPONENT_NA"
+        fi
     fi
     WASMTIME_VERSION=$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$repo_root/Cargo.lock" 2>/dev/null || true)
 fi
@@ -1029,6 +1100,7 @@ if has_suite wasm; then
             has_target "$t" || continue
             bench_wasm_row "$t" "$t" no "$r"
             bench_wasm_row "$t+wasm" "$t" yes "$r"
+            [[ "$t" != legate ]] || bench_wasm_row "legate+component" legate component "$r"
         done
     done
     aggregate_wasm
