@@ -397,6 +397,12 @@ impl<P: HttpPlugin> wit_handler::GuestHttpStream for HttpStreamExport<P> {
         HttpStreamExport(Stream::new(root(|| P::configure(b"")).new_filter()))
     }
 
+    fn start(end_of_stream: bool) -> (wit_handler::HttpStream, wit::Poll) {
+        let stream = <Self as wit_handler::GuestHttpStream>::new();
+        let poll = poll(stream.0.run(Hook::RequestHeaders(end_of_stream)));
+        (wit_handler::HttpStream::new(stream), poll)
+    }
+
     fn on_request_headers(&self, end_of_stream: bool) -> wit::Poll {
         poll(self.0.run(Hook::RequestHeaders(end_of_stream)))
     }

@@ -142,16 +142,16 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
 
 /// Changes a map of the running hook; false if the name or value is invalid
 /// (a map the hook cannot reach ignores the change).
-fn map_edit(st: &mut CState, map: MapKind, name: &str, value: &[u8], op: Op) -> bool {
+fn map_edit(st: &mut CState, map: MapKind, name: &[u8], value: &[u8], op: Op) -> bool {
     let names = &mut st.header_names;
     let d = &mut st.stream;
     // Header names are matched lowercase; copy only when the guest did not.
     let lower;
-    let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+    let key = if name.iter().any(u8::is_ascii_uppercase) {
         lower = name.to_ascii_lowercase();
-        lower.as_bytes()
+        &lower[..]
     } else {
-        name.as_bytes()
+        name
     };
     match map {
         MapKind::RequestHeaders => match d.req.as_mut() {
@@ -210,8 +210,7 @@ fn edit_from_guest(
     if let Some(v) = value {
         val.extend_from_slice(v.as_le_slice(&c));
     }
-    let key_str = std::str::from_utf8(&key).unwrap_or_default();
-    let ok = map_edit(c.data_mut(), map, key_str, &val, op);
+    let ok = map_edit(c.data_mut(), map, &key, &val, op);
     c.data_mut().scratch = (key, val);
     Ok(ok)
 }

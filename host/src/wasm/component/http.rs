@@ -117,21 +117,41 @@ impl ComponentHttpFilter {
     /// Runs a hook, then feeds it the results of the calls it awaits until it
     /// finishes.
     async fn run(&mut self, hook: Hook) -> Result<WAction, Failed> {
-        let (vm, r) = self.context()?;
-        if vm.unimplemented.get() & hook.bit() != 0 {
-            return Ok(WAction::Continue);
-        }
-        let ((mut poll,), mut calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
-            let f = vm.http();
-            match hook {
-                Hook::RequestHeaders(eos) => f.request_headers.call(s, (r, eos)),
-                Hook::RequestBody(n, eos) => f.request_body.call(s, (r, n, eos)),
-                Hook::RequestTrailers => f.request_trailers.call(s, (r,)),
-                Hook::ResponseHeaders(eos) => f.response_headers.call(s, (r, eos)),
-                Hook::ResponseBody(n, eos) => f.response_body.call(s, (r, n, eos)),
-                Hook::ResponseTrailers => f.response_trailers.call(s, (r,)),
+        let (vm, r, mut poll, mut calls) = match (&self.cx, hook) {
+            // The usual start: make the stream and run its first hook in one call.
+            (None, Hook::RequestHeaders(eos))
+                if self
+                    .slot
+                    .current()
+                    .is_none_or(|vm| vm.unimplemented.get() & hook.bit() == 0) =>
+            {
+                let vm = self.slot.vm().map_err(Failed)?;
+                let (((r, poll),), calls) =
+                    vm.call(hook.name(), &mut self.data, true, |vm, s| {
+                        vm.http().start.call(s, (eos,))
+                    })?;
+                self.cx = Some((vm.clone(), r));
+                (vm, r, poll, calls)
             }
-        })?;
+            _ => {
+                let (vm, r) = self.context()?;
+                if vm.unimplemented.get() & hook.bit() != 0 {
+                    return Ok(WAction::Continue);
+                }
+                let ((poll,), calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
+                    let f = vm.http();
+                    match hook {
+                        Hook::RequestHeaders(eos) => f.request_headers.call(s, (r, eos)),
+                        Hook::RequestBody(n, eos) => f.request_body.call(s, (r, n, eos)),
+                        Hook::RequestTrailers => f.request_trailers.call(s, (r,)),
+                        Hook::ResponseHeaders(eos) => f.response_headers.call(s, (r, eos)),
+                        Hook::ResponseBody(n, eos) => f.response_body.call(s, (r, n, eos)),
+                        Hook::ResponseTrailers => f.response_trailers.call(s, (r,)),
+                    }
+                })?;
+                (vm, r, poll, calls)
+            }
+        };
         loop {
             if !calls.is_empty() {
                 let inbox = self.inbox.get_or_insert_with(Default::default);

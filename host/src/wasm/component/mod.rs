@@ -271,6 +271,7 @@ struct WDataOutcome {
 /// The typed exports of an `http-handler`.
 struct HttpFns {
     new: TypedFunc<(), (ResourceAny,)>,
+    start: TypedFunc<(bool,), ((ResourceAny, WPoll),)>,
     request_headers: TypedFunc<(ResourceAny, bool), (WPoll,)>,
     request_body: TypedFunc<(ResourceAny, u64, bool), (WPoll,)>,
     request_trailers: TypedFunc<(ResourceAny,), (WPoll,)>,
@@ -387,6 +388,7 @@ impl CVm {
         let fns = match compiled.world {
             World::HttpFilter => Fns::Http(HttpFns {
                 new: typed(s, &instance, &iface, "[constructor]http-stream")?,
+                start: typed(s, &instance, &iface, "[static]http-stream.start")?,
                 request_headers: typed(
                     s,
                     &instance,
