@@ -403,3 +403,98 @@ async fn component_stdout_stderr_and_environment() {
     assert!(log.contains("stdout says hi"), "{log}");
     assert!(log.contains("stderr says hello-env"), "{log}");
 }
+
+fn replace_file(dst: &std::path::Path, bytes: &[u8]) {
+    // Write then rename, as deploy tools do, so the watcher never sees half a file.
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_a_module_for_a_component_under_load_drops_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let up = echo_upstream("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("plugin.wasm");
+    // The same filter as a proxy-wasm module and as a component.
+    let versions = [
+        (
+            std::fs::read(wasm_example("header_filter")).unwrap(),
+            "header_filter",
+        ),
+        (
+            std::fs::read(component_example("sdk_header_filter")).unwrap(),
+            "sdk_header_filter",
+        ),
+    ];
+    replace_file(&plugin, &versions[0].0);
+    let filter = wasm_http_filter("swap", &plugin, "", "");
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    // A bounded load loop: 4 keep-alive clients until told to stop, 30 s at most.
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let until = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                let good = match client.get(format!("http://{a}/x").parse().unwrap()).await {
+                    Ok(r) if r.status() == 200 && r.headers().contains_key("x-wasm-filter") => {
+                        r.into_body().collect().await.is_ok()
+                    }
+                    _ => false,
+                };
+                let counter = if good { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let probe = || async {
+        let (_, head, _) = curl_get(&[&url(a, "/probe")]);
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-wasm-filter: "))
+            .unwrap_or("none")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(probe().await, "header_filter");
+    let mut expect = "header_filter";
+    for i in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (bytes, name) = &versions[i % 2];
+        replace_file(&plugin, bytes);
+        expect = name;
+        l.wait_stat("server.config_reload", i as i64).await;
+        assert_eq!(probe().await, expect, "after swap {i}");
+    }
+    // A broken component: refused, and the last good filter keeps serving.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    replace_file(&plugin, b"\0asm\x0d\0\x01\0not really a component");
+    l.wait_stat("server.config_reload_failed", 1).await;
+    assert_eq!(probe().await, expect);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during swaps"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 200, "load loop too small");
+    assert!(
+        l.stderr_text().contains("invalid Wasm component"),
+        "{}",
+        l.stderr_text()
+    );
+}
