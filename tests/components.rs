@@ -498,3 +498,31 @@ async fn swapping_a_module_for_a_component_under_load_drops_nothing() {
         l.stderr_text()
     );
 }
+
+#[test]
+fn every_example_config_validates() {
+    component_example("sdk_header_filter");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut n = 0;
+    for dir in std::fs::read_dir(root.join("examples/components")).unwrap() {
+        let cfg = dir.unwrap().path().join("legate.yaml");
+        if !cfg.exists() {
+            continue;
+        }
+        // Their .wasm paths are relative to the repository root.
+        let out = std::process::Command::new(BIN)
+            .args(["--mode", "validate", "-c"])
+            .arg(&cfg)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
