@@ -526,3 +526,32 @@ fn every_example_config_validates() {
     }
     assert_eq!(n, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_properties_and_shared_data_across_workers() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "", ""), &["--concurrency", "2"]).await;
+    let a = l.listener("ingress").await;
+    let (status, _, body) = curl_get(&["-H", "x-props: 1", &url(a, "/p?q")]);
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], "sdk_misbehave", "{body}");
+    assert_eq!(lines[1], "/p?q", "{body}");
+    assert!(lines[2].starts_with("127.0.0.1:"), "{body}");
+    assert_eq!(lines[3], lines[2].rsplit(':').next().unwrap(), "{body}");
+    // Two workers, concurrent clients: compare-and-swap loses no increment.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::task::spawn_blocking(move || {
+            for _ in 0..25 {
+                let (status, _, _) = curl_get(&["-H", "x-count: 1", &url(a, "/")]);
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, _, body) = curl_get(&["-H", "x-count: 1", &url(a, "/")]);
+    assert_eq!(body, "101\n");
+}

@@ -6,9 +6,12 @@
 //! * `x-hog`: allocates until the memory cap stops it;
 //! * `x-print`: writes to stdout and stderr (they go to the proxy's log), and
 //!   reads the environment from `vm_config.environment_variables`;
+//! * `x-props`: answers 200 with properties, one per line;
+//! * `x-count`: adds one to the shared key `count` with compare-and-swap and
+//!   answers the new value;
 //! * otherwise the response gets `x-misbehave: ok`.
 
-use legate_sdk::{Action, Headers, HttpFilter};
+use legate_sdk::{Action, Headers, HttpFilter, LocalReply, properties, shared};
 
 #[derive(Default)]
 pub struct Misbehave;
@@ -30,6 +33,34 @@ impl HttpFilter for Misbehave {
                 hog.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hog);
             }
+        }
+        if headers.contains("x-props") {
+            let text = |p: &[&str]| properties::get_str(p).unwrap_or_else(|| "-".into());
+            let port = properties::get_int(&["source", "port"]).unwrap_or(-1);
+            let body = format!(
+                "{}\n{}\n{}\n{}\n{}\n",
+                text(&["plugin_name"]),
+                text(&["request", "path"]),
+                text(&["source", "address"]),
+                port,
+                text(&["xds", "route_name"]),
+            );
+            return Action::Respond(LocalReply::new(200).with_body(body));
+        }
+        if headers.contains("x-count") {
+            let n = loop {
+                let (n, version) = match shared::get("count") {
+                    Some(e) => (
+                        u64::from_le_bytes(e.value.try_into().unwrap_or([0; 8])),
+                        Some(e.version),
+                    ),
+                    None => (0, None),
+                };
+                if shared::compare_and_swap("count", version, &(n + 1).to_le_bytes()) {
+                    break n + 1;
+                }
+            };
+            return Action::Respond(LocalReply::new(200).with_body(format!("{n}\n")));
         }
         if headers.contains("x-print") {
             println!("stdout says hi");
