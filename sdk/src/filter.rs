@@ -147,21 +147,72 @@ impl Action {
 pub trait HttpFilter: 'static {
     /// Request headers, pseudo-headers first. `end_of_stream` is true when the
     /// request has no body.
+    ///
+    /// ```
+    /// # use legate_sdk::{Action, Headers, HttpFilter};
+    /// struct NoDelete;
+    /// impl HttpFilter for NoDelete {
+    ///     async fn on_request_headers(&mut self, h: &mut Headers, _eos: bool) -> Action {
+    ///         if h.method().as_deref() == Some("DELETE") {
+    ///             return Action::Respond(legate_sdk::LocalReply::new(405));
+    ///         }
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
     async fn on_request_headers(&mut self, _headers: &mut Headers, _end_of_stream: bool) -> Action {
         unimplemented_hook()
     }
 
     /// A chunk of request body, or the whole body after [`Action::WaitForBody`].
+    ///
+    /// ```
+    /// # use legate_sdk::{Action, Body, Headers, HttpFilter, LocalReply};
+    /// struct NoSecrets;
+    /// impl HttpFilter for NoSecrets {
+    ///     async fn on_request_headers(&mut self, _h: &mut Headers, eos: bool) -> Action {
+    ///         if eos { Action::Continue } else { Action::WaitForBody }
+    ///     }
+    ///     async fn on_request_body(&mut self, body: &mut Body, _eos: bool) -> Action {
+    ///         if body.bytes().windows(6).any(|w| w == b"secret") {
+    ///             return Action::Respond(LocalReply::new(400).with_body("no secrets\n"));
+    ///         }
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
     async fn on_request_body(&mut self, _body: &mut Body, _end_of_stream: bool) -> Action {
         unimplemented_hook()
     }
 
     /// Request trailers: the end of the request.
+    ///
+    /// ```
+    /// # use legate_sdk::{Action, Headers, HttpFilter};
+    /// struct Tag;
+    /// impl HttpFilter for Tag {
+    ///     async fn on_request_trailers(&mut self, t: &mut Headers) -> Action {
+    ///         t.set("x-seen-by", "legate");
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
     async fn on_request_trailers(&mut self, _trailers: &mut Headers) -> Action {
         unimplemented_hook()
     }
 
     /// Response headers, `:status` first.
+    ///
+    /// ```
+    /// # use legate_sdk::{Action, Headers, HttpFilter};
+    /// struct HideServer;
+    /// impl HttpFilter for HideServer {
+    ///     async fn on_response_headers(&mut self, h: &mut Headers, _eos: bool) -> Action {
+    ///         h.remove("server");
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
     async fn on_response_headers(
         &mut self,
         _headers: &mut Headers,
@@ -171,17 +222,52 @@ pub trait HttpFilter: 'static {
     }
 
     /// A chunk of response body.
+    ///
+    /// ```
+    /// # use legate_sdk::{Action, Body, HttpFilter};
+    /// struct Shout;
+    /// impl HttpFilter for Shout {
+    ///     async fn on_response_body(&mut self, body: &mut Body, _eos: bool) -> Action {
+    ///         let loud = body.bytes().to_ascii_uppercase();
+    ///         body.set(loud);
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
     async fn on_response_body(&mut self, _body: &mut Body, _end_of_stream: bool) -> Action {
         unimplemented_hook()
     }
 
     /// Response trailers.
+    ///
+    /// ```
+    /// # use legate_sdk::{Action, Headers, HttpFilter};
+    /// struct GrpcStatus;
+    /// impl HttpFilter for GrpcStatus {
+    ///     async fn on_response_trailers(&mut self, t: &mut Headers) -> Action {
+    ///         if t.get_str("grpc-status").as_deref() != Some("0") {
+    ///             legate_sdk::log::warn("a gRPC call failed");
+    ///         }
+    ///         Action::Continue
+    ///     }
+    /// }
+    /// ```
     async fn on_response_trailers(&mut self, _trailers: &mut Headers) -> Action {
         unimplemented_hook()
     }
 
     /// The stream ended, completed or reset. Not called while a hook awaits a
     /// call (the stream was reset under it).
+    ///
+    /// ```
+    /// # use legate_sdk::HttpFilter;
+    /// struct Count;
+    /// impl HttpFilter for Count {
+    ///     fn on_done(&mut self) {
+    ///         legate_sdk::metrics::Counter::new("streams_done").increment(1);
+    ///     }
+    /// }
+    /// ```
     fn on_done(&mut self) {}
 }
 
@@ -212,9 +298,10 @@ pub trait HttpPlugin: Sized + 'static {
     /// The per-stream filter.
     type Filter: HttpFilter;
     /// Builds the root from the plugin's `configuration` (raw bytes; JSON for a
-    /// `google.protobuf.Struct`). An error refuses the proxy config.
+    /// `google.protobuf.Struct`). An error refuses the proxy config. See the
+    /// trait's example.
     fn configure(configuration: &[u8]) -> Result<Self, String>;
-    /// A filter for a new stream.
+    /// A filter for a new stream. See the trait's example.
     fn new_filter(&self) -> Self::Filter;
 }
 

@@ -39,21 +39,55 @@ pub enum NetworkAction {
 /// ```
 pub trait NetworkFilter: 'static {
     /// The connection was accepted. [`NetworkAction::Close`] closes it at once.
+    ///
+    /// ```
+    /// # use legate_sdk::{NetworkAction, NetworkFilter};
+    /// struct LoopbackOnly;
+    /// impl NetworkFilter for LoopbackOnly {
+    ///     fn on_new_connection(&mut self) -> NetworkAction {
+    ///         match legate_sdk::properties::get_str(&["source", "address"]) {
+    ///             Some(a) if a.starts_with("127.") => NetworkAction::Continue,
+    ///             _ => NetworkAction::Close,
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn on_new_connection(&mut self) -> NetworkAction {
         NetworkAction::Continue
     }
 
-    /// Bytes from the client, on their way to the upstream.
+    /// Bytes from the client, on their way to the upstream. See the trait's
+    /// example.
     fn on_downstream_data(&mut self, _data: &mut Body, _end_of_stream: bool) -> NetworkAction {
         NetworkAction::Continue
     }
 
     /// Bytes from the upstream, on their way to the client.
+    ///
+    /// ```
+    /// # use legate_sdk::{Body, NetworkAction, NetworkFilter};
+    /// struct CloseOnBye;
+    /// impl NetworkFilter for CloseOnBye {
+    ///     fn on_upstream_data(&mut self, data: &mut Body, _eos: bool) -> NetworkAction {
+    ///         if data.bytes().ends_with(b"BYE\r\n") { NetworkAction::Close } else { NetworkAction::Continue }
+    ///     }
+    /// }
+    /// ```
     fn on_upstream_data(&mut self, _data: &mut Body, _end_of_stream: bool) -> NetworkAction {
         NetworkAction::Continue
     }
 
     /// The connection closed.
+    ///
+    /// ```
+    /// # use legate_sdk::NetworkFilter;
+    /// struct Closes;
+    /// impl NetworkFilter for Closes {
+    ///     fn on_close(&mut self) {
+    ///         legate_sdk::metrics::Counter::new("closed").increment(1);
+    ///     }
+    /// }
+    /// ```
     fn on_close(&mut self) {}
 }
 
@@ -77,9 +111,9 @@ pub trait NetworkPlugin: Sized + 'static {
     /// The per-connection filter.
     type Filter: NetworkFilter;
     /// Builds the root from the plugin's `configuration`; an error refuses the
-    /// proxy config.
+    /// proxy config. See the trait's example.
     fn configure(configuration: &[u8]) -> Result<Self, String>;
-    /// A filter for a new connection.
+    /// A filter for a new connection. See the trait's example.
     fn new_filter(&self) -> Self::Filter;
 }
 
