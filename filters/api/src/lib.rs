@@ -280,6 +280,25 @@ pub struct StreamInfo {
     pub dynamic_metadata: DynamicMetadata,
 }
 
+impl StreamInfo {
+    /// Moves the info out, leaving behind only its plain facts (start time,
+    /// addresses, connection id, response flags): a cheap way to lend it.
+    pub fn take(&mut self) -> StreamInfo {
+        let rest = StreamInfo {
+            start_time: self.start_time,
+            downstream_remote_address: self.downstream_remote_address,
+            downstream_local_address: self.downstream_local_address,
+            connection_id: self.connection_id,
+            route_name: None,
+            upstream_cluster: None,
+            upstream_host: None,
+            response_flags: self.response_flags,
+            dynamic_metadata: DynamicMetadata::new(),
+        };
+        std::mem::replace(self, rest)
+    }
+}
+
 /// A per-stream HTTP filter. Every hook has a default that continues, so a filter
 /// implements only what it needs. Request hooks run in chain order, response hooks
 /// in reverse order.

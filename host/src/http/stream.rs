@@ -465,7 +465,7 @@ impl Stream {
                     .iter_mut()
                     .map(|f| std::mem::replace(f, Box::new(Finished) as Box<dyn HttpFilter>))
                     .collect();
-                Some(Finishers::Owned(owned, Box::new(self.info.clone())))
+                Some(Finishers::Owned(owned, Box::new(self.info.take())))
             }
             None => None,
         };
@@ -1177,7 +1177,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     if filters.iter().any(|f| f.wants_body()) {
         st.chain = Some(Rc::new(tokio::sync::Mutex::new(Chain {
             filters: std::mem::take(&mut filters),
-            info: st.info.clone(),
+            // The chain's info is the stream's from here on.
+            info: st.info.take(),
             local_reply: None,
         })));
     }

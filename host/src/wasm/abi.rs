@@ -157,8 +157,8 @@ const REQUEST_PSEUDO: [&[u8]; 4] = [b":authority", b":path", b":method", b":sche
 fn snapshot_wire(st: &HostState, t: i32) -> Option<Vec<u8>> {
     let d = &st.stream;
     match t {
-        0 if d.req.is_none() => d.req_seen.as_ref().map(|s| s.wire().to_vec()),
-        2 if d.resp.is_none() => d.resp_seen.as_ref().map(|s| s.wire().to_vec()),
+        0 if d.req.is_none() => d.req_seen.taken().map(|s| s.wire().to_vec()),
+        2 if d.resp.is_none() => d.resp_seen.taken().map(|s| s.wire().to_vec()),
         _ => None,
     }
 }
@@ -183,8 +183,8 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         })
     };
     match t {
-        0 if d.req.is_none() => Some(owned(d.req_seen.as_ref()?.pairs())),
-        2 if d.resp.is_none() => Some(owned(d.resp_seen.as_ref()?.pairs())),
+        0 if d.req.is_none() => Some(owned(d.req_seen.taken()?.pairs())),
+        2 if d.resp.is_none() => Some(owned(d.resp_seen.taken()?.pairs())),
         0 => {
             let h = d.req.as_ref()?;
             let mut v: Vec<(Vec<u8>, Vec<u8>)> = REQUEST_PSEUDO
@@ -231,8 +231,8 @@ fn map_value(st: &HostState, t: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
         }))
     };
     match t {
-        0 if d.req.is_none() => Some(d.req_seen.as_ref()?.joined(key)),
-        2 if d.resp.is_none() => Some(d.resp_seen.as_ref()?.joined(key)),
+        0 if d.req.is_none() => Some(d.req_seen.taken()?.joined(key)),
+        2 if d.resp.is_none() => Some(d.resp_seen.taken()?.joined(key)),
         0 => {
             let h = d.req.as_ref()?;
             if key.starts_with(b":") {
@@ -659,7 +659,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let bytes = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            let bytes = encode(
+                pairs.len(),
+                pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            );
             give(&mut c, &bytes, ptr_ptr, size_ptr)
         },
     )?;
@@ -670,7 +673,11 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let n = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).len();
+            let n = encode(
+                pairs.len(),
+                pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            )
+            .len();
             Ok(if write_u32(&mut c, size_ptr, n as u32) {
                 OK
             } else {

@@ -15,7 +15,6 @@ use legate_filter_api::{
 };
 
 use super::Plugin;
-use super::snapshot::Snapshot;
 use super::vm::{Data, Failed, Outcome, Slot, Vm, slot};
 use crate::config::FailurePolicy;
 
@@ -82,20 +81,6 @@ fn placeholder_request() -> RequestHead {
         uri: http::Uri::default(),
         version: http::Version::HTTP_11,
         headers: http::HeaderMap::new(),
-    }
-}
-
-fn placeholder_info(i: &StreamInfo) -> StreamInfo {
-    StreamInfo {
-        start_time: i.start_time,
-        downstream_remote_address: i.downstream_remote_address,
-        downstream_local_address: i.downstream_local_address,
-        connection_id: i.connection_id,
-        route_name: None,
-        upstream_cluster: None,
-        upstream_host: None,
-        response_flags: i.response_flags,
-        dynamic_metadata: Default::default(),
     }
 }
 
@@ -243,7 +228,7 @@ impl WasmHttpFilter {
         }
         let size = buf.len();
         self.data.body = Some((if request { 0 } else { 1 }, std::mem::take(buf)));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.info = Some(info.take());
         let r = self
             .run(eos, false, |vm, id, d| vm.body(id, request, size, eos, d))
             .await;
@@ -293,7 +278,7 @@ impl WasmHttpFilter {
             &mut self.data.resp_trailers
         };
         *slot = Some(std::mem::take(trailers));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.info = Some(info.take());
         let r = self
             .run(true, false, |vm, id, d| vm.trailers(id, request, n, d))
             .await;
@@ -327,7 +312,7 @@ impl HttpFilter for WasmHttpFilter {
         // Pseudo-headers count too, as in Envoy.
         let n = head.headers.len() + 4;
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.info = Some(info.take());
         let r = self
             .run(true, !eos, |vm, id, d| vm.headers(id, true, n, eos, d))
             .await;
@@ -337,7 +322,7 @@ impl HttpFilter for WasmHttpFilter {
         if let Some(i) = self.data.info.take() {
             *info = i;
         }
-        self.data.req_seen = Some(Snapshot::request(head));
+        self.data.req_seen.set_request(head);
         self.headers_action(r)
     }
 
@@ -355,7 +340,7 @@ impl HttpFilter for WasmHttpFilter {
         let eos = trailers.is_none();
         let size = body.len();
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.info = Some(info.take());
         self.data.body = Some((0, BytesMut::from(&body[..])));
         self.data.req_trailers = trailers.take();
         let mut r = self
@@ -377,7 +362,7 @@ impl HttpFilter for WasmHttpFilter {
             *body = b.freeze();
         }
         *trailers = self.data.req_trailers.take();
-        self.data.req_seen = Some(Snapshot::request(head));
+        self.data.req_seen.set_request(head);
         self.headers_action(r)
     }
 
@@ -431,7 +416,7 @@ impl HttpFilter for WasmHttpFilter {
                 headers: http::HeaderMap::new(),
             },
         ));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.info = Some(info.take());
         let r = self
             .run(true, false, |vm, id, d| vm.headers(id, false, n, eos, d))
             .await;
@@ -441,7 +426,7 @@ impl HttpFilter for WasmHttpFilter {
         if let Some(i) = self.data.info.take() {
             *info = i;
         }
-        self.data.resp_seen = Some(Snapshot::response(head));
+        self.data.resp_seen.set_response(head);
         self.headers_action(r)
     }
 

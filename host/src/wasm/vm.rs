@@ -14,6 +14,7 @@ use wasmtime::{Instance, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFu
 
 use super::calls::{self, CallKind, CallResponse, GrpcEvent, OutCall};
 use super::shared::{Metric, QueueOwner};
+use super::snapshot::Snapshot;
 use super::{Plugin, PluginStats, abi};
 use crate::config::WasmPlugin;
 use crate::upstream::WorkerClusters;
@@ -32,9 +33,9 @@ pub struct ConnFacts {
 pub struct StreamData {
     pub req: Option<RequestHead>,
     /// Request headers as they left the filter, readable in later callbacks.
-    pub req_seen: Option<super::snapshot::Snapshot>,
+    pub req_seen: Snapshot,
     pub resp: Option<ResponseHead>,
-    pub resp_seen: Option<super::snapshot::Snapshot>,
+    pub resp_seen: Snapshot,
     pub req_trailers: Option<http::HeaderMap>,
     pub resp_trailers: Option<http::HeaderMap>,
     /// The body buffer of the callback, and its proxy-wasm buffer type.
@@ -43,6 +44,23 @@ pub struct StreamData {
     pub conn: Option<ConnFacts>,
     /// `proxy_set_property` values: filter state of this stream.
     pub properties: HashMap<Vec<u8>, Bytes>,
+}
+
+impl StreamData {
+    /// Clears the data for the next stream, keeping the snapshot buffers.
+    fn reset(&mut self) {
+        let (mut req_seen, mut resp_seen) = (
+            std::mem::take(&mut self.req_seen),
+            std::mem::take(&mut self.resp_seen),
+        );
+        req_seen.clear();
+        resp_seen.clear();
+        *self = StreamData {
+            req_seen,
+            resp_seen,
+            ..StreamData::default()
+        };
+    }
 }
 
 /// Stream data as lent to the store: boxed, so lending is a pointer swap.
@@ -456,10 +474,12 @@ impl Vm {
             let r = f(&mut store);
             let st = store.data_mut();
             std::mem::swap(&mut st.stream, data);
-            (r, std::mem::take(&mut st.effects))
+            // Most callbacks ask nothing of the host: their effects stay put.
+            let fx = (!st.effects.is_empty()).then(|| std::mem::take(&mut st.effects));
+            (r, fx)
         };
         match r {
-            Ok(r) => Ok((r, self.dispatch(fx, ctx))),
+            Ok(r) => Ok((r, fx.map_or_else(Outcome::default, |fx| self.dispatch(fx, ctx)))),
             Err(e) => {
                 let why = describe(&e, callback, &self.plugin);
                 self.fail(&why);
@@ -494,9 +514,6 @@ impl Vm {
     /// Acts on a callback's effects; returns those for context `own`.
     fn dispatch(&self, fx: Effects, own: u32) -> Outcome {
         let mut out = Outcome::default();
-        if fx.is_empty() {
-            return out;
-        }
         let Effects {
             resume,
             replies,
@@ -1020,7 +1037,7 @@ impl Slot {
     pub fn give_back(&self, mut data: Data) {
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_DATA {
-            *data = StreamData::default();
+            data.reset();
             spare.push(data);
         }
     }
