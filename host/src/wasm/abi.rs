@@ -799,7 +799,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 reply.grpc_status = Some(grpc as u32);
             }
             let ctx = c.data().effective;
-            c.data_mut().effects.replies.push((ctx, reply));
+            c.data_mut().effects.replies.push((ctx, Box::new(reply)));
             Ok(OK)
         },
     )?;

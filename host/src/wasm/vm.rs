@@ -70,7 +70,7 @@ pub type Data = Box<StreamData>;
 #[derive(Default)]
 pub struct Effects {
     pub resume: Vec<u32>,
-    pub replies: Vec<(u32, LocalReply)>,
+    pub replies: Vec<(u32, Box<LocalReply>)>,
     pub close: Vec<u32>,
     pub calls: Vec<OutCall>,
     pub tick: Option<Duration>,
@@ -123,7 +123,7 @@ pub enum Event {
     Call(u32, CallKind, CallResponse),
     Grpc(u32, GrpcEvent),
     Resume,
-    Reply(LocalReply),
+    Reply(Box<LocalReply>),
     Close,
 }
 
@@ -140,7 +140,7 @@ pub struct Inbox {
 #[derive(Default)]
 pub struct Outcome {
     pub action: u32,
-    pub reply: Option<LocalReply>,
+    pub reply: Option<Box<LocalReply>>,
     pub resume: bool,
     pub close: bool,
 }
@@ -479,7 +479,10 @@ impl Vm {
             (r, fx)
         };
         match r {
-            Ok(r) => Ok((r, fx.map_or_else(Outcome::default, |fx| self.dispatch(fx, ctx)))),
+            Ok(r) => Ok((
+                r,
+                fx.map_or_else(Outcome::default, |fx| self.dispatch(fx, ctx)),
+            )),
             Err(e) => {
                 let why = describe(&e, callback, &self.plugin);
                 self.fail(&why);
