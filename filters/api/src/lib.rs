@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -273,7 +274,7 @@ pub struct StreamInfo {
     /// The route's name, once routed.
     pub route_name: Option<String>,
     /// The cluster the route chose, once routed.
-    pub upstream_cluster: Option<String>,
+    pub upstream_cluster: Option<Arc<str>>,
     /// The upstream host the request was sent to, once chosen.
     pub upstream_host: Option<SocketAddr>,
     /// Response flags for the access log.

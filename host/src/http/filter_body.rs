@@ -4,6 +4,7 @@
 //! chain order, response in reverse). Streams whose filters do not want bodies
 //! never build any of this.
 
+use std::cell::{RefCell, RefMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -24,7 +25,69 @@ pub(crate) struct Chain {
     pub local_reply: Option<LocalReply>,
 }
 
-pub(crate) type SharedChain = Rc<tokio::sync::Mutex<Chain>>;
+/// The chain, shared by the stream and its filtered bodies. A hook that waits
+/// keeps it locked across its await, so the lock is async; taking a free one is
+/// a `RefCell` borrow (a worker is one thread).
+#[derive(Clone)]
+pub(crate) struct SharedChain(Rc<ChainCell>);
+
+struct ChainCell {
+    chain: RefCell<Chain>,
+    unlocked: tokio::sync::Notify,
+}
+
+/// The chain, locked.
+pub(crate) struct ChainGuard<'a> {
+    chain: RefMut<'a, Chain>,
+    unlocked: &'a tokio::sync::Notify,
+}
+
+impl SharedChain {
+    pub(crate) fn new(chain: Chain) -> SharedChain {
+        SharedChain(Rc::new(ChainCell {
+            chain: RefCell::new(chain),
+            unlocked: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub(crate) async fn lock(&self) -> ChainGuard<'_> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            self.0.unlocked.notified().await;
+        }
+    }
+
+    pub(crate) fn try_lock(&self) -> Option<ChainGuard<'_>> {
+        let chain = self.0.chain.try_borrow_mut().ok()?;
+        Some(ChainGuard {
+            chain,
+            unlocked: &self.0.unlocked,
+        })
+    }
+}
+
+impl std::ops::Deref for ChainGuard<'_> {
+    type Target = Chain;
+    fn deref(&self) -> &Chain {
+        &self.chain
+    }
+}
+
+impl std::ops::DerefMut for ChainGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Chain {
+        &mut self.chain
+    }
+}
+
+impl Drop for ChainGuard<'_> {
+    fn drop(&mut self) {
+        // A waiter wakes after this task yields, when the borrow is gone; with
+        // none, the permit kept just makes the next contended lock retry.
+        self.unlocked.notify_one();
+    }
+}
 
 type Polled = Option<Result<Frame<Bytes>, BoxError>>;
 
@@ -240,7 +303,7 @@ mod tests {
                 }) as Box<dyn HttpFilter>
             })
             .collect();
-        Rc::new(tokio::sync::Mutex::new(Chain {
+        SharedChain::new(Chain {
             filters,
             info: StreamInfo {
                 start_time: SystemTime::now(),
@@ -254,7 +317,7 @@ mod tests {
                 dynamic_metadata: Default::default(),
             },
             local_reply: None,
-        }))
+        })
     }
 
     #[tokio::test]

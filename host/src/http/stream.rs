@@ -71,7 +71,7 @@ impl Finishers {
             }
             Finishers::Shared(chain) => {
                 // Nothing else holds the chain once both bodies are done.
-                if let Ok(mut c) = chain.try_lock() {
+                if let Some(mut c) = chain.try_lock() {
                     let c = &mut *c;
                     c.info.response_flags = flags;
                     for f in &mut c.filters {
@@ -1008,7 +1008,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             .await;
     };
     if !filters.is_empty() {
-        st.info.upstream_cluster = Some(cluster.name().to_string());
+        st.info.upstream_cluster = Some(cluster.shared.name.clone());
     }
     st.t().cluster = Some(cluster.clone());
 
@@ -1177,12 +1177,12 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     st.unread_body = false;
     let body_was_empty = body_empty(&body, &buffered);
     if filters.iter().any(|f| f.wants_body()) {
-        st.chain = Some(Rc::new(tokio::sync::Mutex::new(Chain {
+        st.chain = Some(SharedChain::new(Chain {
             filters: std::mem::take(&mut filters),
             // The chain's info is the stream's from here on.
             info: st.info.take(),
             local_reply: None,
-        })));
+        }));
     }
     let source = match (buffered, body) {
         (Some((data, trailers)), _) => Some(Body::Buffered(Some(data), trailers)),

@@ -245,8 +245,9 @@ fn exports(store: &mut Store<HostState>, i: &Instance) -> Exports {
     }
 }
 
-/// Context ids are small sequential integers: a multiply spreads them well
-/// enough, at a fraction of SipHash's cost.
+/// Context ids are small sequential integers, and plugin addresses differ in
+/// their high bits: a multiply spreads both well enough, at a fraction of
+/// SipHash's cost.
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -261,6 +262,13 @@ impl std::hash::Hasher for IdHasher {
     }
     fn write_u32(&mut self, n: u32) {
         self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Addresses end in zero bits (alignment); the rotation brings mixed
+        // bits down to where the table takes its index from.
+        self.0 = (n as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(32);
     }
 }
 
@@ -1112,10 +1120,13 @@ impl Slot {
 
 type SlotEntry = (Weak<Plugin>, Rc<Slot>);
 
+type Slots = HashMap<usize, SlotEntry, std::hash::BuildHasherDefault<IdHasher>>;
+
 thread_local! {
-    /// This worker's slots, by plugin address; the weak handle tells a retired
-    /// plugin from a new one at the same address.
-    static SLOTS: RefCell<HashMap<usize, SlotEntry>> = RefCell::new(HashMap::new());
+    /// This worker's slots, by plugin address. The weak handle keeps a retired
+    /// plugin's allocation, so no new plugin takes its address while its entry
+    /// is here.
+    static SLOTS: RefCell<Slots> = RefCell::new(Slots::default());
 }
 
 /// This worker's slot for a plugin.
@@ -1123,9 +1134,7 @@ pub fn slot(plugin: &Arc<Plugin>) -> Rc<Slot> {
     let key = Arc::as_ptr(plugin) as usize;
     SLOTS.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some((w, slot)) = s.get(&key)
-            && w.upgrade().is_some_and(|p| Arc::ptr_eq(&p, plugin))
-        {
+        if let Some((_, slot)) = s.get(&key) {
             return slot.clone();
         }
         // Forget the slots of retired plugins (their VMs end with the streams
