@@ -248,20 +248,19 @@ impl WasmHttpFilter {
             return Step::Done(DataAction::Continue);
         }
         let limit = self.plugin.config.limits.max_buffered_body_bytes;
-        let buf = if request {
+        let held = if request {
             &mut self.req_buf
         } else {
             &mut self.resp_buf
         };
-        if buf.is_empty() {
-            // Nothing held back: take the chunk itself, copying only if shared.
-            *buf = std::mem::take(chunk)
-                .try_into_mut()
-                .unwrap_or_else(|b| BytesMut::from(&b[..]));
+        // Nothing held back: the chunk itself, uncopied.
+        let body = if held.is_empty() {
+            std::mem::take(chunk)
         } else {
-            buf.extend_from_slice(chunk);
-        }
-        if buf.len() > limit {
+            held.extend_from_slice(chunk);
+            held.split().freeze()
+        };
+        if body.len() > limit {
             // Envoy's answers when a buffering filter overflows.
             let (status, body) = if request {
                 (http::StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
@@ -279,8 +278,8 @@ impl WasmHttpFilter {
             };
             return Step::Done(DataAction::Respond(Box::new(r)));
         }
-        let size = buf.len();
-        self.data.body = Some((if request { 0 } else { 1 }, std::mem::take(buf)));
+        let size = body.len();
+        self.data.body = Some((if request { 0 } else { 1 }, body));
         self.data.info = Some(info.take());
         self.step(
             eos,
@@ -290,25 +289,28 @@ impl WasmHttpFilter {
                 if let Some(i) = this.data.info.take() {
                     *info = i;
                 }
-                let buffered = this.data.body.take().map(|(_, b)| b).unwrap_or_default();
-                let buf = if request {
-                    &mut this.req_buf
-                } else {
-                    &mut this.resp_buf
-                };
-                *buf = buffered;
+                let body = this.data.body.take().map(|(_, b)| b).unwrap_or_default();
                 match r {
                     Ok(Done::Continue | Done::WaitForBody) => {
-                        *chunk = buf.split().freeze();
+                        *chunk = body;
                         DataAction::Continue
                     }
                     Ok(Done::Buffer) => {
+                        // Held back until a later chunk continues.
+                        let held = if request {
+                            &mut this.req_buf
+                        } else {
+                            &mut this.resp_buf
+                        };
+                        *held = body
+                            .try_into_mut()
+                            .unwrap_or_else(|b| BytesMut::from(&b[..]));
                         *chunk = Bytes::new();
                         DataAction::Continue
                     }
                     Ok(Done::Reply(r)) => DataAction::Respond(r),
                     Err(e) => {
-                        *chunk = buf.split().freeze();
+                        *chunk = body;
                         match this.failure(e) {
                             Some(r) => DataAction::Respond(r),
                             None => DataAction::Continue,
@@ -408,7 +410,7 @@ impl HttpFilter for WasmHttpFilter {
             let size = body.len();
             self.data.req = Some(std::mem::replace(head, placeholder_request()));
             self.data.info = Some(info.take());
-            self.data.body = Some((0, BytesMut::from(&body[..])));
+            self.data.body = Some((0, body.clone()));
             self.data.req_trailers = trailers.take();
             let p = self.call(true, false, |vm, id, d| vm.body(id, true, size, eos, d));
             let mut r = self.wait(p, false).await;
@@ -424,7 +426,7 @@ impl HttpFilter for WasmHttpFilter {
                 *info = i;
             }
             if let Some((_, b)) = self.data.body.take() {
-                *body = b.freeze();
+                *body = b;
             }
             *trailers = self.data.req_trailers.take();
             self.data.req_seen.set_request(head);

@@ -144,19 +144,18 @@ impl Snapshot {
             .map(|(_, v)| v)
     }
 
-    /// Every value of a header joined with commas, as Envoy answers.
-    pub fn joined(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let mut out: Option<Vec<u8>> = None;
+    /// Every value of a header joined with commas, as Envoy answers, written
+    /// to `out`; false when there is none.
+    pub fn joined(&self, key: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut found = false;
         for (_, v) in self.pairs().filter(|(k, _)| k.eq_ignore_ascii_case(key)) {
-            match &mut out {
-                Some(o) => {
-                    o.push(b',');
-                    o.extend_from_slice(v);
-                }
-                None => out = Some(v.to_vec()),
+            if found {
+                out.push(b',');
             }
+            out.extend_from_slice(v);
+            found = true;
         }
-        out
+        found
     }
 }
 
@@ -180,7 +179,9 @@ mod tests {
         assert_eq!(s.get(b":path"), Some(&b"/p?q"[..]));
         assert_eq!(s.get(b":authority"), Some(&b"h"[..]));
         assert_eq!(s.get(b":method"), Some(&b"POST"[..]));
-        assert_eq!(s.joined(b"X-A"), Some(b"1,2".to_vec()));
+        let mut out = Vec::new();
+        assert!(s.joined(b"X-A", &mut out));
+        assert_eq!(out, b"1,2");
         assert_eq!(s.get(b"missing"), None);
         assert_eq!(s.pairs().count(), 7);
         assert_eq!(s.version, http::Version::HTTP_2);

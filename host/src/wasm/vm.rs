@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use legate_filter_api::{LocalReply, RequestHead, ResponseHead, StreamInfo};
 use wasmtime::{Instance, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 
@@ -38,8 +38,9 @@ pub struct StreamData {
     pub resp_seen: Snapshot,
     pub req_trailers: Option<http::HeaderMap>,
     pub resp_trailers: Option<http::HeaderMap>,
-    /// The body buffer of the callback, and its proxy-wasm buffer type.
-    pub body: Option<(u32, BytesMut)>,
+    /// The body buffer of the callback, and its proxy-wasm buffer type. Shared
+    /// bytes: the guest reads it without a copy; a write copies it if need be.
+    pub body: Option<(u32, Bytes)>,
     pub info: Option<StreamInfo>,
     pub conn: Option<ConnFacts>,
     /// `proxy_set_property` values: filter state of this stream.
@@ -107,6 +108,8 @@ pub struct HostState {
     pub streams: HashMap<u32, calls::StreamHandle>,
     pub effects: Effects,
     pub metrics: Vec<Metric>,
+    /// A value on its way to the guest, kept for the next one.
+    pub scratch: Vec<u8>,
     /// Header names the guest set, parsed once (see `abi::header_name`).
     pub header_names: Vec<http::HeaderName>,
     /// Metric ids by (type, name).
@@ -332,6 +335,7 @@ impl Vm {
             metrics: Vec::new(),
             metric_ids: HashMap::new(),
             header_names: Vec::new(),
+            scratch: Vec::new(),
             next_token: 1,
             queue_owner: queue_owner.clone(),
             cluster_names: Arc::new(
