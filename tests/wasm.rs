@@ -20,25 +20,6 @@ fn config(filters: &str, up: SocketAddr, extra_clusters: &str) -> String {
     )
 }
 
-/// `curl -si` through the proxy; returns (status, lowercased head, body).
-fn curl_get(args: &[&str]) -> (u16, String, String) {
-    let mut a = vec!["-i"];
-    a.extend_from_slice(args);
-    let (ok, out, err) = curl(&a);
-    assert!(ok, "curl failed: {err}");
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-fn url(a: SocketAddr, path: &str) -> String {
-    format!("http://{a}{path}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_filter_over_http1_and_http2() {
     let up = echo_upstream("up").await;
@@ -69,26 +50,6 @@ async fn header_filter_over_http1_and_http2() {
     // One VM per worker that served a stream; the config check's VM is gone.
     let active = l.stat("wasm.envoy.wasm.runtime.v8.active").await;
     assert!((1..=2).contains(&active), "{active}");
-}
-
-/// An auth service: `authorization: Bearer good` gets 200 and `x-auth-user`,
-/// anything else 401.
-async fn auth_service() -> SocketAddr {
-    http_server(|req: hyper::Request<hyper::body::Incoming>| async move {
-        let good = req
-            .headers()
-            .get("authorization")
-            .is_some_and(|v| v == "Bearer good");
-        let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-        if good && req.uri().path() == "/check" {
-            resp.headers_mut()
-                .insert("x-auth-user", "alice".parse().unwrap());
-        } else {
-            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
-        }
-        Ok::<_, std::convert::Infallible>(resp)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

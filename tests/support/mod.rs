@@ -48,6 +48,16 @@ impl Legate {
     /// Like [`Legate::start_with`], but a refused config or a failed start is an
     /// error value, so callers comparing many configs can report it and go on.
     pub async fn try_start_with(yaml: &str, extra: &[&str]) -> Result<Legate, String> {
+        Self::try_start_in(yaml, extra, None).await
+    }
+
+    /// Like [`Legate::try_start_with`], run from directory `cwd` (for configs
+    /// with relative paths).
+    pub async fn try_start_in(
+        yaml: &str,
+        extra: &[&str],
+        cwd: Option<&std::path::Path>,
+    ) -> Result<Legate, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let cfg = dir.path().join("legate.yaml");
         std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
@@ -60,7 +70,11 @@ impl Legate {
         } else {
             &["-l", "info"]
         };
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let child = cmd
             .arg("-c")
             .arg(&cfg)
             .arg("--admin-address-path")
@@ -419,27 +433,41 @@ pub fn wasm_example(name: &str) -> PathBuf {
 }
 
 pub fn wasm_example_for(name: &str, target: &str) -> PathBuf {
+    build_examples("examples/wasm", target, "target/wasm").join(format!("{name}.wasm"))
+}
+
+/// Builds the example filters written with legate-sdk (Wasm components, once
+/// per test binary) and returns the path of one `.wasm`.
+pub fn component_example(name: &str) -> PathBuf {
+    build_examples("examples/components", "wasm32-wasip2", "target/components")
+        .join(format!("{name}.wasm"))
+}
+
+/// Builds an examples workspace for `target` once per test binary; returns the
+/// directory of its release outputs.
+fn build_examples(workspace: &str, target: &str, target_dir: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = root.join("target/wasm");
+    let target_dir = root.join(target_dir);
+    let key = format!("{workspace} {target}");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|t| t == target) {
+    if !built.contains(&key) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .args(["build", "--release", "--target", target, "--manifest-path"])
-            .arg(root.join("examples/wasm/Cargo.toml"))
+            .arg(root.join(workspace).join("Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
             .output()
             .expect("cargo runs");
         assert!(
             out.status.success(),
-            "building the example filters for {target} failed:\n{}",
+            "building {workspace} for {target} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        built.push(target.to_string());
+        built.push(key);
     }
-    target_dir.join(format!("{target}/release/{name}.wasm"))
+    target_dir.join(format!("{target}/release"))
 }
 
 /// An `envoy.filters.http.wasm` entry for `http_filters`, with a JSON plugin
@@ -465,5 +493,60 @@ pub fn wasm_http_filter(
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: "{}"}}}}"#,
         wasm.display()
+    )
+}
+
+/// `curl -si` through the proxy; returns (status, lowercased head, body).
+pub fn curl_get(args: &[&str]) -> (u16, String, String) {
+    let mut a = vec!["-i"];
+    a.extend_from_slice(args);
+    let (ok, out, err) = curl(&a);
+    assert!(ok, "curl failed: {err}");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+pub fn url(a: SocketAddr, path: &str) -> String {
+    format!("http://{a}{path}")
+}
+
+/// An auth service: `authorization: Bearer good` gets 200 and `x-auth-user`,
+/// anything else 401.
+pub async fn auth_service() -> SocketAddr {
+    http_server(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let good = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer good");
+        let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        if good && req.uri().path() == "/check" {
+            resp.headers_mut()
+                .insert("x-auth-user", "alice".parse().unwrap());
+        } else {
+            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await
+}
+
+/// Runs `legate --mode validate` on a config; returns (success, stderr).
+pub fn validate(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["--mode", "validate", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

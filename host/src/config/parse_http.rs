@@ -298,7 +298,7 @@ fn http_filter(f: &Field<'_>) -> Option<HttpFilter> {
                     tc.type_url
                 ));
             }
-            super::parse_wasm::filter(tc.obj).map(HttpFilter::Wasm)
+            super::parse_wasm::filter(tc.obj, super::parse_wasm::Role::Http).map(HttpFilter::Wasm)
         }
         other => {
             unknown_http_filter(&at, other);

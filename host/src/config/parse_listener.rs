@@ -224,7 +224,8 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
         }
         names::NETWORK_WASM => {
             expect_type(super::parse_wasm::NETWORK_TYPE);
-            super::parse_wasm::filter(tc.obj).map(NetworkFilter::Wasm)
+            super::parse_wasm::filter(tc.obj, super::parse_wasm::Role::Network)
+                .map(NetworkFilter::Wasm)
         }
         other => {
             unknown_filter(

@@ -12,20 +12,22 @@ use super::model::{FailurePolicy, WasmLimits, WasmPlugin, WasmService};
 use super::typed_config;
 use super::walk::{Field, Obj};
 
+pub(crate) use crate::wasm::Role;
+
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const BYTES_VALUE: &str = "type.googleapis.com/google.protobuf.BytesValue";
 const STRUCT: &str = "type.googleapis.com/google.protobuf.Struct";
 
 /// `{config: PluginConfig}` of `envoy.filters.http.wasm` / `envoy.filters.network.wasm`.
-pub(crate) fn filter(mut o: Obj<'_>) -> Option<Arc<WasmPlugin>> {
-    let config = o.req("config").and_then(|c| plugin(&c));
+pub(crate) fn filter(mut o: Obj<'_>, role: Role) -> Option<Arc<WasmPlugin>> {
+    let config = o.req("config").and_then(|c| plugin(&c, role));
     o.finish();
     config.map(Arc::new)
 }
 
 /// `envoy.bootstrap.wasm`'s `WasmService`.
 pub(crate) fn service(mut o: Obj<'_>) -> Option<WasmService> {
-    let plugin = o.req("config").and_then(|c| plugin(&c));
+    let plugin = o.req("config").and_then(|c| plugin(&c, Role::Service));
     let singleton = o.get("singleton").and_then(|g| g.bool()).unwrap_or(false);
     if !singleton {
         o.error(
@@ -38,7 +40,7 @@ pub(crate) fn service(mut o: Obj<'_>) -> Option<WasmService> {
     })
 }
 
-fn plugin(f: &Field<'_>) -> Option<WasmPlugin> {
+fn plugin(f: &Field<'_>, role: Role) -> Option<WasmPlugin> {
     let mut o = f.obj()?.unsupported(&["capability_restriction_config"]);
     let name = o.get("name").and_then(|g| g.str()).unwrap_or_default();
     let root_id = o.get("root_id").and_then(|g| g.str()).unwrap_or_default();
@@ -55,7 +57,7 @@ fn plugin(f: &Field<'_>) -> Option<WasmPlugin> {
         .get("legate_limits")
         .and_then(|g| limits(&g))
         .unwrap_or_default();
-    let vm = o.req("vm_config").and_then(|g| vm_config(&g));
+    let vm = o.req("vm_config").and_then(|g| vm_config(&g, role));
     o.finish();
     let failure_policy = match (policy, fail_open) {
         (Some("FAIL_OPEN"), _) => FailurePolicy::FailOpen,
@@ -90,7 +92,7 @@ struct Vm {
     environment: Vec<(String, String)>,
 }
 
-fn vm_config(f: &Field<'_>) -> Option<Vm> {
+fn vm_config(f: &Field<'_>, role: Role) -> Option<Vm> {
     let mut o = f.obj()?;
     let vm_id = o.get("vm_id").and_then(|g| g.str()).unwrap_or_default();
     let runtime = o.get("runtime").and_then(|g| g.str()).unwrap_or_default();
@@ -101,7 +103,7 @@ fn vm_config(f: &Field<'_>) -> Option<Vm> {
             "unknown Wasm runtime \"{runtime}\" (expected an envoy.wasm.runtime.* name; legate runs every one on wasmtime)"
         ));
     }
-    let code = o.req("code").and_then(|g| code(&g));
+    let code = o.req("code").and_then(|g| code(&g, role));
     let configuration = o.get("configuration").and_then(|g| any_bytes(&g));
     let _ = o.get("allow_precompiled").and_then(|g| g.bool());
     let _ = o.get("nack_on_code_cache_miss").and_then(|g| g.bool());
@@ -123,7 +125,7 @@ fn vm_config(f: &Field<'_>) -> Option<Vm> {
 
 /// `code: {local: {filename | inline_bytes | inline_string}}`, compiled now so a
 /// bad module fails the config at the field that names it.
-fn code(f: &Field<'_>) -> Option<(Arc<crate::wasm::Code>, Option<PathBuf>)> {
+fn code(f: &Field<'_>, role: Role) -> Option<(Arc<crate::wasm::Code>, Option<PathBuf>)> {
     let mut o = f.obj()?.unsupported(&["remote"]);
     let local = o.req("local");
     o.finish();
@@ -157,7 +159,7 @@ fn code(f: &Field<'_>) -> Option<(Arc<crate::wasm::Code>, Option<PathBuf>)> {
         },
         _ => (g.str()?.into_bytes(), None),
     };
-    match crate::wasm::Code::compile(&bytes) {
+    match crate::wasm::Code::compile(&bytes).and_then(|c| c.fits(role).map(|()| c)) {
         Ok(c) => Some((c, path)),
         Err(e) => {
             g.error(e);

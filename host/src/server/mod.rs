@@ -193,7 +193,7 @@ fn build_version(
                 terminal = Some(match f {
                     NetworkFilter::Wasm(w) => {
                         let p = wasm::Plugin::new(w.clone(), clusters.clone())?;
-                        filters.push(Arc::new(wasm::network::WasmNetworkFactory::new(p)));
+                        filters.push(p.network_factory());
                         continue;
                     }
                     NetworkFilter::TcpProxy(t) => {
@@ -208,8 +208,7 @@ fn build_version(
                         for hf in &h.http_filters {
                             if let HttpFilter::Wasm(w) = hf {
                                 let p = wasm::Plugin::new(w.clone(), clusters.clone())?;
-                                hcm.filters
-                                    .push(Arc::new(wasm::http::WasmHttpFactory::new(p)));
+                                hcm.filters.push(p.http_factory());
                             }
                         }
                         Terminal::Http(Arc::new(hcm))

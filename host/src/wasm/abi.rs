@@ -128,7 +128,7 @@ fn deserialize(b: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
 }
 
 /// One pseudo-header of a request head (`key` in any case).
-fn request_pseudo<'a>(h: &'a RequestHead, key: &[u8]) -> Option<&'a [u8]> {
+pub(super) fn request_pseudo<'a>(h: &'a RequestHead, key: &[u8]) -> Option<&'a [u8]> {
     let v: &[u8] = if key.eq_ignore_ascii_case(b":path") {
         h.uri
             .path_and_query()
@@ -273,13 +273,13 @@ fn map_value(st: &HostState, t: i32, key: &[u8], out: &mut Vec<u8>) -> Option<bo
 }
 
 #[derive(Clone, Copy)]
-enum Op {
+pub(super) enum Op {
     Add,
     Replace,
     Remove,
 }
 
-fn set_request_pseudo(h: &mut RequestHead, key: &[u8], value: &[u8], op: Op) -> bool {
+pub(super) fn set_request_pseudo(h: &mut RequestHead, key: &[u8], value: &[u8], op: Op) -> bool {
     if matches!(op, Op::Remove) {
         return true;
     }
@@ -335,7 +335,13 @@ fn header_name(names: &mut Vec<HeaderName>, key: &[u8]) -> Option<HeaderName> {
     Some(n)
 }
 
-fn edit(h: &mut HeaderMap, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], op: Op) -> bool {
+pub(super) fn edit(
+    h: &mut HeaderMap,
+    names: &mut Vec<HeaderName>,
+    key: &[u8],
+    value: &[u8],
+    op: Op,
+) -> bool {
     match op {
         Op::Remove => {
             // By &str, which looks the name up without allocating.
@@ -1167,7 +1173,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_property",
         |mut c: C, pp: i32, pl: i32, ptr_ptr: i32, size_ptr: i32| -> R {
             let path = try_mem!(read(&c, pp, pl));
-            match super::properties::get(c.data(), &path) {
+            match super::properties::get(&c.data().plugin, &c.data().stream, &path) {
                 Some(v) => give(&mut c, &v, ptr_ptr, size_ptr),
                 None => Ok(NOT_FOUND),
             }
@@ -1392,7 +1398,9 @@ fn wasi(l: &mut Linker<HostState>, ns: &str) -> wasmtime::Result<()> {
     })?;
     l.func_wrap(ns, "random_get", |mut c: C, ptr: i32, len: i32| -> R {
         let mut b = vec![0u8; len as u32 as usize];
-        fastrand::fill(&mut b);
+        if getrandom::fill(&mut b).is_err() {
+            fastrand::fill(&mut b);
+        }
         Ok(if write(&mut c, ptr, &b) {
             ERRNO_SUCCESS
         } else {

@@ -87,6 +87,14 @@ pub struct CallResponse {
     pub trailers: Vec<(Bytes, Bytes)>,
     /// gRPC status and message (from trailers, or 14 UNAVAILABLE on failure).
     pub grpc_status: (u32, Bytes),
+    /// Why there is no real response: the synthetic 503 or 504 stands in for it.
+    pub failure: Option<CallFailure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    Connect,
+    Timeout,
 }
 
 fn pairs(h: &HeaderMap) -> Vec<(Bytes, Bytes)> {
@@ -104,15 +112,20 @@ fn pairs(h: &HeaderMap) -> Vec<(Bytes, Bytes)> {
 pub async fn run(call: &OutCall, clusters: &WorkerClusters) -> CallResponse {
     match tokio::time::timeout(call.timeout, send(call, clusters)).await {
         Ok(Some(r)) => r,
-        Ok(None) => failed(call.kind, 503, "upstream connect error"),
-        Err(_) => failed(call.kind, 504, "timeout"),
+        Ok(None) => failed(call.kind, CallFailure::Connect),
+        Err(_) => failed(call.kind, CallFailure::Timeout),
     }
 }
 
 /// Envoy answers a failed call with a synthetic response: 503 when no upstream
 /// answered, 504 on timeout.
-fn failed(kind: CallKind, status: u16, why: &str) -> CallResponse {
+fn failed(kind: CallKind, failure: CallFailure) -> CallResponse {
+    let (status, why) = match failure {
+        CallFailure::Connect => (503, "upstream connect error"),
+        CallFailure::Timeout => (504, "timeout"),
+    };
     CallResponse {
+        failure: Some(failure),
         headers: vec![(
             Bytes::from_static(b":status"),
             Bytes::from(status.to_string()),
@@ -202,6 +215,7 @@ async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse>
         body,
         trailers: pairs(&trailers),
         grpc_status,
+        failure: None,
     })
 }
 

@@ -74,7 +74,7 @@ enum Done {
     Reply(Box<LocalReply>),
 }
 
-fn placeholder_request() -> RequestHead {
+pub(super) fn placeholder_request() -> RequestHead {
     RequestHead {
         method: http::Method::GET,
         uri: http::Uri::default(),

@@ -9,10 +9,12 @@
 
 mod abi;
 mod calls;
+pub mod component;
 pub mod http;
 pub mod network;
 mod properties;
 mod shared;
+mod slot;
 mod snapshot;
 mod vm;
 
@@ -63,21 +65,41 @@ pub enum AbiVersion {
     V0_2_1,
 }
 
-/// A compiled module, shared by every plugin and worker that uses the same bytes.
+/// Where a plugin runs: the config field that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `envoy.filters.http.wasm`.
+    Http,
+    /// `envoy.filters.network.wasm`.
+    Network,
+    /// `envoy.bootstrap.wasm`.
+    Service,
+}
+
+/// Compiled code, shared by every plugin and worker that uses the same bytes:
+/// a proxy-wasm core module or a `legate:filter` component.
 pub struct Code {
-    pub(crate) module: Module,
-    pub abi: AbiVersion,
+    pub(crate) kind: CodeKind,
     pub hash: u64,
+}
+
+pub(crate) enum CodeKind {
+    Module { module: Module, abi: AbiVersion },
+    Component(Box<component::Compiled>),
 }
 
 impl std::fmt::Debug for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Code({:016x}, {:?})", self.hash, self.abi)
+        match &self.kind {
+            CodeKind::Module { abi, .. } => write!(f, "Code({:016x}, {abi:?})", self.hash),
+            CodeKind::Component(c) => write!(f, "Code({:016x}, {:?})", self.hash, c.world),
+        }
     }
 }
 
 impl Code {
-    /// Compiles a module, or returns the one already compiled from the same bytes.
+    /// Compiles a module or component, or returns the one already compiled from
+    /// the same bytes.
     pub fn compile(bytes: &[u8]) -> Result<Arc<Code>, String> {
         static CACHE: OnceLock<Mutex<HashMap<u64, Weak<Code>>>> = OnceLock::new();
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -92,26 +114,73 @@ impl Code {
         {
             return Ok(c);
         }
-        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0] {
-            return Err(
-                "this is a Wasm component; legate loads proxy-wasm core modules (components come with the legate:filter interface)"
-                    .into(),
-            );
-        }
-        let module = Module::new(engine()?, bytes).map_err(|e| {
-            format!(
-                "invalid Wasm module: {}",
-                e.root_cause().to_string().lines().next().unwrap_or("")
-            )
-        })?;
-        let abi = abi_version(&module)?;
-        abi::check_imports(&module)?;
-        let code = Arc::new(Code { module, abi, hash });
+        let kind = if is_component(bytes) {
+            CodeKind::Component(Box::new(component::Compiled::new(bytes)?))
+        } else {
+            let module = Module::new(engine()?, bytes).map_err(|e| {
+                format!(
+                    "invalid Wasm module: {}",
+                    e.root_cause().to_string().lines().next().unwrap_or("")
+                )
+            })?;
+            let abi = abi_version(&module)?;
+            abi::check_imports(&module)?;
+            CodeKind::Module { module, abi }
+        };
+        let code = Arc::new(Code { kind, hash });
         let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
         c.retain(|_, w| w.strong_count() > 0);
         c.insert(hash, Arc::downgrade(&code));
         Ok(code)
     }
+
+    /// Whether this code can serve as `role`: components must be of the
+    /// matching world, and services are proxy-wasm modules.
+    pub fn fits(&self, role: Role) -> Result<(), String> {
+        let Some(c) = self.component() else {
+            return Ok(());
+        };
+        let want = match role {
+            Role::Http => component::World::HttpFilter,
+            Role::Network => component::World::NetworkFilter,
+            Role::Service => {
+                return Err(
+                    "envoy.bootstrap.wasm services run proxy-wasm modules; this is a legate:filter component"
+                        .into(),
+                );
+            }
+        };
+        if c.world != want {
+            return Err(format!(
+                "the component was built for world {}; this filter needs world {}",
+                c.world.qualified(),
+                want.qualified()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The proxy-wasm module, if this is one.
+    pub(crate) fn module(&self) -> Option<&Module> {
+        match &self.kind {
+            CodeKind::Module { module, .. } => Some(module),
+            CodeKind::Component(_) => None,
+        }
+    }
+
+    /// The component, if this is one.
+    pub(crate) fn component(&self) -> Option<&component::Compiled> {
+        match &self.kind {
+            CodeKind::Component(c) => Some(c),
+            CodeKind::Module { .. } => None,
+        }
+    }
+}
+
+/// A component's preamble: the Wasm magic, then a version and layer other than a
+/// core module's `1, 0, 0, 0`.
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
 fn abi_version(module: &Module) -> Result<AbiVersion, String> {
@@ -217,8 +286,31 @@ impl Plugin {
             stats,
             retired: tokio::sync::watch::channel(false).0,
         });
-        vm::check(&plugin).map_err(|e| format!("Wasm plugin \"{}\": {e}", plugin.config.name))?;
+        let checked = match plugin.config.code.kind {
+            CodeKind::Module { .. } => vm::check(&plugin),
+            CodeKind::Component(_) => component::check(&plugin),
+        };
+        checked.map_err(|e| format!("Wasm plugin \"{}\": {e}", plugin.config.name))?;
         Ok(plugin)
+    }
+
+    /// The HTTP filter factory for this plugin's code (the world was checked
+    /// when the config was parsed).
+    pub fn http_factory(self: Arc<Self>) -> Arc<dyn legate_filter_api::HttpFilterFactory> {
+        match self.config.code.kind {
+            CodeKind::Module { .. } => Arc::new(http::WasmHttpFactory::new(self)),
+            CodeKind::Component(_) => Arc::new(component::ComponentHttpFactory::new(self)),
+        }
+    }
+
+    /// The network filter factory for this plugin's code.
+    pub fn network_factory(
+        self: Arc<Self>,
+    ) -> Arc<dyn legate_filter_api::network::NetworkFilterFactory> {
+        match self.config.code.kind {
+            CodeKind::Module { .. } => Arc::new(network::WasmNetworkFactory::new(self)),
+            CodeKind::Component(_) => Arc::new(component::ComponentNetworkFactory::new(self)),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use super::snapshot::Snapshot;
-use super::vm::HostState;
+use super::vm::StreamData;
+use crate::config::WasmPlugin;
 
 fn int(v: i64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
@@ -14,13 +15,12 @@ fn text(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
-    if let Some(v) = st.stream.properties.get(path) {
+pub fn get(plugin: &WasmPlugin, d: &StreamData, path: &[u8]) -> Option<Vec<u8>> {
+    if let Some(v) = d.properties.get(path) {
         return Some(v.to_vec());
     }
     let path = std::str::from_utf8(path).ok()?;
     let segs: Vec<&str> = path.split('\0').filter(|s| !s.is_empty()).collect();
-    let d = &st.stream;
     let addrs: Option<(SocketAddr, SocketAddr, u64)> = d
         .info
         .as_ref()
@@ -44,9 +44,9 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         s?.get(name.as_bytes()).map(<[u8]>::to_vec)
     };
     Some(match segs.as_slice() {
-        ["plugin_name"] => text(&st.plugin.name),
-        ["plugin_root_id"] => text(&st.plugin.root_id),
-        ["plugin_vm_id"] => text(&st.plugin.vm_id),
+        ["plugin_name"] => text(&plugin.name),
+        ["plugin_root_id"] => text(&plugin.root_id),
+        ["plugin_vm_id"] => text(&plugin.vm_id),
         ["source", "address"] => text(&addrs?.0.to_string()),
         ["source", "port"] => int(addrs?.0.port() as i64),
         ["destination", "address"] => text(&addrs?.1.to_string()),

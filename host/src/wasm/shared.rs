@@ -47,6 +47,17 @@ pub fn set(vm_id: &str, key: &[u8], value: Bytes, cas: u32) -> Result<(), ()> {
     Ok(())
 }
 
+/// Sets a key that must not exist yet; false if it does.
+pub fn create(vm_id: &str, key: &[u8], value: Bytes) -> bool {
+    let mut d = lock(data());
+    let m = d.entry(vm_id.to_string()).or_default();
+    if m.contains_key(key) {
+        return false;
+    }
+    m.insert(key.to_vec(), (value, 1));
+    true
+}
+
 /// Wakes the VM that registered a queue.
 pub struct QueueOwner {
     pub notify: tokio::sync::Notify,

@@ -353,9 +353,13 @@ impl Vm {
             / super::EPOCH_TICK.as_millis() as u64;
         let deadline_ticks = ticks.max(1) + 1;
         store.set_epoch_deadline(deadline_ticks);
-        let linker = abi::linker(&config.code.module).map_err(|e| Failed(e.to_string()))?;
+        let module = config
+            .code
+            .module()
+            .ok_or_else(|| Failed("not a proxy-wasm module".into()))?;
+        let linker = abi::linker(module).map_err(|e| Failed(e.to_string()))?;
         let instance = linker
-            .instantiate(&mut store, &config.code.module)
+            .instantiate(&mut store, module)
             .map_err(|e| Failed(describe(&e, "instantiate", &config)))?;
         let memory = instance.get_memory(&mut store, "memory");
         if memory.is_none() {
@@ -994,7 +998,7 @@ async fn root_task(
 }
 
 /// Why a guest call failed, in a line.
-fn describe(e: &wasmtime::Error, callback: &str, plugin: &WasmPlugin) -> String {
+pub(super) fn describe(e: &wasmtime::Error, callback: &str, plugin: &WasmPlugin) -> String {
     let what = if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
         match t {
             wasmtime::Trap::Interrupt => format!(
@@ -1016,7 +1020,8 @@ fn describe(e: &wasmtime::Error, callback: &str, plugin: &WasmPlugin) -> String 
                 plugin.limits.max_memory_bytes
             )
         } else {
-            s.lines().next().unwrap_or("").to_string()
+            // The root cause: wasmtime wraps host errors in backtrace context.
+            e.root_cause().to_string()
         }
     };
     format!("{callback}: {what}")

@@ -1,0 +1,433 @@
+//! `envoy.filters.http.wasm` running an `http-handler` component. The stream's
+//! head, trailers or body chunk is lent to the store while a hook runs, so the
+//! guest reads and edits the proxy's own copy through the `message` interface.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use legate_filter_api::{
+    DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
+    ResponseHead, Step, StreamInfo,
+};
+use wasmtime::component::ResourceAny;
+
+use super::super::Plugin;
+use super::super::abi::{Op, edit};
+use super::super::http::placeholder_request;
+use super::super::slot::{Slot, slot};
+use super::super::vm::Data;
+use super::{CVm, Failed, Inbox, WAction, WLocalReply, WPoll, call_result, start_calls};
+use crate::config::FailurePolicy;
+
+/// Builds the per-stream filters of a component plugin.
+pub struct ComponentHttpFactory {
+    plugin: Arc<Plugin>,
+}
+
+impl ComponentHttpFactory {
+    pub fn new(plugin: Arc<Plugin>) -> ComponentHttpFactory {
+        ComponentHttpFactory { plugin }
+    }
+}
+
+impl HttpFilterFactory for ComponentHttpFactory {
+    fn create(&self) -> Box<dyn HttpFilter> {
+        let slot = slot::<CVm>(&self.plugin);
+        Box::new(ComponentHttpFilter {
+            data: slot.take_data(),
+            slot,
+            plugin: self.plugin.clone(),
+            cx: None,
+            inbox: None,
+            bypass: false,
+            request_buffered: false,
+        })
+    }
+}
+
+pub struct ComponentHttpFilter {
+    slot: Rc<Slot<CVm>>,
+    plugin: Arc<Plugin>,
+    /// The instance and the stream's `http-stream` resource in it.
+    cx: Option<(Rc<CVm>, ResourceAny)>,
+    /// Made when the stream first calls out.
+    inbox: Option<Rc<Inbox>>,
+    /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
+    bypass: bool,
+    /// What the running hook may read and change, lent to the store.
+    data: Data,
+    /// The request body went through `on_request_buffered`: the body hooks pass.
+    request_buffered: bool,
+}
+
+/// Which hook runs.
+#[derive(Clone, Copy)]
+enum Hook {
+    RequestHeaders(bool),
+    RequestBody(u64, bool),
+    RequestTrailers,
+    ResponseHeaders(bool),
+    ResponseBody(u64, bool),
+    ResponseTrailers,
+}
+
+/// The bits of the body and trailers hooks in `CVm::unimplemented`: the
+/// chain wraps bodies for both.
+const BODY_HOOKS: u8 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5;
+
+impl Hook {
+    fn bit(self) -> u8 {
+        1 << match self {
+            Hook::RequestHeaders(_) => 0,
+            Hook::RequestBody(..) => 1,
+            Hook::RequestTrailers => 2,
+            Hook::ResponseHeaders(_) => 3,
+            Hook::ResponseBody(..) => 4,
+            Hook::ResponseTrailers => 5,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Hook::RequestHeaders(_) => "on-request-headers",
+            Hook::RequestBody(..) => "on-request-body",
+            Hook::RequestTrailers => "on-request-trailers",
+            Hook::ResponseHeaders(_) => "on-response-headers",
+            Hook::ResponseBody(..) => "on-response-body",
+            Hook::ResponseTrailers => "on-response-trailers",
+        }
+    }
+}
+
+impl ComponentHttpFilter {
+    fn context(&mut self) -> Result<(Rc<CVm>, ResourceAny), Failed> {
+        if let Some((vm, r)) = &self.cx {
+            return Ok((vm.clone(), *r));
+        }
+        let vm = self.slot.vm().map_err(Failed)?;
+        let ((r,), _) = vm.call("constructor", &mut self.data, false, |vm, s| {
+            vm.http().new.call(s, ())
+        })?;
+        self.cx = Some((vm.clone(), r));
+        Ok((vm, r))
+    }
+
+    /// Runs a hook, then feeds it the results of the calls it awaits until it
+    /// finishes.
+    async fn run(&mut self, hook: Hook) -> Result<WAction, Failed> {
+        let (vm, r) = self.context()?;
+        if vm.unimplemented.get() & hook.bit() != 0 {
+            return Ok(WAction::Continue);
+        }
+        let ((mut poll,), mut calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
+            let f = vm.http();
+            match hook {
+                Hook::RequestHeaders(eos) => f.request_headers.call(s, (r, eos)),
+                Hook::RequestBody(n, eos) => f.request_body.call(s, (r, n, eos)),
+                Hook::RequestTrailers => f.request_trailers.call(s, (r,)),
+                Hook::ResponseHeaders(eos) => f.response_headers.call(s, (r, eos)),
+                Hook::ResponseBody(n, eos) => f.response_body.call(s, (r, n, eos)),
+                Hook::ResponseTrailers => f.response_trailers.call(s, (r,)),
+            }
+        })?;
+        loop {
+            if !calls.is_empty() {
+                let inbox = self.inbox.get_or_insert_with(Default::default);
+                start_calls(&vm, inbox, calls);
+            }
+            match poll {
+                WPoll::Ready(action) => return Ok(action),
+                WPoll::Unimplemented => {
+                    vm.unimplemented.set(vm.unimplemented.get() | hook.bit());
+                    return Ok(WAction::Continue);
+                }
+                WPoll::Pending => {}
+            }
+            let Some(inbox) = self.inbox.clone() else {
+                return Err(Failed(format!(
+                    "{}: the hook is pending but awaits no outbound call",
+                    hook.name()
+                )));
+            };
+            let (token, resp) = match inbox.next().await {
+                Some(next) => next,
+                None => {
+                    return Err(Failed(format!(
+                        "{}: the hook is pending but awaits no outbound call",
+                        hook.name()
+                    )));
+                }
+            };
+            let ((p,), more) = vm.call("resume", &mut self.data, true, |vm, s| {
+                vm.http().resume.call(s, (r, token, call_result(&resp)))
+            })?;
+            poll = p;
+            calls = more;
+        }
+    }
+
+    /// What the failure policy gives the stream.
+    fn failure(&mut self, Failed(why): Failed) -> Option<Box<LocalReply>> {
+        let stats = &self.plugin.stats;
+        tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
+        match self.plugin.config.failure_policy {
+            FailurePolicy::FailOpen => {
+                stats.fail_open.inc();
+                self.bypass = true;
+                None
+            }
+            FailurePolicy::FailClosed | FailurePolicy::FailReload => {
+                stats.fail_closed.inc();
+                let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
+                r.details = "wasm_fail_stream";
+                Some(Box::new(r))
+            }
+        }
+    }
+
+    fn headers_action(&mut self, r: Result<WAction, Failed>, request: bool) -> HeadersAction {
+        match r {
+            Ok(WAction::Continue) => HeadersAction::Continue,
+            Ok(WAction::WaitForBody) if request => HeadersAction::WaitForBody {
+                limit: self.plugin.config.limits.max_buffered_body_bytes,
+            },
+            Ok(WAction::WaitForBody) => HeadersAction::Continue,
+            Ok(WAction::Respond(reply)) => HeadersAction::Respond(Box::new(local_reply(reply))),
+            Err(e) => match self.failure(e) {
+                Some(r) => HeadersAction::Respond(r),
+                None => HeadersAction::Continue,
+            },
+        }
+    }
+
+    fn data_action(&mut self, r: Result<WAction, Failed>) -> DataAction {
+        match self.headers_action(r, false) {
+            HeadersAction::Respond(r) => DataAction::Respond(r),
+            _ => DataAction::Continue,
+        }
+    }
+
+    /// Runs `hook` with the stream info lent too.
+    async fn run_with_info(
+        &mut self,
+        hook: Hook,
+        info: &mut StreamInfo,
+    ) -> Result<WAction, Failed> {
+        self.data.info = Some(info.take());
+        let r = self.run(hook).await;
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        r
+    }
+
+    async fn body(
+        &mut self,
+        request: bool,
+        chunk: &mut Bytes,
+        eos: bool,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        if self.bypass {
+            return DataAction::Continue;
+        }
+        let n = chunk.len() as u64;
+        // The chunk itself, uncopied.
+        self.data.body = Some((u32::from(!request), std::mem::take(chunk)));
+        let hook = if request {
+            Hook::RequestBody(n, eos)
+        } else {
+            Hook::ResponseBody(n, eos)
+        };
+        let r = self.run_with_info(hook, info).await;
+        if let Some((_, b)) = self.data.body.take() {
+            *chunk = b;
+        }
+        self.data_action(r)
+    }
+
+    async fn trailers(
+        &mut self,
+        request: bool,
+        trailers: &mut http::HeaderMap,
+        info: &mut StreamInfo,
+    ) -> DataAction {
+        if self.bypass {
+            return DataAction::Continue;
+        }
+        let lent = Some(std::mem::take(trailers));
+        let hook = if request {
+            self.data.req_trailers = lent;
+            Hook::RequestTrailers
+        } else {
+            self.data.resp_trailers = lent;
+            Hook::ResponseTrailers
+        };
+        let r = self.run_with_info(hook, info).await;
+        let back = if request {
+            self.data.req_trailers.take()
+        } else {
+            self.data.resp_trailers.take()
+        };
+        *trailers = back.unwrap_or_default();
+        self.data_action(r)
+    }
+
+    /// Drops the stream's resource: the guest's `on_done` runs in its
+    /// destructor.
+    fn finish(&mut self) {
+        if let Some((vm, r)) = self.cx.take() {
+            vm.drop_resource(r, &mut self.data);
+        }
+    }
+}
+
+fn local_reply(r: WLocalReply) -> LocalReply {
+    let status =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut reply = LocalReply::new(status, Bytes::from(r.body));
+    let names = &mut Vec::new();
+    for h in &r.headers {
+        edit(
+            &mut reply.headers,
+            names,
+            h.name.as_bytes(),
+            &h.value,
+            Op::Add,
+        );
+    }
+    reply.grpc_status = r.grpc_status;
+    reply.details = "wasm_local_reply";
+    reply
+}
+
+impl HttpFilter for ComponentHttpFilter {
+    fn on_request_headers<'a>(
+        &'a mut self,
+        head: &'a mut RequestHead,
+        eos: bool,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        if self.bypass {
+            return Step::Done(HeadersAction::Continue);
+        }
+        Step::wait(async move {
+            self.data.req = Some(std::mem::replace(head, placeholder_request()));
+            let r = self.run_with_info(Hook::RequestHeaders(eos), info).await;
+            if let Some(h) = self.data.req.take() {
+                *head = h;
+            }
+            self.headers_action(r, true)
+        })
+    }
+
+    fn on_request_buffered<'a>(
+        &'a mut self,
+        _head: &'a mut RequestHead,
+        body: &'a mut Bytes,
+        trailers: &'a mut Option<http::HeaderMap>,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        self.request_buffered = true;
+        if self.bypass {
+            return Step::Done(HeadersAction::Continue);
+        }
+        Step::wait(async move {
+            let eos = trailers.is_none();
+            if let DataAction::Respond(r) = self.body(true, body, eos, info).await {
+                return HeadersAction::Respond(r);
+            }
+            if let Some(t) = trailers.as_mut()
+                && let DataAction::Respond(r) = self.trailers(true, t, info).await
+            {
+                return HeadersAction::Respond(r);
+            }
+            HeadersAction::Continue
+        })
+    }
+
+    fn on_request_body<'a>(
+        &'a mut self,
+        chunk: &'a mut Bytes,
+        eos: bool,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        if self.request_buffered {
+            return Step::Done(DataAction::Continue);
+        }
+        Step::wait(self.body(true, chunk, eos, info))
+    }
+
+    fn on_request_trailers<'a>(
+        &'a mut self,
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        if self.request_buffered {
+            return Step::Done(DataAction::Continue);
+        }
+        Step::wait(self.trailers(true, trailers, info))
+    }
+
+    fn on_response_headers<'a>(
+        &'a mut self,
+        head: &'a mut ResponseHead,
+        eos: bool,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        if self.bypass {
+            return Step::Done(HeadersAction::Continue);
+        }
+        Step::wait(async move {
+            let empty = ResponseHead {
+                status: head.status,
+                headers: http::HeaderMap::new(),
+            };
+            self.data.resp = Some(std::mem::replace(head, empty));
+            let r = self.run_with_info(Hook::ResponseHeaders(eos), info).await;
+            if let Some(h) = self.data.resp.take() {
+                *head = h;
+            }
+            self.headers_action(r, false)
+        })
+    }
+
+    fn on_response_body<'a>(
+        &'a mut self,
+        chunk: &'a mut Bytes,
+        eos: bool,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::wait(self.body(false, chunk, eos, info))
+    }
+
+    fn on_response_trailers<'a>(
+        &'a mut self,
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::wait(self.trailers(false, trailers, info))
+    }
+
+    /// Bodies pass by untouched once the filter said it implements none of
+    /// the body and trailers hooks.
+    fn wants_body(&self) -> bool {
+        let vm = match &self.cx {
+            Some((vm, _)) => Some(vm.clone()),
+            None => self.slot.current(),
+        };
+        vm.is_none_or(|vm| vm.unimplemented.get() & BODY_HOOKS != BODY_HOOKS)
+    }
+
+    fn on_stream_complete(&mut self, _info: &StreamInfo) {
+        self.finish();
+    }
+}
+
+impl Drop for ComponentHttpFilter {
+    fn drop(&mut self) {
+        self.finish();
+        self.slot.give_back(std::mem::take(&mut self.data));
+    }
+}

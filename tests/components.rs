@@ -1,0 +1,405 @@
+//! Wasm components: the legate-sdk example filters (examples/components, built
+//! for wasm32-wasip2) loaded into the real binary and driven by real clients.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTES: &str =
+    "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+
+/// One listener with the given HTTP filters in front of `up`, plus extra clusters.
+fn config(filters: &str, up: SocketAddr, extra_clusters: &str) -> String {
+    bootstrap(
+        &http_listener_with_filters("ingress", "ingress", ROUTES, "", filters),
+        &(cluster("up", &[(up, 1)], "") + extra_clusters),
+    )
+}
+
+/// An `envoy.filters.http.wasm` entry running a component example.
+fn component_filter(name: &str, config_json: &str, extra: &str) -> String {
+    wasm_http_filter(name, &component_example(name), config_json, extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_header_filter_over_http1_and_http2() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start(&config(
+        &component_filter("sdk_header_filter", "", ""),
+        up,
+        "",
+    ))
+    .await;
+    let a = l.listener("ingress").await;
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, body) =
+            curl_get(&[proto, "-H", "x-remove-me: 1", &url(a, "/some/path?q=1")]);
+        assert_eq!(status, 200, "{proto}: {head}");
+        assert!(
+            head.contains("x-wasm-filter: sdk_header_filter"),
+            "{proto}: {head}"
+        );
+        assert!(
+            head.contains("x-request-path: /some/path?q=1"),
+            "{proto}: {head}"
+        );
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            echo["headers"]["x-legate-wasm"], "sdk_header_filter",
+            "{body}"
+        );
+        assert!(echo["headers"].get("x-remove-me").is_none(), "{body}");
+    }
+    // Per-worker instances, counted with proxy-wasm VMs under Envoy's names.
+    let active = l.stat("wasm.envoy.wasm.runtime.v8.active").await;
+    assert!((1..=2).contains(&active), "{active}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_auth_callout_awaits_a_real_auth_service() {
+    let up = echo_upstream("up").await;
+    let auth = auth_service().await;
+    let filter = component_filter(
+        "sdk_auth_callout",
+        r#"{"cluster": "auth", "path": "/check", "timeout_ms": 1000}"#,
+        "",
+    );
+    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(auth, 1)], ""))).await;
+    let a = l.listener("ingress").await;
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, body) = curl_get(&[
+            proto,
+            "-H",
+            "authorization: Bearer good",
+            "-H",
+            "x-auth-user: mallory",
+            &url(a, "/x"),
+        ]);
+        assert_eq!(status, 200, "{proto}: {head}{body}");
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-auth-user"], "alice", "{body}");
+        let (status, head, body) =
+            curl_get(&[proto, "-H", "authorization: Bearer bad", &url(a, "/x")]);
+        assert_eq!(status, 403, "{proto}: {head}");
+        assert!(head.contains("x-auth-denied: 1"), "{head}");
+        assert_eq!(body, "denied by sdk_auth_callout\n");
+    }
+    assert!(l.stat("cluster.auth.upstream_cx_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_auth_callout_with_the_auth_service_down() {
+    let up = echo_upstream("up").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let filter = component_filter("sdk_auth_callout", r#"{"cluster": "auth"}"#, "");
+    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(dead, 1)], ""))).await;
+    let a = l.listener("ingress").await;
+    // The typed interface reports the failure itself, no synthetic 503.
+    let (status, _, body) = curl_get(&[&url(a, "/x")]);
+    assert_eq!(status, 503);
+    assert_eq!(body, "auth service unavailable\n");
+    assert!(
+        l.stderr_text()
+            .contains("auth call failed: connection failure"),
+        "{}",
+        l.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_api_key_answers_locally_and_counts() {
+    let up = echo_upstream("up").await;
+    let filter = component_filter("sdk_api_key", r#"{"keys": {"k1": "alice"}}"#, "");
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    let (status, head, body) = curl_get(&["-H", "x-api-key: k1", &url(a, "/")]);
+    assert_eq!(status, 200, "{head}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-api-user"], "alice", "{body}");
+    assert!(echo["headers"].get("x-api-key").is_none(), "{body}");
+    let (status, head, body) = curl_get(&["-H", "x-api-key: nope", &url(a, "/")]);
+    assert_eq!(status, 401);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("www-authenticate: apikey"), "{head}");
+    assert_eq!(body, "{\"error\":\"missing or unknown API key\"}\n");
+    assert_eq!(l.stat("wasmcustom.sdk_api_key.allowed").await, 1);
+    assert_eq!(l.stat("wasmcustom.sdk_api_key.denied").await, 1);
+    // A gRPC request gets the filter's grpc-status in a trailers-only reply.
+    let (status, head, _) = curl_get(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        &url(a, "/pkg.Svc/Call"),
+    ]);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("grpc-status: 16"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_api_key_refuses_a_bad_configuration() {
+    let up = echo_upstream("up").await;
+    let (ok, err) = validate(&config(&component_filter("sdk_api_key", "{}", ""), up, ""));
+    assert!(!ok);
+    assert!(
+        err.contains("Wasm plugin \"sdk_api_key\"")
+            && err.contains("configure refused the configuration")
+            && err.contains("\"keys\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_tcp_rewrite_network_filter() {
+    let echo = tcp_echo().await;
+    let wasm = component_example("sdk_tcp_rewrite");
+    let listener = format!(
+        r#"
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: sdk_tcp_rewrite
+            vm_config:
+              code: {{local: {{filename: "{}"}}}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: echo
+"#,
+        wasm.display()
+    );
+    let l = Legate::start(&bootstrap(&listener, &cluster("echo", &[(echo, 1)], ""))).await;
+    let a = l.listener("tcp").await;
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"ping hello\n").await.unwrap();
+    let mut buf = vec![0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"PONG HELLO\n");
+    drop(s);
+    assert_eq!(
+        l.wait_stat("wasmcustom.sdk_tcp_rewrite.connections", 1)
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_proxy_wasm_filters_mix_in_one_chain() {
+    let up = echo_upstream("up").await;
+    // Request hooks run in chain order, response hooks in reverse: the
+    // component appends first and sets the response header last.
+    let filters = component_filter("sdk_header_filter", "", "")
+        + "\n"
+        + &wasm_http_filter("header_filter", &wasm_example("header_filter"), "", "");
+    let l = Legate::start(&config(&filters, up, "")).await;
+    let a = l.listener("ingress").await;
+    let (status, head, body) = curl_get(&[&url(a, "/mixed")]);
+    assert_eq!(status, 200, "{head}");
+    // The component set x-legate-wasm, then the proxy-wasm filter appended its
+    // own, which the echo (last value wins) shows. The other order would leave
+    // only the component's `set`.
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-legate-wasm"], "header_filter", "{body}");
+    // On the way back the proxy-wasm filter ran first; the component's set won.
+    assert!(head.contains("x-wasm-filter: sdk_header_filter"), "{head}");
+    // The built-in router ran last on the request, first on the response.
+    assert!(head.contains("x-envoy-upstream-service-time:"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_the_wrong_world_is_refused() {
+    let up = echo_upstream("up").await;
+    let (ok, err) = validate(&config(
+        &component_filter("sdk_tcp_rewrite", "", ""),
+        up,
+        "",
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("code.local.filename")
+            && err.contains("built for world legate:filter/network-filter@0.1.0")
+            && err.contains("needs world legate:filter/http-filter@0.1.0"),
+        "{err}"
+    );
+}
+
+/// Replaces every `from` in `bytes` with `to` (same length).
+fn patch(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut n = 0;
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if out[i..].starts_with(from) {
+            out[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(n > 0, "nothing to patch");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_another_version_is_refused() {
+    let up = echo_upstream("up").await;
+    // The same filter, renamed throughout as if built for legate:filter@0.2.0.
+    let bytes = std::fs::read(component_example("sdk_header_filter")).unwrap();
+    let bytes = patch(
+        &bytes,
+        b"legate:filter/http-handler@0.1.0",
+        b"legate:filter/http-handler@0.2.0",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("v2.wasm");
+    std::fs::write(&wasm, bytes).unwrap();
+    let (ok, err) = validate(&config(&wasm_http_filter("v2", &wasm, "", ""), up, ""));
+    assert!(!ok);
+    assert!(
+        err.contains("built for legate:filter/http-filter@0.2.0")
+            && err.contains("this legate runs legate:filter@0.1.0"),
+        "{err}"
+    );
+}
+
+/// `/` through the misbehaving component; the listener `plain` has no filter.
+fn fault_config(up: SocketAddr, policy: &str, limits: &str) -> String {
+    let mut extra = String::new();
+    if !policy.is_empty() {
+        extra.push_str(&format!("                failure_policy: {policy}\n"));
+    }
+    if !limits.is_empty() {
+        extra.push_str(&format!("                legate_limits: {limits}\n"));
+    }
+    let filter = component_filter("sdk_misbehave", "", extra.trim_end_matches('\n'));
+    bootstrap(
+        &(http_listener_with_filters("ingress", "ingress", ROUTES, "", &filter)
+            + &http_listener("plain", "plain", ROUTES, "")),
+        &cluster("up", &[(up, 1)], ""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_component_fails_closed_then_recovers() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "", ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    let (status, _, body) = curl_get(&["-H", "x-trap: 1", &url(a, "/")]);
+    assert_eq!(status, 503);
+    assert_eq!(body, "");
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert_eq!(l.stat("wasm.sdk_misbehave.vm_failed").await, 1);
+    assert_eq!(l.stat("wasm.sdk_misbehave.fail_closed").await, 1);
+    assert_eq!(l.stat("wasm.sdk_misbehave.vm_reload_success").await, 1);
+    let log = l.stderr_text();
+    // The SDK logs the panic message before the instance traps.
+    assert!(log.contains("x-trap asked for a panic"), "{log}");
+    assert!(log.contains("trapped: unreachable"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_component_fails_open() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "FAIL_OPEN", ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    let (status, head, body) = curl_get(&["-H", "x-trap: 1", &url(a, "/")]);
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("x-misbehave"), "{head}");
+    assert!(body.contains("\"upstream\":\"up\""), "{body}");
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert_eq!(l.stat("wasm.sdk_misbehave.fail_open").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_component_is_cut_at_the_time_limit() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(
+        &fault_config(up, "", "{max_callback_duration: 0.2s}"),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let a = l.listener("ingress").await;
+    let plain = l.listener("plain").await;
+    let t = Instant::now();
+    let (status, _, _) = curl_get(&["-H", "x-loop: 1", &url(a, "/")]);
+    let took = t.elapsed();
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let (status, _, _) = curl_get(&[&url(plain, "/")]);
+    assert_eq!(status, 200);
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert!(
+        l.stderr_text().contains("exceeded the callback time limit"),
+        "{}",
+        l.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hogging_component_is_stopped_at_the_cap() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(
+        &fault_config(up, "", "{max_memory_bytes: 16777216}"),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let a = l.listener("ingress").await;
+    let plain = l.listener("plain").await;
+    let (status, _, _) = curl_get(&["-H", "x-hog: 1", &url(a, "/")]);
+    assert_eq!(status, 503);
+    let (status, _, _) = curl_get(&[&url(plain, "/")]);
+    assert_eq!(status, 200);
+    let (status, _, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    let log = l.stderr_text();
+    assert!(
+        log.contains("exceeded the memory limit of 16777216 bytes"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_stdout_stderr_and_environment() {
+    let up = echo_upstream("up").await;
+    let filter = format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: sdk_misbehave
+                vm_config:
+                  environment_variables: {{key_values: {{GREETING: hello-env}}}}
+                  code: {{local: {{filename: "{}"}}}}"#,
+        component_example("sdk_misbehave").display()
+    );
+    let l = Legate::start(&config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    let (status, _, _) = curl_get(&["-H", "x-print: 1", &url(a, "/")]);
+    let log = l.stderr_text();
+    assert_eq!(status, 200, "{log}");
+    assert!(log.contains("stdout says hi"), "{log}");
+    assert!(log.contains("stderr says hello-env"), "{log}");
+}
