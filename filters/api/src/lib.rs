@@ -1,19 +1,21 @@
 //! Native filter traits for Legate.
 //!
 //! A filter is made per stream (HTTP) or per connection (network) by a factory built
-//! once per config version. Hooks are async: a filter that has to wait simply awaits,
-//! and returns an explicit action when it is done. Built-in filters and Wasm filters
-//! implement the same traits, so they are interchangeable in a chain.
+//! once per config version. A hook returns an explicit action: at once or, when the
+//! filter has to wait, from a future that simply awaits ([`Step`]). Built-in filters
+//! and Wasm filters implement the same traits, so they are interchangeable in a chain.
 //!
 //! Workers run single-threaded runtimes, so filters and their futures need not be `Send`.
 
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use http;
@@ -78,8 +80,9 @@ impl LocalReply {
 pub enum HeadersAction {
     /// Pass the headers to the next filter.
     Continue,
-    /// Stop the chain and answer with a local reply.
-    Respond(LocalReply),
+    /// Stop the chain and answer with a local reply (boxed: rare, and it keeps
+    /// the action, moved on every hook, small).
+    Respond(Box<LocalReply>),
     /// Request headers only: hold the request until its whole body has arrived (at
     /// most `limit` bytes, or the stream gets 413), then call
     /// [`HttpFilter::on_request_buffered`] with headers, body and trailers, all
@@ -96,8 +99,8 @@ pub enum DataAction {
     /// Pass the data on.
     Continue,
     /// Stop the chain and answer with a local reply (only possible before the
-    /// response headers were sent).
-    Respond(LocalReply),
+    /// response headers were sent). Boxed, as in [`HeadersAction`].
+    Respond(Box<LocalReply>),
 }
 
 /// Envoy's access-log response flags.
@@ -271,7 +274,7 @@ pub struct StreamInfo {
     /// The route's name, once routed.
     pub route_name: Option<String>,
     /// The cluster the route chose, once routed.
-    pub upstream_cluster: Option<String>,
+    pub upstream_cluster: Option<Arc<str>>,
     /// The upstream host the request was sent to, once chosen.
     pub upstream_host: Option<SocketAddr>,
     /// Response flags for the access log.
@@ -280,81 +283,125 @@ pub struct StreamInfo {
     pub dynamic_metadata: DynamicMetadata,
 }
 
+impl StreamInfo {
+    /// Moves the info out, leaving behind only its plain facts (start time,
+    /// addresses, connection id, response flags): a cheap way to lend it.
+    pub fn take(&mut self) -> StreamInfo {
+        let rest = StreamInfo {
+            start_time: self.start_time,
+            downstream_remote_address: self.downstream_remote_address,
+            downstream_local_address: self.downstream_local_address,
+            connection_id: self.connection_id,
+            route_name: None,
+            upstream_cluster: None,
+            upstream_host: None,
+            response_flags: self.response_flags,
+            dynamic_metadata: DynamicMetadata::new(),
+        };
+        std::mem::replace(self, rest)
+    }
+}
+
+/// What a hook gives back: its action at once, or a future that yields it once
+/// the filter is done waiting. Pausing is awaiting: a filter that waits returns
+/// [`Step::wait`] around an async block. Hooks that answer at once, the common
+/// case, cost no allocation.
+pub enum Step<'a, A> {
+    /// The action, decided now.
+    Done(A),
+    /// The filter waits; the future yields the action.
+    Wait(Pin<Box<dyn Future<Output = A> + 'a>>),
+}
+
+impl<'a, A> Step<'a, A> {
+    /// A hook that waits for `f`.
+    pub fn wait(f: impl Future<Output = A> + 'a) -> Step<'a, A> {
+        Step::Wait(Box::pin(f))
+    }
+
+    /// The action, once the filter is done waiting.
+    pub async fn action(self) -> A {
+        match self {
+            Step::Done(a) => a,
+            Step::Wait(f) => f.await,
+        }
+    }
+}
+
 /// A per-stream HTTP filter. Every hook has a default that continues, so a filter
 /// implements only what it needs. Request hooks run in chain order, response hooks
 /// in reverse order.
-#[async_trait(?Send)]
 pub trait HttpFilter {
     /// Request headers arrived. `end_of_stream` is true when the request has no body.
-    async fn on_request_headers(
-        &mut self,
-        _head: &mut RequestHead,
+    fn on_request_headers<'a>(
+        &'a mut self,
+        _head: &'a mut RequestHead,
         _end_of_stream: bool,
-        _info: &mut StreamInfo,
-    ) -> HeadersAction {
-        HeadersAction::Continue
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        Step::Done(HeadersAction::Continue)
     }
 
     /// The whole request, after this filter answered its headers with
     /// [`HeadersAction::WaitForBody`]. The headers have not gone on yet; the body and
     /// trailers replace the request's. The body hooks still run afterwards, with the
     /// body as one chunk.
-    async fn on_request_buffered(
-        &mut self,
-        _head: &mut RequestHead,
-        _body: &mut Bytes,
-        _trailers: &mut Option<http::HeaderMap>,
-        _info: &mut StreamInfo,
-    ) -> HeadersAction {
-        HeadersAction::Continue
+    fn on_request_buffered<'a>(
+        &'a mut self,
+        _head: &'a mut RequestHead,
+        _body: &'a mut Bytes,
+        _trailers: &'a mut Option<http::HeaderMap>,
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        Step::Done(HeadersAction::Continue)
     }
 
     /// A chunk of request body arrived.
-    async fn on_request_body(
-        &mut self,
-        _chunk: &mut Bytes,
+    fn on_request_body<'a>(
+        &'a mut self,
+        _chunk: &'a mut Bytes,
         _end_of_stream: bool,
-        _info: &mut StreamInfo,
-    ) -> DataAction {
-        DataAction::Continue
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::Done(DataAction::Continue)
     }
 
     /// Request trailers arrived (the end of the request).
-    async fn on_request_trailers(
-        &mut self,
-        _trailers: &mut http::HeaderMap,
-        _info: &mut StreamInfo,
-    ) -> DataAction {
-        DataAction::Continue
+    fn on_request_trailers<'a>(
+        &'a mut self,
+        _trailers: &'a mut http::HeaderMap,
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::Done(DataAction::Continue)
     }
 
     /// Response headers arrived, from the upstream or from a local reply.
-    async fn on_response_headers(
-        &mut self,
-        _head: &mut ResponseHead,
+    fn on_response_headers<'a>(
+        &'a mut self,
+        _head: &'a mut ResponseHead,
         _end_of_stream: bool,
-        _info: &mut StreamInfo,
-    ) -> HeadersAction {
-        HeadersAction::Continue
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        Step::Done(HeadersAction::Continue)
     }
 
     /// A chunk of response body arrived.
-    async fn on_response_body(
-        &mut self,
-        _chunk: &mut Bytes,
+    fn on_response_body<'a>(
+        &'a mut self,
+        _chunk: &'a mut Bytes,
         _end_of_stream: bool,
-        _info: &mut StreamInfo,
-    ) -> DataAction {
-        DataAction::Continue
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::Done(DataAction::Continue)
     }
 
     /// Response trailers arrived.
-    async fn on_response_trailers(
-        &mut self,
-        _trailers: &mut http::HeaderMap,
-        _info: &mut StreamInfo,
-    ) -> DataAction {
-        DataAction::Continue
+    fn on_response_trailers<'a>(
+        &'a mut self,
+        _trailers: &'a mut http::HeaderMap,
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::Done(DataAction::Continue)
     }
 
     /// Whether this filter needs the body hooks. Streams whose filters all say no

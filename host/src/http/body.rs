@@ -32,8 +32,8 @@ pub enum Body {
     Counted(Incoming, Rc<RequestProgress>),
     /// A body that filters rebuilt; boxed because it is rare.
     Stream(UnsyncBoxBody<Bytes, BoxError>),
-    /// A body running through the stream's body hooks.
-    Filtered(Box<super::filter_body::FilteredBody>),
+    /// A body running through the stream's body hooks (`filter_body::filtered`).
+    Filtered(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>),
 }
 
 impl Body {
@@ -83,7 +83,7 @@ impl http_body::Body for Body {
                 r.map_err(Into::into)
             }
             Body::Stream(s) => Pin::new(s).poll_frame(cx),
-            Body::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
+            Body::Filtered(f) => f.as_mut().poll_frame(cx),
         }
     }
 

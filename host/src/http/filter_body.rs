@@ -4,6 +4,7 @@
 //! chain order, response in reverse). Streams whose filters do not want bodies
 //! never build any of this.
 
+use std::cell::{RefCell, RefMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -24,39 +25,106 @@ pub(crate) struct Chain {
     pub local_reply: Option<LocalReply>,
 }
 
-pub(crate) type SharedChain = Rc<tokio::sync::Mutex<Chain>>;
+/// The chain, shared by the stream and its filtered bodies. A hook that waits
+/// keeps it locked across its await, so the lock is async; taking a free one is
+/// a `RefCell` borrow (a worker is one thread).
+#[derive(Clone)]
+pub(crate) struct SharedChain(Rc<ChainCell>);
 
-type FrameFuture = Pin<Box<dyn Future<Output = Option<Result<Frame<Bytes>, BoxError>>>>>;
+struct ChainCell {
+    chain: RefCell<Chain>,
+    unlocked: tokio::sync::Notify,
+}
+
+/// The chain, locked.
+pub(crate) struct ChainGuard<'a> {
+    chain: RefMut<'a, Chain>,
+    unlocked: &'a tokio::sync::Notify,
+}
+
+impl SharedChain {
+    pub(crate) fn new(chain: Chain) -> SharedChain {
+        SharedChain(Rc::new(ChainCell {
+            chain: RefCell::new(chain),
+            unlocked: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub(crate) async fn lock(&self) -> ChainGuard<'_> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            self.0.unlocked.notified().await;
+        }
+    }
+
+    pub(crate) fn try_lock(&self) -> Option<ChainGuard<'_>> {
+        let chain = self.0.chain.try_borrow_mut().ok()?;
+        Some(ChainGuard {
+            chain,
+            unlocked: &self.0.unlocked,
+        })
+    }
+}
+
+impl std::ops::Deref for ChainGuard<'_> {
+    type Target = Chain;
+    fn deref(&self) -> &Chain {
+        &self.chain
+    }
+}
+
+impl std::ops::DerefMut for ChainGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Chain {
+        &mut self.chain
+    }
+}
+
+impl Drop for ChainGuard<'_> {
+    fn drop(&mut self) {
+        // A waiter wakes after this task yields, when the borrow is gone; with
+        // none, the permit kept just makes the next contended lock retry.
+        self.unlocked.notify_one();
+    }
+}
+
+type Polled = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// Starts the hooks on one frame (see [`run`]).
+type Run<F> = fn(SharedChain, Option<Frame<Bytes>>, bool, bool) -> F;
 
 /// A body whose frames run through the chain's body and trailer hooks.
-pub struct FilteredBody {
+struct FilteredBody<F> {
     inner: Body,
     chain: SharedChain,
     request: bool,
-    pending: Option<FrameFuture>,
+    run: Run<F>,
+    /// The hooks at work on a frame. The box is made for the first frame and
+    /// reused for the next ones.
+    pending: Option<Pin<Box<F>>>,
+    /// `pending` holds hooks that have not finished.
+    busy: bool,
     /// The hooks have seen `end_of_stream`.
     ended: bool,
 }
 
-impl FilteredBody {
-    pub(crate) fn new(inner: Body, chain: SharedChain, request: bool) -> FilteredBody {
-        FilteredBody {
-            inner,
-            chain,
-            request,
-            pending: None,
-            ended: false,
-        }
-    }
+/// `inner`, its frames run through the chain's hooks (request hooks when
+/// `request`, else response hooks).
+pub(crate) fn filtered(inner: Body, chain: SharedChain, request: bool) -> Body {
+    Body::Filtered(Box::pin(FilteredBody {
+        inner,
+        chain,
+        request,
+        run,
+        pending: None,
+        busy: false,
+        ended: false,
+    }))
 }
 
 /// Runs one frame (or the end of the stream, as an empty chunk) through the hooks.
-async fn run(
-    chain: SharedChain,
-    frame: Option<Frame<Bytes>>,
-    eos: bool,
-    request: bool,
-) -> Option<Result<Frame<Bytes>, BoxError>> {
+async fn run(chain: SharedChain, frame: Option<Frame<Bytes>>, eos: bool, request: bool) -> Polled {
     let mut guard = chain.lock().await;
     let c = &mut *guard;
     let n = c.filters.len();
@@ -66,13 +134,13 @@ async fn run(
         Ok(mut chunk) => {
             for i in 0..n {
                 let f = &mut c.filters[order(i)];
-                let action = if request {
-                    f.on_request_body(&mut chunk, eos, &mut c.info).await
+                let step = if request {
+                    f.on_request_body(&mut chunk, eos, &mut c.info)
                 } else {
-                    f.on_response_body(&mut chunk, eos, &mut c.info).await
+                    f.on_response_body(&mut chunk, eos, &mut c.info)
                 };
-                if let DataAction::Respond(r) = action {
-                    return refuse(c, r, request);
+                if let DataAction::Respond(r) = step.action().await {
+                    return refuse(c, *r, request);
                 }
             }
             if chunk.is_empty() && eos {
@@ -84,13 +152,13 @@ async fn run(
             Ok(mut trailers) => {
                 for i in 0..n {
                     let f = &mut c.filters[order(i)];
-                    let action = if request {
-                        f.on_request_trailers(&mut trailers, &mut c.info).await
+                    let step = if request {
+                        f.on_request_trailers(&mut trailers, &mut c.info)
                     } else {
-                        f.on_response_trailers(&mut trailers, &mut c.info).await
+                        f.on_response_trailers(&mut trailers, &mut c.info)
                     };
-                    if let DataAction::Respond(r) = action {
-                        return refuse(c, r, request);
+                    if let DataAction::Respond(r) = step.action().await {
+                        return refuse(c, *r, request);
                     }
                 }
                 Frame::trailers(trailers)
@@ -105,7 +173,7 @@ async fn run(
 /// A body hook answered locally: the request side records the reply and aborts
 /// the upstream request; on the response side the headers are gone, so the
 /// stream is reset.
-fn refuse(c: &mut Chain, r: LocalReply, request: bool) -> Option<Result<Frame<Bytes>, BoxError>> {
+fn refuse(c: &mut Chain, r: LocalReply, request: bool) -> Polled {
     if request {
         c.local_reply = Some(r);
         Some(Err("request body refused by a filter".into()))
@@ -114,19 +182,18 @@ fn refuse(c: &mut Chain, r: LocalReply, request: bool) -> Option<Result<Frame<By
     }
 }
 
-impl http_body::Body for FilteredBody {
+impl<F: Future<Output = Polled>> http_body::Body for FilteredBody<F> {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
         let this = self.get_mut();
         loop {
-            if let Some(p) = this.pending.as_mut() {
+            if this.busy
+                && let Some(p) = this.pending.as_mut()
+            {
                 let r = ready!(p.as_mut().poll(cx));
-                this.pending = None;
+                this.busy = false;
                 if r.is_none() && !this.ended {
                     continue;
                 }
@@ -147,12 +214,17 @@ impl http_body::Body for FilteredBody {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
             };
             this.ended = eos;
-            this.pending = Some(Box::pin(run(this.chain.clone(), frame, eos, this.request)));
+            let hooks = (this.run)(this.chain.clone(), frame, eos, this.request);
+            match &mut this.pending {
+                Some(p) => p.set(hooks),
+                None => this.pending = Some(Box::pin(hooks)),
+            }
+            this.busy = true;
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.pending.is_none()
+        self.ended && !self.busy
     }
 }
 
@@ -161,9 +233,8 @@ mod tests {
     use std::cell::RefCell;
     use std::time::SystemTime;
 
-    use async_trait::async_trait;
     use http_body_util::BodyExt;
-    use legate_filter_api::ResponseFlags;
+    use legate_filter_api::{ResponseFlags, Step};
 
     use super::*;
 
@@ -173,48 +244,47 @@ mod tests {
         refuse_request_body: bool,
     }
 
-    #[async_trait(?Send)]
     impl HttpFilter for Tagger {
-        async fn on_request_body(
-            &mut self,
-            chunk: &mut Bytes,
+        fn on_request_body<'a>(
+            &'a mut self,
+            chunk: &'a mut Bytes,
             eos: bool,
-            _info: &mut StreamInfo,
-        ) -> DataAction {
-            tokio::task::yield_now().await;
-            self.log
-                .borrow_mut()
-                .push(format!("req:{}:{eos}", self.tag));
-            if self.refuse_request_body {
-                return DataAction::Respond(LocalReply::new(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "no",
-                ));
-            }
-            *chunk = Bytes::from(format!("{}{}", String::from_utf8_lossy(chunk), self.tag));
-            DataAction::Continue
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
+            Step::wait(async move {
+                tokio::task::yield_now().await;
+                self.log
+                    .borrow_mut()
+                    .push(format!("req:{}:{eos}", self.tag));
+                if self.refuse_request_body {
+                    let r = LocalReply::new(http::StatusCode::PAYLOAD_TOO_LARGE, "no");
+                    return DataAction::Respond(Box::new(r));
+                }
+                *chunk = Bytes::from(format!("{}{}", String::from_utf8_lossy(chunk), self.tag));
+                DataAction::Continue
+            })
         }
 
-        async fn on_response_body(
-            &mut self,
-            chunk: &mut Bytes,
+        fn on_response_body<'a>(
+            &'a mut self,
+            chunk: &'a mut Bytes,
             eos: bool,
-            _info: &mut StreamInfo,
-        ) -> DataAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
             self.log
                 .borrow_mut()
                 .push(format!("resp:{}:{eos}", self.tag));
             *chunk = Bytes::from(format!("{}{}", String::from_utf8_lossy(chunk), self.tag));
-            DataAction::Continue
+            Step::Done(DataAction::Continue)
         }
 
-        async fn on_response_trailers(
-            &mut self,
-            trailers: &mut http::HeaderMap,
-            _info: &mut StreamInfo,
-        ) -> DataAction {
+        fn on_response_trailers<'a>(
+            &'a mut self,
+            trailers: &'a mut http::HeaderMap,
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
             trailers.append("x-seen", self.tag.parse().unwrap());
-            DataAction::Continue
+            Step::Done(DataAction::Continue)
         }
 
         fn wants_body(&self) -> bool {
@@ -233,7 +303,7 @@ mod tests {
                 }) as Box<dyn HttpFilter>
             })
             .collect();
-        Rc::new(tokio::sync::Mutex::new(Chain {
+        SharedChain::new(Chain {
             filters,
             info: StreamInfo {
                 start_time: SystemTime::now(),
@@ -247,17 +317,17 @@ mod tests {
                 dynamic_metadata: Default::default(),
             },
             local_reply: None,
-        }))
+        })
     }
 
     #[tokio::test]
     async fn request_bodies_run_in_order_responses_in_reverse() {
         let log = Rc::new(RefCell::new(Vec::new()));
         let c = chain(&log, false);
-        let req = FilteredBody::new(Body::full("x"), c.clone(), true);
+        let req = filtered(Body::full("x"), c.clone(), true);
         let out = req.collect().await.unwrap().to_bytes();
         assert_eq!(out, "xab");
-        let resp = FilteredBody::new(Body::full("y"), c.clone(), false);
+        let resp = filtered(Body::full("y"), c.clone(), false);
         let out = resp.collect().await.unwrap().to_bytes();
         assert_eq!(out, "yba");
         assert_eq!(
@@ -276,7 +346,7 @@ mod tests {
             Frame::data(Bytes::from("m")),
             Frame::trailers(t),
         ]));
-        let body = FilteredBody::new(
+        let body = filtered(
             Body::Stream(http_body_util::BodyExt::boxed_unsync(inner)),
             c,
             false,
@@ -294,7 +364,7 @@ mod tests {
     async fn a_refused_request_body_records_the_reply() {
         let log = Rc::new(RefCell::new(Vec::new()));
         let c = chain(&log, true);
-        let req = FilteredBody::new(Body::full("x"), c.clone(), true);
+        let req = filtered(Body::full("x"), c.clone(), true);
         assert!(req.collect().await.is_err());
         let reply = c.lock().await.local_reply.take().unwrap();
         assert_eq!(reply.status, http::StatusCode::PAYLOAD_TOO_LARGE);

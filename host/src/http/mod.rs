@@ -332,11 +332,10 @@ mod tests {
 
     use std::sync::atomic::AtomicBool;
 
-    use async_trait::async_trait;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use legate_filter_api::{
-        DataAction, HeadersAction, HttpFilter, RequestHead, ResponseHead, StreamInfo,
+        DataAction, HeadersAction, HttpFilter, RequestHead, ResponseHead, Step, StreamInfo,
     };
 
     use super::*;
@@ -344,49 +343,52 @@ mod tests {
 
     struct Shout;
 
-    #[async_trait(?Send)]
     impl HttpFilter for Shout {
-        async fn on_request_headers(
-            &mut self,
-            head: &mut RequestHead,
+        fn on_request_headers<'a>(
+            &'a mut self,
+            head: &'a mut RequestHead,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> HeadersAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, HeadersAction> {
             head.headers.insert("x-filtered", "yes".parse().unwrap());
             // Body length changes below.
             head.headers.remove(http::header::CONTENT_LENGTH);
-            HeadersAction::Continue
+            Step::Done(HeadersAction::Continue)
         }
-        async fn on_request_body(
-            &mut self,
-            chunk: &mut Bytes,
+        fn on_request_body<'a>(
+            &'a mut self,
+            chunk: &'a mut Bytes,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> DataAction {
-            *chunk = Bytes::from(chunk.to_ascii_uppercase());
-            DataAction::Continue
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
+            // A filter that waits simply awaits.
+            Step::wait(async move {
+                tokio::task::yield_now().await;
+                *chunk = Bytes::from(chunk.to_ascii_uppercase());
+                DataAction::Continue
+            })
         }
-        async fn on_response_headers(
-            &mut self,
-            head: &mut ResponseHead,
+        fn on_response_headers<'a>(
+            &'a mut self,
+            head: &'a mut ResponseHead,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> HeadersAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, HeadersAction> {
             head.headers.remove(http::header::CONTENT_LENGTH);
-            HeadersAction::Continue
+            Step::Done(HeadersAction::Continue)
         }
-        async fn on_response_body(
-            &mut self,
-            chunk: &mut Bytes,
+        fn on_response_body<'a>(
+            &'a mut self,
+            chunk: &'a mut Bytes,
             eos: bool,
-            _info: &mut StreamInfo,
-        ) -> DataAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
             let mut v = chunk.to_vec();
             if eos {
                 v.extend_from_slice(b"!");
             }
             *chunk = Bytes::from(v);
-            DataAction::Continue
+            Step::Done(DataAction::Continue)
         }
         fn wants_body(&self) -> bool {
             true
@@ -506,20 +508,19 @@ mod tests {
     /// Refuses any request body with a local reply.
     struct Refuse;
 
-    #[async_trait(?Send)]
     impl HttpFilter for Refuse {
-        async fn on_request_body(
-            &mut self,
-            _chunk: &mut Bytes,
+        fn on_request_body<'a>(
+            &'a mut self,
+            _chunk: &'a mut Bytes,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> DataAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
             let mut r = legate_filter_api::LocalReply::new(
                 http::StatusCode::PAYLOAD_TOO_LARGE,
                 "body refused",
             );
             r.details = "test_refused";
-            DataAction::Respond(r)
+            Step::Done(DataAction::Respond(Box::new(r)))
         }
         fn wants_body(&self) -> bool {
             true
@@ -548,27 +549,26 @@ mod tests {
     /// reverses the body.
     struct Whole;
 
-    #[async_trait(?Send)]
     impl HttpFilter for Whole {
-        async fn on_request_headers(
-            &mut self,
-            _head: &mut legate_filter_api::RequestHead,
+        fn on_request_headers<'a>(
+            &'a mut self,
+            _head: &'a mut RequestHead,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> legate_filter_api::HeadersAction {
-            legate_filter_api::HeadersAction::WaitForBody { limit: 64 }
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, HeadersAction> {
+            Step::Done(HeadersAction::WaitForBody { limit: 64 })
         }
-        async fn on_request_buffered(
-            &mut self,
-            head: &mut legate_filter_api::RequestHead,
-            body: &mut Bytes,
-            _trailers: &mut Option<http::HeaderMap>,
-            _info: &mut StreamInfo,
-        ) -> legate_filter_api::HeadersAction {
+        fn on_request_buffered<'a>(
+            &'a mut self,
+            head: &'a mut RequestHead,
+            body: &'a mut Bytes,
+            _trailers: &'a mut Option<http::HeaderMap>,
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, HeadersAction> {
             head.headers
                 .insert("x-filtered", http::HeaderValue::from(body.len()));
             *body = body.iter().rev().copied().collect::<Vec<u8>>().into();
-            legate_filter_api::HeadersAction::Continue
+            Step::Done(HeadersAction::Continue)
         }
     }
 
@@ -599,7 +599,6 @@ mod tests {
     /// Records `on_stream_complete`, with and without body hooks.
     struct Completes(Arc<std::sync::Mutex<Vec<String>>>, bool);
 
-    #[async_trait(?Send)]
     impl HttpFilter for Completes {
         fn wants_body(&self) -> bool {
             self.1

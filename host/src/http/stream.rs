@@ -18,7 +18,7 @@ use legate_filter_api::{
 };
 
 use super::body::{Body, BoxError, RequestProgress};
-use super::filter_body::{Chain, FilteredBody, SharedChain};
+use super::filter_body::{Chain, SharedChain, filtered};
 use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
 use super::{ConnCx, local_reply};
 use crate::access_log::format::LogContext;
@@ -71,7 +71,7 @@ impl Finishers {
             }
             Finishers::Shared(chain) => {
                 // Nothing else holds the chain once both bodies are done.
-                if let Ok(mut c) = chain.try_lock() {
+                if let Some(mut c) = chain.try_lock() {
                     let c = &mut *c;
                     c.info.response_flags = flags;
                     for f in &mut c.filters {
@@ -418,7 +418,7 @@ impl Stream {
             let body = if eos {
                 body
             } else {
-                Body::Filtered(Box::new(FilteredBody::new(body, chain.clone(), false)))
+                filtered(body, chain.clone(), false)
             };
             resp = match reply {
                 Some(reply) => local_reply::build(
@@ -465,7 +465,7 @@ impl Stream {
                     .iter_mut()
                     .map(|f| std::mem::replace(f, Box::new(Finished) as Box<dyn HttpFilter>))
                     .collect();
-                Some(Finishers::Owned(owned, Box::new(self.info.clone())))
+                Some(Finishers::Owned(owned, Box::new(self.info.take())))
             }
             None => None,
         };
@@ -585,8 +585,8 @@ pub(crate) async fn run_response_headers(
     info: &mut StreamInfo,
 ) -> Option<LocalReply> {
     for f in filters.iter_mut().rev() {
-        if let HeadersAction::Respond(r) = f.on_response_headers(head, eos, info).await {
-            return Some(r);
+        if let HeadersAction::Respond(r) = f.on_response_headers(head, eos, info).action().await {
+            return Some(*r);
         }
     }
     None
@@ -608,9 +608,9 @@ pub(crate) async fn run_request_headers(
             || buffered
                 .as_ref()
                 .is_some_and(|(b, t)| b.is_empty() && t.is_none());
-        match f.on_request_headers(head, eos, info).await {
+        match f.on_request_headers(head, eos, info).action().await {
             HeadersAction::Continue => {}
-            HeadersAction::Respond(r) => return Some((i, r)),
+            HeadersAction::Respond(r) => return Some((i, *r)),
             HeadersAction::WaitForBody { limit } => {
                 if buffered.is_none() {
                     match read_whole(body.take(), limit, read_limit).await {
@@ -621,10 +621,12 @@ pub(crate) async fn run_request_headers(
                 let Some((data, trailers)) = buffered.as_mut() else {
                     continue;
                 };
-                if let HeadersAction::Respond(r) =
-                    f.on_request_buffered(head, data, trailers, info).await
+                if let HeadersAction::Respond(r) = f
+                    .on_request_buffered(head, data, trailers, info)
+                    .action()
+                    .await
                 {
-                    return Some((i, r));
+                    return Some((i, *r));
                 }
             }
         }
@@ -1006,7 +1008,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             .await;
     };
     if !filters.is_empty() {
-        st.info.upstream_cluster = Some(cluster.name().to_string());
+        st.info.upstream_cluster = Some(cluster.shared.name.clone());
     }
     st.t().cluster = Some(cluster.clone());
 
@@ -1175,11 +1177,12 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     st.unread_body = false;
     let body_was_empty = body_empty(&body, &buffered);
     if filters.iter().any(|f| f.wants_body()) {
-        st.chain = Some(Rc::new(tokio::sync::Mutex::new(Chain {
+        st.chain = Some(SharedChain::new(Chain {
             filters: std::mem::take(&mut filters),
-            info: st.info.clone(),
+            // The chain's info is the stream's from here on.
+            info: st.info.take(),
             local_reply: None,
-        })));
+        }));
     }
     let source = match (buffered, body) {
         (Some((data, trailers)), _) => Some(Body::Buffered(Some(data), trailers)),
@@ -1189,9 +1192,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let req_body = match (source, &st.chain) {
         (None, _) => Body::Empty,
         _ if body_was_empty => Body::Empty,
-        (Some(b), Some(chain)) => {
-            Body::Filtered(Box::new(FilteredBody::new(b, chain.clone(), true)))
-        }
+        (Some(b), Some(chain)) => filtered(b, chain.clone(), true),
         (Some(b), None) => b,
     };
     let upstream_req = Request::from_parts(parts, req_body);
@@ -1497,7 +1498,7 @@ fn validate_http1(
 mod tests {
     use std::cell::RefCell;
 
-    use async_trait::async_trait;
+    use legate_filter_api::Step;
 
     use super::*;
 
@@ -1507,32 +1508,34 @@ mod tests {
         reply_on_request: bool,
     }
 
-    #[async_trait(?Send)]
     impl HttpFilter for Recorder {
-        async fn on_request_headers(
-            &mut self,
-            head: &mut RequestHead,
+        fn on_request_headers<'a>(
+            &'a mut self,
+            head: &'a mut RequestHead,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> HeadersAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, HeadersAction> {
             // A filter that waits simply awaits.
-            tokio::task::yield_now().await;
-            self.log.borrow_mut().push(format!("req:{}", self.name));
-            head.headers.append("x-seen", self.name.parse().unwrap());
-            if self.reply_on_request {
-                return HeadersAction::Respond(LocalReply::new(StatusCode::FORBIDDEN, "no"));
-            }
-            HeadersAction::Continue
+            Step::wait(async move {
+                tokio::task::yield_now().await;
+                self.log.borrow_mut().push(format!("req:{}", self.name));
+                head.headers.append("x-seen", self.name.parse().unwrap());
+                if self.reply_on_request {
+                    let r = LocalReply::new(StatusCode::FORBIDDEN, "no");
+                    return HeadersAction::Respond(Box::new(r));
+                }
+                HeadersAction::Continue
+            })
         }
 
-        async fn on_response_headers(
-            &mut self,
-            _head: &mut ResponseHead,
+        fn on_response_headers<'a>(
+            &'a mut self,
+            _head: &'a mut ResponseHead,
             _eos: bool,
-            _info: &mut StreamInfo,
-        ) -> HeadersAction {
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, HeadersAction> {
             self.log.borrow_mut().push(format!("resp:{}", self.name));
-            HeadersAction::Continue
+            Step::Done(HeadersAction::Continue)
         }
     }
 

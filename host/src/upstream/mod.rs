@@ -103,6 +103,8 @@ impl ClusterStats {
 #[derive(Debug)]
 pub struct ClusterShared {
     pub config: Arc<Cluster>,
+    /// `config.name`, shared: streams record it without copying.
+    pub name: Arc<str>,
     pub stats: ClusterStats,
     hosts: ArcSwap<Vec<Host>>,
 }
@@ -167,6 +169,7 @@ impl ClusterManager {
                 .collect();
             let shared = Arc::new(ClusterShared {
                 config: c.clone(),
+                name: c.name.as_str().into(),
                 stats: ClusterStats::new(&c.name),
                 hosts: ArcSwap::from_pointee(Vec::new()),
             });
@@ -303,7 +306,7 @@ pub struct WorkerCluster {
 
 impl WorkerCluster {
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        &self.shared.name
     }
 
     pub fn stats(&self) -> &ClusterStats {

@@ -128,7 +128,7 @@ fn deserialize(b: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
 }
 
 /// One pseudo-header of a request head (`key` in any case).
-pub(super) fn request_pseudo(h: &RequestHead, key: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn request_pseudo<'a>(h: &'a RequestHead, key: &[u8]) -> Option<&'a [u8]> {
     let v: &[u8] = if key.eq_ignore_ascii_case(b":path") {
         h.uri
             .path_and_query()
@@ -148,7 +148,7 @@ pub(super) fn request_pseudo(h: &RequestHead, key: &[u8]) -> Option<Vec<u8>> {
     } else {
         return None;
     };
-    Some(v.to_vec())
+    Some(v)
 }
 
 const REQUEST_PSEUDO: [&[u8]; 4] = [b":authority", b":path", b":method", b":scheme"];
@@ -157,8 +157,8 @@ const REQUEST_PSEUDO: [&[u8]; 4] = [b":authority", b":path", b":method", b":sche
 fn snapshot_wire(st: &HostState, t: i32) -> Option<Vec<u8>> {
     let d = &st.stream;
     match t {
-        0 if d.req.is_none() => d.req_seen.as_ref().map(|s| s.wire().to_vec()),
-        2 if d.resp.is_none() => d.resp_seen.as_ref().map(|s| s.wire().to_vec()),
+        0 if d.req.is_none() => d.req_seen.taken().map(|s| s.wire().to_vec()),
+        2 if d.resp.is_none() => d.resp_seen.taken().map(|s| s.wire().to_vec()),
         _ => None,
     }
 }
@@ -183,13 +183,13 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         })
     };
     match t {
-        0 if d.req.is_none() => Some(owned(d.req_seen.as_ref()?.pairs())),
-        2 if d.resp.is_none() => Some(owned(d.resp_seen.as_ref()?.pairs())),
+        0 if d.req.is_none() => Some(owned(d.req_seen.taken()?.pairs())),
+        2 if d.resp.is_none() => Some(owned(d.resp_seen.taken()?.pairs())),
         0 => {
             let h = d.req.as_ref()?;
             let mut v: Vec<(Vec<u8>, Vec<u8>)> = REQUEST_PSEUDO
                 .iter()
-                .filter_map(|k| Some((k.to_vec(), request_pseudo(h, k)?)))
+                .filter_map(|k| Some((k.to_vec(), request_pseudo(h, k)?.to_vec())))
                 .collect();
             v.extend(plain(&h.headers));
             Some(v)
@@ -217,49 +217,59 @@ fn map_pairs(st: &HostState, t: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
-fn map_value(st: &HostState, t: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
+/// A header's value in map `t`, written to `out`: `None` when this callback
+/// has no such map, `Some(false)` when the header is absent.
+fn map_value(st: &HostState, t: i32, key: &[u8], out: &mut Vec<u8>) -> Option<bool> {
     let d = &st.stream;
-    let joined = |h: &HeaderMap| {
-        let name = HeaderName::from_bytes(key).ok()?;
-        let mut it = h.get_all(&name).iter();
-        let first = it.next()?.as_bytes().to_vec();
-        // Envoy joins repeated headers with a comma.
-        Some(it.fold(first, |mut acc, v| {
-            acc.push(b',');
-            acc.extend_from_slice(v.as_bytes());
-            acc
-        }))
+    let mut put = |v: &[u8]| {
+        out.extend_from_slice(v);
+        true
     };
-    match t {
-        0 if d.req.is_none() => Some(d.req_seen.as_ref()?.joined(key)),
-        2 if d.resp.is_none() => Some(d.resp_seen.as_ref()?.joined(key)),
+    // Envoy joins repeated headers with a comma. Looked up by &str, which
+    // does not allocate.
+    let joined = |h: &HeaderMap, out: &mut Vec<u8>| {
+        let Ok(name) = std::str::from_utf8(key) else {
+            return false;
+        };
+        let mut found = false;
+        for v in h.get_all(name) {
+            if found {
+                out.push(b',');
+            }
+            out.extend_from_slice(v.as_bytes());
+            found = true;
+        }
+        found
+    };
+    Some(match t {
+        0 if d.req.is_none() => d.req_seen.taken()?.joined(key, out),
+        2 if d.resp.is_none() => d.resp_seen.taken()?.joined(key, out),
         0 => {
             let h = d.req.as_ref()?;
             if key.starts_with(b":") {
-                return Some(request_pseudo(h, key));
+                request_pseudo(h, key).is_some_and(put)
+            } else {
+                joined(&h.headers, out)
             }
-            Some(joined(&h.headers))
         }
         2 => {
             let h = d.resp.as_ref()?;
             if key == b":status" {
-                return Some(Some(h.status.as_str().as_bytes().to_vec()));
+                put(h.status.as_str().as_bytes())
+            } else {
+                joined(&h.headers, out)
             }
-            Some(joined(&h.headers))
         }
-        1 => Some(joined(d.req_trailers.as_ref()?)),
-        3 => Some(joined(d.resp_trailers.as_ref()?)),
+        1 => joined(d.req_trailers.as_ref()?, out),
+        3 => joined(d.resp_trailers.as_ref()?, out),
         _ => {
             let pairs = map_pairs(st, t)?;
-            let lower = key.to_ascii_lowercase();
-            Some(
-                pairs
-                    .into_iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&lower))
-                    .map(|(_, v)| v),
-            )
+            pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .is_some_and(|(_, v)| put(v))
         }
-    }
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -412,7 +422,7 @@ fn map_clear(st: &mut HostState, t: i32) -> bool {
 fn buffer(st: &HostState, t: i32) -> Option<Bytes> {
     match t {
         0..=3 => match &st.stream.body {
-            Some((bt, b)) if *bt as i32 == t => Some(Bytes::copy_from_slice(b)),
+            Some((bt, b)) if *bt as i32 == t => Some(b.clone()),
             _ => None,
         },
         4 => st.call.as_ref().map(|c| c.body.clone()),
@@ -434,13 +444,14 @@ fn buffer_len(st: &HostState, t: i32) -> Option<usize> {
 }
 
 /// Envoy's `set_buffer_bytes`: replace `[start, start+size)`, clamped.
-fn splice(b: &mut BytesMut, start: usize, size: usize, data: &[u8]) {
+fn splice(b: &mut Bytes, start: usize, size: usize, data: &[u8]) {
     let start = start.min(b.len());
     let end = start.saturating_add(size).min(b.len());
-    let tail = b.split_off(end);
-    b.truncate(start);
-    b.extend_from_slice(data);
-    b.extend_from_slice(&tail);
+    let mut out = BytesMut::with_capacity(start + data.len() + (b.len() - end));
+    out.extend_from_slice(&b[..start]);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&b[end..]);
+    *b = out.freeze();
 }
 
 fn log_level() -> i32 {
@@ -665,7 +676,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let bytes = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            let bytes = encode(
+                pairs.len(),
+                pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            );
             give(&mut c, &bytes, ptr_ptr, size_ptr)
         },
     )?;
@@ -676,7 +690,11 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let n = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).len();
+            let n = encode(
+                pairs.len(),
+                pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            )
+            .len();
             Ok(if write_u32(&mut c, size_ptr, n as u32) {
                 OK
             } else {
@@ -706,13 +724,19 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         E,
         "proxy_get_header_map_value",
         |mut c: C, t: i32, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32| -> R {
-            let value = try_mem!(with_mem(&mut c, (kp, kl), (0, 0), |key, _, st| {
-                map_value(st, t, key)
-            }));
-            match value {
-                Some(Some(v)) => give(&mut c, &v, ptr_ptr, size_ptr),
-                _ => Ok(NOT_FOUND),
-            }
+            // The value goes through the VM's scratch buffer: no allocation.
+            let mut out = std::mem::take(&mut c.data_mut().scratch);
+            out.clear();
+            let found = with_mem(&mut c, (kp, kl), (0, 0), |key, _, st| {
+                map_value(st, t, key, &mut out)
+            });
+            let r = match found {
+                None => Ok(INVALID_MEMORY_ACCESS),
+                Some(Some(true)) => give(&mut c, &out, ptr_ptr, size_ptr),
+                Some(_) => Ok(NOT_FOUND),
+            };
+            c.data_mut().scratch = out;
+            r
         },
     )?;
     for (name, op) in [
@@ -798,7 +822,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 reply.grpc_status = Some(grpc as u32);
             }
             let ctx = c.data().effective;
-            c.data_mut().effects.replies.push((ctx, reply));
+            c.data_mut().effects.replies.push((ctx, Box::new(reply)));
             Ok(OK)
         },
     )?;

@@ -1,22 +1,20 @@
 //! `envoy.filters.http.wasm`: a proxy-wasm stream context behind the native
-//! [`HttpFilter`] trait. A paused callback is an awaiting hook: the filter waits
-//! for its context's events (call responses, `proxy_continue_stream`, a local
-//! reply) and runs the callbacks they trigger with the stream's data lent to
-//! the VM.
+//! [`HttpFilter`] trait. A callback that does not pause answers its hook at once;
+//! a paused one makes a waiting hook ([`Step::wait`]), which awaits its context's
+//! events (call responses, `proxy_continue_stream`, a local reply) and runs the
+//! callbacks they trigger with the stream's data lent to the VM.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use legate_filter_api::{
     DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
-    ResponseHead, StreamInfo,
+    ResponseHead, Step, StreamInfo,
 };
 
 use super::Plugin;
-use super::snapshot::Snapshot;
-use super::vm::{Data, Failed, Outcome, Slot, Vm, slot};
+use super::vm::{Data, Failed, Inbox, Outcome, Slot, Vm, slot};
 use crate::config::FailurePolicy;
 
 /// Builds the per-stream filters of one plugin.
@@ -73,7 +71,7 @@ enum Done {
     /// Paused on request headers with nothing pending: wait for the body, as
     /// Envoy's StopIteration does.
     WaitForBody,
-    Reply(LocalReply),
+    Reply(Box<LocalReply>),
 }
 
 pub(super) fn placeholder_request() -> RequestHead {
@@ -85,18 +83,12 @@ pub(super) fn placeholder_request() -> RequestHead {
     }
 }
 
-pub(super) fn placeholder_info(i: &StreamInfo) -> StreamInfo {
-    StreamInfo {
-        start_time: i.start_time,
-        downstream_remote_address: i.downstream_remote_address,
-        downstream_local_address: i.downstream_local_address,
-        connection_id: i.connection_id,
-        route_name: None,
-        upstream_cluster: None,
-        upstream_host: None,
-        response_flags: i.response_flags,
-        dynamic_metadata: Default::default(),
-    }
+/// Where a callback left its context.
+enum Progress {
+    /// Done with the hook, one way or another.
+    Ended(Result<Done, Failed>),
+    /// Paused on something the host will deliver to this inbox.
+    Paused(Rc<Inbox>, Outcome),
 }
 
 impl WasmHttpFilter {
@@ -112,7 +104,7 @@ impl WasmHttpFilter {
     }
 
     /// What the failure policy gives the stream.
-    fn failure(&mut self, Failed(why): Failed) -> Option<LocalReply> {
+    fn failure(&mut self, Failed(why): Failed) -> Option<Box<LocalReply>> {
         let stats = &self.plugin.stats;
         tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
         match self.plugin.config.failure_policy {
@@ -125,53 +117,99 @@ impl WasmHttpFilter {
                 stats.fail_closed.inc();
                 let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
                 r.details = "wasm_fail_stream";
-                Some(r)
+                Some(Box::new(r))
             }
         }
     }
 
-    /// Runs a callback and, if it paused on something the host will deliver,
-    /// waits for it.
-    async fn run(
+    /// Runs a callback, and the events it has waiting.
+    fn call(
         &mut self,
         wait: bool,
         body_follows: bool,
         f: impl FnOnce(&Vm, u32, &mut Data) -> Result<Outcome, Failed>,
-    ) -> Result<Done, Failed> {
-        let (vm, id) = self.context()?;
-        let mut out = f(&vm, id, &mut self.data)?;
-        loop {
+    ) -> Progress {
+        let r = self
+            .context()
+            .and_then(|(vm, id)| f(&vm, id, &mut self.data));
+        match r {
+            Ok(out) => self.settle(out, wait, body_follows),
+            Err(e) => Progress::Ended(Err(e)),
+        }
+    }
+
+    /// How a callback (and the events delivered since) left the context:
+    /// delivers its pending events until it resumes or has to wait.
+    fn settle(&mut self, mut out: Outcome, wait: bool, body_follows: bool) -> Progress {
+        let Some(cx) = &self.cx else {
+            return Progress::Ended(Ok(Done::Continue));
+        };
+        let (vm, id) = (cx.vm.clone(), cx.id);
+        let done = loop {
             if let Some(r) = out.reply.take() {
-                return Ok(Done::Reply(r));
+                break Done::Reply(r);
             }
             if out.close {
                 let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
                 r.details = "wasm_close_stream";
-                return Ok(Done::Reply(r));
+                break Done::Reply(Box::new(r));
             }
             if out.action == 0 || out.resume {
-                return Ok(Done::Continue);
+                break Done::Continue;
             }
             if !wait {
-                return Ok(Done::Buffer);
+                break Done::Buffer;
             }
-            // Paused: deliver this context's events until it resumes.
-            if vm.drain(id, &mut self.data, &mut out)? {
-                continue;
+            match vm.drain(id, &mut self.data, &mut out) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Progress::Ended(Err(e)),
             }
             if !vm.has_pending(id) {
                 // Nothing the host holds can resume it: wait for the request body
                 // if one follows, else go on (Envoy would hang the stream).
-                return Ok(if body_follows {
+                break if body_follows {
                     Done::WaitForBody
                 } else {
                     Done::Continue
-                });
+                };
             }
-            let Some(inbox) = vm.inbox(id) else {
-                return Ok(Done::Continue);
-            };
-            inbox.notify.notified().await;
+            match vm.inbox(id) {
+                Some(inbox) => return Progress::Paused(inbox, out),
+                None => break Done::Continue,
+            }
+        };
+        Progress::Ended(Ok(done))
+    }
+
+    /// Waits out a paused callback.
+    async fn wait(&mut self, mut progress: Progress, body_follows: bool) -> Result<Done, Failed> {
+        loop {
+            match progress {
+                Progress::Ended(r) => return r,
+                Progress::Paused(inbox, out) => {
+                    inbox.notify.notified().await;
+                    progress = self.settle(out, true, body_follows);
+                }
+            }
+        }
+    }
+
+    /// Runs a callback and gives its hook the step: `finish` takes the lent
+    /// data back and makes the hook's action, at once or after the wait.
+    fn step<'a, A: 'a>(
+        &'a mut self,
+        wait: bool,
+        body_follows: bool,
+        f: impl FnOnce(&Vm, u32, &mut Data) -> Result<Outcome, Failed>,
+        finish: impl FnOnce(&mut Self, Result<Done, Failed>) -> A + 'a,
+    ) -> Step<'a, A> {
+        match self.call(wait, body_follows, f) {
+            Progress::Ended(r) => Step::Done(finish(self, r)),
+            paused => Step::wait(async move {
+                let r = self.wait(paused, body_follows).await;
+                finish(self, r)
+            }),
         }
     }
 
@@ -191,7 +229,7 @@ impl WasmHttpFilter {
     }
 
     /// Events that arrived while the stream was not paused.
-    fn drain_events(&mut self) -> Result<Option<LocalReply>, Failed> {
+    fn drain_events(&mut self) -> Result<Option<Box<LocalReply>>, Failed> {
         let Some(cx) = &self.cx else { return Ok(None) };
         let (vm, id) = (cx.vm.clone(), cx.id);
         let mut out = Outcome::default();
@@ -199,31 +237,30 @@ impl WasmHttpFilter {
         Ok(out.reply)
     }
 
-    async fn body(
-        &mut self,
+    fn body<'a>(
+        &'a mut self,
         request: bool,
-        chunk: &mut Bytes,
+        chunk: &'a mut Bytes,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.bypass {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
         let limit = self.plugin.config.limits.max_buffered_body_bytes;
-        let buf = if request {
+        let held = if request {
             &mut self.req_buf
         } else {
             &mut self.resp_buf
         };
-        if buf.is_empty() {
-            // Nothing held back: take the chunk itself, copying only if shared.
-            *buf = std::mem::take(chunk)
-                .try_into_mut()
-                .unwrap_or_else(|b| BytesMut::from(&b[..]));
+        // Nothing held back: the chunk itself, uncopied.
+        let body = if held.is_empty() {
+            std::mem::take(chunk)
         } else {
-            buf.extend_from_slice(chunk);
-        }
-        if buf.len() > limit {
+            held.extend_from_slice(chunk);
+            held.split().freeze()
+        };
+        if body.len() > limit {
             // Envoy's answers when a buffering filter overflows.
             let (status, body) = if request {
                 (http::StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
@@ -239,52 +276,59 @@ impl WasmHttpFilter {
             } else {
                 "response_payload_too_large"
             };
-            return DataAction::Respond(r);
+            return Step::Done(DataAction::Respond(Box::new(r)));
         }
-        let size = buf.len();
-        self.data.body = Some((if request { 0 } else { 1 }, std::mem::take(buf)));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let r = self
-            .run(eos, false, |vm, id, d| vm.body(id, request, size, eos, d))
-            .await;
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        let buffered = self.data.body.take().map(|(_, b)| b).unwrap_or_default();
-        let buf = if request {
-            &mut self.req_buf
-        } else {
-            &mut self.resp_buf
-        };
-        *buf = buffered;
-        match r {
-            Ok(Done::Continue | Done::WaitForBody) => {
-                *chunk = buf.split().freeze();
-                DataAction::Continue
-            }
-            Ok(Done::Buffer) => {
-                *chunk = Bytes::new();
-                DataAction::Continue
-            }
-            Ok(Done::Reply(r)) => DataAction::Respond(r),
-            Err(e) => {
-                *chunk = buf.split().freeze();
-                match self.failure(e) {
-                    Some(r) => DataAction::Respond(r),
-                    None => DataAction::Continue,
+        let size = body.len();
+        self.data.body = Some((if request { 0 } else { 1 }, body));
+        self.data.info = Some(info.take());
+        self.step(
+            eos,
+            false,
+            |vm, id, d| vm.body(id, request, size, eos, d),
+            move |this, r| {
+                if let Some(i) = this.data.info.take() {
+                    *info = i;
                 }
-            }
-        }
+                let body = this.data.body.take().map(|(_, b)| b).unwrap_or_default();
+                match r {
+                    Ok(Done::Continue | Done::WaitForBody) => {
+                        *chunk = body;
+                        DataAction::Continue
+                    }
+                    Ok(Done::Buffer) => {
+                        // Held back until a later chunk continues.
+                        let held = if request {
+                            &mut this.req_buf
+                        } else {
+                            &mut this.resp_buf
+                        };
+                        *held = body
+                            .try_into_mut()
+                            .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                        *chunk = Bytes::new();
+                        DataAction::Continue
+                    }
+                    Ok(Done::Reply(r)) => DataAction::Respond(r),
+                    Err(e) => {
+                        *chunk = body;
+                        match this.failure(e) {
+                            Some(r) => DataAction::Respond(r),
+                            None => DataAction::Continue,
+                        }
+                    }
+                }
+            },
+        )
     }
 
-    async fn trailers(
-        &mut self,
+    fn trailers<'a>(
+        &'a mut self,
         request: bool,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.bypass {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
         let n = trailers.len();
         let slot = if request {
@@ -293,134 +337,143 @@ impl WasmHttpFilter {
             &mut self.data.resp_trailers
         };
         *slot = Some(std::mem::take(trailers));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let r = self
-            .run(true, false, |vm, id, d| vm.trailers(id, request, n, d))
-            .await;
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        let slot = if request {
-            &mut self.data.req_trailers
-        } else {
-            &mut self.data.resp_trailers
-        };
-        *trailers = slot.take().unwrap_or_default();
-        match self.headers_action(r) {
-            HeadersAction::Respond(r) => DataAction::Respond(r),
-            _ => DataAction::Continue,
-        }
+        self.data.info = Some(info.take());
+        self.step(
+            true,
+            false,
+            |vm, id, d| vm.trailers(id, request, n, d),
+            move |this, r| {
+                if let Some(i) = this.data.info.take() {
+                    *info = i;
+                }
+                let slot = if request {
+                    &mut this.data.req_trailers
+                } else {
+                    &mut this.data.resp_trailers
+                };
+                *trailers = slot.take().unwrap_or_default();
+                match this.headers_action(r) {
+                    HeadersAction::Respond(r) => DataAction::Respond(r),
+                    _ => DataAction::Continue,
+                }
+            },
+        )
     }
 }
 
-#[async_trait(?Send)]
 impl HttpFilter for WasmHttpFilter {
-    async fn on_request_headers(
-        &mut self,
-        head: &mut RequestHead,
+    fn on_request_headers<'a>(
+        &'a mut self,
+        head: &'a mut RequestHead,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
         if self.bypass {
-            return HeadersAction::Continue;
+            return Step::Done(HeadersAction::Continue);
         }
         // Pseudo-headers count too, as in Envoy.
         let n = head.headers.len() + 4;
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let r = self
-            .run(true, !eos, |vm, id, d| vm.headers(id, true, n, eos, d))
-            .await;
-        if let Some(h) = self.data.req.take() {
-            *head = h;
-        }
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        self.data.req_seen = Some(Snapshot::request(head));
-        self.headers_action(r)
+        self.data.info = Some(info.take());
+        self.step(
+            true,
+            !eos,
+            |vm, id, d| vm.headers(id, true, n, eos, d),
+            move |this, r| {
+                if let Some(h) = this.data.req.take() {
+                    *head = h;
+                }
+                if let Some(i) = this.data.info.take() {
+                    *info = i;
+                }
+                this.data.req_seen.set_request(head);
+                this.headers_action(r)
+            },
+        )
     }
 
-    async fn on_request_buffered(
-        &mut self,
-        head: &mut RequestHead,
-        body: &mut Bytes,
-        trailers: &mut Option<http::HeaderMap>,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
+    fn on_request_buffered<'a>(
+        &'a mut self,
+        head: &'a mut RequestHead,
+        body: &'a mut Bytes,
+        trailers: &'a mut Option<http::HeaderMap>,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
         self.request_buffered = true;
         if self.bypass {
-            return HeadersAction::Continue;
+            return Step::Done(HeadersAction::Continue);
         }
-        let eos = trailers.is_none();
-        let size = body.len();
-        self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        self.data.body = Some((0, BytesMut::from(&body[..])));
-        self.data.req_trailers = trailers.take();
-        let mut r = self
-            .run(true, false, |vm, id, d| vm.body(id, true, size, eos, d))
-            .await;
-        if let (Ok(Done::Continue), Some(t)) = (&r, &self.data.req_trailers) {
-            let n = t.len();
-            r = self
-                .run(true, false, |vm, id, d| vm.trailers(id, true, n, d))
-                .await;
-        }
-        if let Some(h) = self.data.req.take() {
-            *head = h;
-        }
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        if let Some((_, b)) = self.data.body.take() {
-            *body = b.freeze();
-        }
-        *trailers = self.data.req_trailers.take();
-        self.data.req_seen = Some(Snapshot::request(head));
-        self.headers_action(r)
+        // Rare (a filter waited for the whole request): one future for both
+        // callbacks.
+        Step::wait(async move {
+            let eos = trailers.is_none();
+            let size = body.len();
+            self.data.req = Some(std::mem::replace(head, placeholder_request()));
+            self.data.info = Some(info.take());
+            self.data.body = Some((0, body.clone()));
+            self.data.req_trailers = trailers.take();
+            let p = self.call(true, false, |vm, id, d| vm.body(id, true, size, eos, d));
+            let mut r = self.wait(p, false).await;
+            if let (Ok(Done::Continue), Some(t)) = (&r, &self.data.req_trailers) {
+                let n = t.len();
+                let p = self.call(true, false, |vm, id, d| vm.trailers(id, true, n, d));
+                r = self.wait(p, false).await;
+            }
+            if let Some(h) = self.data.req.take() {
+                *head = h;
+            }
+            if let Some(i) = self.data.info.take() {
+                *info = i;
+            }
+            if let Some((_, b)) = self.data.body.take() {
+                *body = b;
+            }
+            *trailers = self.data.req_trailers.take();
+            self.data.req_seen.set_request(head);
+            self.headers_action(r)
+        })
     }
 
-    async fn on_request_body(
-        &mut self,
-        chunk: &mut Bytes,
+    fn on_request_body<'a>(
+        &'a mut self,
+        chunk: &'a mut Bytes,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.request_buffered {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
-        self.body(true, chunk, eos, info).await
+        self.body(true, chunk, eos, info)
     }
 
-    async fn on_request_trailers(
-        &mut self,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+    fn on_request_trailers<'a>(
+        &'a mut self,
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.request_buffered {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
-        self.trailers(true, trailers, info).await
+        self.trailers(true, trailers, info)
     }
 
-    async fn on_response_headers(
-        &mut self,
-        head: &mut ResponseHead,
+    fn on_response_headers<'a>(
+        &'a mut self,
+        head: &'a mut ResponseHead,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
         if self.bypass {
-            return HeadersAction::Continue;
+            return Step::Done(HeadersAction::Continue);
         }
         match self.drain_events() {
-            Ok(Some(r)) => return HeadersAction::Respond(r),
+            Ok(Some(r)) => return Step::Done(HeadersAction::Respond(r)),
             Ok(None) => {}
             Err(e) => {
-                if let Some(r) = self.failure(e) {
-                    return HeadersAction::Respond(r);
-                }
-                return HeadersAction::Continue;
+                return Step::Done(match self.failure(e) {
+                    Some(r) => HeadersAction::Respond(r),
+                    None => HeadersAction::Continue,
+                });
             }
         }
         let n = head.headers.len() + 1;
@@ -431,35 +484,39 @@ impl HttpFilter for WasmHttpFilter {
                 headers: http::HeaderMap::new(),
             },
         ));
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
-        let r = self
-            .run(true, false, |vm, id, d| vm.headers(id, false, n, eos, d))
-            .await;
-        if let Some(h) = self.data.resp.take() {
-            *head = h;
-        }
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        self.data.resp_seen = Some(Snapshot::response(head));
-        self.headers_action(r)
+        self.data.info = Some(info.take());
+        self.step(
+            true,
+            false,
+            |vm, id, d| vm.headers(id, false, n, eos, d),
+            move |this, r| {
+                if let Some(h) = this.data.resp.take() {
+                    *head = h;
+                }
+                if let Some(i) = this.data.info.take() {
+                    *info = i;
+                }
+                this.data.resp_seen.set_response(head);
+                this.headers_action(r)
+            },
+        )
     }
 
-    async fn on_response_body(
-        &mut self,
-        chunk: &mut Bytes,
+    fn on_response_body<'a>(
+        &'a mut self,
+        chunk: &'a mut Bytes,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        self.body(false, chunk, eos, info).await
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        self.body(false, chunk, eos, info)
     }
 
-    async fn on_response_trailers(
-        &mut self,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        self.trailers(false, trailers, info).await
+    fn on_response_trailers<'a>(
+        &'a mut self,
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        self.trailers(false, trailers, info)
     }
 
     fn wants_body(&self) -> bool {

@@ -118,7 +118,8 @@ impl WasmNetworkFilter {
         };
         buf.extend_from_slice(data);
         let size = buf.len();
-        self.data.body = Some((if downstream { 2 } else { 3 }, std::mem::take(buf)));
+        let lent = std::mem::take(buf).freeze();
+        self.data.body = Some((if downstream { 2 } else { 3 }, lent));
         let r = vm.data(id, downstream, size, eos, &mut self.data);
         let held = self.data.body.take().map(|(_, b)| b).unwrap_or_default();
         let buf = if downstream {
@@ -126,7 +127,10 @@ impl WasmNetworkFilter {
         } else {
             &mut self.up_buf
         };
-        *buf = held;
+        // Back to a buffer without copying, unless the guest's edit is shared.
+        *buf = held
+            .try_into_mut()
+            .unwrap_or_else(|b| BytesMut::from(&b[..]));
         match r {
             Ok(out) => {
                 if let Some(a) = Self::outcome(&out) {

@@ -33,17 +33,10 @@ pub fn get(plugin: &WasmPlugin, d: &StreamData, path: &[u8]) -> Option<Vec<u8>> 
         })
         .or_else(|| d.conn.map(|c| (c.remote, c.local, c.id)));
     // The live head during its callback, else the snapshot taken after it.
-    let req = match (&d.req, &d.req_seen) {
-        (Some(h), _) => Some(Snapshot::request(h)),
-        (None, Some(_)) => None,
-        (None, None) => None,
-    };
-    let req = req.as_ref().or(d.req_seen.as_ref());
-    let resp = match (&d.resp, &d.resp_seen) {
-        (Some(h), _) => Some(Snapshot::response(h)),
-        _ => None,
-    };
-    let resp = resp.as_ref().or(d.resp_seen.as_ref());
+    let req = d.req.as_ref().map(Snapshot::request);
+    let req = req.as_ref().or(d.req_seen.taken());
+    let resp = d.resp.as_ref().map(Snapshot::response);
+    let resp = resp.as_ref().or(d.resp_seen.taken());
     let header = |s: Option<&Snapshot>, name: &str| -> Option<Vec<u8>> {
         if name.starts_with(':') {
             return None;
@@ -70,7 +63,8 @@ pub fn get(plugin: &WasmPlugin, d: &StreamData, path: &[u8]) -> Option<Vec<u8>> 
         ["request", "method"] => req?.get(b":method")?.to_vec(),
         ["request", "headers"] => {
             let r = req?;
-            super::snapshot::encode(|| r.pairs().filter(|(k, _)| !k.starts_with(b":")))
+            let plain = || r.pairs().filter(|(k, _)| !k.starts_with(b":"));
+            super::snapshot::encode(plain().count(), plain())
         }
         ["request", "headers", name] => header(req, name)?,
         ["request", "id"] => header(req, "x-request-id")?,

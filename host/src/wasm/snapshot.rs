@@ -5,36 +5,63 @@
 
 use legate_filter_api::{RequestHead, ResponseHead};
 
-/// Encodes header pairs in the proxy-wasm wire format (little-endian): a count,
-/// each pair's key and value lengths, then each key and value NUL-terminated.
-/// `pairs` is called twice: once to size the buffer, once to fill it.
-pub fn encode<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(pairs: impl Fn() -> I) -> Vec<u8> {
-    let (n, size) = pairs().fold((0, 0), |(n, size), (k, v)| {
-        (n + 1, size + k.len() + v.len() + 2)
-    });
-    let mut wire = Vec::with_capacity(4 + n * 8 + size);
-    wire.extend_from_slice(&(n as u32).to_le_bytes());
-    for (k, v) in pairs() {
-        wire.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        wire.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs() {
+/// Writes `n` header pairs into `wire` in the proxy-wasm wire format
+/// (little-endian): a count, each pair's key and value lengths, then each key and
+/// value NUL-terminated. One pass: the lengths are filled in as the pairs go by.
+/// `pairs` must yield exactly `n` pairs.
+pub fn encode_into<'a>(
+    wire: &mut Vec<u8>,
+    n: usize,
+    pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    wire.clear();
+    wire.resize(4 + n * 8, 0);
+    wire[..4].copy_from_slice(&(n as u32).to_le_bytes());
+    let mut at = 4;
+    for (k, v) in pairs {
+        wire[at..at + 4].copy_from_slice(&(k.len() as u32).to_le_bytes());
+        wire[at + 4..at + 8].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        at += 8;
         wire.extend_from_slice(k);
         wire.push(0);
         wire.extend_from_slice(v);
         wire.push(0);
     }
+    debug_assert_eq!(at, 4 + n * 8, "encode_into: fewer pairs than announced");
+}
+
+/// [`encode_into`] a new buffer.
+pub fn encode<'a>(n: usize, pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
+    let mut wire = Vec::new();
+    encode_into(&mut wire, n, pairs);
     wire
 }
 
+/// A header map as it left a callback. Empty until taken; its buffer is kept
+/// when the stream data is recycled, so taking one usually allocates nothing.
+#[derive(Default)]
 pub struct Snapshot {
     wire: Vec<u8>,
     pub version: http::Version,
 }
 
 impl Snapshot {
-    /// Pseudo-headers (`:authority`, `:path`, `:method`, `:scheme`), then headers.
+    /// The request head: pseudo-headers (`:authority`, `:path`, `:method`,
+    /// `:scheme`), then headers.
     pub fn request(h: &RequestHead) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.set_request(h);
+        s
+    }
+
+    /// The response head: `:status`, then headers.
+    pub fn response(h: &ResponseHead) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.set_response(h);
+        s
+    }
+
+    pub fn set_request(&mut self, h: &RequestHead) {
         let authority = match h.uri.authority() {
             Some(a) => a.as_str().as_bytes(),
             None => h
@@ -53,29 +80,40 @@ impl Snapshot {
             (b":method", h.method.as_str().as_bytes()),
             (b":scheme", h.uri.scheme_str().unwrap_or("http").as_bytes()),
         ];
-        let headers = || {
-            h.headers
-                .iter()
-                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-        };
-        Snapshot {
-            wire: encode(|| pseudo.into_iter().chain(headers())),
-            version: h.version,
-        }
+        let headers = h
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
+        encode_into(
+            &mut self.wire,
+            4 + h.headers.len(),
+            pseudo.into_iter().chain(headers),
+        );
+        self.version = h.version;
     }
 
-    /// `:status`, then headers.
-    pub fn response(h: &ResponseHead) -> Snapshot {
+    pub fn set_response(&mut self, h: &ResponseHead) {
         let status: [(&[u8], &[u8]); 1] = [(b":status", h.status.as_str().as_bytes())];
-        let headers = || {
-            h.headers
-                .iter()
-                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-        };
-        Snapshot {
-            wire: encode(|| status.into_iter().chain(headers())),
-            version: http::Version::HTTP_11,
-        }
+        let headers = h
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
+        encode_into(
+            &mut self.wire,
+            1 + h.headers.len(),
+            status.into_iter().chain(headers),
+        );
+        self.version = http::Version::HTTP_11;
+    }
+
+    /// Forgets the map, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.wire.clear();
+    }
+
+    /// The snapshot, if one was taken.
+    pub fn taken(&self) -> Option<&Snapshot> {
+        (!self.wire.is_empty()).then_some(self)
     }
 
     /// The map in the wire format.
@@ -106,19 +144,18 @@ impl Snapshot {
             .map(|(_, v)| v)
     }
 
-    /// Every value of a header joined with commas, as Envoy answers.
-    pub fn joined(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let mut out: Option<Vec<u8>> = None;
+    /// Every value of a header joined with commas, as Envoy answers, written
+    /// to `out`; false when there is none.
+    pub fn joined(&self, key: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut found = false;
         for (_, v) in self.pairs().filter(|(k, _)| k.eq_ignore_ascii_case(key)) {
-            match &mut out {
-                Some(o) => {
-                    o.push(b',');
-                    o.extend_from_slice(v);
-                }
-                None => out = Some(v.to_vec()),
+            if found {
+                out.push(b',');
             }
+            out.extend_from_slice(v);
+            found = true;
         }
-        out
+        found
     }
 }
 
@@ -142,7 +179,9 @@ mod tests {
         assert_eq!(s.get(b":path"), Some(&b"/p?q"[..]));
         assert_eq!(s.get(b":authority"), Some(&b"h"[..]));
         assert_eq!(s.get(b":method"), Some(&b"POST"[..]));
-        assert_eq!(s.joined(b"X-A"), Some(b"1,2".to_vec()));
+        let mut out = Vec::new();
+        assert!(s.joined(b"X-A", &mut out));
+        assert_eq!(out, b"1,2");
         assert_eq!(s.get(b"missing"), None);
         assert_eq!(s.pairs().count(), 7);
         assert_eq!(s.version, http::Version::HTTP_2);

@@ -8,12 +8,13 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use legate_filter_api::{LocalReply, RequestHead, ResponseHead, StreamInfo};
 use wasmtime::{Instance, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 
 use super::calls::{self, CallKind, CallResponse, GrpcEvent, OutCall};
 use super::shared::{Metric, QueueOwner};
+use super::snapshot::Snapshot;
 use super::{Plugin, PluginStats, abi};
 use crate::config::WasmPlugin;
 use crate::upstream::WorkerClusters;
@@ -32,17 +33,35 @@ pub struct ConnFacts {
 pub struct StreamData {
     pub req: Option<RequestHead>,
     /// Request headers as they left the filter, readable in later callbacks.
-    pub req_seen: Option<super::snapshot::Snapshot>,
+    pub req_seen: Snapshot,
     pub resp: Option<ResponseHead>,
-    pub resp_seen: Option<super::snapshot::Snapshot>,
+    pub resp_seen: Snapshot,
     pub req_trailers: Option<http::HeaderMap>,
     pub resp_trailers: Option<http::HeaderMap>,
-    /// The body buffer of the callback, and its proxy-wasm buffer type.
-    pub body: Option<(u32, BytesMut)>,
+    /// The body buffer of the callback, and its proxy-wasm buffer type. Shared
+    /// bytes: the guest reads it without a copy; a write copies it if need be.
+    pub body: Option<(u32, Bytes)>,
     pub info: Option<StreamInfo>,
     pub conn: Option<ConnFacts>,
     /// `proxy_set_property` values: filter state of this stream.
     pub properties: HashMap<Vec<u8>, Bytes>,
+}
+
+impl StreamData {
+    /// Clears the data for the next stream, keeping the snapshot buffers.
+    fn reset(&mut self) {
+        let (mut req_seen, mut resp_seen) = (
+            std::mem::take(&mut self.req_seen),
+            std::mem::take(&mut self.resp_seen),
+        );
+        req_seen.clear();
+        resp_seen.clear();
+        *self = StreamData {
+            req_seen,
+            resp_seen,
+            ..StreamData::default()
+        };
+    }
 }
 
 /// Stream data as lent to the store: boxed, so lending is a pointer swap.
@@ -52,7 +71,7 @@ pub type Data = Box<StreamData>;
 #[derive(Default)]
 pub struct Effects {
     pub resume: Vec<u32>,
-    pub replies: Vec<(u32, LocalReply)>,
+    pub replies: Vec<(u32, Box<LocalReply>)>,
     pub close: Vec<u32>,
     pub calls: Vec<OutCall>,
     pub tick: Option<Duration>,
@@ -89,6 +108,8 @@ pub struct HostState {
     pub streams: HashMap<u32, calls::StreamHandle>,
     pub effects: Effects,
     pub metrics: Vec<Metric>,
+    /// A value on its way to the guest, kept for the next one.
+    pub scratch: Vec<u8>,
     /// Header names the guest set, parsed once (see `abi::header_name`).
     pub header_names: Vec<http::HeaderName>,
     /// Metric ids by (type, name).
@@ -105,7 +126,7 @@ pub enum Event {
     Call(u32, CallKind, CallResponse),
     Grpc(u32, GrpcEvent),
     Resume,
-    Reply(LocalReply),
+    Reply(Box<LocalReply>),
     Close,
 }
 
@@ -122,7 +143,7 @@ pub struct Inbox {
 #[derive(Default)]
 pub struct Outcome {
     pub action: u32,
-    pub reply: Option<LocalReply>,
+    pub reply: Option<Box<LocalReply>>,
     pub resume: bool,
     pub close: bool,
 }
@@ -227,8 +248,9 @@ fn exports(store: &mut Store<HostState>, i: &Instance) -> Exports {
     }
 }
 
-/// Context ids are small sequential integers: a multiply spreads them well
-/// enough, at a fraction of SipHash's cost.
+/// Context ids are small sequential integers, and plugin addresses differ in
+/// their high bits: a multiply spreads both well enough, at a fraction of
+/// SipHash's cost.
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -243,6 +265,13 @@ impl std::hash::Hasher for IdHasher {
     }
     fn write_u32(&mut self, n: u32) {
         self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Addresses end in zero bits (alignment); the rotation brings mixed
+        // bits down to where the table takes its index from.
+        self.0 = (n as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(32);
     }
 }
 
@@ -306,6 +335,7 @@ impl Vm {
             metrics: Vec::new(),
             metric_ids: HashMap::new(),
             header_names: Vec::new(),
+            scratch: Vec::new(),
             next_token: 1,
             queue_owner: queue_owner.clone(),
             cluster_names: Arc::new(
@@ -460,10 +490,15 @@ impl Vm {
             let r = f(&mut store);
             let st = store.data_mut();
             std::mem::swap(&mut st.stream, data);
-            (r, std::mem::take(&mut st.effects))
+            // Most callbacks ask nothing of the host: their effects stay put.
+            let fx = (!st.effects.is_empty()).then(|| std::mem::take(&mut st.effects));
+            (r, fx)
         };
         match r {
-            Ok(r) => Ok((r, self.dispatch(fx, ctx))),
+            Ok(r) => Ok((
+                r,
+                fx.map_or_else(Outcome::default, |fx| self.dispatch(fx, ctx)),
+            )),
             Err(e) => {
                 let why = describe(&e, callback, &self.plugin);
                 self.fail(&why);
@@ -498,9 +533,6 @@ impl Vm {
     /// Acts on a callback's effects; returns those for context `own`.
     fn dispatch(&self, fx: Effects, own: u32) -> Outcome {
         let mut out = Outcome::default();
-        if fx.is_empty() {
-            return out;
-        }
         let Effects {
             resume,
             replies,
@@ -1025,7 +1057,7 @@ impl Slot {
     pub fn give_back(&self, mut data: Data) {
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_DATA {
-            *data = StreamData::default();
+            data.reset();
             spare.push(data);
         }
     }
@@ -1097,10 +1129,13 @@ impl Slot {
 
 type SlotEntry = (Weak<Plugin>, Rc<Slot>);
 
+type Slots = HashMap<usize, SlotEntry, std::hash::BuildHasherDefault<IdHasher>>;
+
 thread_local! {
-    /// This worker's slots, by plugin address; the weak handle tells a retired
-    /// plugin from a new one at the same address.
-    static SLOTS: RefCell<HashMap<usize, SlotEntry>> = RefCell::new(HashMap::new());
+    /// This worker's slots, by plugin address. The weak handle keeps a retired
+    /// plugin's allocation, so no new plugin takes its address while its entry
+    /// is here.
+    static SLOTS: RefCell<Slots> = RefCell::new(Slots::default());
 }
 
 /// This worker's slot for a plugin.
@@ -1108,9 +1143,7 @@ pub fn slot(plugin: &Arc<Plugin>) -> Rc<Slot> {
     let key = Arc::as_ptr(plugin) as usize;
     SLOTS.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some((w, slot)) = s.get(&key)
-            && w.upgrade().is_some_and(|p| Arc::ptr_eq(&p, plugin))
-        {
+        if let Some((_, slot)) = s.get(&key) {
             return slot.clone();
         }
         // Forget the slots of retired plugins (their VMs end with the streams

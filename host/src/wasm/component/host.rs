@@ -1,7 +1,6 @@
 //! The `legate:filter` host interfaces: log, metrics, shared-data, properties
 //! and http-client.
 
-use bytes::BytesMut;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{WasmList, WasmStr};
 
@@ -75,9 +74,10 @@ fn map_get(d: &StreamData, map: MapKind, name: &str, all: bool) -> Vec<Vec<u8>> 
     };
     match map {
         MapKind::RequestHeaders => match &d.req {
-            Some(h) if name.starts_with(':') => {
-                request_pseudo(h, name.as_bytes()).into_iter().collect()
-            }
+            Some(h) if name.starts_with(':') => request_pseudo(h, name.as_bytes())
+                .map(<[u8]>::to_vec)
+                .into_iter()
+                .collect(),
             Some(h) => values(&h.headers),
             None => Vec::new(),
         },
@@ -110,7 +110,7 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
                     if let Some(value) = request_pseudo(h, p.as_bytes()) {
                         out.push(WHeader {
                             name: p.to_string(),
-                            value,
+                            value: value.to_vec(),
                         });
                     }
                 }
@@ -346,9 +346,7 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
             })?;
             i.func_wrap("set-body", |mut c, (data,): (Vec<u8>,)| {
                 if let Some((_, b)) = c.data_mut().stream.body.as_mut() {
-                    *b = Bytes::from(data)
-                        .try_into_mut()
-                        .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                    *b = Bytes::from(data);
                 }
                 Ok(())
             })?;

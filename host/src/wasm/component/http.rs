@@ -5,17 +5,16 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use legate_filter_api::{
     DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
-    ResponseHead, StreamInfo,
+    ResponseHead, Step, StreamInfo,
 };
 use wasmtime::component::ResourceAny;
 
 use super::super::Plugin;
 use super::super::abi::{Op, edit};
-use super::super::http::{placeholder_info, placeholder_request};
+use super::super::http::placeholder_request;
 use super::super::slot::{Slot, slot};
 use super::super::vm::Data;
 use super::{CVm, Failed, Inbox, WAction, WLocalReply, WPoll, call_result, start_calls};
@@ -189,7 +188,7 @@ impl ComponentHttpFilter {
     }
 
     /// What the failure policy gives the stream.
-    fn failure(&mut self, Failed(why): Failed) -> Option<LocalReply> {
+    fn failure(&mut self, Failed(why): Failed) -> Option<Box<LocalReply>> {
         let stats = &self.plugin.stats;
         tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
         match self.plugin.config.failure_policy {
@@ -202,7 +201,7 @@ impl ComponentHttpFilter {
                 stats.fail_closed.inc();
                 let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
                 r.details = "wasm_fail_stream";
-                Some(r)
+                Some(Box::new(r))
             }
         }
     }
@@ -214,7 +213,7 @@ impl ComponentHttpFilter {
                 limit: self.plugin.config.limits.max_buffered_body_bytes,
             },
             Ok(WAction::WaitForBody) => HeadersAction::Continue,
-            Ok(WAction::Respond(reply)) => HeadersAction::Respond(local_reply(reply)),
+            Ok(WAction::Respond(reply)) => HeadersAction::Respond(Box::new(local_reply(reply))),
             Err(e) => match self.failure(e) {
                 Some(r) => HeadersAction::Respond(r),
                 None => HeadersAction::Continue,
@@ -235,7 +234,7 @@ impl ComponentHttpFilter {
         hook: Hook,
         info: &mut StreamInfo,
     ) -> Result<WAction, Failed> {
-        self.data.info = Some(std::mem::replace(info, placeholder_info(info)));
+        self.data.info = Some(info.take());
         let r = self.run(hook).await;
         if let Some(i) = self.data.info.take() {
             *info = i;
@@ -254,11 +253,8 @@ impl ComponentHttpFilter {
             return DataAction::Continue;
         }
         let n = chunk.len() as u64;
-        // The chunk itself, copied only if shared.
-        let lent = std::mem::take(chunk)
-            .try_into_mut()
-            .unwrap_or_else(|b| BytesMut::from(&b[..]));
-        self.data.body = Some((u32::from(!request), lent));
+        // The chunk itself, uncopied.
+        self.data.body = Some((u32::from(!request), std::mem::take(chunk)));
         let hook = if request {
             Hook::RequestBody(n, eos)
         } else {
@@ -266,7 +262,7 @@ impl ComponentHttpFilter {
         };
         let r = self.run_with_info(hook, info).await;
         if let Some((_, b)) = self.data.body.take() {
-            *chunk = b.freeze();
+            *chunk = b;
         }
         self.data_action(r)
     }
@@ -326,107 +322,112 @@ fn local_reply(r: WLocalReply) -> LocalReply {
     reply
 }
 
-#[async_trait(?Send)]
 impl HttpFilter for ComponentHttpFilter {
-    async fn on_request_headers(
-        &mut self,
-        head: &mut RequestHead,
+    fn on_request_headers<'a>(
+        &'a mut self,
+        head: &'a mut RequestHead,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
         if self.bypass {
-            return HeadersAction::Continue;
+            return Step::Done(HeadersAction::Continue);
         }
-        self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        let r = self.run_with_info(Hook::RequestHeaders(eos), info).await;
-        if let Some(h) = self.data.req.take() {
-            *head = h;
-        }
-        self.headers_action(r, true)
+        Step::wait(async move {
+            self.data.req = Some(std::mem::replace(head, placeholder_request()));
+            let r = self.run_with_info(Hook::RequestHeaders(eos), info).await;
+            if let Some(h) = self.data.req.take() {
+                *head = h;
+            }
+            self.headers_action(r, true)
+        })
     }
 
-    async fn on_request_buffered(
-        &mut self,
-        _head: &mut RequestHead,
-        body: &mut Bytes,
-        trailers: &mut Option<http::HeaderMap>,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
+    fn on_request_buffered<'a>(
+        &'a mut self,
+        _head: &'a mut RequestHead,
+        body: &'a mut Bytes,
+        trailers: &'a mut Option<http::HeaderMap>,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
         self.request_buffered = true;
         if self.bypass {
-            return HeadersAction::Continue;
+            return Step::Done(HeadersAction::Continue);
         }
-        let eos = trailers.is_none();
-        if let DataAction::Respond(r) = self.body(true, body, eos, info).await {
-            return HeadersAction::Respond(r);
-        }
-        if let Some(t) = trailers.as_mut()
-            && let DataAction::Respond(r) = self.trailers(true, t, info).await
-        {
-            return HeadersAction::Respond(r);
-        }
-        HeadersAction::Continue
+        Step::wait(async move {
+            let eos = trailers.is_none();
+            if let DataAction::Respond(r) = self.body(true, body, eos, info).await {
+                return HeadersAction::Respond(r);
+            }
+            if let Some(t) = trailers.as_mut()
+                && let DataAction::Respond(r) = self.trailers(true, t, info).await
+            {
+                return HeadersAction::Respond(r);
+            }
+            HeadersAction::Continue
+        })
     }
 
-    async fn on_request_body(
-        &mut self,
-        chunk: &mut Bytes,
+    fn on_request_body<'a>(
+        &'a mut self,
+        chunk: &'a mut Bytes,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.request_buffered {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
-        self.body(true, chunk, eos, info).await
+        Step::wait(self.body(true, chunk, eos, info))
     }
 
-    async fn on_request_trailers(
-        &mut self,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+    fn on_request_trailers<'a>(
+        &'a mut self,
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.request_buffered {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
-        self.trailers(true, trailers, info).await
+        Step::wait(self.trailers(true, trailers, info))
     }
 
-    async fn on_response_headers(
-        &mut self,
-        head: &mut ResponseHead,
+    fn on_response_headers<'a>(
+        &'a mut self,
+        head: &'a mut ResponseHead,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> HeadersAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
         if self.bypass {
-            return HeadersAction::Continue;
+            return Step::Done(HeadersAction::Continue);
         }
-        let empty = ResponseHead {
-            status: head.status,
-            headers: http::HeaderMap::new(),
-        };
-        self.data.resp = Some(std::mem::replace(head, empty));
-        let r = self.run_with_info(Hook::ResponseHeaders(eos), info).await;
-        if let Some(h) = self.data.resp.take() {
-            *head = h;
-        }
-        self.headers_action(r, false)
+        Step::wait(async move {
+            let empty = ResponseHead {
+                status: head.status,
+                headers: http::HeaderMap::new(),
+            };
+            self.data.resp = Some(std::mem::replace(head, empty));
+            let r = self.run_with_info(Hook::ResponseHeaders(eos), info).await;
+            if let Some(h) = self.data.resp.take() {
+                *head = h;
+            }
+            self.headers_action(r, false)
+        })
     }
 
-    async fn on_response_body(
-        &mut self,
-        chunk: &mut Bytes,
+    fn on_response_body<'a>(
+        &'a mut self,
+        chunk: &'a mut Bytes,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        self.body(false, chunk, eos, info).await
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::wait(self.body(false, chunk, eos, info))
     }
 
-    async fn on_response_trailers(
-        &mut self,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
-        self.trailers(false, trailers, info).await
+    fn on_response_trailers<'a>(
+        &'a mut self,
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
+        Step::wait(self.trailers(false, trailers, info))
     }
 
     /// Bodies pass by untouched once the filter said it implements none of
