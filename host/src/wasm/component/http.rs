@@ -14,6 +14,7 @@ use wasmtime::component::ResourceAny;
 
 use super::super::Plugin;
 use super::super::abi::{Op, edit};
+use super::super::calls::OutCall;
 use super::super::http::placeholder_request;
 use super::super::slot::{Slot, slot};
 use super::super::vm::Data;
@@ -59,6 +60,13 @@ pub struct ComponentHttpFilter {
     data: Data,
     /// The request body went through `on_request_buffered`: the body hooks pass.
     request_buffered: bool,
+}
+
+/// Where a hook stands.
+enum Progress {
+    Ended(WAction),
+    /// Awaiting calls, in this instance, on this stream resource.
+    Pending(Rc<CVm>, ResourceAny),
 }
 
 /// Which hook runs.
@@ -113,10 +121,10 @@ impl ComponentHttpFilter {
         Ok((vm, r))
     }
 
-    /// Runs a hook, then feeds it the results of the calls it awaits until it
-    /// finishes.
-    async fn run(&mut self, hook: Hook) -> Result<WAction, Failed> {
-        let (vm, r, mut poll, mut calls) = match (&self.cx, hook) {
+    /// Calls a hook. It ends now, or is pending on the calls it made (they
+    /// have been started).
+    fn call(&mut self, hook: Hook) -> Result<Progress, Failed> {
+        let (vm, r, poll, calls) = match (&self.cx, hook) {
             // The usual start: make the stream and run its first hook in one call.
             (None, Hook::RequestHeaders(eos))
                 if self
@@ -135,7 +143,7 @@ impl ComponentHttpFilter {
             _ => {
                 let (vm, r) = self.context()?;
                 if vm.unimplemented.get() & hook.bit() != 0 {
-                    return Ok(WAction::Continue);
+                    return Ok(Progress::Ended(WAction::Continue));
                 }
                 let ((poll,), calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
                     let f = vm.http();
@@ -151,39 +159,84 @@ impl ComponentHttpFilter {
                 (vm, r, poll, calls)
             }
         };
+        self.progress(hook, vm, r, poll, calls)
+    }
+
+    /// Where a hook stands after a guest call.
+    fn progress(
+        &mut self,
+        hook: Hook,
+        vm: Rc<CVm>,
+        r: ResourceAny,
+        poll: WPoll,
+        calls: Vec<OutCall>,
+    ) -> Result<Progress, Failed> {
+        if !calls.is_empty() {
+            let inbox = self.inbox.get_or_insert_with(Default::default);
+            start_calls(&vm, inbox, calls);
+        }
+        match poll {
+            WPoll::Ready(action) => Ok(Progress::Ended(action)),
+            WPoll::Unimplemented => {
+                vm.unimplemented.set(vm.unimplemented.get() | hook.bit());
+                Ok(Progress::Ended(WAction::Continue))
+            }
+            WPoll::Pending => Ok(Progress::Pending(vm, r)),
+        }
+    }
+
+    /// Feeds a pending hook the results of the calls it awaits until it ends.
+    async fn wait(
+        &mut self,
+        hook: Hook,
+        mut vm: Rc<CVm>,
+        mut r: ResourceAny,
+    ) -> Result<WAction, Failed> {
         loop {
-            if !calls.is_empty() {
-                let inbox = self.inbox.get_or_insert_with(Default::default);
-                start_calls(&vm, inbox, calls);
-            }
-            match poll {
-                WPoll::Ready(action) => return Ok(action),
-                WPoll::Unimplemented => {
-                    vm.unimplemented.set(vm.unimplemented.get() | hook.bit());
-                    return Ok(WAction::Continue);
-                }
-                WPoll::Pending => {}
-            }
-            let Some(inbox) = self.inbox.clone() else {
+            let next = match self.inbox.clone() {
+                Some(inbox) => inbox.next().await,
+                None => None,
+            };
+            let Some((token, resp)) = next else {
                 return Err(Failed(format!(
                     "{}: the hook is pending but awaits no outbound call",
                     hook.name()
                 )));
             };
-            let (token, resp) = match inbox.next().await {
-                Some(next) => next,
-                None => {
-                    return Err(Failed(format!(
-                        "{}: the hook is pending but awaits no outbound call",
-                        hook.name()
-                    )));
-                }
-            };
-            let ((p,), more) = vm.call("resume", &mut self.data, true, |vm, s| {
+            let ((poll,), calls) = vm.call("resume", &mut self.data, true, |vm, s| {
                 vm.http().resume.call(s, (r, token, call_result(&resp)))
             })?;
-            poll = p;
-            calls = more;
+            match self.progress(hook, vm, r, poll, calls)? {
+                Progress::Ended(action) => return Ok(action),
+                Progress::Pending(v, h) => (vm, r) = (v, h),
+            }
+        }
+    }
+
+    /// Runs a hook with the stream info lent, and gives its filter hook the
+    /// step: `finish` takes the lent data back and makes the action, at once
+    /// or after the wait.
+    fn step<'a, A: 'a>(
+        &'a mut self,
+        hook: Hook,
+        info: &'a mut StreamInfo,
+        finish: impl FnOnce(&mut Self, Result<WAction, Failed>) -> A + 'a,
+    ) -> Step<'a, A> {
+        self.data.info = Some(info.take());
+        let progress = self.call(hook);
+        let ended = |this: &mut Self, info: &mut StreamInfo, r| {
+            if let Some(i) = this.data.info.take() {
+                *info = i;
+            }
+            finish(this, r)
+        };
+        match progress {
+            Ok(Progress::Ended(a)) => Step::Done(ended(self, info, Ok(a))),
+            Err(e) => Step::Done(ended(self, info, Err(e))),
+            Ok(Progress::Pending(vm, r)) => Step::wait(async move {
+                let r = self.wait(hook, vm, r).await;
+                ended(self, info, r)
+            }),
         }
     }
 
@@ -228,29 +281,15 @@ impl ComponentHttpFilter {
         }
     }
 
-    /// Runs `hook` with the stream info lent too.
-    async fn run_with_info(
-        &mut self,
-        hook: Hook,
-        info: &mut StreamInfo,
-    ) -> Result<WAction, Failed> {
-        self.data.info = Some(info.take());
-        let r = self.run(hook).await;
-        if let Some(i) = self.data.info.take() {
-            *info = i;
-        }
-        r
-    }
-
-    async fn body(
-        &mut self,
+    fn body<'a>(
+        &'a mut self,
         request: bool,
-        chunk: &mut Bytes,
+        chunk: &'a mut Bytes,
         eos: bool,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.bypass {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
         let n = chunk.len() as u64;
         // The chunk itself, uncopied.
@@ -260,21 +299,22 @@ impl ComponentHttpFilter {
         } else {
             Hook::ResponseBody(n, eos)
         };
-        let r = self.run_with_info(hook, info).await;
-        if let Some((_, b)) = self.data.body.take() {
-            *chunk = b;
-        }
-        self.data_action(r)
+        self.step(hook, info, move |this, r| {
+            if let Some((_, b)) = this.data.body.take() {
+                *chunk = b;
+            }
+            this.data_action(r)
+        })
     }
 
-    async fn trailers(
-        &mut self,
+    fn trailers<'a>(
+        &'a mut self,
         request: bool,
-        trailers: &mut http::HeaderMap,
-        info: &mut StreamInfo,
-    ) -> DataAction {
+        trailers: &'a mut http::HeaderMap,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, DataAction> {
         if self.bypass {
-            return DataAction::Continue;
+            return Step::Done(DataAction::Continue);
         }
         let lent = Some(std::mem::take(trailers));
         let hook = if request {
@@ -284,14 +324,15 @@ impl ComponentHttpFilter {
             self.data.resp_trailers = lent;
             Hook::ResponseTrailers
         };
-        let r = self.run_with_info(hook, info).await;
-        let back = if request {
-            self.data.req_trailers.take()
-        } else {
-            self.data.resp_trailers.take()
-        };
-        *trailers = back.unwrap_or_default();
-        self.data_action(r)
+        self.step(hook, info, move |this, r| {
+            let back = if request {
+                this.data.req_trailers.take()
+            } else {
+                this.data.resp_trailers.take()
+            };
+            *trailers = back.unwrap_or_default();
+            this.data_action(r)
+        })
     }
 
     /// Drops the stream's resource: the guest's `on_done` runs in its
@@ -332,13 +373,12 @@ impl HttpFilter for ComponentHttpFilter {
         if self.bypass {
             return Step::Done(HeadersAction::Continue);
         }
-        Step::wait(async move {
-            self.data.req = Some(std::mem::replace(head, placeholder_request()));
-            let r = self.run_with_info(Hook::RequestHeaders(eos), info).await;
-            if let Some(h) = self.data.req.take() {
+        self.data.req = Some(std::mem::replace(head, placeholder_request()));
+        self.step(Hook::RequestHeaders(eos), info, move |this, r| {
+            if let Some(h) = this.data.req.take() {
                 *head = h;
             }
-            self.headers_action(r, true)
+            this.headers_action(r, true)
         })
     }
 
@@ -355,11 +395,11 @@ impl HttpFilter for ComponentHttpFilter {
         }
         Step::wait(async move {
             let eos = trailers.is_none();
-            if let DataAction::Respond(r) = self.body(true, body, eos, info).await {
+            if let DataAction::Respond(r) = self.body(true, body, eos, info).action().await {
                 return HeadersAction::Respond(r);
             }
             if let Some(t) = trailers.as_mut()
-                && let DataAction::Respond(r) = self.trailers(true, t, info).await
+                && let DataAction::Respond(r) = self.trailers(true, t, info).action().await
             {
                 return HeadersAction::Respond(r);
             }
@@ -376,7 +416,7 @@ impl HttpFilter for ComponentHttpFilter {
         if self.request_buffered {
             return Step::Done(DataAction::Continue);
         }
-        Step::wait(self.body(true, chunk, eos, info))
+        self.body(true, chunk, eos, info)
     }
 
     fn on_request_trailers<'a>(
@@ -387,7 +427,7 @@ impl HttpFilter for ComponentHttpFilter {
         if self.request_buffered {
             return Step::Done(DataAction::Continue);
         }
-        Step::wait(self.trailers(true, trailers, info))
+        self.trailers(true, trailers, info)
     }
 
     fn on_response_headers<'a>(
@@ -399,17 +439,16 @@ impl HttpFilter for ComponentHttpFilter {
         if self.bypass {
             return Step::Done(HeadersAction::Continue);
         }
-        Step::wait(async move {
-            let empty = ResponseHead {
-                status: head.status,
-                headers: http::HeaderMap::new(),
-            };
-            self.data.resp = Some(std::mem::replace(head, empty));
-            let r = self.run_with_info(Hook::ResponseHeaders(eos), info).await;
-            if let Some(h) = self.data.resp.take() {
+        let empty = ResponseHead {
+            status: head.status,
+            headers: http::HeaderMap::new(),
+        };
+        self.data.resp = Some(std::mem::replace(head, empty));
+        self.step(Hook::ResponseHeaders(eos), info, move |this, r| {
+            if let Some(h) = this.data.resp.take() {
                 *head = h;
             }
-            self.headers_action(r, false)
+            this.headers_action(r, false)
         })
     }
 
@@ -419,7 +458,7 @@ impl HttpFilter for ComponentHttpFilter {
         eos: bool,
         info: &'a mut StreamInfo,
     ) -> Step<'a, DataAction> {
-        Step::wait(self.body(false, chunk, eos, info))
+        self.body(false, chunk, eos, info)
     }
 
     fn on_response_trailers<'a>(
@@ -427,7 +466,7 @@ impl HttpFilter for ComponentHttpFilter {
         trailers: &'a mut http::HeaderMap,
         info: &'a mut StreamInfo,
     ) -> Step<'a, DataAction> {
-        Step::wait(self.trailers(false, trailers, info))
+        self.trailers(false, trailers, info)
     }
 
     /// Bodies pass by untouched once the filter said it implements none of
