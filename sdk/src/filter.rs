@@ -118,7 +118,10 @@ impl Action {
     fn into_wit(self) -> wit::Action {
         match self {
             Action::Continue => wit::Action::Continue,
-            Action::Respond(r) => wit::Action::Respond(r.into_wit()),
+            Action::Respond(r) => {
+                crate::host::respond(r.into_wit());
+                wit::Action::Respond
+            }
             Action::WaitForBody => wit::Action::WaitForBody,
         }
     }

@@ -57,6 +57,10 @@ mod imp {
         message::set_body(data)
     }
 
+    pub fn respond(reply: crate::bindings::http::legate::filter::types::LocalReply) {
+        message::respond(&reply)
+    }
+
     fn level(l: Level) -> log::Level {
         match l {
             Level::Trace => log::Level::Trace,
@@ -194,6 +198,10 @@ mod imp {
     pub fn body_set(data: &[u8]) {
         mock(|k| k.body = data.to_vec())
     }
+
+    /// The harness reads the action itself; nothing to record.
+    #[allow(dead_code)]
+    pub fn respond(_reply: crate::bindings::http::legate::filter::types::LocalReply) {}
 
     pub fn log(l: Level, message: &str) {
         mock(|m| m.logs.push((l, message.to_string())));

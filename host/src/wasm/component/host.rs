@@ -344,6 +344,10 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
                 let body = c.data().stream.body.as_ref();
                 Ok((body.map(|(_, b)| b.to_vec()).unwrap_or_default(),))
             })?;
+            i.func_wrap("respond", |mut c, (reply,): (WLocalReply,)| {
+                c.data_mut().reply = Some(reply);
+                Ok(())
+            })?;
             i.func_wrap("set-body", |mut c, (data,): (Vec<u8>,)| {
                 if let Some((_, b)) = c.data_mut().stream.body.as_mut() {
                     *b = Bytes::from(data);

@@ -176,7 +176,7 @@ impl ComponentHttpFilter {
             start_calls(&vm, inbox, calls);
         }
         match poll {
-            WPoll::Ready(action) => Ok(Progress::Ended(action)),
+            WPoll::Ready(kind) => Ok(Progress::Ended(vm.decide(kind))),
             WPoll::Unimplemented => {
                 vm.unimplemented.set(vm.unimplemented.get() | hook.bit());
                 Ok(Progress::Ended(WAction::Continue))

@@ -188,6 +188,8 @@ pub struct CState {
     header_names: Vec<::http::HeaderName>,
     /// Reused buffers for header edits read from guest memory.
     scratch: (Vec<u8>, Vec<u8>),
+    /// The reply the running hook passed to `message.respond`.
+    reply: Option<WLocalReply>,
 }
 
 /// A header as lowered into the guest, borrowed from the host's maps.
@@ -216,14 +218,24 @@ struct WLocalReply {
     grpc_status: Option<u32>,
 }
 
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-enum WAction {
+/// `types.action` as the guest returns it (only ever lifted).
+#[allow(dead_code)]
+#[derive(ComponentType, Lift, Clone, Copy)]
+#[component(enum)]
+#[repr(u8)]
+enum WActionKind {
     #[component(name = "continue")]
     Continue,
     #[component(name = "respond")]
-    Respond(WLocalReply),
+    Respond,
     #[component(name = "wait-for-body")]
+    WaitForBody,
+}
+
+/// A hook's decision, with the reply it gave `message.respond`.
+enum WAction {
+    Continue,
+    Respond(WLocalReply),
     WaitForBody,
 }
 
@@ -231,7 +243,7 @@ enum WAction {
 #[component(variant)]
 enum WPoll {
     #[component(name = "ready")]
-    Ready(WAction),
+    Ready(WActionKind),
     #[component(name = "pending")]
     Pending,
     #[component(name = "unimplemented")]
@@ -368,6 +380,7 @@ impl CVm {
             stdio: Default::default(),
             header_names: Vec::new(),
             scratch: Default::default(),
+            reply: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -505,6 +518,22 @@ impl CVm {
     }
 
     /// Drops a guest resource (best effort: a failed instance is discarded anyway).
+    /// What a hook that returned `kind` decided; `respond` takes the reply it
+    /// passed to `message.respond` (a 500 if it passed none).
+    fn decide(&self, kind: WActionKind) -> WAction {
+        let reply = self.store.borrow_mut().data_mut().reply.take();
+        match kind {
+            WActionKind::Continue => WAction::Continue,
+            WActionKind::WaitForBody => WAction::WaitForBody,
+            WActionKind::Respond => WAction::Respond(reply.unwrap_or(WLocalReply {
+                status: 500,
+                headers: Vec::new(),
+                body: b"the filter answered without a reply\n".to_vec(),
+                grpc_status: None,
+            })),
+        }
+    }
+
     /// Drops a guest resource, running its destructor (where the SDK calls
     /// `on_done` / `on_close`). A failed instance is discarded anyway.
     fn drop_resource(&self, r: ResourceAny, data: &mut Data) {
