@@ -14,7 +14,8 @@ use legate_filter_api::{
 };
 
 use super::Plugin;
-use super::vm::{Data, Failed, Inbox, Outcome, Slot, Vm, slot};
+use super::slot::{Slot, slot};
+use super::vm::{Data, Failed, Inbox, Outcome, Vm};
 use crate::config::FailurePolicy;
 
 /// Builds the per-stream filters of one plugin.
@@ -51,7 +52,7 @@ struct Cx {
 }
 
 pub struct WasmHttpFilter {
-    slot: Rc<Slot>,
+    slot: Rc<Slot<Vm>>,
     plugin: Arc<Plugin>,
     cx: Option<Cx>,
     /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.

@@ -346,7 +346,7 @@ pub fn start_services(plugins: &[Arc<Plugin>], mut life: tokio::sync::watch::Rec
                 };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&rt, async move {
-                let slot = vm::slot(&p);
+                let slot = slot::slot::<vm::Vm>(&p);
                 let vm = slot.vm();
                 if let Err(e) = &vm {
                     tracing::error!(plugin = %p.config.name, "Wasm service failed to start: {e}");

@@ -11,7 +11,8 @@ use legate_filter_api::network::{
 };
 
 use super::Plugin;
-use super::vm::{ConnFacts, Data, Failed, Outcome, Slot, Vm, slot};
+use super::slot::{Slot, slot};
+use super::vm::{ConnFacts, Data, Failed, Outcome, Vm};
 use crate::config::FailurePolicy;
 
 pub struct WasmNetworkFactory {
@@ -39,7 +40,7 @@ impl NetworkFilterFactory for WasmNetworkFactory {
 }
 
 pub struct WasmNetworkFilter {
-    slot: Rc<Slot>,
+    slot: Rc<Slot<Vm>>,
     plugin: Arc<Plugin>,
     cx: Option<(Rc<Vm>, u32)>,
     bypass: bool,

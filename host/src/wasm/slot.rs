@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::Plugin;
-use super::vm::{Data, StreamData};
+use super::vm::{Data, IdHasher};
 
 /// What a slot holds: a per-worker instance of a plugin.
 pub trait Instance: Sized + 'static {
@@ -47,7 +47,7 @@ impl<V> Slot<V> {
     pub fn give_back(&self, mut data: Data) {
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_DATA {
-            *data = StreamData::default();
+            data.reset();
             spare.push(data);
         }
     }
@@ -124,10 +124,13 @@ impl<V: Instance> Slot<V> {
 
 type SlotEntry = (Weak<Plugin>, Rc<dyn Any>);
 
+type Slots = HashMap<usize, SlotEntry, std::hash::BuildHasherDefault<IdHasher>>;
+
 thread_local! {
-    /// This worker's slots, by plugin address; the weak handle tells a retired
-    /// plugin from a new one at the same address.
-    static SLOTS: RefCell<HashMap<usize, SlotEntry>> = RefCell::new(HashMap::new());
+    /// This worker's slots, by plugin address. The weak handle keeps a retired
+    /// plugin's allocation, so no new plugin takes its address while its entry
+    /// is here.
+    static SLOTS: RefCell<Slots> = RefCell::new(Slots::default());
 }
 
 /// This worker's slot for a plugin.
@@ -135,8 +138,7 @@ pub fn slot<V: Instance>(plugin: &Arc<Plugin>) -> Rc<Slot<V>> {
     let key = Arc::as_ptr(plugin) as usize;
     SLOTS.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some((w, slot)) = s.get(&key)
-            && w.upgrade().is_some_and(|p| Arc::ptr_eq(&p, plugin))
+        if let Some((_, slot)) = s.get(&key)
             && let Ok(slot) = slot.clone().downcast::<Slot<V>>()
         {
             return slot;

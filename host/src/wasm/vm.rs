@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,7 +49,7 @@ pub struct StreamData {
 
 impl StreamData {
     /// Clears the data for the next stream, keeping the snapshot buffers.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         let (mut req_seen, mut resp_seen) = (
             std::mem::take(&mut self.req_seen),
             std::mem::take(&mut self.resp_seen),
@@ -1027,139 +1027,14 @@ pub(super) fn describe(e: &wasmtime::Error, callback: &str, plugin: &WasmPlugin)
     format!("{callback}: {what}")
 }
 
-/// A plugin's VM slot on one worker: the VM in service, rebuilt after a failure.
-/// The first rebuild is immediate, so one bad request costs one stream; a VM that
-/// keeps failing soon after being rebuilt waits `reload_config.backoff` (doubling
-/// up to its max) between rebuilds.
-pub struct Slot {
-    plugin: Weak<Plugin>,
-    vm: RefCell<Option<Rc<Vm>>>,
-    /// When the VM in service was built.
-    built_at: Cell<Option<Instant>>,
-    /// Rebuilds since a VM last lived longer than the max backoff.
-    quick_rebuilds: Cell<u32>,
-    /// No rebuild before this.
-    retry_at: Cell<Option<Instant>>,
-    /// Stream data of ended streams, cleared, for the next ones.
-    spare: RefCell<Vec<Data>>,
-}
-
-/// Spare stream data kept per worker and plugin.
-const SPARE_DATA: usize = 64;
-
-impl Slot {
-    /// Stream data for a new stream, reused when one ended.
-    pub fn take_data(&self) -> Data {
-        self.spare.borrow_mut().pop().unwrap_or_default()
+impl super::slot::Instance for Vm {
+    fn build(plugin: &Plugin) -> Result<Rc<Vm>, String> {
+        Vm::new(plugin, true).map_err(|Failed(e)| e)
     }
 
-    /// Takes back an ended stream's data.
-    pub fn give_back(&self, mut data: Data) {
-        let mut spare = self.spare.borrow_mut();
-        if spare.len() < SPARE_DATA {
-            data.reset();
-            spare.push(data);
-        }
+    fn is_failed(&self) -> bool {
+        Vm::is_failed(self)
     }
-
-    /// The VM in service, building one if there is none or the last failed.
-    pub fn vm(&self) -> Result<Rc<Vm>, String> {
-        if let Some(vm) = self.vm.borrow().as_ref()
-            && !vm.is_failed()
-        {
-            return Ok(vm.clone());
-        }
-        let Some(plugin) = self.plugin.upgrade() else {
-            return Err("the plugin was retired".into());
-        };
-        let now = Instant::now();
-        if let Some(at) = self.retry_at.get()
-            && now < at
-        {
-            plugin.stats.vm_reload_backoff.inc();
-            return Err("the VM failed and is waiting to be rebuilt".into());
-        }
-        let (base, max) = plugin.config.reload_backoff;
-        let failed_vm = self.vm.borrow().is_some();
-        if failed_vm {
-            let lived = self.built_at.get().map_or(Duration::MAX, |b| now - b);
-            if lived > max {
-                self.quick_rebuilds.set(0);
-            }
-            let n = self.quick_rebuilds.get();
-            if n > 0 {
-                // A crash loop: wait before this rebuild.
-                let wait = (base * 2u32.saturating_pow(n - 1)).min(max);
-                if self.retry_at.get().is_none() {
-                    self.retry_at.set(Some(now + wait));
-                    plugin.stats.vm_reload_backoff.inc();
-                    return Err("the VM failed and is waiting to be rebuilt".into());
-                }
-            }
-        }
-        self.retry_at.set(None);
-        if failed_vm {
-            plugin.stats.vm_reload.inc();
-        }
-        match Vm::new(&plugin, true) {
-            Ok(vm) => {
-                if failed_vm {
-                    self.quick_rebuilds.set(self.quick_rebuilds.get() + 1);
-                    plugin.stats.vm_reload_success.inc();
-                    tracing::info!(plugin = %plugin.config.name, "Wasm VM rebuilt");
-                }
-                self.built_at.set(Some(now));
-                *self.vm.borrow_mut() = Some(vm.clone());
-                Ok(vm)
-            }
-            Err(Failed(e)) => {
-                if failed_vm {
-                    plugin.stats.vm_reload_failure.inc();
-                }
-                let n = self.quick_rebuilds.get() + 1;
-                self.quick_rebuilds.set(n);
-                self.retry_at
-                    .set(Some(now + (base * 2u32.saturating_pow(n - 1)).min(max)));
-                tracing::error!(plugin = %plugin.config.name, "cannot start Wasm VM: {e}");
-                Err(e)
-            }
-        }
-    }
-}
-
-type SlotEntry = (Weak<Plugin>, Rc<Slot>);
-
-type Slots = HashMap<usize, SlotEntry, std::hash::BuildHasherDefault<IdHasher>>;
-
-thread_local! {
-    /// This worker's slots, by plugin address. The weak handle keeps a retired
-    /// plugin's allocation, so no new plugin takes its address while its entry
-    /// is here.
-    static SLOTS: RefCell<Slots> = RefCell::new(Slots::default());
-}
-
-/// This worker's slot for a plugin.
-pub fn slot(plugin: &Arc<Plugin>) -> Rc<Slot> {
-    let key = Arc::as_ptr(plugin) as usize;
-    SLOTS.with(|s| {
-        let mut s = s.borrow_mut();
-        if let Some((_, slot)) = s.get(&key) {
-            return slot.clone();
-        }
-        // Forget the slots of retired plugins (their VMs end with the streams
-        // still holding them).
-        s.retain(|_, (w, _)| w.strong_count() > 0);
-        let slot = Rc::new(Slot {
-            plugin: Arc::downgrade(plugin),
-            vm: RefCell::new(None),
-            built_at: Cell::new(None),
-            quick_rebuilds: Cell::new(0),
-            retry_at: Cell::new(None),
-            spare: RefCell::new(Vec::new()),
-        });
-        s.insert(key, (Arc::downgrade(plugin), slot.clone()));
-        slot
-    })
 }
 
 /// Checks a plugin on a throwaway VM: instantiation, `on_vm_start`, `on_configure`.
