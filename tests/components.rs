@@ -555,3 +555,26 @@ async fn component_properties_and_shared_data_across_workers() {
     let (_, _, body) = curl_get(&["-H", "x-count: 1", &url(a, "/")]);
     assert_eq!(body, "101\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_pending_on_nothing_fails_the_stream_not_the_instance() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "", ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    let t = Instant::now();
+    let (status, _, _) = curl_get(&["-H", "x-hang: 1", &url(a, "/")]);
+    assert_eq!(status, 503);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The instance itself is fine: the next stream runs on it.
+    let (status, head, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert_eq!(l.stat("wasm.sdk_misbehave.fail_closed").await, 1);
+    assert_eq!(l.stat("wasm.sdk_misbehave.vm_failed").await, 0);
+    assert!(
+        l.stderr_text()
+            .contains("the hook is pending but awaits no outbound call"),
+        "{}",
+        l.stderr_text()
+    );
+}

@@ -6,6 +6,8 @@
 //! * `x-hog`: allocates until the memory cap stops it;
 //! * `x-print`: writes to stdout and stderr (they go to the proxy's log), and
 //!   reads the environment from `vm_config.environment_variables`;
+//! * `x-hang`: awaits a future that never completes, with no call out (the
+//!   proxy fails the stream rather than hold it forever);
 //! * `x-props`: answers 200 with properties, one per line;
 //! * `x-count`: adds one to the shared key `count` with compare-and-swap and
 //!   answers the new value;
@@ -33,6 +35,9 @@ impl HttpFilter for Misbehave {
                 hog.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hog);
             }
+        }
+        if headers.contains("x-hang") {
+            std::future::pending::<()>().await;
         }
         if headers.contains("x-props") {
             let text = |p: &[&str]| properties::get_str(p).unwrap_or_else(|| "-".into());

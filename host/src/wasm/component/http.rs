@@ -198,10 +198,14 @@ impl ComponentHttpFilter {
                 None => None,
             };
             let Some((token, resp)) = next else {
-                return Err(Failed(format!(
+                // A filter bug (it awaits something only it could wake): the
+                // stream fails, the instance stays.
+                let why = format!(
                     "{}: the hook is pending but awaits no outbound call",
                     hook.name()
-                )));
+                );
+                tracing::warn!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
+                return Err(Failed(why));
             };
             let ((poll,), calls) = vm.call("resume", &mut self.data, true, |vm, s| {
                 vm.http().resume.call(s, (r, token, call_result(&resp)))
