@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROUTES: &str =
-    "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
-
-/// One listener with the given HTTP filters in front of `up`, plus extra clusters.
-fn config(filters: &str, up: SocketAddr, extra_clusters: &str) -> String {
-    bootstrap(
-        &http_listener_with_filters("ingress", "ingress", ROUTES, "", filters),
-        &(cluster("up", &[(up, 1)], "") + extra_clusters),
-    )
-}
-
 /// An `envoy.filters.http.wasm` entry running a component example.
 fn component_filter(name: &str, config_json: &str, extra: &str) -> String {
     wasm_http_filter(name, &component_example(name), config_json, extra)
@@ -28,7 +17,7 @@ fn component_filter(name: &str, config_json: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_header_filter_over_http1_and_http2() {
     let up = echo_upstream("up").await;
-    let l = Legate::start(&config(
+    let l = Legate::start(&filtered_config(
         &component_filter("sdk_header_filter", "", ""),
         up,
         "",
@@ -68,7 +57,12 @@ async fn sdk_auth_callout_awaits_a_real_auth_service() {
         r#"{"cluster": "auth", "path": "/check", "timeout_ms": 1000}"#,
         "",
     );
-    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(auth, 1)], ""))).await;
+    let l = Legate::start(&filtered_config(
+        &filter,
+        up,
+        &cluster("auth", &[(auth, 1)], ""),
+    ))
+    .await;
     let a = l.listener("ingress").await;
     for proto in ["--http1.1", "--http2-prior-knowledge"] {
         let (status, head, body) = curl_get(&[
@@ -96,7 +90,12 @@ async fn sdk_auth_callout_with_the_auth_service_down() {
     let up = echo_upstream("up").await;
     let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
     let filter = component_filter("sdk_auth_callout", r#"{"cluster": "auth"}"#, "");
-    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(dead, 1)], ""))).await;
+    let l = Legate::start(&filtered_config(
+        &filter,
+        up,
+        &cluster("auth", &[(dead, 1)], ""),
+    ))
+    .await;
     let a = l.listener("ingress").await;
     // The typed interface reports the failure itself, no synthetic 503.
     let (status, _, body) = curl_get(&[&url(a, "/x")]);
@@ -114,7 +113,7 @@ async fn sdk_auth_callout_with_the_auth_service_down() {
 async fn sdk_api_key_answers_locally_and_counts() {
     let up = echo_upstream("up").await;
     let filter = component_filter("sdk_api_key", r#"{"keys": {"k1": "alice"}}"#, "");
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
     let (status, head, body) = curl_get(&["-H", "x-api-key: k1", &url(a, "/")]);
     assert_eq!(status, 200, "{head}");
@@ -142,7 +141,11 @@ async fn sdk_api_key_answers_locally_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_api_key_refuses_a_bad_configuration() {
     let up = echo_upstream("up").await;
-    let (ok, err) = validate(&config(&component_filter("sdk_api_key", "{}", ""), up, ""));
+    let (ok, err) = validate(&filtered_config(
+        &component_filter("sdk_api_key", "{}", ""),
+        up,
+        "",
+    ));
     assert!(!ok);
     assert!(
         err.contains("Wasm plugin \"sdk_api_key\"")
@@ -203,7 +206,7 @@ async fn components_and_proxy_wasm_filters_mix_in_one_chain() {
     let filters = component_filter("sdk_header_filter", "", "")
         + "\n"
         + &wasm_http_filter("header_filter", &wasm_example("header_filter"), "", "");
-    let l = Legate::start(&config(&filters, up, "")).await;
+    let l = Legate::start(&filtered_config(&filters, up, "")).await;
     let a = l.listener("ingress").await;
     let (status, head, body) = curl_get(&[&url(a, "/mixed")]);
     assert_eq!(status, 200, "{head}");
@@ -221,7 +224,7 @@ async fn components_and_proxy_wasm_filters_mix_in_one_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_of_the_wrong_world_is_refused() {
     let up = echo_upstream("up").await;
-    let (ok, err) = validate(&config(
+    let (ok, err) = validate(&filtered_config(
         &component_filter("sdk_tcp_rewrite", "", ""),
         up,
         "",
@@ -267,7 +270,11 @@ async fn a_component_of_another_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("v2.wasm");
     std::fs::write(&wasm, bytes).unwrap();
-    let (ok, err) = validate(&config(&wasm_http_filter("v2", &wasm, "", ""), up, ""));
+    let (ok, err) = validate(&filtered_config(
+        &wasm_http_filter("v2", &wasm, "", ""),
+        up,
+        "",
+    ));
     assert!(!ok);
     assert!(
         err.contains("built for legate:filter/http-filter@0.2.0")
@@ -278,19 +285,8 @@ async fn a_component_of_another_version_is_refused() {
 
 /// `/` through the misbehaving component; the listener `plain` has no filter.
 fn fault_config(up: SocketAddr, policy: &str, limits: &str) -> String {
-    let mut extra = String::new();
-    if !policy.is_empty() {
-        extra.push_str(&format!("                failure_policy: {policy}\n"));
-    }
-    if !limits.is_empty() {
-        extra.push_str(&format!("                legate_limits: {limits}\n"));
-    }
-    let filter = component_filter("sdk_misbehave", "", extra.trim_end_matches('\n'));
-    bootstrap(
-        &(http_listener_with_filters("ingress", "ingress", ROUTES, "", &filter)
-            + &http_listener("plain", "plain", ROUTES, "")),
-        &cluster("up", &[(up, 1)], ""),
-    )
+    let filter = component_filter("sdk_misbehave", "", &plugin_extra(policy, limits));
+    fault_bootstrap(&filter, up)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,20 +391,13 @@ async fn component_stdout_stderr_and_environment() {
                   code: {{local: {{filename: "{}"}}}}"#,
         component_example("sdk_misbehave").display()
     );
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
     let (status, _, _) = curl_get(&["-H", "x-print: 1", &url(a, "/")]);
     let log = l.stderr_text();
     assert_eq!(status, 200, "{log}");
     assert!(log.contains("stdout says hi"), "{log}");
     assert!(log.contains("stderr says hello-env"), "{log}");
-}
-
-fn replace_file(dst: &std::path::Path, bytes: &[u8]) {
-    // Write then rename, as deploy tools do, so the watcher never sees half a file.
-    let tmp = dst.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dst).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +420,7 @@ async fn swapping_a_module_for_a_component_under_load_drops_nothing() {
     ];
     replace_file(&plugin, &versions[0].0);
     let filter = wasm_http_filter("swap", &plugin, "", "");
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -9,22 +9,11 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROUTES: &str =
-    "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
-
-/// One listener with the given HTTP filters in front of `up`, plus extra clusters.
-fn config(filters: &str, up: SocketAddr, extra_clusters: &str) -> String {
-    bootstrap(
-        &http_listener_with_filters("ingress", "ingress", ROUTES, "", filters),
-        &(cluster("up", &[(up, 1)], "") + extra_clusters),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_filter_over_http1_and_http2() {
     let up = echo_upstream("up").await;
     let wasm = wasm_example("header_filter");
-    let l = Legate::start(&config(
+    let l = Legate::start(&filtered_config(
         &wasm_http_filter("header_filter", &wasm, "", ""),
         up,
         "",
@@ -63,7 +52,12 @@ async fn auth_callout_to_a_real_auth_service() {
         r#"{"cluster": "auth", "path": "/check", "timeout_ms": 1000}"#,
         "",
     );
-    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(auth, 1)], ""))).await;
+    let l = Legate::start(&filtered_config(
+        &filter,
+        up,
+        &cluster("auth", &[(auth, 1)], ""),
+    ))
+    .await;
     let a = l.listener("ingress").await;
     for proto in ["--http1.1", "--http2-prior-knowledge"] {
         let (status, head, body) = curl_get(&[
@@ -93,7 +87,12 @@ async fn auth_callout_with_the_auth_service_down() {
     let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
     let wasm = wasm_example("auth_callout");
     let filter = wasm_http_filter("auth_callout", &wasm, r#"{"cluster": "auth"}"#, "");
-    let l = Legate::start(&config(&filter, up, &cluster("auth", &[(dead, 1)], ""))).await;
+    let l = Legate::start(&filtered_config(
+        &filter,
+        up,
+        &cluster("auth", &[(dead, 1)], ""),
+    ))
+    .await;
     let a = l.listener("ingress").await;
     // As in Envoy: the failed call comes back as a synthetic 503, which this
     // filter turns into a denial.
@@ -140,7 +139,7 @@ fn dechunk(body: &str) -> String {
 async fn body_rewrite_across_chunks() {
     let up = echo_upstream("up").await;
     let wasm = wasm_example("body_rewrite");
-    let l = Legate::start(&config(
+    let l = Legate::start(&filtered_config(
         &wasm_http_filter("body_rewrite", &wasm, "{}", ""),
         up,
         "",
@@ -180,7 +179,7 @@ async fn body_buffer_limit_gives_413() {
     let up = echo_upstream("up").await;
     let wasm = wasm_example("body_rewrite");
     let extra = "                legate_limits: {max_buffered_body_bytes: 1024}";
-    let l = Legate::start(&config(
+    let l = Legate::start(&filtered_config(
         &wasm_http_filter("body_rewrite", &wasm, "{}", extra),
         up,
         "",
@@ -206,7 +205,7 @@ async fn config_filter_follows_its_configuration() {
         "                  runtime: envoy.wasm.runtime.v8\n",
         "                  runtime: envoy.wasm.runtime.v8\n                  configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: vm-config-example}\n",
     );
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
     let (status, head, _) = curl_get(&[&url(a, "/")]);
     assert_eq!(status, 200);
@@ -222,7 +221,7 @@ async fn config_filter_follows_its_configuration() {
 async fn a_plugin_rejecting_its_configuration_fails_the_config() {
     let up = echo_upstream("up").await;
     let wasm = wasm_example("config_filter");
-    let yaml = config(
+    let yaml = filtered_config(
         &wasm_http_filter("config_filter", &wasm, "{not json", ""),
         up,
         "",
@@ -250,7 +249,7 @@ async fn a_bad_module_is_refused_at_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").unwrap();
-    let yaml = config(&wasm_http_filter("junk", &junk, "", ""), up, "");
+    let yaml = filtered_config(&wasm_http_filter("junk", &junk, "", ""), up, "");
     let p = dir.path().join("bad.yaml");
     std::fs::write(&p, yaml).unwrap();
     let out = std::process::Command::new(BIN)
@@ -276,7 +275,7 @@ async fn rate_limiter_holds_its_limit_across_two_workers() {
         r#"{"limit": 10, "window_s": 86400, "key_header": "x-user"}"#,
         "",
     );
-    let l = Legate::start_with(&config(&filter, up, ""), &["--concurrency", "2"]).await;
+    let l = Legate::start_with(&filtered_config(&filter, up, ""), &["--concurrency", "2"]).await;
     let a = l.listener("ingress").await;
     let get = move || async move {
         http_raw(
@@ -372,20 +371,13 @@ async fn tcp_rewrite_network_filter() {
 
 /// Two routes: `/wasm` runs the misbehaving filter; the listener `plain` has none.
 fn fault_config(up: SocketAddr, policy: &str, limits: &str) -> String {
-    let wasm = wasm_example("misbehave");
-    let mut extra = String::new();
-    if !policy.is_empty() {
-        extra.push_str(&format!("                failure_policy: {policy}\n"));
-    }
-    if !limits.is_empty() {
-        extra.push_str(&format!("                legate_limits: {limits}\n"));
-    }
-    let filter = wasm_http_filter("misbehave", &wasm, "", extra.trim_end_matches('\n'));
-    bootstrap(
-        &(http_listener_with_filters("ingress", "ingress", ROUTES, "", &filter)
-            + &http_listener("plain", "plain", ROUTES, "")),
-        &cluster("up", &[(up, 1)], ""),
-    )
+    let filter = wasm_http_filter(
+        "misbehave",
+        &wasm_example("misbehave"),
+        "",
+        &plugin_extra(policy, limits),
+    );
+    fault_bootstrap(&filter, up)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +476,7 @@ async fn a_memory_hog_is_stopped_at_the_cap() {
 async fn modules_built_for_wasm32_unknown_unknown_load() {
     let up = echo_upstream("up").await;
     let wasm = wasm_example_for("header_filter", "wasm32-unknown-unknown");
-    let l = Legate::start(&config(
+    let l = Legate::start(&filtered_config(
         &wasm_http_filter("header_filter", &wasm, "", ""),
         up,
         "",
@@ -508,13 +500,6 @@ fn which(h: &http::HeaderMap) -> Option<&'static str> {
     }
 }
 
-fn replace_file(dst: &std::path::Path, bytes: &[u8]) {
-    // Write then rename, as deploy tools do, so the watcher never sees half a file.
-    let tmp = dst.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dst).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_file_swaps_under_load_drop_nothing() {
     use std::sync::Arc;
@@ -528,7 +513,7 @@ async fn wasm_file_swaps_under_load_drop_nothing() {
     ];
     replace_file(&plugin, &versions[0]);
     let filter = wasm_http_filter("swap", &plugin, r#"{"headers": {"x-a": "config"}}"#, "");
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -668,7 +653,7 @@ async fn a_bootstrap_service_ticks_calls_out_and_drains_a_queue() {
         "                  runtime: envoy.wasm.runtime.v8\n",
         "                  vm_id: heartbeat\n                  runtime: envoy.wasm.runtime.v8\n",
     );
-    let yaml = service + &config(&client, up, "");
+    let yaml = service + &filtered_config(&client, up, "");
     let l = Legate::start(&yaml).await;
     let a = l.listener("ingress").await;
     // The service's timer fires every 100 ms and each tick calls the cluster;
@@ -753,7 +738,7 @@ async fn grpc_callout_makes_a_unary_call() {
         ("dead", "Unary", 502),
     ] {
         let clusters = h2_cluster("grpc", grpc) + &h2_cluster("dead", dead);
-        let l = Legate::start(&config(&filter(cluster, method), up, &clusters)).await;
+        let l = Legate::start(&filtered_config(&filter(cluster, method), up, &clusters)).await;
         let a = l.listener("ingress").await;
         let (status, head, body) = curl_get(&[&url(a, "/hello?x=1")]);
         assert_eq!(status, want, "{cluster}/{method}: {head}{body}");
@@ -783,7 +768,7 @@ async fn grpc_callout_streams_messages_both_ways() {
             ),
             "",
         );
-        let l = Legate::start(&config(&filter, up, &h2_cluster("grpc", grpc))).await;
+        let l = Legate::start(&filtered_config(&filter, up, &h2_cluster("grpc", grpc))).await;
         let a = l.listener("ingress").await;
         let (status, head, body) = curl_get(&[&url(a, "/s")]);
         assert_eq!(status, want, "{method}: {head}{body}");
@@ -855,7 +840,7 @@ async fn typed_struct_wrapping_and_deprecated_fail_open() {
                     code: {{local: {{filename: "{}"}}}}"#,
         wasm_example("misbehave").display()
     );
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
     let (status, head, _) = curl_get(&[&url(a, "/")]);
     assert_eq!(status, 200);
@@ -895,7 +880,7 @@ async fn config_mistakes_are_reported_together_with_their_paths() {
     );
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.yaml");
-    std::fs::write(&p, config(&filter, up, "")).unwrap();
+    std::fs::write(&p, filtered_config(&filter, up, "")).unwrap();
     let out = std::process::Command::new(BIN)
         .args(["--mode", "validate", "-c"])
         .arg(&p)
@@ -918,7 +903,7 @@ async fn a_headers_pause_waits_for_the_body_and_may_still_change_headers() {
     let up = echo_upstream("up").await;
     let extra = "                legate_limits: {max_buffered_body_bytes: 4096}";
     let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", extra);
-    let l = Legate::start(&config(&filter, up, "")).await;
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
     let a = l.listener("ingress").await;
     // The body arrives in pieces; the headers are held until all of it is there,
     // then changed by the body callback before they go upstream.

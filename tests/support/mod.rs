@@ -550,3 +550,47 @@ pub fn validate(yaml: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A route sending every path to cluster `up`.
+pub const ROUTE_ALL_TO_UP: &str =
+    "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+
+/// One listener `ingress` with the given HTTP filters in front of `up`, plus
+/// extra clusters.
+pub fn filtered_config(filters: &str, up: SocketAddr, extra_clusters: &str) -> String {
+    bootstrap(
+        &http_listener_with_filters("ingress", "ingress", ROUTE_ALL_TO_UP, "", filters),
+        &(cluster("up", &[(up, 1)], "") + extra_clusters),
+    )
+}
+
+/// PluginConfig lines (for `wasm_http_filter`'s `extra`) setting a
+/// failure policy and limits; either may be empty.
+pub fn plugin_extra(policy: &str, limits: &str) -> String {
+    let mut extra = String::new();
+    if !policy.is_empty() {
+        extra.push_str(&format!("                failure_policy: {policy}\n"));
+    }
+    if !limits.is_empty() {
+        extra.push_str(&format!("                legate_limits: {limits}\n"));
+    }
+    extra.trim_end_matches('\n').to_string()
+}
+
+/// Listener `ingress` runs `filter` in front of `up`; listener `plain` has no
+/// filter, to show the proxy keeps serving when a filter misbehaves.
+pub fn fault_bootstrap(filter: &str, up: SocketAddr) -> String {
+    bootstrap(
+        &(http_listener_with_filters("ingress", "ingress", ROUTE_ALL_TO_UP, "", filter)
+            + &http_listener("plain", "plain", ROUTE_ALL_TO_UP, "")),
+        &cluster("up", &[(up, 1)], ""),
+    )
+}
+
+/// Replaces a file as deploy tools do, write then rename, so a watcher never
+/// sees half of it.
+pub fn replace_file(dst: &std::path::Path, bytes: &[u8]) {
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}

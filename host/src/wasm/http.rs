@@ -16,7 +16,6 @@ use legate_filter_api::{
 use super::Plugin;
 use super::slot::{Slot, slot};
 use super::vm::{Data, Failed, Inbox, Outcome, Vm};
-use crate::config::FailurePolicy;
 
 /// Builds the per-stream filters of one plugin.
 pub struct WasmHttpFactory {
@@ -106,20 +105,11 @@ impl WasmHttpFilter {
 
     /// What the failure policy gives the stream.
     fn failure(&mut self, Failed(why): Failed) -> Option<Box<LocalReply>> {
-        let stats = &self.plugin.stats;
-        tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
-        match self.plugin.config.failure_policy {
-            FailurePolicy::FailOpen => {
-                stats.fail_open.inc();
-                self.bypass = true;
-                None
-            }
-            FailurePolicy::FailClosed | FailurePolicy::FailReload => {
-                stats.fail_closed.inc();
-                let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
-                r.details = "wasm_fail_stream";
-                Some(Box::new(r))
-            }
+        if self.plugin.fails_open(&why) {
+            self.bypass = true;
+            None
+        } else {
+            Some(super::fail_reply())
         }
     }
 

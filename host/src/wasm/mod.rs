@@ -57,6 +57,13 @@ pub(crate) fn engine() -> Result<&'static Engine, String> {
         .map_err(Clone::clone)
 }
 
+/// Epoch ticks a callback may run: its time limit in ticks, at least one, plus
+/// the tick already under way when it starts.
+pub(crate) fn deadline_ticks(limits: &crate::config::WasmLimits) -> u64 {
+    let ticks = limits.max_callback_duration.as_millis() as u64 / EPOCH_TICK.as_millis() as u64;
+    ticks.max(1) + 1
+}
+
 /// The proxy-wasm ABI version a module was built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbiVersion {
@@ -294,6 +301,23 @@ impl Plugin {
         Ok(plugin)
     }
 
+    /// Applies the failure policy to a stream or connection whose filter
+    /// failed, and counts it: true for FAIL_OPEN (the filter steps aside),
+    /// false when the stream gets [`fail_reply`] or the connection closes.
+    pub(crate) fn fails_open(&self, why: &str) -> bool {
+        tracing::debug!(plugin = %self.config.name, "Wasm filter failed: {why}");
+        match self.config.failure_policy {
+            crate::config::FailurePolicy::FailOpen => {
+                self.stats.fail_open.inc();
+                true
+            }
+            crate::config::FailurePolicy::FailClosed | crate::config::FailurePolicy::FailReload => {
+                self.stats.fail_closed.inc();
+                false
+            }
+        }
+    }
+
     /// The HTTP filter factory for this plugin's code (the world was checked
     /// when the config was parsed).
     pub fn http_factory(self: Arc<Self>) -> Arc<dyn legate_filter_api::HttpFilterFactory> {
@@ -312,6 +336,16 @@ impl Plugin {
             CodeKind::Component(_) => Arc::new(component::ComponentNetworkFactory::new(self)),
         }
     }
+}
+
+/// The answer to a stream whose filter failed under FAIL_CLOSED or FAIL_RELOAD.
+pub(crate) fn fail_reply() -> Box<legate_filter_api::LocalReply> {
+    let mut r = legate_filter_api::LocalReply::new(
+        ::http::StatusCode::SERVICE_UNAVAILABLE,
+        bytes::Bytes::new(),
+    );
+    r.details = "wasm_fail_stream";
+    Box::new(r)
 }
 
 /// Runs every plugin's `on_vm_start` and `on_configure` on a throwaway VM, as a

@@ -13,7 +13,6 @@ use legate_filter_api::network::{
 use super::Plugin;
 use super::slot::{Slot, slot};
 use super::vm::{ConnFacts, Data, Failed, Outcome, Vm};
-use crate::config::FailurePolicy;
 
 pub struct WasmNetworkFactory {
     plugin: Arc<Plugin>,
@@ -68,18 +67,11 @@ impl WasmNetworkFilter {
 
     /// FAIL_OPEN steps aside; the other policies close the connection.
     fn failure(&mut self, Failed(why): Failed) -> NetworkAction {
-        tracing::debug!(plugin = %self.plugin.config.name, "Wasm network filter failed: {why}");
-        let stats = &self.plugin.stats;
-        match self.plugin.config.failure_policy {
-            FailurePolicy::FailOpen => {
-                stats.fail_open.inc();
-                self.bypass = true;
-                NetworkAction::Continue
-            }
-            _ => {
-                stats.fail_closed.inc();
-                NetworkAction::Close
-            }
+        if self.plugin.fails_open(&why) {
+            self.bypass = true;
+            NetworkAction::Continue
+        } else {
+            NetworkAction::Close
         }
     }
 

@@ -349,9 +349,7 @@ impl Vm {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = config.limits.max_callback_duration.as_millis() as u64
-            / super::EPOCH_TICK.as_millis() as u64;
-        let deadline_ticks = ticks.max(1) + 1;
+        let deadline_ticks = super::deadline_ticks(&config.limits);
         store.set_epoch_deadline(deadline_ticks);
         let module = config
             .code

@@ -19,7 +19,6 @@ use super::super::http::placeholder_request;
 use super::super::slot::{Slot, slot};
 use super::super::vm::Data;
 use super::{CVm, Failed, Inbox, WAction, WLocalReply, WPoll, call_result, start_calls};
-use crate::config::FailurePolicy;
 
 /// Builds the per-stream filters of a component plugin.
 pub struct ComponentHttpFactory {
@@ -246,20 +245,11 @@ impl ComponentHttpFilter {
 
     /// What the failure policy gives the stream.
     fn failure(&mut self, Failed(why): Failed) -> Option<Box<LocalReply>> {
-        let stats = &self.plugin.stats;
-        tracing::debug!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
-        match self.plugin.config.failure_policy {
-            FailurePolicy::FailOpen => {
-                stats.fail_open.inc();
-                self.bypass = true;
-                None
-            }
-            FailurePolicy::FailClosed | FailurePolicy::FailReload => {
-                stats.fail_closed.inc();
-                let mut r = LocalReply::new(http::StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
-                r.details = "wasm_fail_stream";
-                Some(Box::new(r))
-            }
+        if self.plugin.fails_open(&why) {
+            self.bypass = true;
+            None
+        } else {
+            Some(super::super::fail_reply())
         }
     }
 

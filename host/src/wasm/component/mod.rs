@@ -29,7 +29,7 @@ use super::calls::{self, CallFailure, CallKind, CallResponse, OutCall};
 use super::shared::{self, Metric};
 use super::slot::{Instance, Slot, slot};
 use super::vm::{ConnFacts, Data, describe};
-use crate::config::{FailurePolicy, WasmPlugin};
+use crate::config::WasmPlugin;
 use crate::upstream::WorkerClusters;
 
 /// The `legate:filter` version this host implements; components of any
@@ -384,9 +384,7 @@ impl CVm {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = config.limits.max_callback_duration.as_millis() as u64
-            / super::EPOCH_TICK.as_millis() as u64;
-        let deadline_ticks = ticks.max(1) + 1;
+        let deadline_ticks = super::deadline_ticks(&config.limits);
         store.set_epoch_deadline(deadline_ticks);
         let instance = compiled
             .linker
@@ -656,18 +654,11 @@ pub struct ComponentNetworkFilter {
 
 impl ComponentNetworkFilter {
     fn failure(&mut self, Failed(why): Failed) -> NetworkAction {
-        tracing::debug!(plugin = %self.plugin.config.name, "Wasm network filter failed: {why}");
-        let stats = &self.plugin.stats;
-        match self.plugin.config.failure_policy {
-            FailurePolicy::FailOpen => {
-                stats.fail_open.inc();
-                self.bypass = true;
-                NetworkAction::Continue
-            }
-            _ => {
-                stats.fail_closed.inc();
-                NetworkAction::Close
-            }
+        if self.plugin.fails_open(&why) {
+            self.bypass = true;
+            NetworkAction::Continue
+        } else {
+            NetworkAction::Close
         }
     }
 
