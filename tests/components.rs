@@ -24,25 +24,7 @@ async fn sdk_header_filter_over_http1_and_http2() {
     ))
     .await;
     let a = l.listener("ingress").await;
-    for proto in ["--http1.1", "--http2-prior-knowledge"] {
-        let (status, head, body) =
-            curl_get(&[proto, "-H", "x-remove-me: 1", &url(a, "/some/path?q=1")]);
-        assert_eq!(status, 200, "{proto}: {head}");
-        assert!(
-            head.contains("x-wasm-filter: sdk_header_filter"),
-            "{proto}: {head}"
-        );
-        assert!(
-            head.contains("x-request-path: /some/path?q=1"),
-            "{proto}: {head}"
-        );
-        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(
-            echo["headers"]["x-legate-wasm"], "sdk_header_filter",
-            "{body}"
-        );
-        assert!(echo["headers"].get("x-remove-me").is_none(), "{body}");
-    }
+    assert_header_filter(a, "sdk_header_filter");
     // Per-worker instances, counted with proxy-wasm VMs under Envoy's names.
     let active = l.stat("wasm.envoy.wasm.runtime.v8.active").await;
     assert!((1..=2).contains(&active), "{active}");
@@ -64,24 +46,7 @@ async fn sdk_auth_callout_awaits_a_real_auth_service() {
     ))
     .await;
     let a = l.listener("ingress").await;
-    for proto in ["--http1.1", "--http2-prior-knowledge"] {
-        let (status, head, body) = curl_get(&[
-            proto,
-            "-H",
-            "authorization: Bearer good",
-            "-H",
-            "x-auth-user: mallory",
-            &url(a, "/x"),
-        ]);
-        assert_eq!(status, 200, "{proto}: {head}{body}");
-        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(echo["headers"]["x-auth-user"], "alice", "{body}");
-        let (status, head, body) =
-            curl_get(&[proto, "-H", "authorization: Bearer bad", &url(a, "/x")]);
-        assert_eq!(status, 403, "{proto}: {head}");
-        assert!(head.contains("x-auth-denied: 1"), "{head}");
-        assert_eq!(body, "denied by sdk_auth_callout\n");
-    }
+    assert_auth_callout(a, "sdk_auth_callout");
     assert!(l.stat("cluster.auth.upstream_cx_total").await >= 1);
 }
 

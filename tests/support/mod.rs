@@ -594,3 +594,49 @@ pub fn replace_file(dst: &std::path::Path, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, dst).unwrap();
 }
+
+/// The header filter examples' behaviour, over HTTP/1.1 and HTTP/2, through
+/// listener address `a`: the upstream sees `x-legate-wasm: <name>` and no
+/// `x-remove-me`; the response carries `x-wasm-filter: <name>` and the path.
+pub fn assert_header_filter(a: SocketAddr, name: &str) {
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, body) =
+            curl_get(&[proto, "-H", "x-remove-me: 1", &url(a, "/some/path?q=1")]);
+        assert_eq!(status, 200, "{proto}: {head}");
+        assert!(
+            head.contains(&format!("x-wasm-filter: {name}")),
+            "{proto}: {head}"
+        );
+        assert!(
+            head.contains("x-request-path: /some/path?q=1"),
+            "{proto}: {head}"
+        );
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-legate-wasm"], name, "{body}");
+        assert!(echo["headers"].get("x-remove-me").is_none(), "{body}");
+    }
+}
+
+/// The auth callout examples' behaviour against [`auth_service`], over
+/// HTTP/1.1 and HTTP/2: a good token passes with the service's user (a
+/// client-sent `x-auth-user` replaced), a bad one gets 403 from filter `name`.
+pub fn assert_auth_callout(a: SocketAddr, name: &str) {
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, body) = curl_get(&[
+            proto,
+            "-H",
+            "authorization: Bearer good",
+            "-H",
+            "x-auth-user: mallory",
+            &url(a, "/x"),
+        ]);
+        assert_eq!(status, 200, "{proto}: {head}{body}");
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["headers"]["x-auth-user"], "alice", "{body}");
+        let (status, head, body) =
+            curl_get(&[proto, "-H", "authorization: Bearer bad", &url(a, "/x")]);
+        assert_eq!(status, 403, "{proto}: {head}");
+        assert!(head.contains("x-auth-denied: 1"), "{head}");
+        assert_eq!(body, format!("denied by {name}\n"));
+    }
+}
