@@ -114,7 +114,7 @@ impl ComponentHttpFilter {
         }
         let vm = self.slot.vm().map_err(Failed)?;
         let ((r,), _) = vm.call("constructor", &mut self.data, false, |vm, s| {
-            vm.http().new.call(s, ())
+            vm.http()?.new.call(s, ())
         })?;
         self.cx = Some((vm.clone(), r));
         Ok((vm, r))
@@ -134,7 +134,7 @@ impl ComponentHttpFilter {
                 let vm = self.slot.vm().map_err(Failed)?;
                 let (((r, poll),), calls) =
                     vm.call(hook.name(), &mut self.data, true, |vm, s| {
-                        vm.http().start.call(s, (eos,))
+                        vm.http()?.start.call(s, (eos,))
                     })?;
                 self.cx = Some((vm.clone(), r));
                 (vm, r, poll, calls)
@@ -145,7 +145,7 @@ impl ComponentHttpFilter {
                     return Ok(Progress::Ended(WAction::Continue));
                 }
                 let ((poll,), calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
-                    let f = vm.http();
+                    let f = vm.http()?;
                     match hook {
                         Hook::RequestHeaders(eos) => f.request_headers.call(s, (r, eos)),
                         Hook::RequestBody(n, eos) => f.request_body.call(s, (r, n, eos)),
@@ -207,7 +207,7 @@ impl ComponentHttpFilter {
                 return Err(Failed(why));
             };
             let ((poll,), calls) = vm.call("resume", &mut self.data, true, |vm, s| {
-                vm.http().resume.call(s, (r, token, call_result(&resp)))
+                vm.http()?.resume.call(s, (r, token, call_result(&resp)))
             })?;
             match self.progress(hook, vm, r, poll, calls)? {
                 Progress::Ended(action) => return Ok(action),

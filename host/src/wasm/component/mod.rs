@@ -501,17 +501,19 @@ impl CVm {
         }
     }
 
-    fn http(&self) -> &HttpFns {
+    /// The `http-handler` exports (the world was checked at config load).
+    fn http(&self) -> wasmtime::Result<&HttpFns> {
         match &self.fns {
-            Fns::Http(f) => f,
-            Fns::Network(_) => unreachable!("an HTTP filter runs an http-handler component"),
+            Fns::Http(f) => Ok(f),
+            Fns::Network(_) => Err(wasmtime::Error::msg("not an http-handler component")),
         }
     }
 
-    fn net(&self) -> &NetFns {
+    /// The `network-handler` exports (the world was checked at config load).
+    fn net(&self) -> wasmtime::Result<&NetFns> {
         match &self.fns {
-            Fns::Network(f) => f,
-            Fns::Http(_) => unreachable!("a network filter runs a network-handler component"),
+            Fns::Network(f) => Ok(f),
+            Fns::Http(_) => Err(wasmtime::Error::msg("not a network-handler component")),
         }
     }
 
@@ -680,7 +682,7 @@ impl ComponentNetworkFilter {
             "on-upstream-data"
         };
         let res = vm.call(name, &mut self.data, false, |vm, s| {
-            let f = vm.net();
+            let f = vm.net()?;
             if downstream {
                 f.downstream.call(s, (r, &data[..], eos))
             } else {
@@ -716,7 +718,7 @@ impl NetworkFilter for ComponentNetworkFilter {
             Err(e) => return self.failure(Failed(e)),
         };
         let res = vm.call("on-new-connection", &mut self.data, false, |vm, s| {
-            let f = vm.net();
+            let f = vm.net()?;
             let (r,) = f.new.call(&mut *s, ())?;
             let (keep,) = f.new_connection.call(&mut *s, (r,))?;
             Ok((r, keep))
@@ -756,7 +758,7 @@ impl NetworkFilter for ComponentNetworkFilter {
         if let Some((vm, r)) = self.cx.take() {
             if !self.bypass {
                 let _ = vm.call("on-close", &mut self.data, false, |vm, s| {
-                    vm.net().close.call(s, (r,))
+                    vm.net()?.close.call(s, (r,))
                 });
             }
             vm.drop_resource(r, &mut self.data);
