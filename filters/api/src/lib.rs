@@ -8,7 +8,9 @@
 //! Workers run single-threaded runtimes, so filters and their futures need not be `Send`.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +22,10 @@ use bytes::Bytes;
 
 pub use http;
 
+pub mod matcher;
 pub mod network;
+pub mod random;
+pub mod stats;
 
 /// The request head an HTTP filter sees and may rewrite.
 #[derive(Debug)]
@@ -281,24 +286,110 @@ pub struct StreamInfo {
     pub response_flags: ResponseFlags,
     /// Metadata set by filters, per filter namespace.
     pub dynamic_metadata: DynamicMetadata,
+    /// The matched route's `typed_per_filter_config`, once routed.
+    pub per_filter_config: Option<Arc<PerFilterConfig>>,
+    /// Set by a filter that changed the request in a way that may change its route
+    /// (Envoy's `clearRouteCache`): the route is matched again after the request
+    /// header hooks.
+    pub route_cache_cleared: bool,
 }
 
 impl StreamInfo {
-    /// Moves the info out, leaving behind only its plain facts (start time,
-    /// addresses, connection id, response flags): a cheap way to lend it.
-    pub fn take(&mut self) -> StreamInfo {
-        let rest = StreamInfo {
-            start_time: self.start_time,
-            downstream_remote_address: self.downstream_remote_address,
-            downstream_local_address: self.downstream_local_address,
-            connection_id: self.connection_id,
+    /// The info of a new stream: nothing routed, no flags, no metadata.
+    ///
+    /// ```
+    /// let info = legate_filter_api::StreamInfo::new(
+    ///     std::time::SystemTime::now(),
+    ///     "10.0.0.1:5555".parse().unwrap(),
+    ///     "127.0.0.1:10000".parse().unwrap(),
+    ///     1,
+    /// );
+    /// assert!(info.upstream_cluster.is_none());
+    /// ```
+    pub fn new(
+        start_time: SystemTime,
+        downstream_remote_address: SocketAddr,
+        downstream_local_address: SocketAddr,
+        connection_id: u64,
+    ) -> StreamInfo {
+        StreamInfo {
+            start_time,
+            downstream_remote_address,
+            downstream_local_address,
+            connection_id,
             route_name: None,
             upstream_cluster: None,
             upstream_host: None,
-            response_flags: self.response_flags,
+            response_flags: ResponseFlags::default(),
             dynamic_metadata: DynamicMetadata::new(),
-        };
+            per_filter_config: None,
+            route_cache_cleared: false,
+        }
+    }
+
+    /// Moves the info out, leaving behind only its plain facts (start time,
+    /// addresses, connection id, response flags, per-route config): a cheap way
+    /// to lend it.
+    pub fn take(&mut self) -> StreamInfo {
+        let mut rest = StreamInfo::new(
+            self.start_time,
+            self.downstream_remote_address,
+            self.downstream_local_address,
+            self.connection_id,
+        );
+        rest.response_flags = self.response_flags;
+        rest.per_filter_config = self.per_filter_config.clone();
         std::mem::replace(self, rest)
+    }
+}
+
+/// A route's per-filter configs (`typed_per_filter_config`), keyed by the name
+/// the filter has in `http_filters`. The route's entry wins over its virtual
+/// host's, which wins over the route configuration's. Each value is the
+/// filter's own parsed per-route type.
+///
+/// ```
+/// use std::sync::Arc;
+/// use legate_filter_api::PerFilterConfig;
+///
+/// struct FaultPerRoute { abort_percent: u32 }
+/// let mut c = PerFilterConfig::default();
+/// c.insert("envoy.filters.http.fault", Arc::new(FaultPerRoute { abort_percent: 10 }));
+/// let f = c.get::<FaultPerRoute>("envoy.filters.http.fault").unwrap();
+/// assert_eq!(f.abort_percent, 10);
+/// assert!(c.get::<FaultPerRoute>("other").is_none());
+/// ```
+#[derive(Default, Clone)]
+pub struct PerFilterConfig(Vec<(String, Arc<dyn Any + Send + Sync>)>);
+
+impl PerFilterConfig {
+    /// Sets the config for `filter_name`, unless a more specific level set it.
+    pub fn insert(&mut self, filter_name: impl Into<String>, config: Arc<dyn Any + Send + Sync>) {
+        let name = filter_name.into();
+        if !self.0.iter().any(|(n, _)| *n == name) {
+            self.0.push((name, config));
+        }
+    }
+
+    /// The config for `filter_name`, if there is one of type `T`.
+    pub fn get<T: Any>(&self, filter_name: &str) -> Option<&T> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == filter_name)
+            .and_then(|(_, c)| c.downcast_ref())
+    }
+
+    /// Whether no filter has a per-route config.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for PerFilterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
     }
 }
 
@@ -408,6 +499,15 @@ pub trait HttpFilter {
     /// pass bodies through without copying.
     fn wants_body(&self) -> bool {
         false
+    }
+
+    /// The largest response body chunk this filter wants at once; larger chunks
+    /// are split before the response body hooks run. Asked when the response
+    /// body starts. A filter that paces the body (the fault filter's
+    /// `response_rate_limit`) asks for small chunks so the client sees a steady
+    /// stream rather than bursts.
+    fn max_response_chunk(&self) -> Option<usize> {
+        None
     }
 
     /// The stream ended (completed or reset) after its response started, with the

@@ -8,6 +8,11 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use regex::Regex;
 
+pub use legate_filter_api::matcher::{
+    HeaderMatch, HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch, StringMatch,
+    StringMatcher, full_match,
+};
+
 use crate::access_log::format::Format;
 
 #[derive(Debug)]
@@ -305,91 +310,6 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: HeaderMutations,
-}
-
-#[derive(Debug)]
-pub enum PathMatch {
-    Prefix(String),
-    Path(String),
-    Regex(Regex),
-    PathSeparatedPrefix(String),
-}
-
-#[derive(Debug)]
-pub struct RouteMatch {
-    pub path: PathMatch,
-    pub case_sensitive: bool,
-    pub headers: Vec<HeaderMatcher>,
-    pub query_parameters: Vec<QueryParameterMatcher>,
-    pub grpc: bool,
-}
-
-#[derive(Debug)]
-pub enum StringMatch {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Contains(String),
-    Regex(Regex),
-}
-
-#[derive(Debug)]
-pub struct StringMatcher {
-    pub kind: StringMatch,
-    pub ignore_case: bool,
-}
-
-impl StringMatcher {
-    pub fn matches(&self, s: &str) -> bool {
-        if self.ignore_case {
-            let s = s.to_ascii_lowercase();
-            match &self.kind {
-                StringMatch::Exact(v) => s == v.to_ascii_lowercase(),
-                StringMatch::Prefix(v) => s.starts_with(&v.to_ascii_lowercase()),
-                StringMatch::Suffix(v) => s.ends_with(&v.to_ascii_lowercase()),
-                StringMatch::Contains(v) => s.contains(&v.to_ascii_lowercase()),
-                StringMatch::Regex(r) => full_match(r, &s),
-            }
-        } else {
-            match &self.kind {
-                StringMatch::Exact(v) => s == v,
-                StringMatch::Prefix(v) => s.starts_with(v.as_str()),
-                StringMatch::Suffix(v) => s.ends_with(v.as_str()),
-                StringMatch::Contains(v) => s.contains(v.as_str()),
-                StringMatch::Regex(r) => full_match(r, s),
-            }
-        }
-    }
-}
-
-/// RE2 `FullMatch` semantics, as Envoy's `safe_regex`.
-pub fn full_match(r: &Regex, s: &str) -> bool {
-    r.find(s)
-        .is_some_and(|m| m.start() == 0 && m.end() == s.len())
-}
-
-#[derive(Debug)]
-pub enum HeaderMatch {
-    String(StringMatcher),
-    Present(bool),
-    /// `range_match`: an integer in `[start, end)`.
-    Range(i64, i64),
-}
-
-#[derive(Debug)]
-pub struct HeaderMatcher {
-    pub name: HeaderName,
-    /// `:path`, `:method`, `:authority`, `:scheme` are matched too.
-    pub pseudo: Option<&'static str>,
-    pub kind: HeaderMatch,
-    pub invert: bool,
-}
-
-#[derive(Debug)]
-pub struct QueryParameterMatcher {
-    pub name: String,
-    /// `None` is `present_match`.
-    pub matcher: Option<StringMatcher>,
 }
 
 #[derive(Debug)]

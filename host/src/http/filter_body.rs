@@ -234,7 +234,7 @@ mod tests {
     use std::time::SystemTime;
 
     use http_body_util::BodyExt;
-    use legate_filter_api::{ResponseFlags, Step};
+    use legate_filter_api::Step;
 
     use super::*;
 
@@ -305,17 +305,12 @@ mod tests {
             .collect();
         SharedChain::new(Chain {
             filters,
-            info: StreamInfo {
-                start_time: SystemTime::now(),
-                downstream_remote_address: "127.0.0.1:1".parse().unwrap(),
-                downstream_local_address: "127.0.0.1:2".parse().unwrap(),
-                connection_id: 1,
-                route_name: None,
-                upstream_cluster: None,
-                upstream_host: None,
-                response_flags: ResponseFlags::default(),
-                dynamic_metadata: Default::default(),
-            },
+            info: StreamInfo::new(
+                SystemTime::now(),
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                1,
+            ),
             local_reply: None,
         })
     }

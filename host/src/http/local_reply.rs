@@ -32,11 +32,7 @@ fn grpc_message(s: &str) -> String {
 }
 
 /// Envoy's test: `application/grpc` or `application/grpc+<codec>` (not grpc-web).
-pub fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+"))
-}
+pub use legate_filter_api::matcher::is_grpc;
 
 /// Builds a local reply. `grpc_status` overrides the mapped one.
 pub fn build(

@@ -774,17 +774,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         })
     });
     let grpc = local_reply::is_grpc(&parts.headers);
-    let info = StreamInfo {
-        start_time,
-        downstream_remote_address: downstream_remote,
-        downstream_local_address: cx.local,
-        connection_id: cx.id,
-        route_name: None,
-        upstream_cluster: None,
-        upstream_host: None,
-        response_flags: ResponseFlags::default(),
-        dynamic_metadata: Default::default(),
-    };
+    let info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id);
     let mut st = Stream {
         cx: cx.clone(),
         tail: Some(Box::new(Tail {
@@ -1540,17 +1530,12 @@ mod tests {
     }
 
     fn info() -> StreamInfo {
-        StreamInfo {
-            start_time: SystemTime::now(),
-            downstream_remote_address: "127.0.0.1:1".parse().unwrap(),
-            downstream_local_address: "127.0.0.1:2".parse().unwrap(),
-            connection_id: 1,
-            route_name: None,
-            upstream_cluster: None,
-            upstream_host: None,
-            response_flags: ResponseFlags::default(),
-            dynamic_metadata: Default::default(),
-        }
+        StreamInfo::new(
+            SystemTime::now(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            1,
+        )
     }
 
     fn chain(log: &Rc<RefCell<Vec<String>>>, stop_at: Option<usize>) -> Vec<Box<dyn HttpFilter>> {

@@ -3,20 +3,11 @@
 
 use http::HeaderMap;
 
-use crate::config::{
-    ClusterSpecifier, HeaderMatch, HeaderMatcher, PathMatch, Route, RouteConfig, RouteMatch,
-    VirtualHost, WeightedCluster, full_match,
-};
+use crate::config::{ClusterSpecifier, Route, RouteConfig, VirtualHost, WeightedCluster};
 
-/// What a route matcher reads from a request.
-pub struct RequestView<'a> {
-    pub method: &'a str,
-    /// Path with query, as sent.
-    pub path: &'a str,
-    pub authority: &'a str,
-    pub scheme: &'a str,
-    pub headers: &'a HeaderMap,
-}
+pub use legate_filter_api::matcher::{
+    PathMatch, RequestView, header_matches, route_matches, split_query,
+};
 
 fn wildcard_match(pattern: &str, host: &str) -> Option<usize> {
     if pattern == "*" {
@@ -81,128 +72,6 @@ pub fn strip_port(host: &str) -> &str {
         }
         _ => host,
     }
-}
-
-fn split_query(path: &str) -> (&str, Option<&str>) {
-    match path.find(['?', '#']) {
-        Some(i) if path.as_bytes()[i] == b'?' => {
-            let q = &path[i + 1..];
-            (&path[..i], Some(q.split('#').next().unwrap_or(q)))
-        }
-        Some(i) => (&path[..i], None),
-        None => (path, None),
-    }
-}
-
-fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
-    if case_sensitive {
-        s.starts_with(prefix)
-    } else {
-        s.len() >= prefix.len()
-            && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-    }
-}
-
-fn path_matches(m: &RouteMatch, path: &str) -> bool {
-    let (p, _) = split_query(path);
-    match &m.path {
-        PathMatch::Prefix(pre) => starts_with(p, pre, m.case_sensitive),
-        PathMatch::Path(exact) => {
-            if m.case_sensitive {
-                p == exact
-            } else {
-                p.eq_ignore_ascii_case(exact)
-            }
-        }
-        PathMatch::Regex(r) => full_match(r, p),
-        PathMatch::PathSeparatedPrefix(pre) => {
-            starts_with(p, pre, m.case_sensitive)
-                && (p.len() == pre.len() || p.as_bytes()[pre.len()] == b'/')
-        }
-    }
-}
-
-fn header_value(req: &RequestView<'_>, h: &HeaderMatcher) -> Option<String> {
-    if let Some(p) = h.pseudo {
-        return Some(
-            match p {
-                ":path" => req.path,
-                ":method" => req.method,
-                ":authority" => req.authority,
-                _ => req.scheme,
-            }
-            .to_string(),
-        );
-    }
-    let mut values = req.headers.get_all(&h.name).iter();
-    let first = values.next()?;
-    let mut s = String::from_utf8_lossy(first.as_bytes()).into_owned();
-    // Envoy matches multiple values of a header joined with commas.
-    for v in values {
-        s.push(',');
-        s.push_str(&String::from_utf8_lossy(v.as_bytes()));
-    }
-    Some(s)
-}
-
-pub fn header_matches(req: &RequestView<'_>, h: &HeaderMatcher) -> bool {
-    let v = header_value(req, h);
-    let m = match (&h.kind, v) {
-        (HeaderMatch::Present(want), v) => v.is_some() == *want,
-        (HeaderMatch::String(sm), Some(v)) => {
-            // Envoy matches the values joined with commas; a repeated header
-            // whose single values match counts too.
-            sm.matches(&v)
-                || (v.contains(',')
-                    && h.pseudo.is_none()
-                    && req
-                        .headers
-                        .get_all(&h.name)
-                        .iter()
-                        .any(|x| x.to_str().is_ok_and(|x| sm.matches(x))))
-        }
-        (HeaderMatch::Range(start, end), Some(v)) => v
-            .trim()
-            .parse::<i64>()
-            .is_ok_and(|n| *start <= n && n < *end),
-        (_, None) => return false,
-    };
-    m != h.invert
-}
-
-fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
-}
-
-pub fn route_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
-    if !path_matches(m, req.path) {
-        return false;
-    }
-    if m.grpc && !crate::http::is_grpc(req.headers) {
-        return false;
-    }
-    if !m.headers.iter().all(|h| header_matches(req, h)) {
-        return false;
-    }
-    if !m.query_parameters.is_empty() {
-        let (_, q) = split_query(req.path);
-        let q = q.unwrap_or("");
-        for qm in &m.query_parameters {
-            match (query_value(q, &qm.name), &qm.matcher) {
-                (None, _) => return false,
-                (Some(_), None) => {}
-                (Some(v), Some(sm)) => {
-                    if !sm.matches(v) {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-    true
 }
 
 /// The first route of the vhost that matches.
