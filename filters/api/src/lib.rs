@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -26,6 +27,7 @@ pub mod matcher;
 pub mod network;
 pub mod random;
 pub mod stats;
+pub mod upstream;
 
 /// The request head an HTTP filter sees and may rewrite.
 #[derive(Debug)]
@@ -292,6 +294,9 @@ pub struct StreamInfo {
     /// (Envoy's `clearRouteCache`): the route is matched again after the request
     /// header hooks.
     pub route_cache_cleared: bool,
+    /// Sends calls to the config's clusters through this worker's pools; set by
+    /// the host for every stream (absent in unit tests that do not need it).
+    pub http_client: Option<Rc<dyn upstream::HttpClient>>,
 }
 
 impl StreamInfo {
@@ -324,12 +329,13 @@ impl StreamInfo {
             dynamic_metadata: DynamicMetadata::new(),
             per_filter_config: None,
             route_cache_cleared: false,
+            http_client: None,
         }
     }
 
     /// Moves the info out, leaving behind only its plain facts (start time,
-    /// addresses, connection id, response flags, per-route config): a cheap way
-    /// to lend it.
+    /// addresses, connection id, response flags, per-route config, HTTP client):
+    /// a cheap way to lend it.
     pub fn take(&mut self) -> StreamInfo {
         let mut rest = StreamInfo::new(
             self.start_time,
@@ -339,6 +345,7 @@ impl StreamInfo {
         );
         rest.response_flags = self.response_flags;
         rest.per_filter_config = self.per_filter_config.clone();
+        rest.http_client = self.http_client.clone();
         std::mem::replace(self, rest)
     }
 }

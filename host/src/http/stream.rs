@@ -774,7 +774,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         })
     });
     let grpc = local_reply::is_grpc(&parts.headers);
-    let info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id);
+    let mut info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id);
+    info.http_client = Some(cx.worker.clusters.clone());
     let mut st = Stream {
         cx: cx.clone(),
         tail: Some(Box::new(Tail {

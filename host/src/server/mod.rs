@@ -132,16 +132,16 @@ pub struct Shared {
 }
 
 /// One worker's state for one config version: its view of clusters (balancers,
-/// pools).
+/// pools), shared with native filters as their HTTP client.
 pub struct Worker {
-    pub clusters: WorkerClusters,
+    pub clusters: Rc<WorkerClusters>,
     healthcheck_failed: Arc<AtomicBool>,
 }
 
 impl Worker {
     pub fn new(clusters: &ClusterManager, healthcheck_failed: Arc<AtomicBool>) -> Worker {
         Worker {
-            clusters: WorkerClusters::new(clusters),
+            clusters: Rc::new(WorkerClusters::new(clusters)),
             healthcheck_failed,
         }
     }

@@ -5,6 +5,7 @@
 //! builds its own [`WorkerClusters`] with its own balancer state and pools, so the
 //! request path takes no locks.
 
+pub mod call;
 mod lb;
 pub mod pool;
 

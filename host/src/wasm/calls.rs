@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use std::rc::Rc;
-
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 
 use crate::http::body::Body;
 use crate::upstream::WorkerClusters;
+use crate::upstream::call as upstream_call;
 
 /// A call a callback asked for; the VM starts it once the callback returns.
 pub struct OutCall {
@@ -138,14 +137,9 @@ fn failed(kind: CallKind, failure: CallFailure) -> CallResponse {
     }
 }
 
-/// The request of a call, and the cluster it goes to.
-fn request(
-    call: &OutCall,
-    body: Body,
-    clusters: &WorkerClusters,
-) -> Option<(Request<Body>, Rc<crate::upstream::WorkerCluster>)> {
-    let wc = clusters.get(&call.cluster)?.clone();
-    let mut b = Request::builder();
+/// The request of a call: the guest's pseudo-headers become the method, path
+/// and authority (default: the cluster name).
+fn request(call: &OutCall, body: Body) -> Option<Request<Body>> {
     let (mut method, mut path, mut authority) = (None, None, None);
     let mut headers = HeaderMap::new();
     for (k, v) in &call.headers {
@@ -161,44 +155,26 @@ fn request(
             }
         }
     }
-    // As Envoy marks its own calls.
-    headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
-    if call.kind != CallKind::GrpcStream {
-        headers.insert(
-            "x-envoy-expected-rq-timeout-ms",
-            HeaderValue::from(call.timeout.as_millis() as u64),
-        );
-    }
+    let mut req = Request::builder()
+        .method(method.as_deref().unwrap_or(b"GET"))
+        .uri(path.as_deref().unwrap_or(b"/"))
+        .body(body)
+        .ok()?;
     let authority = authority.unwrap_or_else(|| Bytes::from(call.cluster.clone()));
     if let Ok(v) = HeaderValue::from_bytes(&authority) {
         headers.insert(http::header::HOST, v);
     }
-    b = b.method(method.as_deref().unwrap_or(b"GET"));
-    let path = path.as_deref().unwrap_or(b"/");
-    if wc.shared.config.http2 {
-        // HTTP/2 carries :scheme and :authority, so the URI is absolute.
-        let mut uri = b"http://".to_vec();
-        uri.extend_from_slice(&authority);
-        uri.extend_from_slice(path);
-        b = b.uri(uri.as_slice()).version(http::Version::HTTP_2);
-    } else {
-        b = b.uri(path);
-    }
-    let mut req = b.body(body).ok()?;
     *req.headers_mut() = headers;
-    Some((req, wc))
+    let timeout = (call.kind != CallKind::GrpcStream).then_some(call.timeout);
+    upstream_call::mark_internal(&mut req, &call.cluster, timeout);
+    Some(req)
 }
 
 async fn send(call: &OutCall, clusters: &WorkerClusters) -> Option<CallResponse> {
-    let (req, wc) = request(call, Body::full(call.body.clone()), clusters)?;
-    let host = wc.pick_host()?;
-    let pool = wc.http_pool(&host).await.ok()?;
-    let (resp, ret) = pool.send(&wc, &host, req).await.ok()?;
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await.ok()?;
-    if let Some(r) = ret {
-        r.release();
-    }
+    let req = request(call, Body::full(call.body.clone()))?;
+    let (parts, collected) = upstream_call::whole(clusters, &call.cluster, req)
+        .await
+        .ok()?;
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let body = collected.to_bytes();
     let mut headers = vec![(
@@ -238,17 +214,12 @@ pub async fn run_stream(mut call: OutCall, clusters: &WorkerClusters, emit: impl
     let body = Body::Stream(http_body_util::BodyExt::boxed_unsync(ChannelBody(rx)));
     let work = async {
         let unavailable = |why: &str| GrpcEvent::Close(14, Bytes::from(why.to_string()));
-        let Some((req, wc)) = request(&call, body, clusters) else {
+        let Some(req) = request(&call, body) else {
             return emit(unavailable("unknown cluster"));
         };
-        let Some(host) = wc.pick_host() else {
-            return emit(unavailable("no healthy upstream"));
-        };
-        let Ok(pool) = wc.http_pool(&host).await else {
-            return emit(unavailable("upstream connect error"));
-        };
-        let Ok((resp, _)) = pool.send(&wc, &host, req).await else {
-            return emit(unavailable("upstream connect error"));
+        let (resp, _) = match upstream_call::start(clusters, &call.cluster, req).await {
+            Ok(r) => r,
+            Err(e) => return emit(unavailable(&e.to_string())),
         };
         let (parts, mut body) = resp.into_parts();
         let mut initial = vec![(
