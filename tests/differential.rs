@@ -2580,6 +2580,144 @@ impl Case {
     }
 }
 
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// The built-in filters (`filters/*`), each case one filter config in front of
+/// the router.
+fn filter_cases(u: &Ups) -> Vec<Case> {
+    let chain = |filters: Value| {
+        let mut all = filters.as_array().cloned().unwrap_or_default();
+        all.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}));
+        json!({ "http_filters": all })
+    };
+    let fault = |config: Value| {
+        let mut c = json!({"@type": FAULT});
+        if let (Some(o), Value::Object(extra)) = (c.as_object_mut(), config) {
+            o.extend(extra);
+        }
+        json!([{"name": "envoy.filters.http.fault", "typed_config": c}])
+    };
+    let case = |name: &'static str, filters: Value, route_config: Value, reqs: Vec<Req>| Case {
+        name,
+        yaml: bootstrap(
+            &hcm_listener("main", chain(filters), route_config),
+            &u.clusters(),
+        ),
+        default_listener: "main",
+        reqs,
+    };
+    let to_up = || one_vhost(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]));
+    let all = json!({"numerator": 100});
+    vec![
+        case(
+            "fault_header_controls",
+            fault(json!({
+                "abort": {"header_abort": {}, "percentage": all},
+                "delay": {"header_delay": {}, "percentage": all},
+                "response_rate_limit": {"header_limit": {}, "percentage": all}})),
+            to_up(),
+            vec![
+                get("/plain"),
+                get("/a").hdr("x-envoy-fault-abort-request", "429"),
+                get("/a").hdr("x-envoy-fault-abort-request", "503").h2(),
+                get("/a").hdr("x-envoy-fault-abort-request", "200"),
+                get("/a").hdr("x-envoy-fault-abort-request", "600"),
+                get("/a").hdr("x-envoy-fault-abort-request", "abc"),
+                get("/a")
+                    .hdr("x-envoy-fault-abort-request", "429")
+                    .hdr("x-envoy-fault-abort-request-percentage", "0"),
+                get("/a")
+                    .hdr("x-envoy-fault-abort-request", "429")
+                    .hdr("x-envoy-fault-abort-request-percentage", "100"),
+                grpc("/pkg.Svc/M").hdr("x-envoy-fault-abort-grpc-request", "14"),
+                grpc("/pkg.Svc/M").hdr("x-envoy-fault-abort-grpc-request", "7").h2(),
+                get("/a").hdr("x-envoy-fault-abort-grpc-request", "14"),
+                get("/d").hdr("x-envoy-fault-delay-request", "30"),
+                get("/d")
+                    .hdr("x-envoy-fault-delay-request", "30")
+                    .hdr("x-envoy-fault-abort-request", "504"),
+                post("/d", "body during a delay").hdr("x-envoy-fault-delay-request", "30"),
+                get("/r").hdr("x-envoy-fault-throughput-response", "64"),
+            ]
+            .into_iter()
+            // Reason phrases: Envoy's table, not hyper's.
+            .chain(["203", "299", "418", "451", "599"].map(|c| {
+                get("/reason").hdr("x-envoy-fault-abort-request", c)
+            }))
+            .collect(),
+        ),
+        case(
+            "fault_fixed",
+            fault(json!({
+                "abort": {"http_status": 503, "percentage": {"numerator": 10000, "denominator": "TEN_THOUSAND"}},
+                "delay": {"fixed_delay": "0.02s", "percentage": {"numerator": 0, "denominator": "MILLION"}}})),
+            to_up(),
+            vec![
+                get("/"),
+                get("/").h2(),
+                grpc("/pkg.Svc/M"),
+                grpc("/pkg.Svc/M").h2(),
+                // Header controls do nothing without a header_* variant.
+                get("/").hdr("x-envoy-fault-abort-request", "429"),
+            ],
+        ),
+        case(
+            "fault_grpc_status_and_default_percentage",
+            fault(json!({"abort": {"grpc_status": 14, "percentage": all},
+                         "delay": {"fixed_delay": "0.02s"}})),
+            to_up(),
+            vec![grpc("/pkg.Svc/M"), grpc("/pkg.Svc/M").h2(), get("/not-grpc")],
+        ),
+        case(
+            "fault_conditions",
+            fault(json!({
+                "abort": {"http_status": 418, "percentage": all},
+                "upstream_cluster": "up",
+                "downstream_nodes": ["canary"],
+                "headers": [{"name": "x-chaos", "string_match": {"exact": "on"}}]})),
+            one_vhost(json!([
+                {"match": {"prefix": "/two"}, "route": {"cluster": "up2"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+            vec![
+                get("/").hdr("x-chaos", "on").hdr("x-envoy-downstream-service-node", "canary"),
+                get("/").hdr("x-chaos", "off").hdr("x-envoy-downstream-service-node", "canary"),
+                get("/").hdr("x-chaos", "on").hdr("x-envoy-downstream-service-node", "stable"),
+                get("/").hdr("x-chaos", "on"),
+                get("/two").hdr("x-chaos", "on").hdr("x-envoy-downstream-service-node", "canary"),
+            ],
+        ),
+        case(
+            "fault_per_route",
+            json!([{"name": "chaos", "typed_config": {"@type": FAULT,
+                "abort": {"http_status": 503, "percentage": all}}}]),
+            json!({"name": "rc", "virtual_hosts": [
+                {"name": "overrides", "domains": ["over.example"],
+                 "typed_per_filter_config": {"chaos": {"@type": FAULT,
+                     "abort": {"http_status": 502, "percentage": all}}},
+                 "routes": [
+                    {"match": {"prefix": "/teapot"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"chaos": {"@type": FAULT,
+                         "abort": {"http_status": 418, "percentage": all}}}},
+                    {"match": {"prefix": "/calm"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"chaos": {"@type": FAULT}}},
+                    {"match": {"prefix": "/other-name"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"envoy.filters.http.fault": {"@type": FAULT,
+                         "abort": {"http_status": 418, "percentage": all}}}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]},
+                {"name": "all", "domains": ["*"],
+                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}),
+            vec![
+                get("/teapot").host("over.example"),
+                get("/calm").host("over.example"),
+                get("/other-name").host("over.example"),
+                get("/vhost").host("over.example"),
+                get("/filter-level"),
+                get("/teapot").host("over.example").h2(),
+            ],
+        ),
+    ]
+}
+
 fn print_report(all: &[Mismatch], summary: &[(String, usize, usize, Duration)]) -> String {
     let mut s = String::new();
     s.push_str("\n=== differential: Envoy 1.40 (oracle) vs legate ===\n");
@@ -2632,7 +2770,8 @@ async fn envoy_and_legate_agree() {
     ]
     .into_iter()
     .chain(feature_cases(&ups))
-    .chain(wasm_cases(&ups));
+    .chain(wasm_cases(&ups))
+    .chain(filter_cases(&ups));
     let mut all = Vec::new();
     let mut summary = Vec::new();
     for case in cases {
