@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use support::{
-    Legate, bootstrap, cluster, curl_get, echo_upstream, http_listener_with_filters, http_raw,
-    url, validate,
+    Legate, bootstrap, cluster, curl_get, echo_upstream, http_listener_with_filters, http_raw, url,
+    validate,
 };
 
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -28,7 +28,8 @@ fn fault(body: &str) -> String {
     )
 }
 
-const ROUTE_ALL: &str = "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+const ROUTE_ALL: &str =
+    "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
 
 fn config(filter_body: &str, routes: &str, hcm_extra: &str, up: SocketAddr) -> String {
     bootstrap(
@@ -130,14 +131,23 @@ async fn a_header_delay_is_measured_at_the_upstream() {
     let a = legate.listener("in").await;
 
     let t0 = Instant::now();
-    let (status, body) = http_raw(a, &get_with(a, "/", &[("x-envoy-fault-delay-request", "200")]))
-        .await
-        .unwrap();
+    let (status, body) = http_raw(
+        a,
+        &get_with(a, "/", &[("x-envoy-fault-delay-request", "200")]),
+    )
+    .await
+    .unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
     let arrived = seen.lock().unwrap()[0];
     let waited = arrived.duration_since(t0);
-    assert!(waited >= Duration::from_millis(200), "upstream saw it after {waited:?}");
-    assert!(waited < Duration::from_secs(2), "upstream saw it after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "upstream saw it after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "upstream saw it after {waited:?}"
+    );
 
     // No header, no delay.
     let t1 = Instant::now();
@@ -233,7 +243,11 @@ async fn max_active_faults_overflows_to_no_fault() {
         let t = Instant::now();
         let (s, _) = http_raw(a, &get_with(a, "/", &[])).await.unwrap();
         assert_eq!(s, 200);
-        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
     }
     for d in delayed {
         let (s, took) = d.await.unwrap();
@@ -260,7 +274,11 @@ async fn response_rate_limit_throttles_the_body() {
         let u = url(a, "/bytes/32768");
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
-            let r = curl_get(&["-H", &format!("x-envoy-fault-throughput-response: {kbps}"), &u]);
+            let r = curl_get(&[
+                "-H",
+                &format!("x-envoy-fault-throughput-response: {kbps}"),
+                &u,
+            ]);
             (r, t.elapsed())
         })
     };
@@ -285,15 +303,30 @@ fn config_errors_name_the_field() {
     let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let cases = [
         (
-            config("              abort: {http_status: 700, percentage: {numerator: 100}}\n", ROUTE_ALL, "", up),
+            config(
+                "              abort: {http_status: 700, percentage: {numerator: 100}}\n",
+                ROUTE_ALL,
+                "",
+                up,
+            ),
             "http_status must be in [200, 600), found 700",
         ),
         (
-            config("              abort: {percentage: {numerator: 100}}\n", ROUTE_ALL, "", up),
+            config(
+                "              abort: {percentage: {numerator: 100}}\n",
+                ROUTE_ALL,
+                "",
+                up,
+            ),
             "one of \"http_status\", \"grpc_status\" or \"header_abort\" is required",
         ),
         (
-            config("              delay: {fixed_delay: 5, percentage: {numerator: 1}}\n", ROUTE_ALL, "", up),
+            config(
+                "              delay: {fixed_delay: 5, percentage: {numerator: 1}}\n",
+                ROUTE_ALL,
+                "",
+                up,
+            ),
             "durations need an \"s\" suffix",
         ),
         (
@@ -306,7 +339,12 @@ fn config_errors_name_the_field() {
             "unknown value \"THOUSAND\"",
         ),
         (
-            config("              response_rate_limit: {fixed_limit: {limit_kbps: 0}}\n", ROUTE_ALL, "", up),
+            config(
+                "              response_rate_limit: {fixed_limit: {limit_kbps: 0}}\n",
+                ROUTE_ALL,
+                "",
+                up,
+            ),
             "limit_kbps must be at least 1",
         ),
         (
@@ -335,4 +373,38 @@ fn config_errors_name_the_field() {
         assert!(col.is_some() && line.is_some(), "no line:column in {out}");
         assert!(out.contains("static_resources.listeners[0]"), "{out}");
     }
+}
+
+/// `examples/resilience/run.sh`, run as a user would, with this build's binary.
+#[test]
+fn the_resilience_example_shows_its_faults() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("examples/resilience/run.sh"))
+        .env("LEGATE", support::BIN)
+        .env("REQUESTS", "100")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (api, rest) = text.split_once("GET / (no faults)").expect("two sections");
+    let count = |section: &str, label: &str| -> i64 {
+        section
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let aborted = count(api, "status 503:");
+    let slow = count(api, "slower than 100 ms:");
+    let aborts = count(rest, "http.resilience.fault.aborts_injected:");
+    let delays = count(rest, "http.resilience.fault.delays_injected:");
+    // 10% and 25% of 100: none at all would be a one-in-30000 event.
+    assert!(aborted > 0 && delays > 0, "{text}");
+    assert_eq!(count(api, "status 200:") + aborted, 100, "{text}");
+    // The stats count what the client saw, plus the caller's own 429.
+    assert_eq!(aborts, aborted + 1, "{text}");
+    assert!(slow >= delays, "{text}");
+    assert_eq!(count(rest, "status 200:"), 100, "{text}");
+    assert!(text.contains("a caller asking for a fault: 429"), "{text}");
 }
