@@ -152,10 +152,17 @@ fn filter_chain(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<FilterChain
 
 /// A filter entry: `name` and/or `typed_config`; returns the resolved name and the
 /// typed config's message.
+/// A filter entry: the filter it is (by type URL, else by name), its
+/// typed_config, where to report errors, and the name it was given.
 pub(crate) fn filter_entry<'a>(
     f: &Field<'a>,
     kind: &str,
-) -> Option<(String, Option<super::TypedConfig<'a>>, Field<'a>)> {
+) -> Option<(
+    String,
+    Option<super::TypedConfig<'a>>,
+    Field<'a>,
+    Option<String>,
+)> {
     let mut o = f
         .obj()?
         .unsupported(&["config_discovery", "disabled", "is_optional"]);
@@ -181,7 +188,7 @@ pub(crate) fn filter_entry<'a>(
             return None;
         }
     };
-    Some((resolved, tc, tc_field.unwrap_or_else(|| f.clone())))
+    Some((resolved, tc, tc_field.unwrap_or_else(|| f.clone()), name))
 }
 
 fn unknown_filter(f: &Field<'_>, name: &str, kind: &str, supported: &[&str], known: &[&str]) {
@@ -200,7 +207,7 @@ fn unknown_filter(f: &Field<'_>, name: &str, kind: &str, supported: &[&str], kno
 }
 
 fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFilter> {
-    let (name, tc, at) = filter_entry(f, "network")?;
+    let (name, tc, at, _) = filter_entry(f, "network")?;
     let Some(tc) = tc else {
         at.error(format!("filter \"{name}\" needs a typed_config"));
         return None;
@@ -241,13 +248,9 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
 }
 
 pub(crate) fn unknown_http_filter(f: &Field<'_>, name: &str) {
-    unknown_filter(
-        f,
-        name,
-        "HTTP",
-        &[names::ROUTER, names::HTTP_WASM],
-        names::KNOWN_UNSUPPORTED_HTTP,
-    );
+    let mut supported = vec![names::ROUTER, names::HTTP_WASM];
+    supported.extend(parse_http::NATIVE_HTTP.iter().map(|(n, ..)| *n));
+    unknown_filter(f, name, "HTTP", &supported, names::KNOWN_UNSUPPORTED_HTTP);
 }
 
 fn tcp_proxy(mut o: super::walk::Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<TcpProxy> {
