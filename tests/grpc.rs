@@ -682,7 +682,13 @@ async fn fault_abort_reaches_a_tonic_client_as_a_grpc_status() {
               abort: {header_abort: {}, percentage: {numerator: 100}}
 "#;
         let yaml = bootstrap(
-            &support::http_listener_with_filters("grpc_in", "grpc", &route_all("grpc_up"), "", fault),
+            &support::http_listener_with_filters(
+                "grpc_in",
+                "grpc",
+                &route_all("grpc_up"),
+                "",
+                fault,
+            ),
             &cluster("grpc_up", &[(up, 1)], H2_TYPED),
         );
         let legate = Legate::start(&yaml).await;

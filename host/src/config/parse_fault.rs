@@ -20,6 +20,7 @@ pub(crate) fn http(
     o: Obj<'_>,
     name: &str,
     stat_prefix: &str,
+    _refs: &mut Vec<super::ClusterRef>,
 ) -> Option<Arc<dyn HttpFilterFactory>> {
     let config = fault(o)?;
     let prefix = format!("http.{stat_prefix}.");

@@ -10,10 +10,10 @@ use regex::Regex;
 use legate_filter_api::{HttpFilterFactory, PerFilterConfig};
 
 use super::model::*;
-use super::parse_fault;
 use super::parse_listener::{access_logs, filter_entry, unknown_http_filter, weighted_clusters};
 use super::walk::{Field, Obj};
 use super::{ClusterRef, names};
+use super::{parse_fault, parse_jwt};
 use crate::access_log::format::Format;
 
 pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConnectionManager> {
@@ -69,7 +69,8 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         let n = items.len();
         let mut failed = false;
         for (i, item) in items.iter().enumerate() {
-            let Some(f) = http_filter(item, stat_prefix.as_deref().unwrap_or_default()) else {
+            let Some(f) = http_filter(item, stat_prefix.as_deref().unwrap_or_default(), refs)
+            else {
                 failed = true;
                 continue;
             };
@@ -256,18 +257,25 @@ pub(crate) fn cidr(f: &Field<'_>) -> Option<Cidr> {
     })
 }
 
-type HttpBuild = fn(Obj<'_>, &str, &str) -> Option<Arc<dyn HttpFilterFactory>>;
+type HttpBuild =
+    fn(Obj<'_>, &str, &str, &mut Vec<ClusterRef>) -> Option<Arc<dyn HttpFilterFactory>>;
 
 /// The built-in HTTP filters: name, typed_config type URL, and the parser that
-/// makes the factory from the config, the filter's name and the HCM's stat prefix.
-pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] =
-    &[(names::FAULT, parse_fault::TYPE, parse_fault::http)];
+/// makes the factory from the config, the filter's name and the HCM's stat prefix
+/// (noting the clusters it calls, checked once all clusters are known).
+pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] = &[
+    (names::FAULT, parse_fault::TYPE, parse_fault::http),
+    (names::JWT_AUTHN, parse_jwt::TYPE, parse_jwt::http),
+];
 
 type PerRouteParse = fn(Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>>;
 
 /// The per-route configs built-in filters take in `typed_per_filter_config`, by
 /// type URL.
-const PER_ROUTE: &[(&str, PerRouteParse)] = &[(parse_fault::TYPE, parse_fault::per_route)];
+const PER_ROUTE: &[(&str, PerRouteParse)] = &[
+    (parse_fault::TYPE, parse_fault::per_route),
+    (parse_jwt::PER_ROUTE_TYPE, parse_jwt::per_route),
+];
 
 /// `typed_per_filter_config` of one level (route, virtual host or route config).
 fn per_filter_config(o: &mut Obj<'_>) -> PerFilterConfig {
@@ -313,7 +321,7 @@ fn inherit(route: &mut Route, less_specific: &PerFilterConfig) {
     route.per_filter_config = Some(Arc::new(merged));
 }
 
-fn http_filter(f: &Field<'_>, stat_prefix: &str) -> Option<HttpFilter> {
+fn http_filter(f: &Field<'_>, stat_prefix: &str, refs: &mut Vec<ClusterRef>) -> Option<HttpFilter> {
     let (name, tc, at, given_name) = filter_entry(f, "HTTP")?;
     if let Some((_, type_url, build)) = NATIVE_HTTP.iter().find(|(n, ..)| *n == name) {
         let Some(tc) = tc else {
@@ -329,7 +337,7 @@ fn http_filter(f: &Field<'_>, stat_prefix: &str) -> Option<HttpFilter> {
         }
         // Per-route configs find the filter by the name it was given.
         let name = given_name.unwrap_or(name);
-        let factory = build(tc.obj, &name, stat_prefix)?;
+        let factory = build(tc.obj, &name, stat_prefix, refs)?;
         return Some(HttpFilter::Native(NativeFilter { name, factory }));
     }
     match name.as_str() {
@@ -453,7 +461,7 @@ fn header_mutations(o: &mut Obj<'_>) -> HeaderMutations {
     h
 }
 
-fn header_name(f: &Field<'_>) -> Option<HeaderName> {
+pub(crate) fn header_name(f: &Field<'_>) -> Option<HeaderName> {
     let s = f.str()?;
     match HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()) {
         Ok(n) => Some(n),
@@ -640,7 +648,7 @@ fn regex(f: &Field<'_>) -> Option<Regex> {
     }
 }
 
-fn route_match(f: &Field<'_>) -> Option<RouteMatch> {
+pub(crate) fn route_match(f: &Field<'_>) -> Option<RouteMatch> {
     let mut o = f.obj()?.unsupported(&[
         "connect_matcher",
         "path_match_policy",
