@@ -2733,6 +2733,191 @@ fn filter_cases(u: &Ups) -> Vec<Case> {
     ]
 }
 
+/// `envoy.filters.http.jwt_authn` with tokens signed here: local key sets of
+/// each kind, a remote one served by `idp` (a real HTTP server) and one behind
+/// a closed port, requirement combinations, per-route configs and CORS.
+async fn jwt_cases(u: &Ups) -> Vec<Case> {
+    use support::jwt::{self, Key};
+    let (rs, es, ed, hs) = (
+        Key::rs256("rs"),
+        Key::es256("es"),
+        Key::ed25519("ed"),
+        Key::hs256("hs"),
+    );
+    let doc = jwt::jwks(&[&rs, &ed]);
+    let idp = support::http_server(move |_req: hyper::Request<hyper::body::Incoming>| {
+        let doc = doc.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(doc)),
+            ))
+        }
+    })
+    .await;
+    let clusters = format!(
+        "{}{}",
+        u.clusters(),
+        cluster("idp", &[(idp, 1)], "")
+    );
+    let now = jwt::now();
+    let claims = |iss: &str, aud: &str, exp: i64| {
+        json!({"iss": iss, "sub": "alice", "aud": aud, "exp": now + exp,
+               "org": {"team": "core", "level": 3, "admin": true}})
+    };
+    let local = json!({
+        "issuer": "https://local", "audiences": ["api", "https://api2.example/"],
+        "local_jwks": {"inline_string": jwt::jwks(&[&rs, &es, &ed, &hs])},
+        "forward_payload_header": "x-jwt-payload",
+        "claim_to_headers": [
+            {"header_name": "x-team", "claim_name": "org.team"},
+            {"header_name": "x-level", "claim_name": "org.level"},
+            {"header_name": "x-admin", "claim_name": "org.admin"}]});
+    let custom = json!({
+        "issuer": "https://custom",
+        "local_jwks": {"inline_string": jwt::jwks(&[&es])},
+        "from_headers": [{"name": "x-token", "value_prefix": "Tok "}],
+        "from_params": ["tok"],
+        "forward_payload_header": "x-padded",
+        "pad_forward_payload_header": true});
+    let remote = |cluster: &str| json!({
+        "issuer": "https://remote",
+        "remote_jwks": {"http_uri": {"uri": "http://idp.example/jwks", "cluster": cluster,
+                                     "timeout": "1s"}},
+        "forward": true});
+    let filter = json!([{"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": jwt::TYPE,
+        "providers": {"local": local, "custom": custom, "remote": remote("idp"),
+                      "dead": remote("closed")},
+        "rules": [
+            {"match": {"prefix": "/local"}, "requires": {"provider_name": "local"}},
+            {"match": {"prefix": "/custom"}, "requires": {"provider_name": "custom"}},
+            {"match": {"prefix": "/remote"}, "requires": {"provider_name": "remote"}},
+            {"match": {"prefix": "/dead"}, "requires": {"provider_name": "dead"}},
+            {"match": {"prefix": "/aud"}, "requires": {"provider_and_audiences": {
+                "provider_name": "local", "audiences": ["other"]}}},
+            {"match": {"prefix": "/any"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "local"}, {"provider_name": "custom"}]}}},
+            {"match": {"prefix": "/both"}, "requires": {"requires_all": {"requirements": [
+                {"provider_name": "local"}, {"provider_name": "custom"}]}}},
+            {"match": {"prefix": "/optional"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "local"}, {"allow_missing": {}}]}}},
+            {"match": {"prefix": "/hdr", "headers": [{"name": "x-check", "present_match": true}]},
+             "requires": {"provider_name": "local"}},
+            {"match": {"prefix": "/open"}}],
+        "requirement_map": {"custom_only": {"provider_name": "custom"}},
+        "bypass_cors_preflight": true}}]);
+    let per_route = |v: Value| {
+        let mut c = v;
+        c["@type"] = json!(jwt::PER_ROUTE);
+        json!({"envoy.filters.http.jwt_authn": c})
+    };
+    let routes = one_vhost(json!([
+        {"match": {"prefix": "/named"}, "route": {"cluster": "up"},
+         "typed_per_filter_config": per_route(json!({"requirement_name": "custom_only"}))},
+        {"match": {"prefix": "/wrong-name"}, "route": {"cluster": "up"},
+         "typed_per_filter_config": per_route(json!({"requirement_name": "nope"}))},
+        {"match": {"prefix": "/local/off"}, "route": {"cluster": "up"},
+         "typed_per_filter_config": per_route(json!({"disabled": true}))},
+        {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]));
+    let chain = |filters: Value| {
+        let mut all = filters.as_array().cloned().unwrap_or_default();
+        all.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}));
+        json!({ "http_filters": all })
+    };
+    let b = |t: &str| format!("Bearer {t}");
+    let good = |k: &Key| k.sign(&claims("https://local", "api", 600));
+    let (g_rs, g_es, g_ed, g_hs) = (good(&rs), good(&es), good(&ed), good(&hs));
+    let expired = rs.sign(&claims("https://local", "api", -3600));
+    let mut early = claims("https://local", "api", 600);
+    early["nbf"] = json!(now + 3600);
+    let early = es.sign(&early);
+    let skewed = ed.sign(&claims("https://local", "api", -30));
+    let other_aud = rs.sign(&claims("https://local", "elsewhere", 600));
+    let aud2 = hs.sign(&claims("https://local", "api2.example", 600));
+    let stranger = rs.sign(&claims("https://stranger", "api", 600));
+    let unknown_kid = Key::rs256("nobody").sign(&claims("https://local", "api", 600));
+    let forged = {
+        let other = rs.sign(&claims("https://local", "api", 601));
+        let p: Vec<&str> = g_rs.split('.').collect();
+        format!("{}.{}.{}", p[0], p[1], other.split('.').nth(2).unwrap())
+    };
+    let c_good = es.sign(&claims("https://custom", "x", 600));
+    let c_expired = es.sign(&claims("https://custom", "x", -3600));
+    let r_good = ed.sign(&claims("https://remote", "x", 600));
+    let r_rs = rs.sign(&claims("https://remote", "x", 600));
+    let r_es = es.sign(&claims("https://remote", "x", 600));
+    let reqs = vec![
+        get("/local/none?q=1"),
+        get("/local/rs").hdr("authorization", &b(&g_rs)),
+        get("/local/es").hdr("authorization", &b(&g_es)),
+        get("/local/ed").hdr("authorization", &b(&g_ed)),
+        get("/local/hs").hdr("authorization", &b(&g_hs)),
+        get("/local/h2").hdr("authorization", &b(&g_rs)).h2(),
+        get("/local/h2-missing").h2(),
+        get(&format!("/local/param?a=1&access_token={g_es}&b=2")),
+        get("/local/spoof")
+            .hdr("authorization", &b(&g_ed))
+            .hdr("x-jwt-payload", "spoofed")
+            .hdr("x-team", "spoofed"),
+        get("/local/expired").hdr("authorization", &b(&expired)),
+        get("/local/early").hdr("authorization", &b(&early)),
+        get("/local/skewed").hdr("authorization", &b(&skewed)),
+        get("/local/aud").hdr("authorization", &b(&other_aud)),
+        get("/local/aud2").hdr("authorization", &b(&aud2)),
+        get("/local/iss").hdr("authorization", &b(&stranger)),
+        get("/local/kid").hdr("authorization", &b(&unknown_kid)),
+        get("/local/forged").hdr("authorization", &b(&forged)),
+        get("/local/garbage").hdr("authorization", "Bearer abc"),
+        get("/local/two-dots").hdr("authorization", "Bearer a.b."),
+        get("/local/basic").hdr("authorization", "Basic dXNlcjpwYXNz"),
+        get("/local/lower").hdr("authorization", &format!("bearer {g_rs}")),
+        get("/local/both-places")
+            .hdr("authorization", &b(&g_rs))
+            .hdr("cookie", "a=b"),
+        get(&format!("/local/two-tokens?access_token={expired}")).hdr("authorization", &b(&g_rs)),
+        get("/local/off"),
+        get("/custom/hdr").hdr("x-token", &format!("Tok {c_good}")),
+        get(&format!("/custom/param?tok={c_good}")),
+        get("/custom/bearer").hdr("authorization", &b(&c_good)),
+        get("/custom/expired").hdr("x-token", &format!("Tok {c_expired}")),
+        get("/aud").hdr("authorization", &b(&g_rs)),
+        get("/any").hdr("authorization", &b(&g_rs)),
+        get("/any").hdr("x-token", &format!("Tok {c_good}")),
+        get("/any/none"),
+        get("/any/expired").hdr("authorization", &b(&expired)),
+        get("/both").hdr("authorization", &b(&g_rs)),
+        get("/both")
+            .hdr("authorization", &b(&g_rs))
+            .hdr("x-token", &format!("Tok {c_good}")),
+        get("/optional"),
+        get("/optional/expired").hdr("authorization", &b(&expired)),
+        get("/optional/good").hdr("authorization", &b(&g_es)),
+        get("/hdr/no-header"),
+        get("/hdr/with").hdr("x-check", "1"),
+        get("/open"),
+        get("/unmatched"),
+        get("/named").hdr("authorization", &b(&g_rs)),
+        get("/named").hdr("x-token", &format!("Tok {c_good}")),
+        get("/wrong-name"),
+        req("OPTIONS", "/local/cors")
+            .hdr("origin", "https://app.example")
+            .hdr("access-control-request-method", "GET"),
+        req("OPTIONS", "/local/not-cors").hdr("origin", "https://app.example"),
+        get("/remote").hdr("authorization", &b(&r_good)),
+        get("/remote/again").hdr("authorization", &b(&r_rs)),
+        get("/remote/es").hdr("authorization", &b(&r_es)),
+        get("/remote/none"),
+        get("/dead").hdr("authorization", &b(&r_good)),
+        get("/dead/none"),
+    ];
+    vec![Case {
+        name: "jwt_authn",
+        yaml: bootstrap(&hcm_listener("main", chain(filter), routes), &clusters),
+        default_listener: "main",
+        reqs,
+    }]
+}
+
 fn print_report(all: &[Mismatch], summary: &[(String, usize, usize, Duration)]) -> String {
     let mut s = String::new();
     s.push_str("\n=== differential: Envoy 1.40 (oracle) vs legate ===\n");
@@ -2786,7 +2971,8 @@ async fn envoy_and_legate_agree() {
     .into_iter()
     .chain(feature_cases(&ups))
     .chain(wasm_cases(&ups))
-    .chain(filter_cases(&ups));
+    .chain(filter_cases(&ups))
+    .chain(jwt_cases(&ups).await);
     let mut all = Vec::new();
     let mut summary = Vec::new();
     for case in cases {
@@ -2966,6 +3152,85 @@ async fn fault_stats_and_flags_match_envoy() {
     let requests: Vec<&str> = requests.iter().map(String::as_str).collect();
     let compared = [
         "envoy_http_fault_",
+        "envoy_http_downstream_rq_xx{",
+        "envoy_cluster_upstream_rq_total{",
+    ];
+    let mismatches = stats_and_logs_differ(&yaml, &requests, &compared).await;
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_stats_match_envoy() {
+    use support::jwt::{self, Key};
+    let up = echo_server("up").await;
+    let (rs, ed) = (Key::rs256("rs"), Key::ed25519("ed"));
+    let doc = jwt::jwks(&[&ed]);
+    let idp = support::http_server(move |_req: hyper::Request<hyper::body::Incoming>| {
+        let doc = doc.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(doc)),
+            ))
+        }
+    })
+    .await;
+    let closed: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let remote = |cluster: &str| json!({"issuer": "https://remote",
+        "remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": cluster, "timeout": "1s"}}});
+    let config = json!({
+        "providers": {
+            "local": {"issuer": "https://local", "audiences": ["api"],
+                      "local_jwks": {"inline_string": jwt::jwks(&[&rs])}},
+            "remote": remote("idp"), "dead": remote("closed")},
+        "rules": [
+            {"match": {"prefix": "/remote"}, "requires": {"provider_name": "remote"}},
+            {"match": {"prefix": "/dead"}, "requires": {"provider_name": "dead"}},
+            {"match": {"prefix": "/open"}},
+            {"match": {"prefix": "/"}, "requires": {"provider_name": "local"}}],
+        "bypass_cors_preflight": true});
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+    let filter = jwt::filter(&config);
+    let clusters = [
+        cluster("up", &[(up, 1)], ""),
+        cluster("idp", &[(idp, 1)], ""),
+        cluster("closed", &[(closed, 1)], ""),
+    ]
+    .concat();
+    let yaml = |log: &Path| {
+        let hcm = format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
+            log.display()
+        );
+        bootstrap(
+            &support::http_listener_with_filters("main", "ingress", routes, &hcm, &filter),
+            &clusters,
+        )
+    };
+    let now = jwt::now();
+    let claims = |iss: &str, exp: i64| json!({"iss": iss, "aud": "api", "exp": now + exp});
+    let get = |path: &str, token: &str| {
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
+        format!("GET {path} HTTP/1.1\r\nHost: h\r\n{auth}Connection: close\r\n\r\n")
+    };
+    let requests = [
+        get("/a", &rs.sign(&claims("https://local", 600))),
+        get("/a", ""),
+        get("/a", &rs.sign(&claims("https://local", -3600))),
+        get("/a", "not-a-token"),
+        get("/open", ""),
+        get("/remote", &ed.sign(&claims("https://remote", 600))),
+        get("/remote", &ed.sign(&claims("https://remote", 600))),
+        get("/remote", ""),
+        get("/dead", &ed.sign(&claims("https://remote", 600))),
+        "OPTIONS /a HTTP/1.1\r\nHost: h\r\nOrigin: https://x\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n".to_string(),
+    ];
+    let requests: Vec<&str> = requests.iter().map(String::as_str).collect();
+    let compared = [
+        "envoy_http_jwt_authn_",
         "envoy_http_downstream_rq_xx{",
         "envoy_cluster_upstream_rq_total{",
     ];

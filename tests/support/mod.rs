@@ -21,6 +21,8 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod jwt;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_legate");
 
 /// A running `legate` process, killed on drop.
