@@ -2748,17 +2748,13 @@ async fn jwt_cases(u: &Ups) -> Vec<Case> {
     let idp = support::http_server(move |_req: hyper::Request<hyper::body::Incoming>| {
         let doc = doc.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                http_body_util::Full::new(bytes::Bytes::from(doc)),
-            ))
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from(doc),
+            )))
         }
     })
     .await;
-    let clusters = format!(
-        "{}{}",
-        u.clusters(),
-        cluster("idp", &[(idp, 1)], "")
-    );
+    let clusters = format!("{}{}", u.clusters(), cluster("idp", &[(idp, 1)], ""));
     let now = jwt::now();
     let claims = |iss: &str, aud: &str, exp: i64| {
         json!({"iss": iss, "sub": "alice", "aud": aud, "exp": now + exp,
@@ -2779,11 +2775,13 @@ async fn jwt_cases(u: &Ups) -> Vec<Case> {
         "from_params": ["tok"],
         "forward_payload_header": "x-padded",
         "pad_forward_payload_header": true});
-    let remote = |cluster: &str| json!({
+    let remote = |cluster: &str| {
+        json!({
         "issuer": "https://remote",
         "remote_jwks": {"http_uri": {"uri": "http://idp.example/jwks", "cluster": cluster,
                                      "timeout": "1s"}},
-        "forward": true});
+        "forward": true})
+    };
     let filter = json!([{"name": "envoy.filters.http.jwt_authn", "typed_config": {
         "@type": jwt::TYPE,
         "providers": {"local": local, "custom": custom, "remote": remote("idp"),
@@ -3168,20 +3166,29 @@ async fn jwt_stats_match_envoy() {
     let idp = support::http_server(move |_req: hyper::Request<hyper::body::Incoming>| {
         let doc = doc.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                http_body_util::Full::new(bytes::Bytes::from(doc)),
-            ))
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from(doc),
+            )))
         }
     })
     .await;
-    let closed: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-    let remote = |cluster: &str| json!({"issuer": "https://remote",
-        "remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": cluster, "timeout": "1s"}}});
+    // A key server that fails (a closed port would leave Envoy without the
+    // cluster's latency histogram, which legate always exports).
+    let broken = support::http_server(|_req: hyper::Request<hyper::body::Incoming>| async {
+        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        Ok::<_, std::convert::Infallible>(r)
+    })
+    .await;
+    let remote = |cluster: &str| {
+        json!({"issuer": "https://remote",
+        "remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": cluster, "timeout": "1s"}}})
+    };
     let config = json!({
         "providers": {
             "local": {"issuer": "https://local", "audiences": ["api"],
                       "local_jwks": {"inline_string": jwt::jwks(&[&rs])}},
-            "remote": remote("idp"), "dead": remote("closed")},
+            "remote": remote("idp"), "dead": remote("broken")},
         "rules": [
             {"match": {"prefix": "/remote"}, "requires": {"provider_name": "remote"}},
             {"match": {"prefix": "/dead"}, "requires": {"provider_name": "dead"}},
@@ -3193,7 +3200,7 @@ async fn jwt_stats_match_envoy() {
     let clusters = [
         cluster("up", &[(up, 1)], ""),
         cluster("idp", &[(idp, 1)], ""),
-        cluster("closed", &[(closed, 1)], ""),
+        cluster("broken", &[(broken, 1)], ""),
     ]
     .concat();
     let yaml = |log: &Path| {

@@ -90,7 +90,10 @@ async fn good_expired_missing_and_wrong_audience_tokens() {
 
     let other = es.sign(&claims("someone-else", 600));
     let (code, _, body) = curl_get(&[&url(a, "/"), "-H", &bearer(&other)]);
-    assert_eq!((code, body.as_str()), (403, "Audiences in Jwt are not allowed"));
+    assert_eq!(
+        (code, body.as_str()),
+        (403, "Audiences in Jwt are not allowed")
+    );
 
     let forged = format!("{}x", rs.sign(&claims("api", 600)));
     let (code, _, body) = curl_get(&[&url(a, "/"), "-H", &bearer(&forged)]);
@@ -100,7 +103,10 @@ async fn good_expired_missing_and_wrong_audience_tokens() {
     let stat = |n: &str| s[&format!("http.ingress.jwt_authn.{n}")];
     assert_eq!((stat("allowed"), stat("denied")), (2, 4));
     assert_eq!(stat("jwt_cache_miss"), 5);
-    assert_eq!((stat("jwks_fetch_success"), stat("jwks_fetch_failed")), (0, 0));
+    assert_eq!(
+        (stat("jwks_fetch_success"), stat("jwks_fetch_failed")),
+        (0, 0)
+    );
 }
 
 /// A JWKS server counting its requests; answers `status` with `doc`, after
@@ -156,7 +162,10 @@ async fn remote_jwks_is_fetched_from_a_real_upstream_and_cached() {
     // A token the fetched keys do not verify.
     let other = Key::ed25519("other").sign(&claims("api", 600));
     let (code, _, body) = curl_get(&[&url(a, "/r"), "-H", &bearer(&other)]);
-    assert_eq!((code, body.as_str()), (401, "Jwks doesn't have key to match kid or alg from Jwt"));
+    assert_eq!(
+        (code, body.as_str()),
+        (401, "Jwks doesn't have key to match kid or alg from Jwt")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,18 +191,31 @@ async fn failing_jwks_upstreams_answer_401_promptly() {
         cluster("garbled", &[(garbled, 1)], ""),
     ]
     .concat();
-    let l = Legate::start_with(&config(&filter, ALL_TO_UP, up, &clusters), &["--concurrency", "1"])
-        .await;
+    let l = Legate::start_with(
+        &config(&filter, ALL_TO_UP, up, &clusters),
+        &["--concurrency", "1"],
+    )
+    .await;
     let a = l.listener("main").await;
     let t = key.sign(&claims("api", 600));
-    for (path, within) in [("/dead", 2.0), ("/broken", 2.0), ("/slow", 1.5), ("/garbled", 2.0)] {
+    for (path, within) in [
+        ("/dead", 2.0),
+        ("/broken", 2.0),
+        ("/slow", 1.5),
+        ("/garbled", 2.0),
+    ] {
         let started = Instant::now();
         let (code, head, body) = curl_get(&[&url(a, path), "-H", &bearer(&t)]);
         let took = started.elapsed().as_secs_f64();
-        assert_eq!((code, body.as_str()), (401, "Jwks remote fetch is failed"), "{path}");
+        assert_eq!(
+            (code, body.as_str()),
+            (401, "Jwks remote fetch is failed"),
+            "{path}"
+        );
         assert!(took < within, "{path} took {took:.2}s");
         assert!(
-            header(&head, "www-authenticate").is_some_and(|v| v.ends_with("error=\"invalid_token\"")),
+            header(&head, "www-authenticate")
+                .is_some_and(|v| v.ends_with("error=\"invalid_token\"")),
             "{head}"
         );
     }
@@ -256,7 +278,10 @@ async fn requirements_per_route_and_cors() {
     assert_eq!(go("/both", &[bearer(&ta), hb.clone()]), ok);
     assert_eq!(go("/optional", &[]), ok);
     let expired = a_key.sign(&claims("api", -3600));
-    assert_eq!(go("/optional", &[bearer(&expired)]), no(401, "Jwt is expired"));
+    assert_eq!(
+        go("/optional", &[bearer(&expired)]),
+        no(401, "Jwt is expired")
+    );
     assert_eq!(go("/public", &[]), ok);
     assert_eq!(go("/named", &[bearer(&ta)]), no(401, "Jwt is missing"));
     assert_eq!(go("/named", &[hb.clone()]), ok);
@@ -272,7 +297,11 @@ async fn requirements_per_route_and_cors() {
         "access-control-request-method: GET",
     ]);
     assert_eq!(code, 200);
-    assert_eq!(l.stat("http.ingress.jwt_authn.cors_preflight_bypassed").await, 1);
+    assert_eq!(
+        l.stat("http.ingress.jwt_authn.cors_preflight_bypassed")
+            .await,
+        1
+    );
 }
 
 #[test]
@@ -314,7 +343,10 @@ fn config_mistakes_are_refused_with_their_place() {
         let (ok, err) = validate(&config(&filter, ALL_TO_UP, up, ""));
         assert!(!ok, "accepted: {filter}");
         assert!(err.contains(want), "want {want:?} in:\n{err}");
-        assert!(err.contains("jwt_authn") || err.contains("typed_config"), "{err}");
+        assert!(
+            err.contains("jwt_authn") || err.contains("typed_config"),
+            "{err}"
+        );
     }
     // And a good one passes.
     let good = json!({"providers": {"idp": local_provider(&[&key])},

@@ -22,17 +22,29 @@ fn pem(f: &str) -> Vec<u8> {
 impl Key {
     /// RS256 (RSA 2048).
     pub fn rs256(kid: &str) -> Key {
-        Key::new(Algorithm::RS256, EncodingKey::from_rsa_pem(&pem("rsa.pem")).unwrap(), kid)
+        Key::new(
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&pem("rsa.pem")).unwrap(),
+            kid,
+        )
     }
 
     /// ES256 (P-256).
     pub fn es256(kid: &str) -> Key {
-        Key::new(Algorithm::ES256, EncodingKey::from_ec_pem(&pem("ec256.pem")).unwrap(), kid)
+        Key::new(
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&pem("ec256.pem")).unwrap(),
+            kid,
+        )
     }
 
     /// EdDSA (Ed25519).
     pub fn ed25519(kid: &str) -> Key {
-        Key::new(Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem("ed25519.pem")).unwrap(), kid)
+        Key::new(
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&pem("ed25519.pem")).unwrap(),
+            kid,
+        )
     }
 
     /// HS256 with a fixed secret.

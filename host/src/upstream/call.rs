@@ -2,7 +2,7 @@
 //! filters' [`HttpClient`]): sent to a configured cluster through the worker's
 //! pools, as Envoy's async client does.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -86,18 +86,40 @@ pub async fn whole(
     Ok((parts, collected))
 }
 
-/// A native filter's client is its worker's clusters and pools.
+/// A native filter's client is its worker's clusters and pools. Its requests
+/// count in the cluster's request stats, as the router's do.
 impl HttpClient for WorkerClusters {
     fn send(&self, cluster: &str, request: Request<Bytes>, timeout: Duration) -> CallFuture<'_> {
         let cluster = cluster.to_string();
         Box::pin(async move {
+            let wc = self.get(&cluster).ok_or(CallError::UnknownCluster)?.clone();
             let (parts, body) = request.into_parts();
             let mut req = Request::from_parts(parts, Body::full(body));
             mark_internal(&mut req, &cluster, Some(timeout));
-            let (parts, collected) = tokio::time::timeout(timeout, whole(self, &cluster, req))
-                .await
-                .map_err(|_| CallError::Timeout)??;
-            Ok(Response::from_parts(parts, collected.to_bytes()))
+            let stats = wc.stats();
+            stats.upstream_rq_total.inc();
+            stats.upstream_rq_active.inc();
+            let started = Instant::now();
+            let r = tokio::time::timeout(timeout, whole(self, &cluster, req)).await;
+            stats.upstream_rq_active.dec();
+            match r {
+                Ok(Ok((parts, collected))) => {
+                    stats.upstream_rq.record(parts.status.as_u16());
+                    stats.upstream_rq_time.record_duration(started.elapsed());
+                    stats.upstream_rq_completed.inc();
+                    Ok(Response::from_parts(parts, collected.to_bytes()))
+                }
+                Ok(Err(e)) => {
+                    stats.upstream_rq_pending_failure_eject.inc();
+                    stats.upstream_rq.record(503);
+                    Err(e)
+                }
+                Err(_) => {
+                    stats.upstream_rq_timeout.inc();
+                    stats.upstream_rq.record(504);
+                    Err(CallError::Timeout)
+                }
+            }
         })
     }
 }
