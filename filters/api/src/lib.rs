@@ -288,6 +288,9 @@ pub struct StreamInfo {
     pub dynamic_metadata: DynamicMetadata,
     /// The matched route's `typed_per_filter_config`, once routed.
     pub per_filter_config: Option<Arc<PerFilterConfig>>,
+    /// Objects filters share for the rest of the stream (Envoy's filter state),
+    /// by name; access logs print them with `%FILTER_STATE(name)%`.
+    pub filter_state: Vec<(String, std::rc::Rc<dyn FilterStateObject>)>,
     /// Set by a filter that changed the request in a way that may change its route
     /// (Envoy's `clearRouteCache`): the route is matched again after the request
     /// header hooks.
@@ -323,8 +326,30 @@ impl StreamInfo {
             response_flags: ResponseFlags::default(),
             dynamic_metadata: DynamicMetadata::new(),
             per_filter_config: None,
+            filter_state: Vec::new(),
             route_cache_cleared: false,
         }
+    }
+
+    /// Sets (or replaces) the filter state object `name`.
+    pub fn set_filter_state(
+        &mut self,
+        name: impl Into<String>,
+        object: std::rc::Rc<dyn FilterStateObject>,
+    ) {
+        let name = name.into();
+        match self.filter_state.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = object,
+            None => self.filter_state.push((name, object)),
+        }
+    }
+
+    /// The filter state object `name`, if a filter set one.
+    pub fn filter_state(&self, name: &str) -> Option<&dyn FilterStateObject> {
+        self.filter_state
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| &**o)
     }
 
     /// Moves the info out, leaving behind only its plain facts (start time,
@@ -339,6 +364,44 @@ impl StreamInfo {
         rest.response_flags = self.response_flags;
         std::mem::replace(self, rest)
     }
+}
+
+/// An object in a stream's filter state. A filter may keep a handle to it and
+/// update it while the stream runs (interior mutability); readers see its value
+/// when they read.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+/// use legate_filter_api::{FilterStateObject, StreamInfo};
+///
+/// #[derive(Debug)]
+/// struct Hits(Cell<u64>);
+/// impl FilterStateObject for Hits {
+///     fn json(&self) -> Option<String> {
+///         Some(format!("{{\"hits\":{}}}", self.0.get()))
+///     }
+///     fn plain(&self) -> Option<String> {
+///         Some(self.0.get().to_string())
+///     }
+/// }
+///
+/// let mut info = StreamInfo::new(
+///     std::time::SystemTime::now(),
+///     "10.0.0.1:5555".parse().unwrap(),
+///     "127.0.0.1:10000".parse().unwrap(),
+///     1,
+/// );
+/// let hits = Rc::new(Hits(Cell::new(0)));
+/// info.set_filter_state("my.filter", hits.clone());
+/// hits.0.set(2);
+/// assert_eq!(info.filter_state("my.filter").unwrap().plain().unwrap(), "2");
+/// ```
+pub trait FilterStateObject: std::fmt::Debug {
+    /// The typed value as JSON text (`%FILTER_STATE(name)%`, Envoy's proto JSON).
+    fn json(&self) -> Option<String>;
+    /// The plain string value (`%FILTER_STATE(name:PLAIN)%`).
+    fn plain(&self) -> Option<String>;
 }
 
 /// A route's per-filter configs (`typed_per_filter_config`), keyed by the name

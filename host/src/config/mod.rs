@@ -3,6 +3,7 @@
 pub mod model;
 mod parse_cluster;
 mod parse_fault;
+mod parse_grpc_stats;
 mod parse_http;
 mod parse_listener;
 mod parse_wasm;
@@ -275,6 +276,7 @@ pub(crate) mod names {
     pub const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const ROUTER: &str = "envoy.filters.http.router";
     pub const FAULT: &str = "envoy.filters.http.fault";
+    pub const GRPC_STATS: &str = "envoy.filters.http.grpc_stats";
     pub const HTTP_WASM: &str = "envoy.filters.http.wasm";
     pub const NETWORK_WASM: &str = "envoy.filters.network.wasm";
     pub const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
@@ -313,7 +315,6 @@ pub(crate) mod names {
     pub const KNOWN_UNSUPPORTED_HTTP: &[&str] = &[
         "envoy.filters.http.rbac",
         "envoy.filters.http.jwt_authn",
-        "envoy.filters.http.grpc_stats",
         "envoy.filters.http.cors",
         "envoy.filters.http.buffer",
         "envoy.filters.http.ext_authz",

@@ -10,10 +10,10 @@ use regex::Regex;
 use legate_filter_api::{HttpFilterFactory, PerFilterConfig};
 
 use super::model::*;
-use super::parse_fault;
 use super::parse_listener::{access_logs, filter_entry, unknown_http_filter, weighted_clusters};
 use super::walk::{Field, Obj};
 use super::{ClusterRef, names};
+use super::{parse_fault, parse_grpc_stats};
 use crate::access_log::format::Format;
 
 pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConnectionManager> {
@@ -260,8 +260,14 @@ type HttpBuild = fn(Obj<'_>, &str, &str) -> Option<Arc<dyn HttpFilterFactory>>;
 
 /// The built-in HTTP filters: name, typed_config type URL, and the parser that
 /// makes the factory from the config, the filter's name and the HCM's stat prefix.
-pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] =
-    &[(names::FAULT, parse_fault::TYPE, parse_fault::http)];
+pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] = &[
+    (names::FAULT, parse_fault::TYPE, parse_fault::http),
+    (
+        names::GRPC_STATS,
+        parse_grpc_stats::TYPE,
+        parse_grpc_stats::http,
+    ),
+];
 
 type PerRouteParse = fn(Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>>;
 
