@@ -840,6 +840,16 @@ async fn grpc_stats_match_envoy() {
                 let estats = pick(&envoy.admin_get("/stats").await);
                 let (_, ltext) = support::http_get(legate.admin, "/stats").await.unwrap();
                 let lstats = pick(&ltext);
+                if i == 0 && phase == 0 {
+                    for want in [
+                        "cluster.grpc_up.grpc.test.Echo.Bidi.request_message_count: 4",
+                        "cluster.grpc_up.grpc.test.Echo.Bidi.response_message_count: 4",
+                        "cluster.grpc_up.grpc.test.Echo.ServerStream.5: 1",
+                        "cluster.grpc_up.grpc.test.Echo.Unary.success: 2",
+                    ] {
+                        assert!(lstats.iter().any(|l| l == want), "{want} in {lstats:#?}");
+                    }
+                }
                 if estats != lstats {
                     diffs.push(format!("config {c}, phase {phase}: stats\n envoy:  {estats:#?}\n legate: {lstats:#?}"));
                 }
