@@ -768,7 +768,7 @@ async fn grpc_stats_traffic(addr: SocketAddr, phase: usize) {
         .unwrap()
         .into_inner();
     let mut n = 0;
-    while let Some(_) = s.message().await.unwrap() {
+    while s.message().await.unwrap().is_some() {
         n += 1;
     }
     assert_eq!(n, 4);
