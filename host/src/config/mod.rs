@@ -4,6 +4,7 @@ pub mod model;
 mod parse_cluster;
 mod parse_http;
 mod parse_listener;
+mod parse_rbac;
 mod parse_wasm;
 pub mod walk;
 pub mod yaml;

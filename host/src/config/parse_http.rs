@@ -614,7 +614,7 @@ fn route_match(f: &Field<'_>) -> Option<RouteMatch> {
     })
 }
 
-fn string_matcher(f: &Field<'_>) -> Option<StringMatcher> {
+pub(crate) fn string_matcher(f: &Field<'_>) -> Option<StringMatcher> {
     let mut o = f.obj()?;
     let kind = match o.one_of(&["exact", "prefix", "suffix", "contains", "safe_regex"]) {
         Some(("exact", g)) => g.str().map(StringMatch::Exact),
@@ -635,7 +635,7 @@ fn string_matcher(f: &Field<'_>) -> Option<StringMatcher> {
     })
 }
 
-fn header_matcher(f: &Field<'_>) -> Option<HeaderMatcher> {
+pub(crate) fn header_matcher(f: &Field<'_>) -> Option<HeaderMatcher> {
     let mut o = f.obj()?.unsupported(&["treat_missing_header_as_empty"]);
     let name = o.req("name");
     let kind = match o.one_of(&[
