@@ -2580,6 +2580,159 @@ impl Case {
     }
 }
 
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// The built-in filters (`filters/*`), each case one filter config in front of
+/// the router.
+fn filter_cases(u: &Ups) -> Vec<Case> {
+    let chain = |filters: Value| {
+        let mut all = filters.as_array().cloned().unwrap_or_default();
+        all.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}));
+        json!({ "http_filters": all })
+    };
+    let fault = |config: Value| {
+        let mut c = json!({"@type": FAULT});
+        if let (Some(o), Value::Object(extra)) = (c.as_object_mut(), config) {
+            o.extend(extra);
+        }
+        json!([{"name": "envoy.filters.http.fault", "typed_config": c}])
+    };
+    let case = |name: &'static str, filters: Value, route_config: Value, reqs: Vec<Req>| Case {
+        name,
+        yaml: bootstrap(
+            &hcm_listener("main", chain(filters), route_config),
+            &u.clusters(),
+        ),
+        default_listener: "main",
+        reqs,
+    };
+    let to_up = || one_vhost(json!([{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]));
+    let all = json!({"numerator": 100});
+    vec![
+        case(
+            "fault_header_controls",
+            fault(json!({
+                "abort": {"header_abort": {}, "percentage": all},
+                "delay": {"header_delay": {}, "percentage": all},
+                "response_rate_limit": {"header_limit": {}, "percentage": all}})),
+            to_up(),
+            vec![
+                get("/plain"),
+                get("/a").hdr("x-envoy-fault-abort-request", "429"),
+                get("/a").hdr("x-envoy-fault-abort-request", "503").h2(),
+                get("/a").hdr("x-envoy-fault-abort-request", "200"),
+                get("/a").hdr("x-envoy-fault-abort-request", "600"),
+                get("/a").hdr("x-envoy-fault-abort-request", "abc"),
+                get("/a")
+                    .hdr("x-envoy-fault-abort-request", "429")
+                    .hdr("x-envoy-fault-abort-request-percentage", "0"),
+                get("/a")
+                    .hdr("x-envoy-fault-abort-request", "429")
+                    .hdr("x-envoy-fault-abort-request-percentage", "100"),
+                grpc("/pkg.Svc/M").hdr("x-envoy-fault-abort-grpc-request", "14"),
+                grpc("/pkg.Svc/M")
+                    .hdr("x-envoy-fault-abort-grpc-request", "7")
+                    .h2(),
+                get("/a").hdr("x-envoy-fault-abort-grpc-request", "14"),
+                get("/d").hdr("x-envoy-fault-delay-request", "30"),
+                get("/d")
+                    .hdr("x-envoy-fault-delay-request", "30")
+                    .hdr("x-envoy-fault-abort-request", "504"),
+                post("/d", "body during a delay").hdr("x-envoy-fault-delay-request", "30"),
+                get("/r").hdr("x-envoy-fault-throughput-response", "64"),
+            ]
+            .into_iter()
+            // Reason phrases: Envoy's table, not hyper's.
+            .chain(
+                ["203", "299", "418", "451", "599"]
+                    .map(|c| get("/reason").hdr("x-envoy-fault-abort-request", c)),
+            )
+            .collect(),
+        ),
+        case(
+            "fault_fixed",
+            fault(json!({
+                "abort": {"http_status": 503, "percentage": {"numerator": 10000, "denominator": "TEN_THOUSAND"}},
+                "delay": {"fixed_delay": "0.02s", "percentage": {"numerator": 0, "denominator": "MILLION"}}})),
+            to_up(),
+            vec![
+                get("/"),
+                get("/").h2(),
+                grpc("/pkg.Svc/M"),
+                grpc("/pkg.Svc/M").h2(),
+                // Header controls do nothing without a header_* variant.
+                get("/").hdr("x-envoy-fault-abort-request", "429"),
+            ],
+        ),
+        case(
+            "fault_grpc_status_and_default_percentage",
+            fault(json!({"abort": {"grpc_status": 14, "percentage": all},
+                         "delay": {"fixed_delay": "0.02s"}})),
+            to_up(),
+            vec![
+                grpc("/pkg.Svc/M"),
+                grpc("/pkg.Svc/M").h2(),
+                get("/not-grpc"),
+            ],
+        ),
+        case(
+            "fault_conditions",
+            fault(json!({
+                "abort": {"http_status": 418, "percentage": all},
+                "upstream_cluster": "up",
+                "downstream_nodes": ["canary"],
+                "headers": [{"name": "x-chaos", "string_match": {"exact": "on"}}]})),
+            one_vhost(json!([
+                {"match": {"prefix": "/two"}, "route": {"cluster": "up2"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "up"}}])),
+            vec![
+                get("/")
+                    .hdr("x-chaos", "on")
+                    .hdr("x-envoy-downstream-service-node", "canary"),
+                get("/")
+                    .hdr("x-chaos", "off")
+                    .hdr("x-envoy-downstream-service-node", "canary"),
+                get("/")
+                    .hdr("x-chaos", "on")
+                    .hdr("x-envoy-downstream-service-node", "stable"),
+                get("/").hdr("x-chaos", "on"),
+                get("/two")
+                    .hdr("x-chaos", "on")
+                    .hdr("x-envoy-downstream-service-node", "canary"),
+            ],
+        ),
+        case(
+            "fault_per_route",
+            json!([{"name": "chaos", "typed_config": {"@type": FAULT,
+                "abort": {"http_status": 503, "percentage": all}}}]),
+            json!({"name": "rc", "virtual_hosts": [
+                {"name": "overrides", "domains": ["over.example"],
+                 "typed_per_filter_config": {"chaos": {"@type": FAULT,
+                     "abort": {"http_status": 502, "percentage": all}}},
+                 "routes": [
+                    {"match": {"prefix": "/teapot"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"chaos": {"@type": FAULT,
+                         "abort": {"http_status": 418, "percentage": all}}}},
+                    {"match": {"prefix": "/calm"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"chaos": {"@type": FAULT}}},
+                    {"match": {"prefix": "/other-name"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"envoy.filters.http.fault": {"@type": FAULT,
+                         "abort": {"http_status": 418, "percentage": all}}}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]},
+                {"name": "all", "domains": ["*"],
+                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}),
+            vec![
+                get("/teapot").host("over.example"),
+                get("/calm").host("over.example"),
+                get("/other-name").host("over.example"),
+                get("/vhost").host("over.example"),
+                get("/filter-level"),
+                get("/teapot").host("over.example").h2(),
+            ],
+        ),
+    ]
+}
+
 fn print_report(all: &[Mismatch], summary: &[(String, usize, usize, Duration)]) -> String {
     let mut s = String::new();
     s.push_str("\n=== differential: Envoy 1.40 (oracle) vs legate ===\n");
@@ -2632,7 +2785,8 @@ async fn envoy_and_legate_agree() {
     ]
     .into_iter()
     .chain(feature_cases(&ups))
-    .chain(wasm_cases(&ups));
+    .chain(wasm_cases(&ups))
+    .chain(filter_cases(&ups));
     let mut all = Vec::new();
     let mut summary = Vec::new();
     for case in cases {
@@ -2762,6 +2916,73 @@ async fn stats_and_access_logs_match_envoy() {
             &cluster("up", &[(up, 1)], ""),
         )
     };
+    let requests = [
+        "GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: ua-1\r\nConnection: close\r\n\r\n",
+        "GET /d HTTP/1.1\r\nHost: h\r\nUser-Agent: ua-2\r\nConnection: close\r\n\r\n",
+        "GET /status/503 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    ];
+    let compared = [
+        "envoy_cluster_upstream_rq{",
+        "envoy_cluster_upstream_rq_xx{",
+        "envoy_cluster_upstream_rq_total{",
+        "envoy_http_downstream_rq_xx{",
+        "envoy_http_downstream_rq_total{",
+        "envoy_http_rq_direct_response{",
+        // Histograms are left out: Envoy's only move at its 5 s stats flush.
+        "envoy_listener_downstream_cx_total{",
+    ];
+    let mismatches = stats_and_logs_differ(&yaml, &requests, &compared).await;
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_stats_and_flags_match_envoy() {
+    let up = echo_server("up").await;
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+    let filter = format!(
+        "          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": {FAULT}\n              abort: {{header_abort: {{}}, percentage: {{numerator: 100}}}}\n              delay: {{header_delay: {{}}, percentage: {{numerator: 100}}}}\n              response_rate_limit: {{header_limit: {{}}, percentage: {{numerator: 100}}}}\n"
+    );
+    let yaml = |log: &Path| {
+        let hcm = format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
+            log.display()
+        );
+        bootstrap(
+            &support::http_listener_with_filters("main", "ingress", routes, &hcm, &filter),
+            &cluster("up", &[(up, 1)], ""),
+        )
+    };
+    let get = |h: &str| format!("GET /f HTTP/1.1\r\nHost: h\r\n{h}Connection: close\r\n\r\n");
+    let requests = [
+        get(""),
+        get("x-envoy-fault-abort-request: 429\r\n"),
+        get("x-envoy-fault-delay-request: 20\r\n"),
+        get("x-envoy-fault-delay-request: 20\r\nx-envoy-fault-abort-request: 503\r\n"),
+        get("x-envoy-fault-abort-request: 418\r\nx-envoy-downstream-service-cluster: web\r\n"),
+        get("x-envoy-fault-throughput-response: 1000\r\n"),
+        get("x-envoy-fault-abort-request: 700\r\n"),
+    ];
+    let requests: Vec<&str> = requests.iter().map(String::as_str).collect();
+    let compared = [
+        "envoy_http_fault_",
+        "envoy_http_downstream_rq_xx{",
+        "envoy_cluster_upstream_rq_total{",
+    ];
+    let mismatches = stats_and_logs_differ(&yaml, &requests, &compared).await;
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// Runs `requests` (raw HTTP/1.1, one connection each, in order) through Envoy
+/// and legate on `yaml(access_log_path)`; returns how their access logs and
+/// Prometheus stats differ: every legate series must exist in Envoy's output
+/// (unless a listed Legate addition), and series starting with one of
+/// `compared` must have the same value.
+async fn stats_and_logs_differ(
+    yaml: &dyn Fn(&Path) -> String,
+    requests: &[&str],
+    compared: &[&str],
+) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let (elog, llog) = (dir.path().join("envoy.log"), dir.path().join("legate.log"));
     let envoy = Envoy::start_with(&yaml(&elog), &["--file-flush-interval-msec", "50"])
@@ -2770,12 +2991,6 @@ async fn stats_and_access_logs_match_envoy() {
     let legate = start_legate(&yaml(&llog))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let requests = [
-        "GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: ua-1\r\nConnection: close\r\n\r\n",
-        "GET /d HTTP/1.1\r\nHost: h\r\nUser-Agent: ua-2\r\nConnection: close\r\n\r\n",
-        "GET /status/503 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-    ];
     let mut mismatches = Vec::new();
     let mut lines = BTreeMap::new();
     for (name, admin, log) in [
@@ -2826,20 +3041,10 @@ async fn stats_and_access_logs_match_envoy() {
         }
     }
     // And the counters both keep for this traffic agree.
-    for series in lstats.keys().filter(|s| {
-        [
-            "envoy_cluster_upstream_rq{",
-            "envoy_cluster_upstream_rq_xx{",
-            "envoy_cluster_upstream_rq_total{",
-            "envoy_http_downstream_rq_xx{",
-            "envoy_http_downstream_rq_total{",
-            "envoy_http_rq_direct_response{",
-            // Histograms are left out: Envoy's only move at its 5 s stats flush.
-            "envoy_listener_downstream_cx_total{",
-        ]
-        .iter()
-        .any(|p| s.starts_with(p))
-    }) {
+    for series in lstats
+        .keys()
+        .filter(|s| compared.iter().any(|p| s.starts_with(p)))
+    {
         if estats.get(series) != lstats.get(series) {
             mismatches.push(format!(
                 "{series}: envoy {:?}, legate {:?}",
@@ -2849,5 +3054,5 @@ async fn stats_and_access_logs_match_envoy() {
         }
     }
     drop(envoy);
-    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    mismatches
 }

@@ -671,3 +671,49 @@ async fn empty_cluster_and_no_route_are_grpc_local_replies() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_abort_reaches_a_tonic_client_as_a_grpc_status() {
+    bounded(async {
+        let up = grpc_upstream().await;
+        let fault = r#"          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: {header_abort: {}, percentage: {numerator: 100}}
+"#;
+        let yaml = bootstrap(
+            &support::http_listener_with_filters(
+                "grpc_in",
+                "grpc",
+                &route_all("grpc_up"),
+                "",
+                fault,
+            ),
+            &cluster("grpc_up", &[(up, 1)], H2_TYPED),
+        );
+        let legate = Legate::start(&yaml).await;
+        let mut g = client(legate.listener("grpc_in").await).await;
+
+        // Without the header the call goes through.
+        let ok = call_unary(&mut g, UNARY, req("hi", 1)).await.unwrap();
+        assert_eq!(ok.get_ref().message, "echo:hi");
+
+        // With it, the client sees the injected status and Envoy's message; the
+        // upstream is never called.
+        g.ready().await.unwrap();
+        let mut r = Request::new(req("hi", 1));
+        r.metadata_mut()
+            .insert("x-envoy-fault-abort-grpc-request", "14".parse().unwrap());
+        let err = g
+            .unary(r, PathAndQuery::from_static(UNARY), codec())
+            .await
+            .expect_err("aborted");
+        assert_eq!(err.code(), Code::Unavailable, "got {err:?}");
+        assert_eq!(err.message(), "fault filter abort");
+        assert_eq!(legate.stat("http.grpc.fault.aborts_injected").await, 1);
+        // HTTP 200 (trailers-only), and only the first call reached the upstream.
+        assert_eq!(legate.wait_stat("http.grpc.downstream_rq_2xx", 2).await, 2);
+        assert_eq!(legate.stat("cluster.grpc_up.upstream_rq_total").await, 1);
+    })
+    .await;
+}

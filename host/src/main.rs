@@ -56,6 +56,11 @@ struct Cli {
     #[arg(long = "service-node")]
     service_node: Option<String>,
 
+    /// Seeds the generator behind random decisions (fault percentages), so that
+    /// a run repeats them; worker `i` uses `seed + i`. Legate's own flag.
+    #[arg(long = "random-seed", value_name = "N")]
+    random_seed: Option<u64>,
+
     /// Node cluster (`node.cluster`), as Envoy's --service-cluster.
     #[arg(long = "service-cluster")]
     service_cluster: Option<String>,
@@ -249,7 +254,7 @@ fn main() -> ExitCode {
             tracing::info!("admin address: {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
             tokio::spawn(admin::serve(listener, control));
         }
-        let workers = match server::start_workers(&shared) {
+        let workers = match server::start_workers(&shared, cli.random_seed) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("error: cannot start workers: {e}");

@@ -340,8 +340,7 @@ impl StreamInfo {
     }
 
     /// Moves the info out, leaving behind only its plain facts (start time,
-    /// addresses, connection id, response flags, per-route config): a cheap way
-    /// to lend it.
+    /// addresses, connection id, response flags): a cheap way to lend it.
     pub fn take(&mut self) -> StreamInfo {
         let mut rest = StreamInfo::new(
             self.start_time,
@@ -351,7 +350,6 @@ impl StreamInfo {
         )
         .with_direct_remote(self.downstream_direct_remote_address);
         rest.response_flags = self.response_flags;
-        rest.per_filter_config = self.per_filter_config.clone();
         std::mem::replace(self, rest)
     }
 }
@@ -390,6 +388,23 @@ impl PerFilterConfig {
             .iter()
             .find(|(n, _)| n == filter_name)
             .and_then(|(_, c)| c.downcast_ref())
+    }
+
+    /// The config for `filter_name`, if there is one of type `T`, as a shared
+    /// handle a filter can keep across awaits.
+    pub fn get_arc<T: Any + Send + Sync>(&self, filter_name: &str) -> Option<Arc<T>> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == filter_name)
+            .and_then(|(_, c)| c.clone().downcast().ok())
+    }
+
+    /// Adds the entries of a less specific level (a virtual host's under a
+    /// route's) for filters this one has no entry for.
+    pub fn merge(&mut self, less_specific: &PerFilterConfig) {
+        for (name, config) in &less_specific.0 {
+            self.insert(name.clone(), config.clone());
+        }
     }
 
     /// Whether no filter has a per-route config.

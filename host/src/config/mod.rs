@@ -2,6 +2,7 @@
 
 pub mod model;
 mod parse_cluster;
+mod parse_fault;
 mod parse_http;
 mod parse_listener;
 mod parse_rbac;
@@ -274,6 +275,9 @@ pub(crate) mod names {
     pub const HCM: &str = "envoy.filters.network.http_connection_manager";
     pub const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const ROUTER: &str = "envoy.filters.http.router";
+    pub const FAULT: &str = "envoy.filters.http.fault";
+    pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+    pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
     pub const HTTP_WASM: &str = "envoy.filters.http.wasm";
     pub const NETWORK_WASM: &str = "envoy.filters.network.wasm";
     pub const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
@@ -293,7 +297,6 @@ pub(crate) mod names {
     /// Envoy network filters that Legate does not have (yet), so the error can say
     /// "not supported" rather than "unknown".
     pub const KNOWN_UNSUPPORTED_NETWORK: &[&str] = &[
-        "envoy.filters.network.rbac",
         "envoy.filters.network.redis_proxy",
         "envoy.filters.network.mysql_proxy",
         "envoy.filters.network.ext_authz",
@@ -310,8 +313,6 @@ pub(crate) mod names {
         "envoy.filters.network.kafka_broker",
     ];
     pub const KNOWN_UNSUPPORTED_HTTP: &[&str] = &[
-        "envoy.filters.http.fault",
-        "envoy.filters.http.rbac",
         "envoy.filters.http.jwt_authn",
         "envoy.filters.http.grpc_stats",
         "envoy.filters.http.cors",

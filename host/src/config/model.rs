@@ -43,7 +43,7 @@ impl Bootstrap {
                                 }
                             }
                         }
-                        NetworkFilter::TcpProxy(_) => {}
+                        NetworkFilter::TcpProxy(_) | NetworkFilter::Native(_) => {}
                     }
                 }
             }
@@ -94,6 +94,8 @@ pub struct FilterChain {
 #[derive(Debug)]
 pub enum NetworkFilter {
     Wasm(Arc<WasmPlugin>),
+    /// A built-in network filter that sits before the terminal one.
+    Native(NativeFilter<dyn legate_filter_api::network::NetworkFilterFactory>),
     TcpProxy(Arc<TcpProxy>),
     HttpConnectionManager(Arc<HttpConnectionManager>),
 }
@@ -179,7 +181,23 @@ pub enum StripPort {
 #[derive(Debug)]
 pub enum HttpFilter {
     Wasm(Arc<WasmPlugin>),
-    Router { suppress_envoy_headers: bool },
+    /// A built-in filter (`filters/*`), its factory made from its parsed config.
+    Native(NativeFilter<dyn legate_filter_api::HttpFilterFactory>),
+    Router {
+        suppress_envoy_headers: bool,
+    },
+}
+
+/// A built-in filter: its name in the config and its factory.
+pub struct NativeFilter<F: ?Sized> {
+    pub name: String,
+    pub factory: Arc<F>,
+}
+
+impl<F: ?Sized> std::fmt::Debug for NativeFilter<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NativeFilter({})", self.name)
+    }
 }
 
 /// `envoy.extensions.wasm.v3.PluginConfig`, with its code compiled.
@@ -279,6 +297,9 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config` of the route, its virtual host and the route
+    /// configuration, the most specific winning; `None` when there is none.
+    pub per_filter_config: Option<Arc<legate_filter_api::PerFilterConfig>>,
 }
 
 #[derive(Debug)]

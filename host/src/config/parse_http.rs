@@ -1,12 +1,18 @@
 //! The HTTP connection manager, its filters and the route config.
 
+use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
+use legate_filter_api::{HttpFilterFactory, PerFilterConfig};
+
 use super::model::*;
+use super::parse_fault;
 use super::parse_listener::{access_logs, filter_entry, unknown_http_filter, weighted_clusters};
+use super::parse_rbac;
 use super::walk::{Field, Obj};
 use super::{ClusterRef, names};
 use crate::access_log::format::Format;
@@ -64,7 +70,7 @@ pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConn
         let n = items.len();
         let mut failed = false;
         for (i, item) in items.iter().enumerate() {
-            let Some(f) = http_filter(item) else {
+            let Some(f) = http_filter(item, stat_prefix.as_deref().unwrap_or_default()) else {
                 failed = true;
                 continue;
             };
@@ -251,8 +257,87 @@ pub(crate) fn cidr(f: &Field<'_>) -> Option<Cidr> {
     })
 }
 
-fn http_filter(f: &Field<'_>) -> Option<HttpFilter> {
-    let (name, tc, at) = filter_entry(f, "HTTP")?;
+type HttpBuild = fn(Obj<'_>, &str, &str) -> Option<Arc<dyn HttpFilterFactory>>;
+
+/// The built-in HTTP filters: name, typed_config type URL, and the parser that
+/// makes the factory from the config, the filter's name and the HCM's stat prefix.
+pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] = &[
+    (names::FAULT, parse_fault::TYPE, parse_fault::http),
+    (names::HTTP_RBAC, parse_rbac::HTTP_TYPE, parse_rbac::http),
+];
+
+type PerRouteParse = fn(Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>>;
+
+/// The per-route configs built-in filters take in `typed_per_filter_config`, by
+/// type URL.
+const PER_ROUTE: &[(&str, PerRouteParse)] = &[
+    (parse_fault::TYPE, parse_fault::per_route),
+    (parse_rbac::PER_ROUTE_TYPE, parse_rbac::per_route),
+];
+
+/// `typed_per_filter_config` of one level (route, virtual host or route config).
+fn per_filter_config(o: &mut Obj<'_>) -> PerFilterConfig {
+    let mut out = PerFilterConfig::default();
+    let Some(g) = o.get("typed_per_filter_config") else {
+        return out;
+    };
+    for (name, f) in g.map_entries() {
+        let Some(tc) = super::typed_config(&f) else {
+            continue;
+        };
+        match PER_ROUTE.iter().find(|(t, _)| *t == tc.type_url) {
+            Some((_, parse)) => {
+                if let Some(c) = parse(tc.obj) {
+                    out.insert(name, c);
+                }
+            }
+            None => f.error(format!(
+                "per-route config of type \"{}\" is not supported by legate (supported: {})",
+                tc.type_url,
+                PER_ROUTE
+                    .iter()
+                    .map(|(t, _)| *t)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    out
+}
+
+/// Adds a less specific level's per-filter configs under a route's own.
+fn inherit(route: &mut Route, less_specific: &PerFilterConfig) {
+    if less_specific.is_empty() {
+        return;
+    }
+    let mut merged = route
+        .per_filter_config
+        .as_deref()
+        .cloned()
+        .unwrap_or_default();
+    merged.merge(less_specific);
+    route.per_filter_config = Some(Arc::new(merged));
+}
+
+fn http_filter(f: &Field<'_>, stat_prefix: &str) -> Option<HttpFilter> {
+    let (name, tc, at, given_name) = filter_entry(f, "HTTP")?;
+    if let Some((_, type_url, build)) = NATIVE_HTTP.iter().find(|(n, ..)| *n == name) {
+        let Some(tc) = tc else {
+            at.error(format!("filter \"{name}\" needs a typed_config"));
+            return None;
+        };
+        if tc.type_url != *type_url {
+            at.error(format!(
+                "expected \"@type\" {type_url}, found \"{}\"",
+                tc.type_url
+            ));
+            return None;
+        }
+        // Per-route configs find the filter by the name it was given.
+        let name = given_name.unwrap_or(name);
+        let factory = build(tc.obj, &name, stat_prefix)?;
+        return Some(HttpFilter::Native(NativeFilter { name, factory }));
+    }
     match name.as_str() {
         names::ROUTER => {
             if let Some(tc) = tc {
@@ -315,7 +400,6 @@ fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig
         "request_mirror_policies",
         "ignore_port_in_host_matching",
         "ignore_path_parameters_in_path_matching",
-        "typed_per_filter_config",
         "metadata",
     ]);
     let name = o.get("name").and_then(|g| g.str()).unwrap_or_default();
@@ -325,9 +409,13 @@ fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig
         .unwrap_or(true);
     let mut local_refs = Vec::new();
     let mut virtual_hosts = Vec::new();
+    let pfc = per_filter_config(&mut o);
     if let Some(vh) = o.get("virtual_hosts") {
         for item in vh.seq() {
-            if let Some(v) = virtual_host(&item, &mut local_refs) {
+            if let Some(mut v) = virtual_host(&item, &mut local_refs) {
+                for r in &mut v.routes {
+                    inherit(r, &pfc);
+                }
                 virtual_hosts.push(v);
             }
         }
@@ -456,7 +544,6 @@ fn virtual_host(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<VirtualHost
         "virtual_clusters",
         "rate_limits",
         "cors",
-        "typed_per_filter_config",
         "include_request_attempt_count",
         "include_attempt_count_in_response",
         "retry_policy",
@@ -486,9 +573,11 @@ fn virtual_host(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<VirtualHost
         }
     }
     let mut routes = Vec::new();
+    let pfc = per_filter_config(&mut o);
     if let Some(r) = o.get("routes") {
         for item in r.seq() {
-            if let Some(route) = route(&item, refs) {
+            if let Some(mut route) = route(&item, refs) {
+                inherit(&mut route, &pfc);
                 routes.push(route);
             }
         }
@@ -507,7 +596,6 @@ fn route(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<Route> {
     let mut o = f.obj()?.unsupported(&[
         "metadata",
         "decorator",
-        "typed_per_filter_config",
         "tracing",
         "per_request_buffer_limit_bytes",
         "stat_prefix",
@@ -527,12 +615,14 @@ fn route(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<Route> {
         }
     };
     let headers = header_mutations(&mut o);
+    let pfc = per_filter_config(&mut o);
     o.finish();
     Some(Route {
         name,
         matcher: matcher?,
         action: action?,
         headers,
+        per_filter_config: (!pfc.is_empty()).then(|| Arc::new(pfc)),
     })
 }
 

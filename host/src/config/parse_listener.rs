@@ -7,6 +7,7 @@ use super::model::*;
 use super::walk::Field;
 use super::{ClusterRef, names, parse_http, typed_config};
 use crate::access_log::format::Format;
+use legate_filter_api::network::NetworkFilterFactory;
 
 pub(crate) fn address(f: &Field<'_>) -> Option<SocketAddr> {
     let mut o = f.obj()?.unsupported(&["pipe", "envoy_internal_address"]);
@@ -138,6 +139,13 @@ fn filter_chain(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<FilterChain
                     item.error("this filter is terminal and must be the last in the chain");
                 } else if !terminal && i + 1 == n {
                     item.error("the last filter of a chain must be a terminal filter");
+                } else if matches!(nf, NetworkFilter::HttpConnectionManager(_)) && i > 0 {
+                    // The connection manager reads its socket itself: a read
+                    // filter in front of it would never see a byte.
+                    item.error(format!(
+                        "legate does not run network filters before {} yet; this chain has {i} in front of it",
+                        names::HCM
+                    ));
                 }
                 filters.push(nf);
             }
@@ -152,10 +160,17 @@ fn filter_chain(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<FilterChain
 
 /// A filter entry: `name` and/or `typed_config`; returns the resolved name and the
 /// typed config's message.
+/// A filter entry: the filter it is (by type URL, else by name), its
+/// typed_config, where to report errors, and the name it was given.
 pub(crate) fn filter_entry<'a>(
     f: &Field<'a>,
     kind: &str,
-) -> Option<(String, Option<super::TypedConfig<'a>>, Field<'a>)> {
+) -> Option<(
+    String,
+    Option<super::TypedConfig<'a>>,
+    Field<'a>,
+    Option<String>,
+)> {
     let mut o = f
         .obj()?
         .unsupported(&["config_discovery", "disabled", "is_optional"]);
@@ -181,7 +196,7 @@ pub(crate) fn filter_entry<'a>(
             return None;
         }
     };
-    Some((resolved, tc, tc_field.unwrap_or_else(|| f.clone())))
+    Some((resolved, tc, tc_field.unwrap_or_else(|| f.clone()), name))
 }
 
 fn unknown_filter(f: &Field<'_>, name: &str, kind: &str, supported: &[&str], known: &[&str]) {
@@ -199,12 +214,34 @@ fn unknown_filter(f: &Field<'_>, name: &str, kind: &str, supported: &[&str], kno
     }
 }
 
+type NetworkBuild = fn(super::walk::Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>>;
+
+/// The built-in network (read/write) filters: name, typed_config type URL, and
+/// the parser that makes the factory.
+const NATIVE_NETWORK: &[(&str, &str, NetworkBuild)] = &[(
+    names::NETWORK_RBAC,
+    super::parse_rbac::NETWORK_TYPE,
+    super::parse_rbac::network,
+)];
+
 fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFilter> {
-    let (name, tc, at) = filter_entry(f, "network")?;
+    let (name, tc, at, given_name) = filter_entry(f, "network")?;
     let Some(tc) = tc else {
         at.error(format!("filter \"{name}\" needs a typed_config"));
         return None;
     };
+    if let Some((_, type_url, build)) = NATIVE_NETWORK.iter().find(|(n, ..)| *n == name) {
+        if tc.type_url != *type_url {
+            at.error(format!(
+                "expected \"@type\" {type_url}, found \"{}\"",
+                tc.type_url
+            ));
+            return None;
+        }
+        let factory = build(tc.obj)?;
+        let name = given_name.unwrap_or(name);
+        return Some(NetworkFilter::Native(NativeFilter { name, factory }));
+    }
     let expect_type = |want: &str| {
         if tc.type_url != want {
             at.error(format!(
@@ -232,7 +269,12 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
                 &at,
                 other,
                 "network",
-                &[names::TCP_PROXY, names::HCM, names::NETWORK_WASM],
+                &[
+                    names::TCP_PROXY,
+                    names::HCM,
+                    names::NETWORK_WASM,
+                    names::NETWORK_RBAC,
+                ],
                 names::KNOWN_UNSUPPORTED_NETWORK,
             );
             None
@@ -241,13 +283,9 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
 }
 
 pub(crate) fn unknown_http_filter(f: &Field<'_>, name: &str) {
-    unknown_filter(
-        f,
-        name,
-        "HTTP",
-        &[names::ROUTER, names::HTTP_WASM],
-        names::KNOWN_UNSUPPORTED_HTTP,
-    );
+    let mut supported = vec![names::ROUTER, names::HTTP_WASM];
+    supported.extend(parse_http::NATIVE_HTTP.iter().map(|(n, ..)| *n));
+    unknown_filter(f, name, "HTTP", &supported, names::KNOWN_UNSUPPORTED_HTTP);
 }
 
 fn tcp_proxy(mut o: super::walk::Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<TcpProxy> {

@@ -124,6 +124,10 @@ impl<'a> Field<'a> {
         self.error(format!("expected {what}, found {}", self.found()));
     }
 
+    pub fn is_map(&self) -> bool {
+        matches!(self.node.value, Value::Map(_))
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self.node.value, Value::Null)
     }

@@ -107,6 +107,11 @@ struct FilteredBody<F> {
     busy: bool,
     /// The hooks have seen `end_of_stream`.
     ended: bool,
+    /// The rest of a response chunk split for a filter's
+    /// [`HttpFilter::max_response_chunk`], and whether it ends the stream.
+    carry: Option<(Bytes, bool)>,
+    /// The smallest chunk limit of the filters, once asked (responses only).
+    chunk_limit: Option<Option<usize>>,
 }
 
 /// `inner`, its frames run through the chain's hooks (request hooks when
@@ -120,6 +125,8 @@ pub(crate) fn filtered(inner: Body, chain: SharedChain, request: bool) -> Body {
         pending: None,
         busy: false,
         ended: false,
+        carry: None,
+        chunk_limit: None,
     }))
 }
 
@@ -182,6 +189,37 @@ fn refuse(c: &mut Chain, r: LocalReply, request: bool) -> Polled {
     }
 }
 
+impl<F> FilteredBody<F> {
+    /// A response chunk cut to the filters' chunk limit; the rest is kept for the
+    /// next poll, and only the last piece carries the end of the stream.
+    fn split(&mut self, mut data: Bytes, eos: bool) -> (Option<Frame<Bytes>>, bool) {
+        let limit = match self.chunk_limit {
+            Some(l) => l,
+            None => match self.chain.try_lock() {
+                Some(c) => {
+                    let l = c
+                        .filters
+                        .iter()
+                        .filter_map(|f| f.max_response_chunk())
+                        .min();
+                    self.chunk_limit = Some(l);
+                    l
+                }
+                // A request hook holds the chain: ask again on the next chunk.
+                None => None,
+            },
+        };
+        match limit {
+            Some(n) if data.len() > n.max(1) => {
+                let rest = data.split_off(n.max(1));
+                self.carry = Some((rest, eos));
+                (Some(Frame::data(data)), false)
+            }
+            _ => (Some(Frame::data(data)), eos),
+        }
+    }
+}
+
 impl<F: Future<Output = Polled>> http_body::Body for FilteredBody<F> {
     type Data = Bytes;
     type Error = BoxError;
@@ -202,16 +240,22 @@ impl<F: Future<Output = Polled>> http_body::Body for FilteredBody<F> {
             if this.ended {
                 return Poll::Ready(None);
             }
-            let next = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-            let (frame, eos) = match next {
-                Some(Ok(f)) => {
-                    let eos = this.inner.is_end_stream() || f.is_trailers();
-                    (Some(f), eos)
-                }
-                // The stream ended without an end-of-stream frame: the hooks get
-                // an empty last chunk, as Envoy's do.
-                None => (None, true),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            let (frame, eos) = match this.carry.take() {
+                Some((rest, eos)) => this.split(rest, eos),
+                None => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                    Some(Ok(f)) => {
+                        let eos = this.inner.is_end_stream() || f.is_trailers();
+                        match f.into_data() {
+                            Ok(data) if !this.request => this.split(data, eos),
+                            Ok(data) => (Some(Frame::data(data)), eos),
+                            Err(f) => (Some(f), eos),
+                        }
+                    }
+                    // The stream ended without an end-of-stream frame: the hooks get
+                    // an empty last chunk, as Envoy's do.
+                    None => (None, true),
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                },
             };
             this.ended = eos;
             let hooks = (this.run)(this.chain.clone(), frame, eos, this.request);
@@ -363,6 +407,58 @@ mod tests {
         assert!(req.collect().await.is_err());
         let reply = c.lock().await.local_reply.take().unwrap();
         assert_eq!(reply.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    struct Slicer(Rc<RefCell<Vec<String>>>);
+
+    impl HttpFilter for Slicer {
+        fn on_response_body<'a>(
+            &'a mut self,
+            chunk: &'a mut Bytes,
+            eos: bool,
+            _info: &'a mut StreamInfo,
+        ) -> Step<'a, DataAction> {
+            let s = format!("{}:{eos}", String::from_utf8_lossy(chunk));
+            self.0.borrow_mut().push(s);
+            Step::Done(DataAction::Continue)
+        }
+
+        fn wants_body(&self) -> bool {
+            true
+        }
+
+        fn max_response_chunk(&self) -> Option<usize> {
+            Some(2)
+        }
+    }
+
+    #[tokio::test]
+    async fn response_chunks_are_cut_to_the_smallest_limit() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let c = SharedChain::new(Chain {
+            filters: vec![Box::new(Slicer(log.clone()))],
+            info: StreamInfo::new(
+                SystemTime::now(),
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                1,
+            ),
+            local_reply: None,
+        });
+        let out = filtered(Body::full("abcde"), c.clone(), false)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(out, "abcde");
+        assert_eq!(*log.borrow(), ["ab:false", "cd:false", "e:true"]);
+        // Requests are not cut.
+        let out = filtered(Body::full("abcde"), c, true)
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(out.to_bytes(), "abcde");
+        assert_eq!(log.borrow().len(), 3);
     }
 
     fn futures_stream(

@@ -306,6 +306,18 @@ enum Timeout {
 
 const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
+/// The HTTP/1 reason phrase Envoy writes where it differs from hyper's: Envoy
+/// names only the codes in its table and calls the rest `Unknown`.
+fn envoy_reason(status: StatusCode) -> Option<&'static [u8]> {
+    match status.as_u16() {
+        203 => Some(b"Non-Authoritative Information"),
+        418 | 451 => Some(b"Unknown"),
+        599 => Some(b"Last Unassigned Server Error Code"),
+        _ if status.canonical_reason().is_none() => Some(b"Unknown"),
+        _ => None,
+    }
+}
+
 fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_10 => "HTTP/1.0",
@@ -397,9 +409,9 @@ impl Stream {
         {
             h.insert(hdr::X_REQUEST_ID.clone(), id.clone());
         }
-        if resp.status().canonical_reason().is_none() {
+        if let Some(reason) = envoy_reason(resp.status()) {
             resp.extensions_mut()
-                .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
+                .insert(hyper::ext::ReasonPhrase::from_static(reason));
         }
         if self.unread_body {
             self.cx.close_after.set(true);
@@ -756,7 +768,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             _ => authority,
         },
     };
-    let path = parts
+    let mut path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
@@ -871,7 +883,37 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             .await;
     }
 
+    // Route. Matched before the filters, so that they see the route (its
+    // per-filter config and cluster), and again after them only if one cleared
+    // the route cache (Envoy's clearRouteCache).
+    let rc = &cfg.route_config;
+    let match_route = |parts: &http::request::Parts, path: &str| {
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path,
+            authority: &authority,
+            scheme: "http",
+            headers: &parts.headers,
+        };
+        router::select_vhost(rc, &authority)
+            .and_then(|vh| router::select_route(vh, &view).map(|r| (vh, r)))
+    };
+    let mut matched = match_route(&parts, &path);
+
     if !filters.is_empty() {
+        if let Some((_, route)) = matched {
+            st.info.route_name = (!route.name.is_empty()).then(|| route.name.clone());
+            st.info.per_filter_config = route.per_filter_config.clone();
+            if let RouteAction::Forward(f) = &route.action {
+                st.info.upstream_cluster =
+                    router::cluster_name(&f.cluster, &parts.headers).map(|n| {
+                        match cx.worker.clusters.get(n) {
+                            Some(c) => c.shared.name.clone(),
+                            None => std::sync::Arc::from(n),
+                        }
+                    });
+            }
+        }
         let mut head = RequestHead {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -918,20 +960,17 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             // Only the filters that saw the request see the local reply.
             return st.respond(resp, &[], None, &mut filters[..i]).await;
         }
+        if st.info.route_cache_cleared {
+            path = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            matched = match_route(&parts, &path);
+        }
     }
 
-    // Route.
-    let rc = &cfg.route_config;
-    let view = RequestView {
-        method: parts.method.as_str(),
-        path: &path,
-        authority: &authority,
-        scheme: "http",
-        headers: &parts.headers,
-    };
     // No virtual host and no route answer alike: 404, flag NR.
-    let matched = router::select_vhost(rc, &authority)
-        .and_then(|vh| router::select_route(vh, &view).map(|r| (vh, r)));
     let Some((vh, route)) = matched else {
         stats.no_route.inc();
         return st.no_route(&mut filters).await;

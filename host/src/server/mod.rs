@@ -196,6 +196,10 @@ fn build_version(
                         filters.push(p.network_factory());
                         continue;
                     }
+                    NetworkFilter::Native(n) => {
+                        filters.push(n.factory.clone());
+                        continue;
+                    }
                     NetworkFilter::TcpProxy(t) => {
                         let logs = access_log::open(&t.access_log)
                             .map_err(|e| format!("access log: {e}"))?;
@@ -206,9 +210,13 @@ fn build_version(
                             .map_err(|e| format!("access log: {e}"))?;
                         let mut hcm = Hcm::new(h.clone(), logs);
                         for hf in &h.http_filters {
-                            if let HttpFilter::Wasm(w) = hf {
-                                let p = wasm::Plugin::new(w.clone(), clusters.clone())?;
-                                hcm.filters.push(p.http_factory());
+                            match hf {
+                                HttpFilter::Wasm(w) => {
+                                    let p = wasm::Plugin::new(w.clone(), clusters.clone())?;
+                                    hcm.filters.push(p.http_factory());
+                                }
+                                HttpFilter::Native(n) => hcm.filters.push(n.factory.clone()),
+                                HttpFilter::Router { .. } => {}
                             }
                         }
                         Terminal::Http(Arc::new(hcm))
@@ -332,15 +340,25 @@ impl Shared {
     }
 }
 
-/// Starts the workers; each runs until the drain completes.
-pub fn start_workers(shared: &Arc<Shared>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+/// Starts the workers; each runs until the drain completes. With a
+/// `random_seed`, worker `i` seeds its filters' generator with `seed + i`, so a
+/// run's random decisions (fault percentages) repeat.
+pub fn start_workers(
+    shared: &Arc<Shared>,
+    random_seed: Option<u64>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for i in 0..shared.concurrency {
         let shared = shared.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("worker_{i}"))
-                .spawn(move || run_worker(shared, i))?,
+                .spawn(move || {
+                    if let Some(seed) = random_seed {
+                        legate_filter_api::random::seed(seed.wrapping_add(i as u64));
+                    }
+                    run_worker(shared, i)
+                })?,
         );
     }
     Ok(handles)

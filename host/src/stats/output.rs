@@ -94,6 +94,14 @@ fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
             break;
         }
     }
+    // `http.fault.<downstream cluster>.aborts_injected`: the fault filter's
+    // per-caller counters.
+    if let Some(after) = rest.strip_prefix("http.fault.")
+        && let Some((cluster, stat)) = after.split_once('.')
+    {
+        tags.push(("envoy_fault_downstream_cluster", cluster.to_string()));
+        rest = format!("http.fault.{stat}");
+    }
     // `..._rq_200` -> `..._rq` + envoy_response_code; `..._rq_2xx` -> `..._rq_xx`.
     if let Some((head, last)) = rest.rsplit_once('_') {
         let b = last.as_bytes();
@@ -257,6 +265,20 @@ mod tests {
         assert!(out.contains("envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"up\"} 3"));
         assert!(out.contains("envoy_http_downstream_rq_xx{envoy_response_code_class=\"5\",envoy_http_conn_manager_prefix=\"ingress\"} 1"));
         assert!(out.contains("# TYPE envoy_cluster_upstream_cx_active gauge"));
+        let out = prometheus(
+            &[
+                s("http.in.fault.web.aborts_injected", 2, true),
+                s("http.in.fault.aborts_injected", 5, true),
+            ],
+            false,
+        );
+        assert!(out.contains("envoy_http_fault_aborts_injected{envoy_fault_downstream_cluster=\"web\",envoy_http_conn_manager_prefix=\"in\"} 2"), "{out}");
+        assert!(
+            out.contains(
+                "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"in\"} 5"
+            ),
+            "{out}"
+        );
         let out = prometheus(
             &[s("listener.127.0.0.1_10000.downstream_cx_total", 4, true)],
             false,

@@ -364,6 +364,9 @@ impl HttpFilter for WasmHttpFilter {
         }
         // Pseudo-headers count too, as in Envoy.
         let n = head.headers.len() + 4;
+        // The guest may change the request, so it is routed again, as Envoy
+        // clears the route cache when a Wasm filter edits request headers.
+        info.route_cache_cleared = true;
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
         self.data.info = Some(info.take());
         self.step(

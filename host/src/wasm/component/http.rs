@@ -367,6 +367,8 @@ impl HttpFilter for ComponentHttpFilter {
         if self.bypass {
             return Step::Done(HeadersAction::Continue);
         }
+        // As for proxy-wasm: the guest may change the request, so it is routed again.
+        info.route_cache_cleared = true;
         self.data.req = Some(std::mem::replace(head, placeholder_request()));
         self.step(Hook::RequestHeaders(eos), info, move |this, r| {
             if let Some(h) = this.data.req.take() {
