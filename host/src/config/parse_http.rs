@@ -246,7 +246,9 @@ pub(crate) fn cidr(f: &Field<'_>) -> Option<Cidr> {
         }
     };
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
+    // An unset prefix_len is 0, as in Envoy: the range holds every address of
+    // the family (checked on Envoy 1.40).
+    let len = len.unwrap_or(0);
     if len > max {
         f.error(format!("prefix_len must be at most {max}"));
         return None;
