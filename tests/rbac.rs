@@ -540,6 +540,15 @@ fn config_errors_name_the_field() {
         err.contains("field \"delay_deny\" is not supported by legate"),
         "{err}"
     );
+    let header = "          stat_prefix: t\n          rules: {policies: {h: {permissions: [{any: true}], principals: [{not_id: {header: {name: x, present_match: true}}}]}}}\n";
+    let err = validate_err(&bootstrap(
+        &tcp_listener("t", header),
+        &cluster("up", &[(up, 1)], ""),
+    ));
+    assert!(
+        err.contains("policy \"h\": header rules are not supported by the network RBAC filter"),
+        "{err}"
+    );
     let no_prefix = "          rules: {}\n";
     let err = validate_err(&bootstrap(
         &tcp_listener("t", no_prefix),

@@ -60,8 +60,8 @@ pub(crate) fn network(mut o: Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>> {
         }
         Some(s)
     });
-    let rules = optional_rules(&mut o, "rules");
-    let shadow_rules = optional_rules(&mut o, "shadow_rules");
+    let rules = network_rules(&mut o, "rules");
+    let shadow_rules = network_rules(&mut o, "shadow_rules");
     let shadow_rules_stat_prefix = o
         .get("shadow_rules_stat_prefix")
         .and_then(|g| g.str())
@@ -86,6 +86,44 @@ pub(crate) fn network(mut o: Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>> {
         config,
         crate::stats::store(),
     )))
+}
+
+/// Rules of the network filter: Envoy refuses `header` rules there.
+fn network_rules(o: &mut Obj<'_>, key: &'static str) -> Option<Option<Rbac>> {
+    let Some(field) = o.get(key) else {
+        return Some(None);
+    };
+    let rules = rbac(&field)?;
+    let mut ok = true;
+    for (name, p) in &rules.policies {
+        if p.permissions.iter().any(permission_has_header)
+            || p.principals.iter().any(principal_has_header)
+        {
+            field.error(format!(
+                "policy \"{name}\": header rules are not supported by the network RBAC filter (Envoy refuses them too)"
+            ));
+            ok = false;
+        }
+    }
+    ok.then_some(Some(rules))
+}
+
+fn permission_has_header(p: &Permission) -> bool {
+    match p {
+        Permission::Header(_) => true,
+        Permission::And(v) | Permission::Or(v) => v.iter().any(permission_has_header),
+        Permission::Not(inner) => permission_has_header(inner),
+        _ => false,
+    }
+}
+
+fn principal_has_header(p: &Principal) -> bool {
+    match p {
+        Principal::Header(_) => true,
+        Principal::And(v) | Principal::Or(v) => v.iter().any(principal_has_header),
+        Principal::Not(inner) => principal_has_header(inner),
+        _ => false,
+    }
 }
 
 fn http_config(mut o: Obj<'_>) -> Option<HttpRbacConfig> {
