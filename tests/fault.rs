@@ -386,7 +386,11 @@ fn the_resilience_example_shows_its_faults() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (api, rest) = text.split_once("GET / (no faults)").expect("two sections");
     let count = |section: &str, label: &str| -> i64 {
         section

@@ -272,6 +272,10 @@ pub struct StreamInfo {
     pub start_time: SystemTime,
     /// The downstream peer as the proxy sees it (after `x-forwarded-for` processing).
     pub downstream_remote_address: SocketAddr,
+    /// The downstream socket's peer, whatever `x-forwarded-for` says (Envoy's
+    /// direct remote address). [`StreamInfo::new`] sets it to
+    /// `downstream_remote_address`; see [`StreamInfo::with_direct_remote`].
+    pub downstream_direct_remote_address: SocketAddr,
     /// The local address the downstream connection arrived on.
     pub downstream_local_address: SocketAddr,
     /// The connection's id, unique within the process.
@@ -318,6 +322,7 @@ impl StreamInfo {
         StreamInfo {
             start_time,
             downstream_remote_address,
+            downstream_direct_remote_address: downstream_remote_address,
             downstream_local_address,
             connection_id,
             route_name: None,
@@ -352,6 +357,13 @@ impl StreamInfo {
             .map(|(_, o)| &**o)
     }
 
+    /// The same info with the socket peer set, for a stream whose
+    /// `downstream_remote_address` came from `x-forwarded-for`.
+    pub fn with_direct_remote(mut self, peer: SocketAddr) -> StreamInfo {
+        self.downstream_direct_remote_address = peer;
+        self
+    }
+
     /// Moves the info out, leaving behind only its plain facts (start time,
     /// addresses, connection id, response flags): a cheap way to lend it.
     pub fn take(&mut self) -> StreamInfo {
@@ -360,7 +372,8 @@ impl StreamInfo {
             self.downstream_remote_address,
             self.downstream_local_address,
             self.connection_id,
-        );
+        )
+        .with_direct_remote(self.downstream_direct_remote_address);
         rest.response_flags = self.response_flags;
         std::mem::replace(self, rest)
     }

@@ -11,6 +11,7 @@ use legate_filter_api::{HttpFilterFactory, PerFilterConfig};
 
 use super::model::*;
 use super::parse_listener::{access_logs, filter_entry, unknown_http_filter, weighted_clusters};
+use super::parse_rbac;
 use super::walk::{Field, Obj};
 use super::{ClusterRef, names};
 use super::{parse_fault, parse_grpc_stats};
@@ -245,7 +246,9 @@ pub(crate) fn cidr(f: &Field<'_>) -> Option<Cidr> {
         }
     };
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
+    // An unset prefix_len is 0, as in Envoy: the range holds every address of
+    // the family (checked on Envoy 1.40).
+    let len = len.unwrap_or(0);
     if len > max {
         f.error(format!("prefix_len must be at most {max}"));
         return None;
@@ -267,13 +270,17 @@ pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] = &[
         parse_grpc_stats::TYPE,
         parse_grpc_stats::http,
     ),
+    (names::HTTP_RBAC, parse_rbac::HTTP_TYPE, parse_rbac::http),
 ];
 
 type PerRouteParse = fn(Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>>;
 
 /// The per-route configs built-in filters take in `typed_per_filter_config`, by
 /// type URL.
-const PER_ROUTE: &[(&str, PerRouteParse)] = &[(parse_fault::TYPE, parse_fault::per_route)];
+const PER_ROUTE: &[(&str, PerRouteParse)] = &[
+    (parse_fault::TYPE, parse_fault::per_route),
+    (parse_rbac::PER_ROUTE_TYPE, parse_rbac::per_route),
+];
 
 /// `typed_per_filter_config` of one level (route, virtual host or route config).
 fn per_filter_config(o: &mut Obj<'_>) -> PerFilterConfig {

@@ -797,7 +797,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         })
     });
     let grpc = local_reply::is_grpc(&parts.headers);
-    let info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id);
+    let info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id)
+        .with_direct_remote(cx.remote);
     let mut st = Stream {
         cx: cx.clone(),
         tail: Some(Box::new(Tail {
