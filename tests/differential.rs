@@ -3024,7 +3024,7 @@ async fn rbac_stats_match_envoy() {
     let up = echo_server("up").await;
     let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
     let filter = format!(
-        "          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": {RBAC}\n              rules:\n                action: ALLOW\n                policies:\n                  get: {{permissions: [{{header: {{name: \":method\", string_match: {{exact: GET}}}}}}], principals: [{{any: true}}]}}\n              shadow_rules:\n                action: DENY\n                policies:\n                  admin: {{permissions: [{{url_path: {{path: {{prefix: /admin}}}}}}], principals: [{{any: true}}]}}\n"
+        "          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": {RBAC}\n              rules_stat_prefix: r_\n              shadow_rules_stat_prefix: sh_\n              rules:\n                action: ALLOW\n                policies:\n                  get: {{permissions: [{{header: {{name: \":method\", string_match: {{exact: GET}}}}}}], principals: [{{any: true}}]}}\n              shadow_rules:\n                action: DENY\n                policies:\n                  admin: {{permissions: [{{url_path: {{path: {{prefix: /admin}}}}}}], principals: [{{any: true}}]}}\n"
     );
     let yaml = |log: &Path| {
         let hcm = format!(
