@@ -44,9 +44,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::LazyLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -56,6 +54,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use support::envoy::{Envoy, envoy_bin};
 use support::{Legate, bootstrap, closed_port, cluster, http_get, http_listener, wasm_example};
 
 /// Where legate differs from Envoy ON PURPOSE. Each entry is (what, why); the
@@ -217,110 +216,6 @@ const KNOWN: &[Known] = &[
 // ---------------------------------------------------------------------------
 // Envoy binary and processes
 // ---------------------------------------------------------------------------
-
-static ENVOY_BIN: LazyLock<Result<PathBuf, String>> = LazyLock::new(|| {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/envoy/fetch.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {script}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{script} failed: {}", out.status));
-    }
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if path.is_empty() {
-        return Err(format!("{script} printed no path"));
-    }
-    Ok(PathBuf::from(path))
-});
-
-fn envoy_bin() -> &'static Path {
-    match &*ENVOY_BIN {
-        Ok(p) => p,
-        Err(e) => panic!("cannot get an Envoy binary: {e}"),
-    }
-}
-
-/// A running Envoy, killed on drop.
-struct Envoy {
-    child: Child,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-    stderr: PathBuf,
-}
-
-impl Envoy {
-    async fn start(yaml: &str) -> Result<Envoy, String> {
-        Self::start_with(yaml, &[]).await
-    }
-
-    async fn start_with(yaml: &str, extra: &[&str]) -> Result<Envoy, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let cfg = dir.path().join("envoy.yaml");
-        std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
-        let admin_file = dir.path().join("admin.addr");
-        let stdout = dir.path().join("stdout.log");
-        let stderr = dir.path().join("stderr.log");
-        let child = Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&cfg)
-            .args(["--disable-hot-restart", "--use-dynamic-base-id"])
-            .args(["--concurrency", "1", "-l", "warning"])
-            .args(extra)
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .stdout(Stdio::from(
-                std::fs::File::create(&stdout).map_err(|e| e.to_string())?,
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(&stderr).map_err(|e| e.to_string())?,
-            ))
-            .spawn()
-            .map_err(|e| format!("spawn envoy: {e}"))?;
-        let mut envoy = Envoy {
-            child,
-            admin: "127.0.0.1:0".parse().unwrap(),
-            _dir: dir,
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                return Err(format!(
-                    "envoy exited early with {status}:\n{}",
-                    envoy.stderr_text()
-                ));
-            }
-            if let Ok(a) = std::fs::read_to_string(&admin_file)
-                && let Ok(addr) = a.trim().parse()
-            {
-                envoy.admin = addr;
-                if let Ok((200, _)) = http_get(addr, "/ready").await {
-                    return Ok(envoy);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "envoy did not become ready:\n{}",
-                    envoy.stderr_text()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts legate like `support::Legate::start_with` (same flags as Envoy minus
 /// the hot-restart ones), but returns an error instead of panicking when the
@@ -2581,6 +2476,10 @@ impl Case {
 }
 
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const RBAC_PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// The built-in filters (`filters/*`), each case one filter config in front of
 /// the router.
@@ -2596,6 +2495,13 @@ fn filter_cases(u: &Ups) -> Vec<Case> {
             o.extend(extra);
         }
         json!([{"name": "envoy.filters.http.fault", "typed_config": c}])
+    };
+    let rbac = |config: Value| {
+        let mut c = json!({"@type": RBAC});
+        if let (Some(o), Value::Object(extra)) = (c.as_object_mut(), config) {
+            o.extend(extra);
+        }
+        json!([{"name": "envoy.filters.http.rbac", "typed_config": c}])
     };
     let case = |name: &'static str, filters: Value, route_config: Value, reqs: Vec<Req>| Case {
         name,
@@ -2699,6 +2605,146 @@ fn filter_cases(u: &Ups) -> Vec<Case> {
                 get("/two")
                     .hdr("x-chaos", "on")
                     .hdr("x-envoy-downstream-service-node", "canary"),
+            ],
+        ),
+        case(
+            "rbac_allow_get",
+            rbac(json!({"rules": {"action": "ALLOW", "policies": {
+                "get-only": {"permissions": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}],
+                             "principals": [{"any": true}]}}}})),
+            to_up(),
+            vec![
+                get("/"),
+                get("/x?y=1").h2(),
+                post("/", "denied body"),
+                post("/", "denied body").h2(),
+                req("DELETE", "/"),
+                req("HEAD", "/"),
+                grpc("/pkg.Svc/M"),
+                grpc("/pkg.Svc/M").h2(),
+            ],
+        ),
+        case(
+            "rbac_matchers",
+            rbac(json!({"rules": {"action": "ALLOW", "policies": {
+                "admin": {"permissions": [{"url_path": {"path": {"prefix": "/admin"}}}],
+                          "principals": [{"header": {"name": "x-role", "string_match": {"exact": "admin"}}}]},
+                "path-with-query": {"permissions": [{"header": {"name": ":path", "string_match": {"exact": "/q?a=1"}}}],
+                                    "principals": [{"any": true}]},
+                "url-path": {"permissions": [{"url_path": {"path": {"exact": "/u", "ignore_case": true}}}],
+                             "principals": [{"any": true}]},
+                "xff": {"permissions": [{"url_path": {"path": {"prefix": "/xff"}}}],
+                        "principals": [{"and_ids": {"ids": [
+                            {"remote_ip": {"address_prefix": "203.0.113.0", "prefix_len": 24}},
+                            {"direct_remote_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}},
+                            {"source_ip": {"address_prefix": "127.0.0.0", "prefix_len": 8}}]}}]},
+                "v6": {"permissions": [{"url_path": {"path": {"prefix": "/v6"}}}],
+                       "principals": [{"remote_ip": {"address_prefix": "2001:db8::", "prefix_len": 32}}]},
+                "no-len": {"permissions": [{"url_path": {"path": {"prefix": "/nolen"}}}],
+                           "principals": [{"remote_ip": {"address_prefix": "10.9.9.9"}}]},
+                "dest": {"permissions": [{"and_rules": {"rules": [
+                            {"url_path": {"path": {"prefix": "/dest"}}},
+                            {"destination_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}},
+                            {"destination_port_range": {"start": 1, "end": 65536}},
+                            {"not_rule": {"destination_port": 1}}]}}],
+                         "principals": [{"any": true}]},
+                "sni": {"permissions": [{"and_rules": {"rules": [
+                            {"url_path": {"path": {"prefix": "/sni"}}},
+                            {"requested_server_name": {"exact": ""}}]}}],
+                        "principals": [{"any": true}]},
+                "metadata": {"permissions": [{"and_rules": {"rules": [
+                            {"url_path": {"path": {"prefix": "/md"}}},
+                            {"metadata": {"filter": "some.filter", "path": [{"key": "k"}],
+                                          "value": {"present_match": true}, "invert": true}}]}}],
+                             "principals": [{"any": true}]},
+                "nested": {"permissions": [{"or_rules": {"rules": [
+                            {"and_rules": {"rules": [
+                                {"url_path": {"path": {"prefix": "/n"}}},
+                                {"header": {"name": "x-n", "range_match": {"start": 10, "end": 20}}}]}},
+                            {"header": {"name": "x-any", "present_match": true}}]}}],
+                           "principals": [{"not_id": {"header": {"name": "x-blocked", "present_match": true}}}]}}}})),
+            to_up(),
+            vec![
+                get("/admin/x").hdr("x-role", "admin"),
+                get("/admin/x").hdr("x-role", "user"),
+                get("/q?a=1"),
+                get("/q?a=2"),
+                get("/U?z=1"),
+                get("/u/more"),
+                get("/xff").hdr("x-forwarded-for", "203.0.113.7"),
+                get("/xff").hdr("x-forwarded-for", "203.0.113.7, 198.51.100.1"),
+                get("/xff"),
+                get("/v6").hdr("x-forwarded-for", "2001:db8::1"),
+                get("/v6").hdr("x-forwarded-for", "2001:db9::1"),
+                get("/nolen").hdr("x-forwarded-for", "192.0.2.1"),
+                get("/nolen").hdr("x-forwarded-for", "2001:db8::1"),
+                get("/dest"),
+                get("/sni"),
+                get("/md"),
+                get("/n").hdr("x-n", "15"),
+                get("/n").hdr("x-n", "25"),
+                get("/n").hdr("x-n", "15").hdr("x-blocked", "1"),
+                get("/anything").hdr("x-any", "1").h2(),
+            ],
+        ),
+        case(
+            "rbac_deny",
+            rbac(json!({"rules": {"action": "DENY", "policies": {
+                "b-bots": {"permissions": [{"any": true}],
+                           "principals": [{"header": {"name": "user-agent", "string_match": {"prefix": "bot"}}}]},
+                "a-no-delete": {"permissions": [{"header": {"name": ":method", "string_match": {"exact": "DELETE"}}}],
+                                "principals": [{"any": true}]}}}})),
+            to_up(),
+            vec![
+                get("/"),
+                get("/").hdr("user-agent", "bot/1"),
+                req("DELETE", "/").hdr("user-agent", "bot/1"),
+                req("DELETE", "/").h2(),
+            ],
+        ),
+        case(
+            "rbac_log_and_shadow",
+            rbac(json!({
+                "rules": {"action": "LOG", "policies": {
+                    "get": {"permissions": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}],
+                            "principals": [{"any": true}]}}},
+                "shadow_rules": {"action": "DENY", "policies": {
+                    "all": {"permissions": [{"any": true}], "principals": [{"any": true}]}}},
+                "shadow_rules_stat_prefix": "audit_"})),
+            to_up(),
+            vec![get("/"), post("/", "x"), req("PUT", "/").h2()],
+        ),
+        case(
+            "rbac_per_route",
+            json!([{"name": "authz", "typed_config": {"@type": RBAC,
+                "rules": {"action": "ALLOW", "policies": {
+                    "get": {"permissions": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}],
+                            "principals": [{"any": true}]}}}}}]),
+            json!({"name": "rc", "virtual_hosts": [
+                {"name": "open", "domains": ["open.example"],
+                 "typed_per_filter_config": {"authz": {"@type": RBAC_PER_ROUTE}},
+                 "routes": [
+                    {"match": {"prefix": "/strict"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"authz": {"@type": RBAC_PER_ROUTE, "rbac": {
+                         "rules": {"action": "ALLOW", "policies": {
+                             "ops": {"permissions": [{"any": true}],
+                                     "principals": [{"header": {"name": "x-team", "string_match": {"exact": "ops"}}}]}}}}}}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]},
+                {"name": "all", "domains": ["*"],
+                 "routes": [
+                    {"match": {"prefix": "/no-rules"}, "route": {"cluster": "up"},
+                     "typed_per_filter_config": {"authz": {"@type": RBAC_PER_ROUTE, "rbac": {}}}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}),
+            vec![
+                post("/x", "a").host("open.example"),
+                post("/strict", "a").host("open.example"),
+                post("/strict", "a")
+                    .host("open.example")
+                    .hdr("x-team", "ops"),
+                get("/strict").host("open.example"),
+                post("/no-rules", "a"),
+                post("/x", "a"),
+                get("/x").h2(),
             ],
         ),
         case(
@@ -3155,6 +3201,185 @@ async fn fault_stats_and_flags_match_envoy() {
     ];
     let mismatches = stats_and_logs_differ(&yaml, &requests, &compared).await;
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_stats_match_envoy() {
+    let up = echo_server("up").await;
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
+    let filter = format!(
+        "          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": {RBAC}\n              rules_stat_prefix: r_\n              shadow_rules_stat_prefix: sh_\n              rules:\n                action: ALLOW\n                policies:\n                  get: {{permissions: [{{header: {{name: \":method\", string_match: {{exact: GET}}}}}}], principals: [{{any: true}}]}}\n              shadow_rules:\n                action: DENY\n                policies:\n                  admin: {{permissions: [{{url_path: {{path: {{prefix: /admin}}}}}}], principals: [{{any: true}}]}}\n"
+    );
+    let yaml = |log: &Path| {
+        let hcm = format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
+            log.display()
+        );
+        bootstrap(
+            &support::http_listener_with_filters("main", "ingress", routes, &hcm, &filter),
+            &cluster("up", &[(up, 1)], ""),
+        )
+    };
+    let requests = [
+        "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        "GET /admin HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        "DELETE /admin/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ];
+    let compared = [
+        "envoy_http_rbac_",
+        "envoy_http_downstream_rq_xx{",
+        "envoy_cluster_upstream_rq_total{",
+    ];
+    let mismatches = stats_and_logs_differ(&yaml, &requests, &compared).await;
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// A TCP server that echoes and counts the bytes it received.
+async fn counting_tcp_echo() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    s.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    if sock.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends each chunk and waits for its echo; returns the echo and whether the
+/// proxy closed the connection.
+async fn tcp_chunks(a: SocketAddr, chunks: &[&str]) -> (String, bool) {
+    let Ok(mut s) = TcpStream::connect(a).await else {
+        return (String::new(), true);
+    };
+    let mut got = Vec::new();
+    for c in chunks {
+        if s.write_all(c.as_bytes()).await.is_err() {
+            return (String::from_utf8_lossy(&got).into(), true);
+        }
+        let mut want = c.len();
+        while want > 0 {
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
+                    return (String::from_utf8_lossy(&got).into(), true);
+                }
+                Ok(Ok(n)) => {
+                    got.extend_from_slice(&buf[..n]);
+                    want = want.saturating_sub(n);
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&got).into(), false)
+}
+
+/// Network RBAC in front of tcp_proxy, and HTTP RBAC stat prefixes: the same
+/// config on both proxies; what clients see and every `rbac` stat must agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_rbac_matches_envoy() {
+    let (up, seen) = counting_tcp_echo().await;
+    let tcp = |name: &str, body: &str| {
+        format!(
+            "\n  - name: {name}\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.rbac\n        typed_config:\n          \"@type\": {NETWORK_RBAC}\n{body}      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}_proxy\n          cluster: up\n"
+        )
+    };
+    let listeners = [
+        tcp(
+            "locked",
+            "          stat_prefix: locked.\n          rules:\n            action: DENY\n            policies:\n              loopback: {permissions: [{any: true}], principals: [{remote_ip: {address_prefix: 127.0.0.0, prefix_len: 8}}]}\n",
+        ),
+        tcp(
+            "open",
+            "          stat_prefix: open\n          shadow_rules_stat_prefix: sh\n          shadow_rules:\n            action: ALLOW\n            policies:\n              port1: {permissions: [{destination_port: 1}], principals: [{any: true}]}\n          rules:\n            action: ALLOW\n            policies:\n              ports: {permissions: [{destination_port_range: {start: 1024, end: 65536}}], principals: [{direct_remote_ip: {address_prefix: 127.0.0.1, prefix_len: 32}}]}\n",
+        ),
+        tcp(
+            "cont",
+            "          stat_prefix: cont\n          enforcement_type: CONTINUOUS\n          rules:\n            action: ALLOW\n            policies:\n              all: {permissions: [{not_rule: {url_path: {path: {prefix: /}}}}], principals: [{any: true}]}\n",
+        ),
+        tcp(
+            "log",
+            "          stat_prefix: log\n          rules:\n            action: LOG\n            policies:\n              none: {permissions: [{url_path: {path: {prefix: /}}}], principals: [{any: true}]}\n",
+        ),
+        support::http_listener_with_filters(
+            "http",
+            "web",
+            "              - match: {prefix: \"/\"}\n                direct_response: {status: 200}\n",
+            "",
+            &format!("          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": {RBAC}\n              rules_stat_prefix: enforced.\n              shadow_rules_stat_prefix: trial\n              rules: {{action: DENY}}\n              shadow_rules: {{action: ALLOW}}\n"),
+        ),
+    ]
+    .concat();
+    let yaml = bootstrap(&listeners, &cluster("up", &[(up, 1)], ""));
+    let envoy = Envoy::start(&yaml).await.unwrap_or_else(|e| panic!("{e}"));
+    let legate = start_legate(&yaml).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut seen_by = Vec::new();
+    let mut results = Vec::new();
+    let mut stats = Vec::new();
+    for admin in [envoy.admin, legate.admin] {
+        let before = seen.load(std::sync::atomic::Ordering::SeqCst);
+        let mut r = Vec::new();
+        for (listener, chunks) in [
+            ("locked", &["secret"][..]),
+            ("open", &["a", "b"][..]),
+            ("cont", &["one", "two", "three"][..]),
+            ("log", &["x"][..]),
+        ] {
+            let a = listener_addr(admin, listener).await.unwrap();
+            r.push((listener, tcp_chunks(a, chunks).await));
+        }
+        let a = listener_addr(admin, "http").await.unwrap();
+        let (obs, _) = exchange(a, &get("/")).await;
+        r.push(("http", (format!("{:?}", obs.map(|o| o.status_line)), false)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen_by.push(seen.load(std::sync::atomic::Ordering::SeqCst) - before);
+        results.push(r);
+        // Envoy's admin answers chunked; the harness's own client decodes it.
+        let (obs, _) = exchange(admin, &get("/stats?format=json")).await;
+        let v: Value = serde_json::from_slice(&obs.unwrap().body).unwrap();
+        let rbac: BTreeMap<String, i64> = v["stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["value"].as_i64()?)))
+            .filter(|(n, _)| n.contains("rbac"))
+            .collect();
+        stats.push(rbac);
+    }
+    assert_eq!(
+        results[0], results[1],
+        "what clients saw: envoy, then legate"
+    );
+    assert_eq!(
+        seen_by[0], seen_by[1],
+        "bytes the upstream received: envoy, then legate"
+    );
+    assert_eq!(stats[0], stats[1], "rbac stats: envoy, then legate");
+    // And the run did exercise both outcomes.
+    assert!(results[1][0].1.1 && !results[1][1].1.1, "{:?}", results[1]);
+    assert!(
+        stats[1].get("cont.rbac.allowed") >= Some(&3),
+        "{:?}",
+        stats[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,6 +274,10 @@ pub struct StreamInfo {
     pub start_time: SystemTime,
     /// The downstream peer as the proxy sees it (after `x-forwarded-for` processing).
     pub downstream_remote_address: SocketAddr,
+    /// The downstream socket's peer, whatever `x-forwarded-for` says (Envoy's
+    /// direct remote address). [`StreamInfo::new`] sets it to
+    /// `downstream_remote_address`; see [`StreamInfo::with_direct_remote`].
+    pub downstream_direct_remote_address: SocketAddr,
     /// The local address the downstream connection arrived on.
     pub downstream_local_address: SocketAddr,
     /// The connection's id, unique within the process.
@@ -290,6 +294,9 @@ pub struct StreamInfo {
     pub dynamic_metadata: DynamicMetadata,
     /// The matched route's `typed_per_filter_config`, once routed.
     pub per_filter_config: Option<Arc<PerFilterConfig>>,
+    /// Objects filters share for the rest of the stream (Envoy's filter state),
+    /// by name; access logs print them with `%FILTER_STATE(name)%`.
+    pub filter_state: Vec<(String, std::rc::Rc<dyn FilterStateObject>)>,
     /// Set by a filter that changed the request in a way that may change its route
     /// (Envoy's `clearRouteCache`): the route is matched again after the request
     /// header hooks.
@@ -320,6 +327,7 @@ impl StreamInfo {
         StreamInfo {
             start_time,
             downstream_remote_address,
+            downstream_direct_remote_address: downstream_remote_address,
             downstream_local_address,
             connection_id,
             route_name: None,
@@ -328,9 +336,38 @@ impl StreamInfo {
             response_flags: ResponseFlags::default(),
             dynamic_metadata: DynamicMetadata::new(),
             per_filter_config: None,
+            filter_state: Vec::new(),
             route_cache_cleared: false,
             http_client: None,
         }
+    }
+
+    /// Sets (or replaces) the filter state object `name`.
+    pub fn set_filter_state(
+        &mut self,
+        name: impl Into<String>,
+        object: std::rc::Rc<dyn FilterStateObject>,
+    ) {
+        let name = name.into();
+        match self.filter_state.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = object,
+            None => self.filter_state.push((name, object)),
+        }
+    }
+
+    /// The filter state object `name`, if a filter set one.
+    pub fn filter_state(&self, name: &str) -> Option<&dyn FilterStateObject> {
+        self.filter_state
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| &**o)
+    }
+
+    /// The same info with the socket peer set, for a stream whose
+    /// `downstream_remote_address` came from `x-forwarded-for`.
+    pub fn with_direct_remote(mut self, peer: SocketAddr) -> StreamInfo {
+        self.downstream_direct_remote_address = peer;
+        self
     }
 
     /// Moves the info out, leaving behind only its plain facts (start time,
@@ -342,11 +379,50 @@ impl StreamInfo {
             self.downstream_remote_address,
             self.downstream_local_address,
             self.connection_id,
-        );
+        )
+        .with_direct_remote(self.downstream_direct_remote_address);
         rest.response_flags = self.response_flags;
         rest.http_client = self.http_client.clone();
         std::mem::replace(self, rest)
     }
+}
+
+/// An object in a stream's filter state. A filter may keep a handle to it and
+/// update it while the stream runs (interior mutability); readers see its value
+/// when they read.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+/// use legate_filter_api::{FilterStateObject, StreamInfo};
+///
+/// #[derive(Debug)]
+/// struct Hits(Cell<u64>);
+/// impl FilterStateObject for Hits {
+///     fn json(&self) -> Option<String> {
+///         Some(format!("{{\"hits\":{}}}", self.0.get()))
+///     }
+///     fn plain(&self) -> Option<String> {
+///         Some(self.0.get().to_string())
+///     }
+/// }
+///
+/// let mut info = StreamInfo::new(
+///     std::time::SystemTime::now(),
+///     "10.0.0.1:5555".parse().unwrap(),
+///     "127.0.0.1:10000".parse().unwrap(),
+///     1,
+/// );
+/// let hits = Rc::new(Hits(Cell::new(0)));
+/// info.set_filter_state("my.filter", hits.clone());
+/// hits.0.set(2);
+/// assert_eq!(info.filter_state("my.filter").unwrap().plain().unwrap(), "2");
+/// ```
+pub trait FilterStateObject: std::fmt::Debug {
+    /// The typed value as JSON text (`%FILTER_STATE(name)%`, Envoy's proto JSON).
+    fn json(&self) -> Option<String>;
+    /// The plain string value (`%FILTER_STATE(name:PLAIN)%`).
+    fn plain(&self) -> Option<String>;
 }
 
 /// A route's per-filter configs (`typed_per_filter_config`), keyed by the name

@@ -271,6 +271,48 @@ pub fn route_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     true
 }
 
+/// An address prefix: Envoy's `config.core.v3.CidrRange` (`address_prefix`,
+/// `prefix_len`). An IPv4 range never contains an IPv6 address, nor the reverse.
+///
+/// ```
+/// use legate_filter_api::matcher::Cidr;
+/// let c = Cidr { addr: "10.1.0.0".parse().unwrap(), len: 16 };
+/// assert!(c.contains("10.1.200.3".parse().unwrap()));
+/// assert!(!c.contains("10.2.0.1".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// `address_prefix`.
+    pub addr: std::net::IpAddr,
+    /// `prefix_len`; lengths past the address size count as the full length.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len.min(32))
+                };
+                u32::from(a) & m == u32::from(b) & m
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len.min(128))
+                };
+                u128::from(a) & m == u128::from(b) & m
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Whether a request or response is gRPC (`content-type: application/grpc[+...]`).
 pub fn is_grpc(h: &HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE)

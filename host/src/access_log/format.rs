@@ -39,6 +39,11 @@ pub struct LogContext<'a> {
     pub connection_id: Option<u64>,
     pub local_reply_body: Option<&'a str>,
     pub upstream_request_attempt_count: Option<u32>,
+    /// The stream's filter state, for `%FILTER_STATE(...)%`.
+    pub filter_state: &'a [(
+        String,
+        std::rc::Rc<dyn legate_filter_api::FilterStateObject>,
+    )],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +86,8 @@ enum Op {
     Hostname,
     LocalReplyBody,
     AttemptCount,
+    /// `%FILTER_STATE(key[:PLAIN|:TYPED])%`: `plain`, and the length limit.
+    FilterState(String, bool, Option<usize>),
 }
 
 /// A parsed format string.
@@ -167,6 +174,34 @@ fn parse_op(cmd: &str) -> Result<Op, String> {
         "HOSTNAME" => plain(Op::Hostname),
         "LOCAL_REPLY_BODY" => plain(Op::LocalReplyBody),
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => plain(Op::AttemptCount),
+        "FILTER_STATE" => {
+            let a = args.ok_or("%FILTER_STATE% needs a key, e.g. %FILTER_STATE(my.key)%")?;
+            let mut parts = a.split(':');
+            let key = parts.next().unwrap_or_default().to_string();
+            let plain = match parts.next() {
+                None | Some("TYPED") => false,
+                Some("PLAIN") => true,
+                Some(f) => {
+                    return Err(format!(
+                        "%FILTER_STATE({a})%: unknown format \"{f}\" (expected PLAIN or TYPED)"
+                    ));
+                }
+            };
+            if parts.next().is_some() {
+                return Err(format!(
+                    "%FILTER_STATE({a})%: selecting a field is not supported by legate"
+                ));
+            }
+            let max = match tail.strip_prefix(':') {
+                Some(n) => Some(
+                    n.parse::<usize>()
+                        .map_err(|_| format!("invalid length \"{n}\""))?,
+                ),
+                None if tail.is_empty() => None,
+                None => return Err(format!("unexpected \"{tail}\" after the operator")),
+            };
+            Ok(Op::FilterState(key, plain, max))
+        }
         _ => Err(format!("unsupported command operator %{cmd}%")),
     }
 }
@@ -248,6 +283,12 @@ impl Format {
                 Op::ConnectionId => cx.connection_id,
                 Op::AttemptCount => cx.upstream_request_attempt_count.map(u64::from),
                 Op::Literal(s) => return s.clone().into(),
+                // The typed value is JSON, and stays JSON in a JSON log.
+                Op::FilterState(key, false, None) => {
+                    return filter_state(cx, key, false)
+                        .and_then(|j| serde_json::from_str(&j).ok())
+                        .unwrap_or(serde_json::Value::Null);
+                }
                 _ => {
                     let mut s = String::new();
                     return if render_op(op, cx, &mut s) {
@@ -404,8 +445,19 @@ fn render_op(op: &Op, cx: &LogContext<'_>, out: &mut String) -> bool {
             };
             let _ = write!(out, "{n}");
         }
+        Op::FilterState(key, plain, max) => {
+            let Some(v) = filter_state(cx, key, *plain) else {
+                return false;
+            };
+            push_trunc(out, &v, *max);
+        }
     }
     true
+}
+
+fn filter_state(cx: &LogContext<'_>, key: &str, plain: bool) -> Option<String> {
+    let (_, o) = cx.filter_state.iter().find(|(n, _)| n == key)?;
+    if plain { o.plain() } else { o.json() }
 }
 
 fn hostname() -> &'static str {

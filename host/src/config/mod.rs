@@ -3,9 +3,11 @@
 pub mod model;
 mod parse_cluster;
 mod parse_fault;
+mod parse_grpc_stats;
 mod parse_http;
 mod parse_jwt;
 mod parse_listener;
+mod parse_rbac;
 mod parse_wasm;
 pub mod walk;
 pub mod yaml;
@@ -277,6 +279,9 @@ pub(crate) mod names {
     pub const ROUTER: &str = "envoy.filters.http.router";
     pub const FAULT: &str = "envoy.filters.http.fault";
     pub const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+    pub const GRPC_STATS: &str = "envoy.filters.http.grpc_stats";
+    pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+    pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
     pub const HTTP_WASM: &str = "envoy.filters.http.wasm";
     pub const NETWORK_WASM: &str = "envoy.filters.network.wasm";
     pub const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
@@ -296,7 +301,6 @@ pub(crate) mod names {
     /// Envoy network filters that Legate does not have (yet), so the error can say
     /// "not supported" rather than "unknown".
     pub const KNOWN_UNSUPPORTED_NETWORK: &[&str] = &[
-        "envoy.filters.network.rbac",
         "envoy.filters.network.redis_proxy",
         "envoy.filters.network.mysql_proxy",
         "envoy.filters.network.ext_authz",
@@ -313,8 +317,6 @@ pub(crate) mod names {
         "envoy.filters.network.kafka_broker",
     ];
     pub const KNOWN_UNSUPPORTED_HTTP: &[&str] = &[
-        "envoy.filters.http.rbac",
-        "envoy.filters.http.grpc_stats",
         "envoy.filters.http.cors",
         "envoy.filters.http.buffer",
         "envoy.filters.http.ext_authz",

@@ -9,7 +9,7 @@ use http::{HeaderName, StatusCode};
 use regex::Regex;
 
 pub use legate_filter_api::matcher::{
-    HeaderMatch, HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch, StringMatch,
+    Cidr, HeaderMatch, HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch, StringMatch,
     StringMatcher, full_match,
 };
 
@@ -176,37 +176,6 @@ pub enum StripPort {
     None,
     Matching,
     Any,
-}
-
-/// An address prefix (`address_prefix` / `prefix_len`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: std::net::IpAddr,
-    pub len: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        match (self.addr, ip) {
-            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
-                let m = if self.len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.len.min(32))
-                };
-                u32::from(a) & m == u32::from(b) & m
-            }
-            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
-                let m = if self.len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.len.min(128))
-                };
-                u128::from(a) & m == u128::from(b) & m
-            }
-            _ => false,
-        }
-    }
 }
 
 #[derive(Debug)]

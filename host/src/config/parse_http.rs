@@ -11,9 +11,10 @@ use legate_filter_api::{HttpFilterFactory, PerFilterConfig};
 
 use super::model::*;
 use super::parse_listener::{access_logs, filter_entry, unknown_http_filter, weighted_clusters};
+use super::parse_rbac;
 use super::walk::{Field, Obj};
 use super::{ClusterRef, names};
-use super::{parse_fault, parse_jwt};
+use super::{parse_fault, parse_grpc_stats, parse_jwt};
 use crate::access_log::format::Format;
 
 pub(crate) fn hcm(mut o: Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<HttpConnectionManager> {
@@ -246,7 +247,9 @@ pub(crate) fn cidr(f: &Field<'_>) -> Option<Cidr> {
         }
     };
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
+    // An unset prefix_len is 0, as in Envoy: the range holds every address of
+    // the family (checked on Envoy 1.40).
+    let len = len.unwrap_or(0);
     if len > max {
         f.error(format!("prefix_len must be at most {max}"));
         return None;
@@ -265,6 +268,12 @@ type HttpBuild =
 /// (noting the clusters it calls, checked once all clusters are known).
 pub(crate) const NATIVE_HTTP: &[(&str, &str, HttpBuild)] = &[
     (names::FAULT, parse_fault::TYPE, parse_fault::http),
+    (
+        names::GRPC_STATS,
+        parse_grpc_stats::TYPE,
+        parse_grpc_stats::http,
+    ),
+    (names::HTTP_RBAC, parse_rbac::HTTP_TYPE, parse_rbac::http),
     (names::JWT_AUTHN, parse_jwt::TYPE, parse_jwt::http),
 ];
 
@@ -275,6 +284,7 @@ type PerRouteParse = fn(Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>>;
 const PER_ROUTE: &[(&str, PerRouteParse)] = &[
     (parse_fault::TYPE, parse_fault::per_route),
     (parse_jwt::PER_ROUTE_TYPE, parse_jwt::per_route),
+    (parse_rbac::PER_ROUTE_TYPE, parse_rbac::per_route),
 ];
 
 /// `typed_per_filter_config` of one level (route, virtual host or route config).

@@ -7,6 +7,7 @@ use super::model::*;
 use super::walk::Field;
 use super::{ClusterRef, names, parse_http, typed_config};
 use crate::access_log::format::Format;
+use legate_filter_api::network::NetworkFilterFactory;
 
 pub(crate) fn address(f: &Field<'_>) -> Option<SocketAddr> {
     let mut o = f.obj()?.unsupported(&["pipe", "envoy_internal_address"]);
@@ -138,6 +139,13 @@ fn filter_chain(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<FilterChain
                     item.error("this filter is terminal and must be the last in the chain");
                 } else if !terminal && i + 1 == n {
                     item.error("the last filter of a chain must be a terminal filter");
+                } else if matches!(nf, NetworkFilter::HttpConnectionManager(_)) && i > 0 {
+                    // The connection manager reads its socket itself: a read
+                    // filter in front of it would never see a byte.
+                    item.error(format!(
+                        "legate does not run network filters before {} yet; this chain has {i} in front of it",
+                        names::HCM
+                    ));
                 }
                 filters.push(nf);
             }
@@ -206,12 +214,34 @@ fn unknown_filter(f: &Field<'_>, name: &str, kind: &str, supported: &[&str], kno
     }
 }
 
+type NetworkBuild = fn(super::walk::Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>>;
+
+/// The built-in network (read/write) filters: name, typed_config type URL, and
+/// the parser that makes the factory.
+const NATIVE_NETWORK: &[(&str, &str, NetworkBuild)] = &[(
+    names::NETWORK_RBAC,
+    super::parse_rbac::NETWORK_TYPE,
+    super::parse_rbac::network,
+)];
+
 fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFilter> {
-    let (name, tc, at, _) = filter_entry(f, "network")?;
+    let (name, tc, at, given_name) = filter_entry(f, "network")?;
     let Some(tc) = tc else {
         at.error(format!("filter \"{name}\" needs a typed_config"));
         return None;
     };
+    if let Some((_, type_url, build)) = NATIVE_NETWORK.iter().find(|(n, ..)| *n == name) {
+        if tc.type_url != *type_url {
+            at.error(format!(
+                "expected \"@type\" {type_url}, found \"{}\"",
+                tc.type_url
+            ));
+            return None;
+        }
+        let factory = build(tc.obj)?;
+        let name = given_name.unwrap_or(name);
+        return Some(NetworkFilter::Native(NativeFilter { name, factory }));
+    }
     let expect_type = |want: &str| {
         if tc.type_url != want {
             at.error(format!(
@@ -239,7 +269,12 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
                 &at,
                 other,
                 "network",
-                &[names::TCP_PROXY, names::HCM, names::NETWORK_WASM],
+                &[
+                    names::TCP_PROXY,
+                    names::HCM,
+                    names::NETWORK_WASM,
+                    names::NETWORK_RBAC,
+                ],
                 names::KNOWN_UNSUPPORTED_NETWORK,
             );
             None

@@ -61,12 +61,12 @@ struct Finished;
 impl HttpFilter for Finished {}
 
 impl Finishers {
-    fn complete(self, flags: ResponseFlags) {
+    fn complete(&mut self, flags: ResponseFlags) {
         match self {
-            Finishers::Owned(mut filters, mut info) => {
+            Finishers::Owned(filters, info) => {
                 info.response_flags = flags;
-                for f in &mut filters {
-                    f.on_stream_complete(&info);
+                for f in filters.iter_mut() {
+                    f.on_stream_complete(info);
                 }
             }
             Finishers::Shared(chain) => {
@@ -96,7 +96,7 @@ struct LogData {
 
 impl Tail {
     fn finish(mut self: Box<Self>, completed: bool) {
-        let finishers = self.finishers.take();
+        let mut finishers = self.finishers.take();
         let stats = &self.cx.hcm.stats;
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
@@ -120,13 +120,23 @@ impl Tail {
             c.stats().upstream_rq_active.dec();
             c.stats().upstream_rq_completed.inc();
         }
-        if let Some(f) = finishers {
+        if let Some(f) = &mut finishers {
             f.complete(flags);
         }
         let logs = &self.cx.hcm.access_logs;
         if logs.is_empty() {
             return;
         }
+        // The filters' state, for %FILTER_STATE%.
+        let shared = match &finishers {
+            Some(Finishers::Shared(chain)) => chain.try_lock(),
+            _ => None,
+        };
+        let filter_state: &[_] = match (&finishers, &shared) {
+            (Some(Finishers::Owned(_, info)), _) => &info.filter_state,
+            (_, Some(c)) => &c.info.filter_state,
+            _ => &[],
+        };
         let ld = self.log.as_deref();
         let duration = self.start.elapsed();
         let lcx = LogContext {
@@ -158,6 +168,7 @@ impl Tail {
             connection_id: Some(self.cx.id),
             local_reply_body: self.local_reply_body.as_deref(),
             upstream_request_attempt_count: self.upstream_host.map(|_| 1),
+            filter_state,
         };
         for l in logs {
             l.log(&lcx);
@@ -786,7 +797,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         })
     });
     let grpc = local_reply::is_grpc(&parts.headers);
-    let mut info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id);
+    let mut info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id)
+        .with_direct_remote(cx.remote);
     info.http_client = Some(cx.worker.clusters.clone());
     let mut st = Stream {
         cx: cx.clone(),

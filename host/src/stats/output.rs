@@ -79,6 +79,16 @@ fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
         ("tcp.", "envoy_tcp_prefix"),
         ("redis.", "envoy_redis_prefix"),
     ];
+    // `<stat_prefix>.rbac.<stat>`: network RBAC (Envoy's `$.rbac.**`).
+    if let Some((first, after)) = name.split_once('.')
+        && let Some(stat) = after.strip_prefix("rbac.")
+        && !PREFIXED
+            .iter()
+            .any(|(p, _)| p.trim_end_matches('.') == first)
+    {
+        tags.push(("envoy_rbac_prefix", first.to_string()));
+        return (format!("rbac.{stat}"), tags);
+    }
     for (prefix, tag) in PREFIXED {
         if let Some(after) = rest.strip_prefix(prefix) {
             let value = if prefix == "listener." {
@@ -93,6 +103,30 @@ fn extract(name: &str) -> (String, Vec<(&'static str, String)>) {
             }
             break;
         }
+    }
+    // `cluster.grpc.<service>.<method>.<stat>`: the first two names after `grpc`
+    // are Envoy's service and method tags, taken only when a stat name follows
+    // each (Envoy's `cluster.*.grpc.$.**` and `cluster.*.grpc.*.$.**`). A dotted
+    // service such as `pkg.Svc` therefore tags `pkg` and `Svc`, as in Envoy.
+    if let Some(after) = rest.strip_prefix("cluster.grpc.") {
+        let tokens: Vec<&str> = after.split('.').collect();
+        if tokens.len() >= 2 {
+            tags.push(("envoy_grpc_bridge_service", tokens[0].to_string()));
+            let skip = if tokens.len() >= 3 {
+                tags.push(("envoy_grpc_bridge_method", tokens[1].to_string()));
+                2
+            } else {
+                1
+            };
+            rest = format!("cluster.grpc.{}", tokens[skip..].join("."));
+        }
+    }
+    // `http.rbac.<rules or shadow stat prefix>.<stat>` (`http.*.rbac.$.**`).
+    if let Some(after) = rest.strip_prefix("http.rbac.")
+        && let Some((prefix, stat)) = after.split_once('.')
+    {
+        tags.push(("envoy_rbac_http_prefix", prefix.to_string()));
+        rest = format!("http.rbac.{stat}");
     }
     // `http.fault.<downstream cluster>.aborts_injected`: the fault filter's
     // per-caller counters.
@@ -277,6 +311,42 @@ mod tests {
             out.contains(
                 "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"in\"} 5"
             ),
+            "{out}"
+        );
+        let out = prometheus(
+            &[
+                s("cluster.up.grpc.pkg.Svc.Get.0", 2, true),
+                s("cluster.up.grpc.Svc.Get.total", 3, true),
+                s("cluster.up.grpc.5", 1, true),
+            ],
+            false,
+        );
+        assert!(out.contains("envoy_cluster_grpc_Get_0{envoy_grpc_bridge_method=\"Svc\",envoy_grpc_bridge_service=\"pkg\",envoy_cluster_name=\"up\"} 2"), "{out}");
+        assert!(out.contains("envoy_cluster_grpc_total{envoy_grpc_bridge_method=\"Get\",envoy_grpc_bridge_service=\"Svc\",envoy_cluster_name=\"up\"} 3"), "{out}");
+        assert!(
+            out.contains("envoy_cluster_grpc_5{envoy_cluster_name=\"up\"} 1"),
+            "{out}"
+        );
+        let out = prometheus(
+            &[
+                s("http.ingress.rbac.r_.allowed", 2, true),
+                s("http.ingress.rbac.denied", 1, true),
+                s("net.rbac.allowed", 1, true),
+                s("net.rbac.nsh_.shadow_denied", 1, true),
+            ],
+            false,
+        );
+        assert!(out.contains("envoy_http_rbac_allowed{envoy_rbac_http_prefix=\"r_\",envoy_http_conn_manager_prefix=\"ingress\"} 2"), "{out}");
+        assert!(
+            out.contains("envoy_http_rbac_denied{envoy_http_conn_manager_prefix=\"ingress\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("envoy_rbac_allowed{envoy_rbac_prefix=\"net\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("envoy_rbac_nsh__shadow_denied{envoy_rbac_prefix=\"net\"} 1"),
             "{out}"
         );
         let out = prometheus(
