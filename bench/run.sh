@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark, two suites (BENCH_SUITES):
+# Side-by-side benchmark, three suites (BENCH_SUITES):
 #   proxy: the same upstream measured direct, through nginx, HAProxy, Envoy and
 #          legate, each proxy with ONE worker, for
 #            - HTTP/1.1 keep-alive load (wrk), and
@@ -8,7 +8,10 @@
 #          header_filter.wasm in Envoy/V8 and in legate/wasmtime): wrk HTTP/1.1
 #          with ONE worker, each proxy with bench/proxy.yaml and with
 #          bench/proxy-wasm.yaml; then the resident memory (VmRSS) of Envoy and
-#          legate with 1 and 2 workers, with and without the filter.
+#          legate with 1 and 2 workers, with and without the filter;
+#   filters: the cost of a chain of built-in filters (fault at 0%, RBAC, JWT
+#          with an HS256 token) in Envoy and legate, one worker, wrk HTTP/1.1,
+#          bench/proxy.yaml against bench/proxy-filters.yaml.
 # Writes a markdown report to bench/RESULTS.md (see bench/README.md).
 #
 # Usage: bench/run.sh [--build-legate] [--no-build] [-h]
@@ -22,13 +25,14 @@
 #   BENCH_WRK_THREADS    wrk threads [1]
 #   BENCH_H2_CONNECTIONS h2load connections [10]
 #   BENCH_H2_STREAMS     h2load max concurrent streams per connection [10]
-#   BENCH_SUITES         which suites ["proxy wasm"]
+#   BENCH_SUITES         which suites ["proxy wasm filters"]
 #   BENCH_TARGETS        which rows to run ["direct nginx haproxy envoy legate"];
 #                        the wasm suite runs the envoy and legate ones
 #   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
 #   BENCH_WASM_ROUNDS    rounds of the wasm suite's filter-cost table; each round
 #                        runs its rows back to back, the report gives medians [3]
 #   BENCH_RSS_WORKERS    worker counts of the wasm suite's memory table ["1 2"]
+#   BENCH_FILTER_ROUNDS  rounds of the filters suite's table, as for wasm [3]
 #   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
 #                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
 #   BENCH_COMPONENT      the same filter as a legate:filter component, for the
@@ -64,7 +68,7 @@ repo_root=$(cd "$bench_dir/.." && pwd -P)
 # The exact command, with every override that was set, for the report
 # (computed before the defaults below are filled in).
 cmdline="bench/run.sh${*:+ $*}"
-for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_COMPONENT BENCH_WASM_ROUNDS BENCH_RSS_WORKERS \
+for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_COMPONENT BENCH_WASM_ROUNDS BENCH_FILTER_ROUNDS BENCH_RSS_WORKERS \
          BENCH_PROTOCOLS BENCH_TARGETS BENCH_SUITES BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
     if [[ -n "${!v+x}" ]]; then
         val="${!v}"
@@ -81,15 +85,17 @@ H2_CONNS="${BENCH_H2_CONNECTIONS:-10}"
 H2_STREAMS="${BENCH_H2_STREAMS:-10}"
 TARGETS="${BENCH_TARGETS:-direct nginx haproxy envoy legate}"
 PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
-SUITES="${BENCH_SUITES:-proxy wasm}"
+SUITES="${BENCH_SUITES:-proxy wasm filters}"
 RSS_WORKERS="${BENCH_RSS_WORKERS:-1 2}"
 WASM_ROUNDS="${BENCH_WASM_ROUNDS:-3}"
+FILTER_ROUNDS="${BENCH_FILTER_ROUNDS:-3}"
 BUILD_LEGATE="${BENCH_BUILD_LEGATE:-auto}"
 RESULTS="${BENCH_RESULTS:-$bench_dir/RESULTS.md}"
 KEEP="${BENCH_KEEP:-0}"
 LEGATE_BIN="${LEGATE_BIN:-$repo_root/target/release/legate}"
 PROXY_YAML="$bench_dir/proxy.yaml"
 WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an absolute .wasm path
+FILTERS_YAML="$bench_dir/proxy-filters.yaml"
 WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
 WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
 COMPONENT_DEFAULT="$repo_root/target/components/wasm32-wasip2/release/sdk_header_filter.wasm"
@@ -97,6 +103,7 @@ COMPONENT_FILE="${BENCH_COMPONENT:-$COMPONENT_DEFAULT}"
 COMPONENT_DESC=
 # The filter-cost table's rows, in run order within a round.
 WASM_ROWS="envoy envoy+wasm legate legate+wasm legate+component"
+FILTER_ROWS="envoy envoy+filters legate legate+filters"
 
 PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
 [[ "$PORT_OFFSET" =~ ^[0-9]+$ ]] && (( PORT_OFFSET <= 40000 )) \
@@ -128,7 +135,7 @@ done
 (( DURATION > 0 )) || { echo "BENCH_DURATION must be > 0" >&2; exit 2; }
 (( WASM_ROUNDS > 0 )) || { echo "BENCH_WASM_ROUNDS must be > 0" >&2; exit 2; }
 for s in $SUITES; do
-    [[ "$s" == proxy || "$s" == wasm ]] || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm)" >&2; exit 2; }
+    [[ "$s" == proxy || "$s" == wasm || "$s" == filters ]] || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm, filters)" >&2; exit 2; }
 done
 for w in $RSS_WORKERS; do
     [[ "$w" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_RSS_WORKERS must list positive integers, got '$w'" >&2; exit 2; }
@@ -352,15 +359,17 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-# run_wrk NAME URL [TABLE]: results go to RPS[TABLE,NAME] etc. (TABLE h1 by default).
+# run_wrk NAME URL [TABLE] [HEADER]: results go to RPS[TABLE,NAME] etc. (TABLE h1
+# by default); HEADER is sent with every request.
 run_wrk() {
-    local name="$1" url="$2" tb="${3:-h1}"
+    local name="$1" url="$2" tb="${3:-h1}" hdr=()
+    [[ -z "${4:-}" ]] || hdr=(-H "$4")
     local out="$work/wrk-$tb-${name//+/-}.txt"
     if (( WARMUP > 0 )); then
-        run_load $((WARMUP + 30)) /dev/null wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" || true
+        run_load $((WARMUP + 30)) /dev/null wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "$url" || true
     fi
-    log "$name $tb: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency $url"
-    if ! run_load $((DURATION + 60)) "$out" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url"; then
+    log "$name $tb: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency ${hdr[*]} $url"
+    if ! run_load $((DURATION + 60)) "$out" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url"; then
         NOTE[$tb,$name]="wrk failed: $(tail -1 "$out")"; return
     fi
     local rps p50 p99 non2xx sockerr
@@ -635,36 +644,40 @@ median() {   # numbers as arguments -> their median, or nothing
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# Medians over the rounds into the table key "wasm"; per-round losses of the
-# filter rows (each against the row without the filter of the same round).
+# aggregate_rounds KEY ROWS ROUNDS NOTES: medians over the rounds (table keys
+# KEY1, KEY2, ...) into the table key KEY; per-round losses of the filter rows,
+# each against the row without the filter of the same round. Rounds that failed
+# are listed in the array named NOTES.
 declare -A LOSS_MED LOSS_LIST
-aggregate_wasm() {
+aggregate_rounds() {
+    local key="$1" rows="$2" rounds="$3"
+    local -n notes_out="$4"
     local row base r rps p50 p99 errs failed note loss
-    for row in $WASM_ROWS; do
+    for row in $rows; do
         rps=(); p50=(); p99=(); errs=0; failed=0; note=
-        for r in $(seq 1 "$WASM_ROUNDS"); do
-            if [[ -n "${RPS[wasm$r,$row]:-}" ]]; then
-                rps+=("${RPS[wasm$r,$row]}"); p50+=("${P50[wasm$r,$row]}"); p99+=("${P99[wasm$r,$row]}")
-                errs=$(( errs + ${ERRS[wasm$r,$row]:-0} ))
+        for r in $(seq 1 "$rounds"); do
+            if [[ -n "${RPS[$key$r,$row]:-}" ]]; then
+                rps+=("${RPS[$key$r,$row]}"); p50+=("${P50[$key$r,$row]}"); p99+=("${P99[$key$r,$row]}")
+                errs=$(( errs + ${ERRS[$key$r,$row]:-0} ))
             else
-                failed=$((failed + 1)); note=${note:-${NOTE[wasm$r,$row]:-}}
+                failed=$((failed + 1)); note=${note:-${NOTE[$key$r,$row]:-}}
             fi
         done
         if ((${#rps[@]})); then
-            RPS[wasm,$row]=$(median "${rps[@]}")
-            P50[wasm,$row]=$(median "${p50[@]}")
-            P99[wasm,$row]=$(median "${p99[@]}")
-            ERRS[wasm,$row]=$errs
-            (( failed == 0 )) || NOTES_WASM+=("$row: $failed of $WASM_ROUNDS rounds failed${note:+ ($note)}")
+            RPS[$key,$row]=$(median "${rps[@]}")
+            P50[$key,$row]=$(median "${p50[@]}")
+            P99[$key,$row]=$(median "${p99[@]}")
+            ERRS[$key,$row]=$errs
+            (( failed == 0 )) || notes_out+=("$row: $failed of $rounds rounds failed${note:+ ($note)}")
         else
-            NOTE[wasm,$row]=${note:-not run}
+            NOTE[$key,$row]=${note:-not run}
         fi
         base=${row%%+*}
         [[ "$row" != "$base" ]] || continue
         local losses=() shown=()
-        for r in $(seq 1 "$WASM_ROUNDS"); do
-            if [[ -n "${RPS[wasm$r,$row]:-}" && -n "${RPS[wasm$r,$base]:-}" ]]; then
-                loss=$(awk -v a="${RPS[wasm$r,$base]}" -v b="${RPS[wasm$r,$row]}" 'BEGIN { if (a + 0 > 0) printf "%.1f", (a - b) * 100 / a }')
+        for r in $(seq 1 "$rounds"); do
+            if [[ -n "${RPS[$key$r,$row]:-}" && -n "${RPS[$key$r,$base]:-}" ]]; then
+                loss=$(awk -v a="${RPS[$key$r,$base]}" -v b="${RPS[$key$r,$row]}" 'BEGIN { if (a + 0 > 0) printf "%.1f", (a - b) * 100 / a }')
                 [[ -n "$loss" ]] || continue
                 losses+=("$loss"); shown+=("$loss%")
             else
@@ -677,6 +690,67 @@ aggregate_wasm() {
             LOSS_LIST[$row]=${LOSS_LIST[$row]// / \/ }
         fi
     done
+}
+
+aggregate_wasm() { aggregate_rounds wasm "$WASM_ROWS" "$WASM_ROUNDS" NOTES_WASM; }
+
+# ---------------------------------------------------------------- filters suite
+# An HS256 token for the key in proxy-filters.yaml, valid until 2100.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+FILTER_TOKEN=
+make_token() {
+    local secret=legate-bench-hs256-secret-key-0123456789 h p sig
+    h=$(printf '{"alg":"HS256","typ":"JWT","kid":"k1"}' | b64url)
+    p=$(printf '{"iss":"bench","aud":"bench","sub":"wrk","exp":4102444800}' | b64url)
+    sig=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -mac HMAC -macopt "key:$secret" -binary | b64url)
+    FILTER_TOKEN="$h.$p.$sig"
+}
+
+# check_filters BASE_URL yes|no: with the token a GET gets the upstream's 200;
+# with the chain (yes), a GET without it gets 401 `Jwt is missing` (JWT at
+# work) and a POST with it 403 `RBAC: access denied` (RBAC at work).
+check_filters() {
+    local base="$1" want="$2" auth="authorization: Bearer $FILTER_TOKEN" out
+    out=$(curl -s -m 5 --http1.1 -H "$auth" -w ' %{http_code}' "$base" 2>/dev/null) || return 1
+    [[ "$out" == "$BODY"$'\n'" 200" ]] || { log "GET with a token: $(printf '%q' "$out")"; return 1; }
+    [[ "$want" == yes ]] || return 0
+    out=$(curl -s -m 5 --http1.1 -w ' %{http_code}' "$base" 2>/dev/null) || return 1
+    [[ "$out" == "Jwt is missing 401" ]] || { log "GET without a token: $(printf '%q' "$out")"; return 1; }
+    out=$(curl -s -m 5 --http1.1 -X POST -H "$auth" -w ' %{http_code}' "$base" 2>/dev/null) || return 1
+    [[ "$out" == "RBAC: access denied 403" ]] || { log "POST with a token: $(printf '%q' "$out")"; return 1; }
+}
+
+# bench_filters_row ROW PROXY yes|no ROUND: one row of the filter-chain table,
+# one worker, fresh process, every request with the token.
+bench_filters_row() {
+    local row="$1" proxy="$2" chain="$3" r="$4" yaml="$PROXY_YAML" url="http://127.0.0.1:$EL_PORT/"
+    local tb="filt$r"
+    log "=== $row (filters suite, round $r of $FILTER_ROUNDS)"
+    [[ "$chain" != yes ]] || yaml="$FILTERS_YAML"
+    if ! start_target "$proxy" "$yaml" 1 "$row-r$r"; then
+        start_failure
+        NOTE[$tb,$row]=$START_NA
+        log "$row: ${NOTE[$tb,$row]}"
+        stop_target
+        return 0
+    fi
+    if ! check_filters "$url" "$chain"; then
+        NOTE[$tb,$row]="sanity requests failed (chain: $chain)"
+        log "$row: ${NOTE[$tb,$row]}"
+    else
+        run_wrk "$row" "$url" "$tb" "authorization: Bearer $FILTER_TOKEN"
+    fi
+    stop_target
+}
+
+filters_target_line() {
+    local med=${LOSS_MED[legate+filters]:-}
+    if [[ -z "$med" ]]; then
+        echo "Target (legate+filters loses at most 10% of legate's req/s): not measured."
+        return
+    fi
+    awk -v m="$med" -v list="${LOSS_LIST[legate+filters]}" -v n="$FILTER_ROUNDS" 'BEGIN {
+        printf "Target (legate+filters loses at most 10%% of legate'"'"'s req/s): **%s**, %.1f%% lost (median of %d round%s: %s).\n", (m <= 10 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), list }'
 }
 
 # rss_mib PID FIELD: a /proc/PID/status field (VmRSS, VmHWM) in MiB.
@@ -755,36 +829,40 @@ write_table() {
     done
 }
 
-write_wasm_table() {
+# write_rounds_table KEY ROWS ROUNDS: the table of a suite run in rounds.
+write_rounds_table() {
+    local key="$1" rows="$2" rounds="$3"
     local row base rps p50 p99 r med per perstr
     echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | per round | p99 vs same proxy without the filter | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    for row in $WASM_ROWS; do
+    for row in $rows; do
         has_target "${row%%+*}" || continue
-        rps=${RPS[wasm,$row]:-}
+        rps=${RPS[$key,$row]:-}
         if [[ -z "$rps" ]]; then
-            echo "| $row | ${NOTE[wasm,$row]:-not run} | | | | | | |"
+            echo "| $row | ${NOTE[$key,$row]:-not run} | | | | | | |"
             continue
         fi
-        p50=${P50[wasm,$row]}; p99=${P99[wasm,$row]}
+        p50=${P50[$key,$row]}; p99=${P99[$key,$row]}
         base=${row%%+*}
         per=()
-        for r in $(seq 1 "$WASM_ROUNDS"); do
-            if [[ -n "${RPS[wasm$r,$row]:-}" ]]; then per+=("$(fmt_rps "${RPS[wasm$r,$row]}")"); else per+=("-"); fi
+        for r in $(seq 1 "$rounds"); do
+            if [[ -n "${RPS[$key$r,$row]:-}" ]]; then per+=("$(fmt_rps "${RPS[$key$r,$row]}")"); else per+=("-"); fi
         done
         if [[ "$row" == "$base" ]]; then
             perstr="${per[*]}"
             printf '| %s | %s | %s | %s | (baseline) | req/s: %s | (baseline) | %s |\n' "$row" \
-                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${perstr// / \/ }" "${ERRS[wasm,$row]:-0}"
+                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${perstr// / \/ }" "${ERRS[$key,$row]:-0}"
         else
             med=${LOSS_MED[$row]:-}
             printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$row" \
                 "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
-                "$(if [[ -n "$med" ]]; then awk -v m="$med" 'BEGIN { printf "**%.1f%%**", m }'; else echo -; fi)" "${LOSS_LIST[$row]:--}" "$(fmt_ratio "$p99" "${P99[wasm,$base]:-}")" \
-                "${ERRS[wasm,$row]:-0}"
+                "$(if [[ -n "$med" ]]; then awk -v m="$med" 'BEGIN { printf "**%.1f%%**", m }'; else echo -; fi)" "${LOSS_LIST[$row]:--}" "$(fmt_ratio "$p99" "${P99[$key,$base]:-}")" \
+                "${ERRS[$key,$row]:-0}"
         fi
     done
 }
+
+write_wasm_table() { write_rounds_table wasm "$WASM_ROWS" "$WASM_ROUNDS"; }
 
 # The component target: its req/s loss is at most 1.2x the proxy-wasm one's.
 component_target_line() {
@@ -935,6 +1013,22 @@ write_report() {
                 echo
             fi
         fi
+        if has_suite filters; then
+            echo "## Built-in filter chain cost, HTTP/1.1 keep-alive (wrk), one worker"
+            echo
+            echo "Each proxy with [bench/proxy.yaml](proxy.yaml) (the router alone), then with [bench/proxy-filters.yaml](proxy-filters.yaml): the same plus \`envoy.filters.http.fault\` (abort and delay at 0%), \`envoy.filters.http.rbac\` (ALLOW GET from 127.0.0.0/8) and \`envoy.filters.http.jwt_authn\` (one provider, an HS256 key in \`local_jwks\`, required on every path) before the router. Every request, in both rows, carries the same valid token (\`authorization: Bearer ...\`, signed by this script with the config's key). Before the load, sanity requests check the chain is at work in the filter rows: a GET with the token gets the upstream's 200, one without gets 401 \`Jwt is missing\`, a POST with the token gets 403 \`RBAC: access denied\`."
+            echo
+            echo "\`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency -H 'authorization: Bearer ...' http://127.0.0.1:$EL_PORT/\`, after a ${WARMUP}s warm-up run; Envoy \`--concurrency 1\`, legate \`--concurrency 1\`. $FILTER_ROUNDS round(s), as in the wasm table: medians over the rounds, the loss computed per round against the row without the chain that ran just before."
+            echo
+            write_rounds_table filt "$FILTER_ROWS" "$FILTER_ROUNDS"
+            echo
+            filters_target_line
+            echo
+            if ((${#NOTES_FILTERS[@]})); then
+                printf -- '- %s\n' "${NOTES_FILTERS[@]}"
+                echo
+            fi
+        fi
     } >"$tmp"
     mv "$tmp" "$RESULTS"
 }
@@ -967,6 +1061,8 @@ if (( PORT_OFFSET > 0 )); then
     }
     shift_ports "$PROXY_YAML" >"$work/proxy.yaml"
     shift_ports "$WASM_YAML_SRC" >"$work/proxy-wasm.src.yaml"
+    shift_ports "$FILTERS_YAML" >"$work/proxy-filters.yaml"
+    FILTERS_YAML="$work/proxy-filters.yaml"
     PROXY_YAML="$work/proxy.yaml"
     WASM_YAML_SRC="$work/proxy-wasm.src.yaml"
 fi
@@ -1091,6 +1187,19 @@ if has_suite proxy; then
             *) log "unknown target '$t' ignored" ;;
         esac
     done
+fi
+
+NOTES_FILTERS=()
+if has_suite filters; then
+    make_token
+    for r in $(seq 1 "$FILTER_ROUNDS"); do
+        for t in envoy legate; do
+            has_target "$t" || continue
+            bench_filters_row "$t" "$t" no "$r"
+            bench_filters_row "$t+filters" "$t" yes "$r"
+        done
+    done
+    aggregate_rounds filt "$FILTER_ROWS" "$FILTER_ROUNDS" NOTES_FILTERS
 fi
 
 NOTES_WASM=()
