@@ -251,21 +251,45 @@ fn authority(head: &RequestHead) -> &str {
         .unwrap_or("")
 }
 
-/// `scheme://host/path?query` of the request as it came, its path cut at 256
-/// bytes: the realm of a refusal.
-fn realm(head: &RequestHead) -> String {
-    let scheme = head
-        .headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .or(head.uri.scheme_str())
-        .unwrap_or("http");
-    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut cut = path.len().min(MAX_REALM_PATH);
-    while !path.is_char_boundary(cut) {
-        cut -= 1;
+/// What the realm of a refusal is made of, kept before the checks edit the
+/// request: cheap handles, turned into text only for a refusal.
+struct RealmParts {
+    proto: Option<http::HeaderValue>,
+    host: Option<http::HeaderValue>,
+    uri: http::Uri,
+}
+
+impl RealmParts {
+    fn of(head: &RequestHead) -> RealmParts {
+        RealmParts {
+            proto: head.headers.get("x-forwarded-proto").cloned(),
+            host: head.headers.get(http::header::HOST).cloned(),
+            uri: head.uri.clone(),
+        }
     }
-    format!("{scheme}://{}{}", authority(head), &path[..cut])
+
+    /// `scheme://host/path?query` of the request as it came, its path cut at
+    /// 256 bytes.
+    fn realm(&self) -> String {
+        let scheme = self
+            .proto
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .or(self.uri.scheme_str())
+            .unwrap_or("http");
+        let authority = self
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut cut = path.len().min(MAX_REALM_PATH);
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{scheme}://{authority}{}", &path[..cut])
+    }
 }
 
 fn is_cors_preflight(head: &RequestHead) -> bool {
@@ -337,7 +361,7 @@ impl HttpFilter for JwtAuthn {
             }
             d => d,
         };
-        let realm = realm(head);
+        let realm = RealmParts::of(head);
         let client = info.http_client.clone();
         Step::wait(async move {
             let now = SystemTime::now()
@@ -362,7 +386,7 @@ impl HttpFilter for JwtAuthn {
                 self.shared.stats.allowed.inc();
                 HeadersAction::Continue
             } else {
-                self.refuse(status, &realm)
+                self.refuse(status, &realm.realm())
             }
         })
     }

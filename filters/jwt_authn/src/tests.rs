@@ -783,3 +783,42 @@ fn arbitrary_tokens_never_panic() {
     let o = run.get("/", &[("authorization", &bearer(&short))]);
     assert_eq!(o.body(), "Jwt ED25519 signature is wrong length");
 }
+
+#[test]
+fn a_remembered_token_is_still_checked_for_time_and_still_forwarded() {
+    let s = Signer::new(Algorithm::HS256, "k1");
+    let mut p = local("", &jwks_of(&[&s]));
+    p.clock_skew_seconds = 1;
+    p.forward_payload_header = Some(HeaderName::from_static("x-payload"));
+    let run = Run::new(config(vec![p], vec![rule("/", needs(0))]));
+    let t = s.sign(&json!({"sub": "alice", "exp": now() + 1}));
+    // The second request finds the token verified already; both are treated
+    // alike, and both count as Envoy counts them without a jwt_cache_config.
+    let first = run.get("/", &[("authorization", &bearer(&t))]);
+    let second = run.get("/", &[("authorization", &bearer(&t))]);
+    assert_eq!((first.status(), second.status()), (200, 200));
+    assert!(first.header("x-payload").is_some());
+    assert_eq!(first.header("x-payload"), second.header("x-payload"));
+    assert_eq!(second.header("authorization"), None);
+    assert_eq!(run.stat("jwt_cache_miss"), 2);
+    assert_eq!(run.stat("jwt_cache_hit"), 0);
+    // Once expired (past the 1 s skew), the remembered token is refused.
+    std::thread::sleep(Duration::from_millis(3100));
+    let late = run.get("/", &[("authorization", &bearer(&t))]);
+    assert_eq!(
+        (late.status(), late.body().as_str()),
+        (401, "Jwt is expired")
+    );
+    // A forged copy of a good token differs in text, so it is verified, and fails.
+    let good = s.sign(&json!({"sub": "bob", "exp": now() + 3600}));
+    assert_eq!(
+        run.get("/", &[("authorization", &bearer(&good))]).status(),
+        200
+    );
+    let mut forged = good.clone().into_bytes();
+    let i = forged.len() - 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let o = run.get("/", &[("authorization", &bearer(&forged))]);
+    assert_eq!(o.body(), "Jwt verification fails");
+}

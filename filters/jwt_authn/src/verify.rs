@@ -3,7 +3,7 @@
 //! time, with remote key sets fetched and cached per worker.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -137,9 +137,16 @@ impl<'a> Check<'a> {
         if provider.is_some() {
             sh.stats.jwt_cache_miss.inc();
         }
-        let jwt = match Jwt::parse(&found.token) {
-            Ok(j) => j,
-            Err(s) => return s,
+        // A token this worker verified before, against the same keys, skips
+        // parsing and the signature: both would come out the same.
+        let remembered = provider.and_then(|i| self.remembered(i, &found.token));
+        let known = remembered.is_some();
+        let jwt = match remembered {
+            Some(j) => j,
+            None => match Jwt::parse(&found.token) {
+                Ok(j) => Rc::new(j),
+                Err(s) => return s,
+            },
         };
         if !found.issuers.allows(&jwt.iss) {
             return Status::JwtUnknownIssuer;
@@ -160,20 +167,50 @@ impl<'a> Check<'a> {
         if !audiences_allowed(audiences.unwrap_or(&p.audiences), &jwt.audiences) {
             return Status::JwtAudienceNotAllowed;
         }
-        let s = match &p.jwks {
-            JwksSource::Local(Ok(jwks)) => jwks.verify(&jwt),
-            JwksSource::Local(Err(_)) | JwksSource::None => Status::JwksNoValidKeys,
+        if known {
+            self.accept(p, &jwt, found);
+            return Status::Ok;
+        }
+        let (s, keys) = match &p.jwks {
+            JwksSource::Local(Ok(jwks)) => (jwks.verify(&jwt), None),
+            JwksSource::Local(Err(_)) | JwksSource::None => (Status::JwksNoValidKeys, None),
             JwksSource::Remote(r) => self.verify_remote(index, r, &jwt).await,
         };
         if s == Status::Ok {
             self.accept(p, &jwt, found);
+            if provider.is_some() {
+                worker_cache(sh).remember(index, &found.token, jwt, keys);
+            }
         }
         s
     }
 
+    /// The token, if this worker verified it for provider `index` against the
+    /// key set still in use.
+    fn remembered(&self, index: usize, token: &str) -> Option<Rc<Jwt>> {
+        let cache = worker_cache(self.shared);
+        let verified = cache.verified[index].borrow();
+        let (jwt, keys) = verified.get(token)?;
+        if let Some(keys) = keys {
+            // A remote key set: only the fresh copy it was checked against.
+            let remote = cache.remote[index].borrow();
+            let current = remote.as_ref().filter(|c| c.expires > Instant::now())?;
+            if !Rc::ptr_eq(&current.jwks, keys) {
+                return None;
+            }
+        }
+        Some(jwt.clone())
+    }
+
     /// Checks against the worker's copy of a remote key set, fetching it when
     /// absent or stale, and once more when the token names a key it lacks.
-    async fn verify_remote(&self, index: usize, r: &RemoteJwks, jwt: &Jwt) -> Status {
+    /// Also gives the key set that passed the token.
+    async fn verify_remote(
+        &self,
+        index: usize,
+        r: &RemoteJwks,
+        jwt: &Jwt,
+    ) -> (Status, Option<Rc<Jwks>>) {
         let sh = self.shared;
         let cache = worker_cache(sh);
         let cached = cache.remote[index]
@@ -183,8 +220,8 @@ impl<'a> Check<'a> {
             .map(|c| (c.jwks.clone(), c.fetched));
         let Some((jwks, fetched)) = cached else {
             return match self.fetch(index, r, &cache).await {
-                Some(jwks) => jwks.verify(jwt),
-                None => Status::JwksFetchFail,
+                Some(jwks) => (jwks.verify(jwt), Some(jwks)),
+                None => (Status::JwksFetchFail, None),
             };
         };
         let s = jwks.verify(jwt);
@@ -193,13 +230,13 @@ impl<'a> Check<'a> {
             && !jwks.has_kid(&jwt.kid)
             && fetched.elapsed() >= sh.kid_refetch_interval;
         if !unknown_kid {
-            return s;
+            return (s, Some(jwks));
         }
         // The issuer may have rotated its keys: fetch again (rate-limited by
         // `kid_refetch_interval`), keeping the old set if that fails.
         match self.fetch(index, r, &cache).await {
-            Some(jwks) => jwks.verify(jwt),
-            None => s,
+            Some(jwks) => (jwks.verify(jwt), Some(jwks)),
+            None => (s, None),
         }
     }
 
@@ -423,9 +460,36 @@ struct Cached {
     expires: Instant,
 }
 
-/// What one worker keeps for one filter config: remote key sets by provider.
+/// Tokens that passed their signature check, with the remote key set that
+/// passed them (`None` for local keys, which never change).
+type Verified = HashMap<String, (Rc<Jwt>, Option<Rc<Jwks>>)>;
+
+/// How many verified tokens a worker keeps per provider, and the longest token
+/// it keeps (Envoy's `jwt_cache_config` defaults).
+const VERIFIED_MAX: usize = 100;
+const VERIFIED_TOKEN_MAX: usize = 4096;
+
+/// What one worker keeps for one filter config, by provider: remote key sets,
+/// and the tokens verified lately.
 pub(crate) struct WorkerCache {
     remote: Vec<RefCell<Option<Cached>>>,
+    verified: Vec<RefCell<Verified>>,
+}
+
+impl WorkerCache {
+    fn remember(&self, index: usize, token: &str, jwt: Rc<Jwt>, keys: Option<Rc<Jwks>>) {
+        if token.len() > VERIFIED_TOKEN_MAX {
+            return;
+        }
+        let mut v = self.verified[index].borrow_mut();
+        if v.len() >= VERIFIED_MAX
+            && !v.contains_key(token)
+            && let Some(old) = v.keys().next().cloned()
+        {
+            v.remove(&old);
+        }
+        v.insert(token.to_string(), (jwt, keys));
+    }
 }
 
 thread_local! {
@@ -444,10 +508,10 @@ fn worker_cache(shared: &Arc<Shared>) -> Rc<WorkerCache> {
         {
             return wc.clone();
         }
+        let n = shared.config.providers.len();
         let wc = Rc::new(WorkerCache {
-            remote: (0..shared.config.providers.len())
-                .map(|_| RefCell::new(None))
-                .collect(),
+            remote: (0..n).map(|_| RefCell::new(None)).collect(),
+            verified: (0..n).map(|_| RefCell::new(HashMap::new())).collect(),
         });
         c.push((Arc::downgrade(shared), wc.clone()));
         wc
