@@ -532,3 +532,34 @@ async fn a_hook_pending_on_nothing_fails_the_stream_not_the_instance() {
         l.stderr_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_component_and_proxy_wasm_filters_share_a_chain() {
+    let up = echo_upstream("up").await;
+    // fault (built in) -> component -> proxy-wasm -> rbac (built in) -> router.
+    let fault = "          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              abort: {header_abort: {}, percentage: {numerator: 100}}\n";
+    let rbac = "          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\n              rules:\n                action: DENY\n                policies:\n                  tagged-by-wasm: {permissions: [{header: {name: x-legate-wasm, string_match: {exact: header_filter}}}], principals: [{any: true}]}\n";
+    let filters = format!(
+        "{fault}{}\n{}\n{rbac}",
+        component_filter("sdk_header_filter", "", ""),
+        wasm_http_filter("header_filter", &wasm_example("header_filter"), "", "")
+    );
+    let l = Legate::start(&filtered_config(&filters, up, "")).await;
+    let a = l.listener("ingress").await;
+    // The fault filter answers before the Wasm filters run.
+    let (status, _, body) = curl_get(&["-H", "x-envoy-fault-abort-request: 418", &url(a, "/x")]);
+    assert_eq!((status, body.as_str()), (418, "fault filter abort"));
+    // Otherwise both Wasm filters tag the request, and RBAC, after them, sees
+    // the proxy-wasm filter's header and denies; the response hooks of the Wasm
+    // filters still run on the local reply.
+    let (status, head, body) = curl_get(&[&url(a, "/x")]);
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "RBAC: access denied"),
+        "{head}"
+    );
+    assert!(head.contains("x-wasm-filter: sdk_header_filter"), "{head}");
+    assert_eq!(l.stat("http.ingress.fault.aborts_injected").await, 1);
+    assert_eq!(l.stat("http.ingress.rbac.denied").await, 1);
+    assert_eq!(l.stat("cluster.up.upstream_rq_total").await, 0);
+}
