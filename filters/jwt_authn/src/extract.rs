@@ -133,7 +133,7 @@ impl Extractor {
                     }
                 };
                 out.push(Found {
-                    token: String::from_utf8_lossy(token).into_owned(),
+                    token: text(token),
                     place: Place::Header(name.clone()),
                     issuers,
                 });
@@ -203,6 +203,15 @@ pub fn remove(head: &mut RequestHead, place: &Place) {
             }
         }
         Place::Cookie => {}
+    }
+}
+
+/// A header's bytes as text: tokens are ASCII, which the strict check passes
+/// quickly; anything else is taken lossily, as before.
+fn text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
     }
 }
 

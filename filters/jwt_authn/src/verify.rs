@@ -462,7 +462,9 @@ struct Cached {
 
 /// Tokens that passed their signature check, with the remote key set that
 /// passed them (`None` for local keys, which never change).
-type Verified = HashMap<String, (Rc<Jwt>, Option<Rc<Jwks>>)>;
+/// Keyed with foldhash: a token is a few hundred bytes, and SipHash over it
+/// cost more than the rest of a remembered token's check.
+type Verified = HashMap<String, (Rc<Jwt>, Option<Rc<Jwks>>), foldhash::fast::RandomState>;
 
 /// How many verified tokens a worker keeps per provider, and the longest token
 /// it keeps (Envoy's `jwt_cache_config` defaults).
@@ -511,7 +513,7 @@ fn worker_cache(shared: &Arc<Shared>) -> Rc<WorkerCache> {
         let n = shared.config.providers.len();
         let wc = Rc::new(WorkerCache {
             remote: (0..n).map(|_| RefCell::new(None)).collect(),
-            verified: (0..n).map(|_| RefCell::new(HashMap::new())).collect(),
+            verified: (0..n).map(|_| RefCell::new(Verified::default())).collect(),
         });
         c.push((Arc::downgrade(shared), wc.clone()));
         wc
