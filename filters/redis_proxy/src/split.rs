@@ -96,7 +96,8 @@ pub fn split(request: &Value) -> Plan {
                     key: (*key).clone(),
                     request: request.clone(),
                 }),
-                None => Plan::Reply(error(reply::INVALID_REQUEST)),
+                // `object encoding` with no key.
+                None => Plan::Reply(error(reply::wrong_number_of_arguments(name))),
             }
         }
         Kind::Mget => Plan::Fanout {
