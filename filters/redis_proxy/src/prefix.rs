@@ -61,7 +61,10 @@ impl PrefixRoutes {
         catch_all: Option<String>,
     ) -> Result<Self, DuplicatePrefix> {
         for (i, a) in routes.iter().enumerate() {
-            if routes[..i].iter().any(|b| eq(&a.prefix, &b.prefix, case_insensitive)) {
+            if routes[..i]
+                .iter()
+                .any(|b| eq(&a.prefix, &b.prefix, case_insensitive))
+            {
                 return Err(DuplicatePrefix(a.prefix.clone()));
             }
         }

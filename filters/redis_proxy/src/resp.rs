@@ -59,7 +59,11 @@ impl Value {
         I: IntoIterator<Item = B>,
         B: Into<Bytes>,
     {
-        Value::Array(args.into_iter().map(|a| Value::BulkString(a.into())).collect())
+        Value::Array(
+            args.into_iter()
+                .map(|a| Value::BulkString(a.into()))
+                .collect(),
+        )
     }
 
     /// The arguments of a request, if it is a non-empty array of bulk strings
@@ -240,7 +244,9 @@ impl Node {
             Node::Integer(n) => Value::Integer(n),
             Node::Bulk(r) => Value::BulkString(raw.slice(r)),
             Node::Null => Value::Null,
-            Node::Array(items) => Value::Array(items.into_iter().map(|n| n.into_value(raw)).collect()),
+            Node::Array(items) => {
+                Value::Array(items.into_iter().map(|n| n.into_value(raw)).collect())
+            }
             Node::NullArray => Value::NullArray,
             Node::Inline(args) => Value::Array(
                 args.into_iter()

@@ -83,13 +83,22 @@ fn every_type_decodes_and_reencodes_byte_for_byte() {
 
 #[test]
 fn encoder_exact_bytes() {
-    assert_eq!(&Value::Integer(i64::MIN).to_bytes()[..], b":-9223372036854775808\r\n");
-    assert_eq!(&Value::Integer(i64::MAX).to_bytes()[..], b":9223372036854775807\r\n");
+    assert_eq!(
+        &Value::Integer(i64::MIN).to_bytes()[..],
+        b":-9223372036854775808\r\n"
+    );
+    assert_eq!(
+        &Value::Integer(i64::MAX).to_bytes()[..],
+        b":9223372036854775807\r\n"
+    );
     assert_eq!(&Value::Null.to_bytes()[..], b"$-1\r\n");
     assert_eq!(&Value::NullArray.to_bytes()[..], b"*-1\r\n");
     assert_eq!(&Value::bulk("a\r\nb").to_bytes()[..], b"$4\r\na\r\nb\r\n");
     // A line value cannot carry CR/LF: they become spaces, keeping one value.
-    assert_eq!(&Value::error("bad\r\nthing").to_bytes()[..], b"-bad  thing\r\n");
+    assert_eq!(
+        &Value::error("bad\r\nthing").to_bytes()[..],
+        b"-bad  thing\r\n"
+    );
     assert_eq!(&Value::simple("").to_bytes()[..], b"+\r\n");
 }
 
@@ -151,7 +160,10 @@ fn byte_by_byte_big_bulk_is_linear_and_zero_copy() {
         }
     }
     let frame = frame.expect("decoded");
-    assert_eq!(frame.value, Value::command([Bytes::from_static(b"set"), Bytes::from(payload)]));
+    assert_eq!(
+        frame.value,
+        Value::command([Bytes::from_static(b"set"), Bytes::from(payload)])
+    );
     assert_eq!(frame.raw.len(), input.len());
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }
@@ -170,9 +182,18 @@ fn declared_sizes_do_not_allocate_up_front() {
 
 #[test]
 fn limits_match_envoy() {
-    assert_eq!(err(b"*1\r\n$536870913\r\n"), "Protocol error: invalid bulk length");
-    assert_eq!(err(b"*2000001\r\n"), "Protocol error: invalid multibulk length");
-    assert_eq!(err(b"*2147483648\r\n"), "Protocol error: invalid multibulk length");
+    assert_eq!(
+        err(b"*1\r\n$536870913\r\n"),
+        "Protocol error: invalid bulk length"
+    );
+    assert_eq!(
+        err(b"*2000001\r\n"),
+        "Protocol error: invalid multibulk length"
+    );
+    assert_eq!(
+        err(b"*2147483648\r\n"),
+        "Protocol error: invalid multibulk length"
+    );
     let mut deep = b"*1\r\n".repeat(127);
     deep.extend_from_slice(b":1\r\n");
     let mut v = one(&deep);
@@ -201,7 +222,10 @@ fn malformed_input_is_an_error() {
     assert_eq!(err(b"*1\r\n$\r\n"), "Protocol error: invalid bulk length");
     assert_eq!(err(b":12x\r\n"), "Protocol error: invalid integer");
     assert_eq!(err(b":+5\r\n"), "Protocol error: invalid integer");
-    assert_eq!(err(b":9223372036854775808\r\n"), "Protocol error: invalid integer");
+    assert_eq!(
+        err(b":9223372036854775808\r\n"),
+        "Protocol error: invalid integer"
+    );
     assert_eq!(err(b":\r\n"), "Protocol error: invalid integer");
     assert_eq!(
         err(b"*1\r\n$3\r\nabcd\r\n"),
@@ -209,9 +233,18 @@ fn malformed_input_is_an_error() {
     );
     assert_eq!(err(b"+OK\rx\r\n"), "Protocol error: expected '\\r\\n'");
     assert_eq!(err(b"+OK\nx\r\n"), "Protocol error: unexpected '\\n'");
-    assert_eq!(err(b"*1\r\n!x\r\n"), "Protocol error: unexpected type byte '!'");
-    assert_eq!(err(b"get \"a\r\n"), "Protocol error: unbalanced quotes in request");
-    assert_eq!(err(b"get \"a\"b\r\n"), "Protocol error: unbalanced quotes in request");
+    assert_eq!(
+        err(b"*1\r\n!x\r\n"),
+        "Protocol error: unexpected type byte '!'"
+    );
+    assert_eq!(
+        err(b"get \"a\r\n"),
+        "Protocol error: unbalanced quotes in request"
+    );
+    assert_eq!(
+        err(b"get \"a\"b\r\n"),
+        "Protocol error: unbalanced quotes in request"
+    );
     // The decoder stays failed.
     let mut d = Decoder::new();
     let mut buf = BytesMut::from(&b"$x\r\n"[..]);
@@ -232,15 +265,33 @@ fn accepted_edge_forms() {
     let mut buf = BytesMut::from(&b"PING\n"[..]);
     assert_eq!(d.decode(&mut buf), Ok(None));
     buf.extend_from_slice(b"\r\n");
-    assert_eq!(d.decode(&mut buf).unwrap().unwrap().value, Value::command(["PING"]));
+    assert_eq!(
+        d.decode(&mut buf).unwrap().unwrap().value,
+        Value::command(["PING"])
+    );
 }
 
 #[test]
 fn inline_split_like_redis() {
-    let s = |l: &[u8]| split_inline(l).map(|v| v.into_iter().map(|a| String::from_utf8_lossy(&a).into_owned()).collect::<Vec<_>>());
-    assert_eq!(s(b"  set  a\tb  "), Some(vec!["set".into(), "a".into(), "b".into()]));
-    assert_eq!(s(b"set \"a b\" c"), Some(vec!["set".into(), "a b".into(), "c".into()]));
-    assert_eq!(s(b"x \"\\x41\\n\\\"\""), Some(vec!["x".into(), "A\n\"".into()]));
+    let s = |l: &[u8]| {
+        split_inline(l).map(|v| {
+            v.into_iter()
+                .map(|a| String::from_utf8_lossy(&a).into_owned())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(
+        s(b"  set  a\tb  "),
+        Some(vec!["set".into(), "a".into(), "b".into()])
+    );
+    assert_eq!(
+        s(b"set \"a b\" c"),
+        Some(vec!["set".into(), "a b".into(), "c".into()])
+    );
+    assert_eq!(
+        s(b"x \"\\x41\\n\\\"\""),
+        Some(vec!["x".into(), "A\n\"".into()])
+    );
     assert_eq!(s(b"x 'it\\'s'"), Some(vec!["x".into(), "it's".into()]));
     assert_eq!(s(b"x 'a\\nb'"), Some(vec!["x".into(), "a\\nb".into()]));
     assert_eq!(s(b"x ''"), Some(vec!["x".into(), "".into()]));
@@ -256,24 +307,29 @@ fn random_garbage_never_panics() {
     for round in 0..20_000 {
         let len = rng.usize(0..64);
         let input: Vec<u8> = (0..len)
-            .map(|_| if rng.bool() { alphabet[rng.usize(..alphabet.len())] } else { rng.u8(..) })
+            .map(|_| {
+                if rng.bool() {
+                    alphabet[rng.usize(..alphabet.len())]
+                } else {
+                    rng.u8(..)
+                }
+            })
             .collect();
-        let mut d = Decoder::with_limits(Limits { max_depth: 4, max_line_len: 16, ..Limits::default() });
+        let mut d = Decoder::with_limits(Limits {
+            max_depth: 4,
+            max_line_len: 16,
+            ..Limits::default()
+        });
         let mut buf = BytesMut::new();
         let mut rest = &input[..];
         while !rest.is_empty() {
             let n = rng.usize(1..=rest.len());
             buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
-            loop {
-                match d.decode(&mut buf) {
-                    Ok(Some(f)) => {
-                        // What was decoded re-encodes and decodes to itself.
-                        if !f.inline {
-                            assert_eq!(f.value.to_bytes(), f.raw, "round {round}");
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(f)) = d.decode(&mut buf) {
+                // What was decoded re-encodes to the bytes it came from.
+                if !f.inline {
+                    assert_eq!(f.value.to_bytes(), f.raw, "round {round}");
                 }
             }
         }
@@ -287,15 +343,25 @@ fn random_values_roundtrip_at_random_splits() {
             0 => Value::simple(format!("s{}", rng.u32(..))),
             1 => Value::error(format!("ERR {}", rng.u16(..))),
             2 => Value::Integer(rng.i64(..)),
-            3 => Value::bulk((0..rng.usize(0..300)).map(|_| rng.u8(..)).collect::<Vec<u8>>()),
+            3 => Value::bulk(
+                (0..rng.usize(0..300))
+                    .map(|_| rng.u8(..))
+                    .collect::<Vec<u8>>(),
+            ),
             4 => Value::Null,
-            5 => Value::Array((0..rng.usize(0..5)).map(|_| random_value(rng, depth + 1)).collect()),
+            5 => Value::Array(
+                (0..rng.usize(0..5))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
             _ => Value::NullArray,
         }
     }
     let mut rng = fastrand::Rng::with_seed(7);
     for _ in 0..500 {
-        let values: Vec<Value> = (0..rng.usize(1..6)).map(|_| random_value(&mut rng, 0)).collect();
+        let values: Vec<Value> = (0..rng.usize(1..6))
+            .map(|_| random_value(&mut rng, 0))
+            .collect();
         let mut wire = BytesMut::new();
         for v in &values {
             v.encode(&mut wire);
