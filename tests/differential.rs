@@ -3141,9 +3141,11 @@ async fn stats_and_access_logs_match_envoy() {
             "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
             log.display()
         );
+        // `idle` gets no traffic: neither proxy may export its upstream_rq_time.
+        let idle: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
         bootstrap(
             &http_listener("main", "ingress", routes, &hcm),
-            &cluster("up", &[(up, 1)], ""),
+            &(cluster("up", &[(up, 1)], "") + &cluster("idle", &[(idle, 1)], "")),
         )
     };
     let requests = [

@@ -137,7 +137,7 @@ fn stats_endpoint(q: &[(String, String)], prometheus: bool) -> Response<Full<Byt
     if prometheus || format == Some("prometheus") {
         let used_only = used_only && prometheus;
         let mut body = stats::prometheus(&samples, used_only);
-        body.push_str(&stats::prometheus_histograms(&hists, used_only));
+        body.push_str(&stats::prometheus_histograms(&hists));
         return reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=UTF-8",

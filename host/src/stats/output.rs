@@ -196,10 +196,12 @@ fn labels(tags: &[(&'static str, String)], extra: Option<(&str, String)>) -> Str
 }
 
 /// Histograms as Prometheus histograms: `_bucket{le=..}`, `_sum`, `_count`.
-pub fn prometheus_histograms(hists: &[(String, HistogramSample)], used_only: bool) -> String {
+pub fn prometheus_histograms(hists: &[(String, HistogramSample)]) -> String {
     let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, h) in hists {
-        if used_only && h.count == 0 {
+        // As Envoy: a histogram appears once a value was recorded in it (a
+        // cluster's upstream_rq_time only after its first upstream request).
+        if h.count == 0 {
             continue;
         }
         let (base, tags) = extract(name);
