@@ -3137,14 +3137,12 @@ async fn stats_and_access_logs_match_envoy() {
     let up = echo_server("up").await;
     let routes = "              - match: {prefix: \"/d\"}\n                direct_response: {status: 200, body: {inline_string: \"hi\"}}\n              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
     let yaml = |log: &Path| {
-        let hcm = format!(
-            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
-            log.display()
-        );
         // `idle` gets no traffic: neither proxy may export its upstream_rq_time.
         let idle: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-        bootstrap(
-            &http_listener("main", "ingress", routes, &hcm),
+        logged_bootstrap(
+            log,
+            routes,
+            "",
             &(cluster("up", &[(up, 1)], "") + &cluster("idle", &[(idle, 1)], "")),
         )
     };
@@ -3175,16 +3173,7 @@ async fn fault_stats_and_flags_match_envoy() {
     let filter = format!(
         "          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": {FAULT}\n              abort: {{header_abort: {{}}, percentage: {{numerator: 100}}}}\n              delay: {{header_delay: {{}}, percentage: {{numerator: 100}}}}\n              response_rate_limit: {{header_limit: {{}}, percentage: {{numerator: 100}}}}\n"
     );
-    let yaml = |log: &Path| {
-        let hcm = format!(
-            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
-            log.display()
-        );
-        bootstrap(
-            &support::http_listener_with_filters("main", "ingress", routes, &hcm, &filter),
-            &cluster("up", &[(up, 1)], ""),
-        )
-    };
+    let yaml = |log: &Path| logged_bootstrap(log, routes, &filter, &cluster("up", &[(up, 1)], ""));
     let get = |h: &str| format!("GET /f HTTP/1.1\r\nHost: h\r\n{h}Connection: close\r\n\r\n");
     let requests = [
         get(""),
@@ -3212,16 +3201,7 @@ async fn rbac_stats_match_envoy() {
     let filter = format!(
         "          - name: envoy.filters.http.rbac\n            typed_config:\n              \"@type\": {RBAC}\n              rules_stat_prefix: r_\n              shadow_rules_stat_prefix: sh_\n              rules:\n                action: ALLOW\n                policies:\n                  get: {{permissions: [{{header: {{name: \":method\", string_match: {{exact: GET}}}}}}], principals: [{{any: true}}]}}\n              shadow_rules:\n                action: DENY\n                policies:\n                  admin: {{permissions: [{{url_path: {{path: {{prefix: /admin}}}}}}], principals: [{{any: true}}]}}\n"
     );
-    let yaml = |log: &Path| {
-        let hcm = format!(
-            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
-            log.display()
-        );
-        bootstrap(
-            &support::http_listener_with_filters("main", "ingress", routes, &hcm, &filter),
-            &cluster("up", &[(up, 1)], ""),
-        )
-    };
+    let yaml = |log: &Path| logged_bootstrap(log, routes, &filter, &cluster("up", &[(up, 1)], ""));
     let requests = [
         "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
         "GET /admin HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
@@ -3399,8 +3379,7 @@ async fn jwt_stats_match_envoy() {
         }
     })
     .await;
-    // A key server that fails (a closed port would leave Envoy without the
-    // cluster's latency histogram, which legate always exports).
+    // A key server that fails.
     let broken = support::http_server(|_req: hyper::Request<hyper::body::Incoming>| async {
         let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
         *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
@@ -3430,16 +3409,7 @@ async fn jwt_stats_match_envoy() {
         cluster("broken", &[(broken, 1)], ""),
     ]
     .concat();
-    let yaml = |log: &Path| {
-        let hcm = format!(
-            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
-            log.display()
-        );
-        bootstrap(
-            &support::http_listener_with_filters("main", "ingress", routes, &hcm, &filter),
-            &clusters,
-        )
-    };
+    let yaml = |log: &Path| logged_bootstrap(log, routes, &filter, &clusters);
     let now = jwt::now();
     let claims = |iss: &str, exp: i64| json!({"iss": iss, "aud": "api", "exp": now + exp});
     let get = |path: &str, token: &str| {
@@ -3470,6 +3440,19 @@ async fn jwt_stats_match_envoy() {
     ];
     let mismatches = stats_and_logs_differ(&yaml, &requests, &compared).await;
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// Listener `main` (stat prefix `ingress`) with `filters` before the router and
+/// an access log in Envoy's default format at `log`, plus `clusters`.
+fn logged_bootstrap(log: &Path, routes: &str, filters: &str, clusters: &str) -> String {
+    let hcm = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}",
+        log.display()
+    );
+    bootstrap(
+        &support::http_listener_with_filters("main", "ingress", routes, &hcm, filters),
+        clusters,
+    )
 }
 
 /// Runs `requests` (raw HTTP/1.1, one connection each, in order) through Envoy

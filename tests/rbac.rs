@@ -531,29 +531,26 @@ fn config_errors_name_the_field() {
     let err = validate_err(&config(empty, ROUTE_ALL, "", up));
     assert!(err.contains("at least one permission is required"), "{err}");
 
+    let net_err = |rbac: &str| {
+        validate_err(&bootstrap(
+            &tcp_listener("t", rbac),
+            &cluster("up", &[(up, 1)], ""),
+        ))
+    };
     let delay = "          stat_prefix: t\n          delay_deny: 1s\n";
-    let err = validate_err(&bootstrap(
-        &tcp_listener("t", delay),
-        &cluster("up", &[(up, 1)], ""),
-    ));
+    let err = net_err(delay);
     assert!(
         err.contains("field \"delay_deny\" is not supported by legate"),
         "{err}"
     );
     let header = "          stat_prefix: t\n          rules: {policies: {h: {permissions: [{any: true}], principals: [{not_id: {header: {name: x, present_match: true}}}]}}}\n";
-    let err = validate_err(&bootstrap(
-        &tcp_listener("t", header),
-        &cluster("up", &[(up, 1)], ""),
-    ));
+    let err = net_err(header);
     assert!(
         err.contains("policy \"h\": header rules are not supported by the network RBAC filter"),
         "{err}"
     );
     let no_prefix = "          rules: {}\n";
-    let err = validate_err(&bootstrap(
-        &tcp_listener("t", no_prefix),
-        &cluster("up", &[(up, 1)], ""),
-    ));
+    let err = net_err(no_prefix);
     assert!(
         err.contains("missing required field \"stat_prefix\""),
         "{err}"

@@ -374,6 +374,7 @@ impl HttpFilter for JwtAuthn {
                     client,
                     extracted: RefCell::new(BTreeMap::new()),
                     now,
+                    cache: verify::worker_cache(&self.shared),
                 };
                 let status = match self.shared.requirement(&decision) {
                     Some(r) => check.eval(r).await,

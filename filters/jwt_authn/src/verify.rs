@@ -34,6 +34,8 @@ pub(crate) struct Check<'a> {
     pub extracted: RefCell<BTreeMap<String, MetadataValue>>,
     /// Seconds since the epoch, for `exp` and `nbf`.
     pub now: u64,
+    /// This worker's key sets and verified tokens for this filter config.
+    pub cache: Rc<WorkerCache>,
 }
 
 impl<'a> Check<'a> {
@@ -179,7 +181,7 @@ impl<'a> Check<'a> {
         if s == Status::Ok {
             self.accept(p, &jwt, found);
             if provider.is_some() {
-                worker_cache(sh).remember(index, &found.token, jwt, keys);
+                self.cache.remember(index, &found.token, jwt, keys);
             }
         }
         s
@@ -188,7 +190,7 @@ impl<'a> Check<'a> {
     /// The token, if this worker verified it for provider `index` against the
     /// key set still in use.
     fn remembered(&self, index: usize, token: &str) -> Option<Rc<Jwt>> {
-        let cache = worker_cache(self.shared);
+        let cache = &self.cache;
         let verified = cache.verified[index].borrow();
         let (jwt, keys) = verified.get(token)?;
         if let Some(keys) = keys {
@@ -212,14 +214,14 @@ impl<'a> Check<'a> {
         jwt: &Jwt,
     ) -> (Status, Option<Rc<Jwks>>) {
         let sh = self.shared;
-        let cache = worker_cache(sh);
+        let cache = &self.cache;
         let cached = cache.remote[index]
             .borrow()
             .as_ref()
             .filter(|c| c.expires > Instant::now())
             .map(|c| (c.jwks.clone(), c.fetched));
         let Some((jwks, fetched)) = cached else {
-            return match self.fetch(index, r, &cache).await {
+            return match self.fetch(index, r).await {
                 Some(jwks) => (jwks.verify(jwt), Some(jwks)),
                 None => (Status::JwksFetchFail, None),
             };
@@ -234,13 +236,13 @@ impl<'a> Check<'a> {
         }
         // The issuer may have rotated its keys: fetch again (rate-limited by
         // `kid_refetch_interval`), keeping the old set if that fails.
-        match self.fetch(index, r, &cache).await {
+        match self.fetch(index, r).await {
             Some(jwks) => (jwks.verify(jwt), Some(jwks)),
             None => (s, None),
         }
     }
 
-    async fn fetch(&self, index: usize, r: &RemoteJwks, cache: &WorkerCache) -> Option<Rc<Jwks>> {
+    async fn fetch(&self, index: usize, r: &RemoteJwks) -> Option<Rc<Jwks>> {
         let sh = self.shared;
         let jwks = match &self.client {
             Some(client) => fetch_jwks(client.as_ref(), r).await,
@@ -253,7 +255,7 @@ impl<'a> Check<'a> {
         sh.stats.jwks_fetch_success.inc();
         let jwks = Rc::new(jwks);
         let now = Instant::now();
-        *cache.remote[index].borrow_mut() = Some(Cached {
+        *self.cache.remote[index].borrow_mut() = Some(Cached {
             jwks: jwks.clone(),
             fetched: now,
             expires: now + r.cache_duration,
@@ -500,7 +502,7 @@ thread_local! {
     static WORKER_CACHES: RefCell<Vec<(Weak<Shared>, Rc<WorkerCache>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn worker_cache(shared: &Arc<Shared>) -> Rc<WorkerCache> {
+pub(crate) fn worker_cache(shared: &Arc<Shared>) -> Rc<WorkerCache> {
     WORKER_CACHES.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|(w, _)| w.strong_count() > 0);

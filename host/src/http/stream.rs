@@ -797,9 +797,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         })
     });
     let grpc = local_reply::is_grpc(&parts.headers);
-    let mut info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id)
+    let info = StreamInfo::new(start_time, downstream_remote, cx.local, cx.id)
         .with_direct_remote(cx.remote);
-    info.http_client = Some(cx.worker.clusters.clone());
     let mut st = Stream {
         cx: cx.clone(),
         tail: Some(Box::new(Tail {
@@ -913,6 +912,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     let mut matched = match_route(&parts, &path);
 
     if !filters.is_empty() {
+        st.info.http_client = Some(cx.worker.clusters.clone());
         if let Some((_, route)) = matched {
             st.info.route_name = (!route.name.is_empty()).then(|| route.name.clone());
             st.info.per_filter_config = route.per_filter_config.clone();
