@@ -5,10 +5,16 @@
 //! in order, and hands what survives to the terminal filter through [`DownstreamIo`].
 //! Bytes the terminal writes back run through the filters' `on_write` in reverse.
 
+use std::any::Any;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use tokio::net::TcpStream;
 
 use crate::DynamicMetadata;
 
@@ -88,6 +94,65 @@ pub trait DownstreamIo {
     async fn shutdown_write(&mut self) -> std::io::Result<()>;
     /// The connection's info and metadata.
     fn info(&mut self) -> &mut ConnectionInfo;
+    /// The clusters of the config version this connection belongs to, for
+    /// terminal filters that open their own upstream connections.
+    fn clusters(&self) -> Rc<dyn TcpClusters>;
+    /// Splits the connection into a read half and a write half, so a terminal
+    /// filter can answer pipelined requests while more arrive. The chain's
+    /// filters still see every read and write; `on_close` runs once both halves
+    /// are dropped.
+    fn split(self: Box<Self>) -> (Box<dyn DownstreamRead>, Box<dyn DownstreamWrite>);
+}
+
+/// The read half of a split [`DownstreamIo`].
+#[async_trait(?Send)]
+pub trait DownstreamRead {
+    /// As [`DownstreamIo::read`].
+    async fn read(&mut self) -> std::io::Result<Option<BytesMut>>;
+}
+
+/// The write half of a split [`DownstreamIo`].
+#[async_trait(?Send)]
+pub trait DownstreamWrite {
+    /// As [`DownstreamIo::write`].
+    async fn write(&mut self, data: BytesMut) -> std::io::Result<()>;
+    /// As [`DownstreamIo::shutdown_write`].
+    async fn shutdown_write(&mut self) -> std::io::Result<()>;
+}
+
+/// The future of [`TcpCluster::connect`].
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + 'a>>;
+
+/// The clusters of a config version as one worker sees them. Not `Send`: each
+/// worker has its own.
+pub trait TcpClusters {
+    /// The cluster called `name`, if the config has one.
+    fn get(&self, name: &str) -> Option<Rc<dyn TcpCluster>>;
+}
+
+/// One cluster, for a terminal filter that keeps its own connections to the
+/// cluster's hosts (the Redis proxy keeps one per host per worker).
+pub trait TcpCluster {
+    /// The cluster's name.
+    fn name(&self) -> &str;
+    /// The host that owns `hash` under the cluster's `lb_policy` (RING_HASH,
+    /// MAGLEV); with other policies, the next host the policy picks. `None` when
+    /// the cluster has no host (counted as `upstream_cx_none_healthy`).
+    fn pick(&self, hash: u64) -> Option<SocketAddr>;
+    /// Every host of the cluster, in config order.
+    fn hosts(&self) -> Vec<SocketAddr>;
+    /// Connects to one of the cluster's hosts within its `connect_timeout`,
+    /// counting the cluster's `upstream_cx_*` stats.
+    fn connect(&self, addr: SocketAddr) -> ConnectFuture<'_>;
+    /// Counts the end of a connection made by [`TcpCluster::connect`]
+    /// (`upstream_cx_active`, `upstream_cx_destroy`) and the bytes it carried.
+    fn closed(&self, rx_bytes: u64, tx_bytes: u64);
+    /// Counts requests sent (`upstream_rq_total`) and timed out
+    /// (`upstream_rq_timeout`) on the cluster's connections.
+    fn count_requests(&self, total: u64, timeouts: u64);
+    /// The cluster's `typed_extension_protocol_options` entry for a filter
+    /// (e.g. `envoy.filters.network.redis_proxy`), as the host parsed it.
+    fn protocol_options(&self, filter: &str) -> Option<Arc<dyn Any + Send + Sync>>;
 }
 
 /// The last filter of a chain: it owns the connection until it ends.

@@ -31,3 +31,42 @@ pub fn seed(seed: u64) {
 pub fn u64() -> u64 {
     RNG.with(|r| r.borrow_mut().u64(..))
 }
+
+/// Envoy's `FractionalPercent`: `numerator` out of `denominator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Percentage {
+    /// How many out of `denominator`; above it means always.
+    pub numerator: u32,
+    /// 100, 10 000 or 1 000 000 (`HUNDRED`, `TEN_THOUSAND`, `MILLION`).
+    pub denominator: u32,
+}
+
+impl Percentage {
+    /// Envoy's default when a `percentage` is absent: 0 out of 100, so never.
+    pub const NEVER: Percentage = Percentage {
+        numerator: 0,
+        denominator: 100,
+    };
+
+    /// Always: 100 out of 100.
+    pub const ALWAYS: Percentage = Percentage {
+        numerator: 100,
+        denominator: 100,
+    };
+
+    /// Whether a uniformly random `roll` falls within the percentage.
+    ///
+    /// ```
+    /// use legate_filter_api::random::Percentage;
+    /// let half = Percentage { numerator: 50, denominator: 100 };
+    /// assert!(half.hit(149) && !half.hit(150));
+    /// ```
+    pub fn hit(self, roll: u64) -> bool {
+        roll % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
+    }
+
+    /// Draws from this worker's generator ([`u64`]).
+    pub fn roll(self) -> bool {
+        self.numerator > 0 && self.hit(u64())
+    }
+}

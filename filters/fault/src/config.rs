@@ -29,36 +29,16 @@ pub mod headers {
     pub const DOWNSTREAM_SERVICE_CLUSTER: &str = "x-envoy-downstream-service-cluster";
 }
 
-/// Envoy's `FractionalPercent`: `numerator` out of `denominator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Percentage {
-    /// How many out of `denominator`; above it means always.
-    pub numerator: u32,
-    /// 100, 10 000 or 1 000 000 (`HUNDRED`, `TEN_THOUSAND`, `MILLION`).
-    pub denominator: u32,
-}
+pub use legate_filter_api::random::Percentage;
 
-impl Percentage {
-    /// Envoy's default when `percentage` is absent: 0 out of 100, so never.
-    pub const NEVER: Percentage = Percentage {
-        numerator: 0,
-        denominator: 100,
-    };
-
-    /// Whether a uniformly random `roll` falls within the percentage.
-    pub fn hit(self, roll: u64) -> bool {
-        roll % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
-    }
-
-    /// The percentage after a request header that may lower (never raise) it.
-    fn capped_by(self, headers: &HeaderMap, name: &str) -> Percentage {
-        match first_uint(headers, name).and_then(|n| u32::try_from(n).ok()) {
-            Some(n) => Percentage {
-                numerator: n.min(self.numerator),
-                ..self
-            },
-            None => self,
-        }
+/// The percentage after a request header that may lower (never raise) it.
+fn capped_by(p: Percentage, headers: &HeaderMap, name: &str) -> Percentage {
+    match first_uint(headers, name).and_then(|n| u32::try_from(n).ok()) {
+        Some(n) => Percentage {
+            numerator: n.min(p.numerator),
+            ..p
+        },
+        None => p,
     }
 }
 
@@ -75,9 +55,7 @@ impl FaultDelay {
     pub(crate) fn percentage(&self, h: &HeaderMap) -> Percentage {
         match self.fixed {
             Some(_) => self.percentage,
-            None => self
-                .percentage
-                .capped_by(h, headers::DELAY_REQUEST_PERCENTAGE),
+            None => capped_by(self.percentage, h, headers::DELAY_REQUEST_PERCENTAGE),
         }
     }
 
@@ -112,9 +90,7 @@ pub struct FaultAbort {
 impl FaultAbort {
     pub(crate) fn percentage(&self, h: &HeaderMap) -> Percentage {
         match self.kind {
-            AbortKind::Header => self
-                .percentage
-                .capped_by(h, headers::ABORT_REQUEST_PERCENTAGE),
+            AbortKind::Header => capped_by(self.percentage, h, headers::ABORT_REQUEST_PERCENTAGE),
             _ => self.percentage,
         }
     }
@@ -151,9 +127,7 @@ impl FaultRateLimit {
     pub(crate) fn percentage(&self, h: &HeaderMap) -> Percentage {
         match self.fixed_kbps {
             Some(_) => self.percentage,
-            None => self
-                .percentage
-                .capped_by(h, headers::THROUGHPUT_RESPONSE_PERCENTAGE),
+            None => capped_by(self.percentage, h, headers::THROUGHPUT_RESPONSE_PERCENTAGE),
         }
     }
 

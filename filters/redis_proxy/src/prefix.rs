@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+use crate::config::Mirror;
+
 /// One `routes[]` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -14,6 +16,20 @@ pub struct Route {
     pub remove_prefix: bool,
     /// The cluster the keys go to.
     pub cluster: String,
+    /// `request_mirror_policy`.
+    pub mirrors: Vec<Mirror>,
+}
+
+impl Route {
+    /// A route for every key (`catch_all_route`).
+    pub fn catch_all(cluster: String, mirrors: Vec<Mirror>) -> Route {
+        Route {
+            prefix: Bytes::new(),
+            remove_prefix: false,
+            cluster,
+            mirrors,
+        }
+    }
 }
 
 /// The routes of one filter, ready for lookups.
@@ -22,7 +38,7 @@ pub struct PrefixRoutes {
     /// Sorted by prefix length, longest first (ties keep config order).
     routes: Vec<Route>,
     case_insensitive: bool,
-    catch_all: Option<String>,
+    catch_all: Option<Route>,
 }
 
 /// Where a key goes.
@@ -32,8 +48,8 @@ pub struct Match<'a> {
     pub cluster: &'a str,
     /// The key to send (without the prefix when `remove_prefix` is set).
     pub key: &'a [u8],
-    /// The route that matched; `None` for the catch-all route.
-    pub route: Option<&'a Route>,
+    /// The route that matched (the catch-all route when no prefix did).
+    pub route: &'a Route,
 }
 
 /// A configuration error: two routes with the same prefix (Envoy refuses them).
@@ -58,7 +74,7 @@ impl PrefixRoutes {
     pub fn new(
         routes: Vec<Route>,
         case_insensitive: bool,
-        catch_all: Option<String>,
+        catch_all: Option<Route>,
     ) -> Result<Self, DuplicatePrefix> {
         for (i, a) in routes.iter().enumerate() {
             if routes[..i]
@@ -86,15 +102,20 @@ impl PrefixRoutes {
                 return Some(Match {
                     cluster: &r.cluster,
                     key: if r.remove_prefix { &key[n..] } else { key },
-                    route: Some(r),
+                    route: r,
                 });
             }
         }
-        self.catch_all.as_deref().map(|cluster| Match {
-            cluster,
+        self.catch_all.as_ref().map(|r| Match {
+            cluster: &r.cluster,
             key,
-            route: None,
+            route: r,
         })
+    }
+
+    /// Every route, the catch-all last.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(&self.catch_all)
     }
 }
 

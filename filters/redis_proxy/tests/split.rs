@@ -249,6 +249,7 @@ fn routes(ci: bool, catch_all: Option<&str>) -> PrefixRoutes {
         prefix: Bytes::from_static(p.as_bytes()),
         remove_prefix: remove,
         cluster: c.into(),
+        mirrors: vec![],
     };
     PrefixRoutes::new(
         vec![
@@ -257,7 +258,7 @@ fn routes(ci: bool, catch_all: Option<&str>) -> PrefixRoutes {
             r("x", false, "x"),
         ],
         ci,
-        catch_all.map(String::from),
+        catch_all.map(|c| Route::catch_all(c.into(), vec![])),
     )
     .unwrap()
 }
@@ -270,7 +271,8 @@ fn prefix_routes_longest_wins() {
     let m = t.route(b"abd").unwrap();
     assert_eq!((m.cluster, m.key), ("short", &b"abd"[..]));
     let m = t.route(b"ABC:key").unwrap();
-    assert_eq!((m.cluster, m.key, m.route), ("all", &b"ABC:key"[..], None));
+    assert_eq!((m.cluster, m.key), ("all", &b"ABC:key"[..]));
+    assert!(m.route.prefix.is_empty());
     assert!(routes(false, None).route(b"zzz").is_none());
     let ci = routes(true, None);
     let m = ci.route(b"ABC:Key").unwrap();
@@ -281,11 +283,13 @@ fn prefix_routes_longest_wins() {
                 prefix: Bytes::from_static(b"A"),
                 remove_prefix: false,
                 cluster: "1".into(),
+                mirrors: vec![],
             },
             Route {
                 prefix: Bytes::from_static(b"a"),
                 remove_prefix: false,
                 cluster: "2".into(),
+                mirrors: vec![],
             },
         ],
         true,

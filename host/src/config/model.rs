@@ -43,7 +43,9 @@ impl Bootstrap {
                                 }
                             }
                         }
-                        NetworkFilter::TcpProxy(_) | NetworkFilter::Native(_) => {}
+                        NetworkFilter::TcpProxy(_)
+                        | NetworkFilter::Native(_)
+                        | NetworkFilter::Terminal(_) => {}
                     }
                 }
             }
@@ -98,6 +100,8 @@ pub enum NetworkFilter {
     Native(NativeFilter<dyn legate_filter_api::network::NetworkFilterFactory>),
     TcpProxy(Arc<TcpProxy>),
     HttpConnectionManager(Arc<HttpConnectionManager>),
+    /// A built-in terminal filter (`redis_proxy`).
+    Terminal(NativeFilter<dyn legate_filter_api::network::TerminalFilterFactory>),
 }
 
 #[derive(Debug, Clone)]
@@ -422,4 +426,32 @@ pub struct Cluster {
     pub http2: bool,
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
+    /// `typed_extension_protocol_options` meant for filters (the Redis proxy's).
+    pub protocol_options: FilterProtocolOptions,
+}
+
+/// Protocol options a cluster carries for a filter, by the filter's name, as
+/// that filter's parser built them.
+#[derive(Default, Clone)]
+pub struct FilterProtocolOptions(Vec<(&'static str, Arc<dyn std::any::Any + Send + Sync>)>);
+
+impl FilterProtocolOptions {
+    pub fn get(&self, filter: &str) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == filter)
+            .map(|(_, o)| o.clone())
+    }
+
+    pub fn insert(&mut self, filter: &'static str, options: Arc<dyn std::any::Any + Send + Sync>) {
+        self.0.push((filter, options));
+    }
+}
+
+impl std::fmt::Debug for FilterProtocolOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
 }

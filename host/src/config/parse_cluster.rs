@@ -106,12 +106,20 @@ pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
         http2_options(&g);
         http2 = true;
     }
+    let mut protocol_options = FilterProtocolOptions::default();
     if let Some(g) = o.get("typed_extension_protocol_options") {
         for (key, v) in g.map_entries() {
+            if key == names::REDIS_PROXY {
+                if let Some(p) = super::parse_redis::protocol_options(&v) {
+                    protocol_options.insert(names::REDIS_PROXY, p);
+                }
+                continue;
+            }
             if key != names::HTTP_PROTOCOL_OPTIONS {
                 v.error(format!(
-                    "unsupported protocol options \"{key}\" (supported: {})",
-                    names::HTTP_PROTOCOL_OPTIONS
+                    "unsupported protocol options \"{key}\" (supported: {}, {})",
+                    names::HTTP_PROTOCOL_OPTIONS,
+                    names::REDIS_PROXY
                 ));
                 continue;
             }
@@ -136,6 +144,7 @@ pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
         http2,
         dns_refresh_rate,
         dns_lookup_family,
+        protocol_options,
     })
 }
 

@@ -100,7 +100,12 @@ fn uint32_value(f: &Field<'_>) -> Option<u64> {
 
 /// `envoy.type.v3.FractionalPercent`; absent means Envoy's default, 0%.
 pub(crate) fn fractional_percent(o: &mut Obj<'_>) -> Percentage {
-    let Some(g) = o.get("percentage") else {
+    fractional_percent_at(o, "percentage")
+}
+
+/// A `FractionalPercent` under `key`; absent means 0%.
+pub(crate) fn fractional_percent_at(o: &mut Obj<'_>, key: &'static str) -> Percentage {
+    let Some(g) = o.get(key) else {
         return Percentage::NEVER;
     };
     let Some(mut p) = g.obj() else {

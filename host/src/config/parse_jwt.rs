@@ -6,7 +6,6 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use legate_filter_api::HttpFilterFactory;
 use legate_jwt_authn::jwks::Jwks;
 use legate_jwt_authn::{
@@ -143,7 +142,7 @@ fn provider(f: &Field<'_>, name: &str, refs: &mut Vec<ClusterRef>) -> Option<Pro
             Some(r) => p.jwks = JwksSource::Remote(r),
             None => ok = false,
         },
-        Some((_, g)) => match local_jwks(&g) {
+        Some((_, g)) => match super::walk::data_source(&g) {
             Some(text) => p.jwks = JwksSource::Local(Jwks::parse(&text).map(Arc::new)),
             None => ok = false,
         },
@@ -271,44 +270,6 @@ fn remote_jwks(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RemoteJwks> 
         timeout: timeout?,
         cache_duration,
     })
-}
-
-/// A `DataSource` holding a JWKS document.
-fn local_jwks(f: &Field<'_>) -> Option<Vec<u8>> {
-    let mut o = f
-        .obj()?
-        .unsupported(&["environment_variable", "watched_directory"]);
-    let text = match o.one_of(&["inline_string", "inline_bytes", "filename"]) {
-        Some(("inline_string", g)) => g.str().map(String::into_bytes),
-        Some(("inline_bytes", g)) => g.str().and_then(|s| {
-            let engine = base64::engine::GeneralPurpose::new(
-                &base64::alphabet::STANDARD,
-                base64::engine::GeneralPurposeConfig::new()
-                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-            );
-            let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            match engine.decode(compact) {
-                Ok(b) => Some(b),
-                Err(_) => {
-                    g.error("inline_bytes must be base64");
-                    None
-                }
-            }
-        }),
-        Some((_, g)) => g.str().and_then(|path| match std::fs::read(&path) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                g.error(format!("cannot read \"{path}\": {e}"));
-                None
-            }
-        }),
-        None => {
-            o.error("one of \"inline_string\", \"inline_bytes\" or \"filename\" is required");
-            None
-        }
-    };
-    o.finish();
-    text
 }
 
 fn rule(f: &Field<'_>, providers: &[String], map: &[(String, Requirement)]) -> Option<Rule> {

@@ -133,7 +133,9 @@ fn filter_chain(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<FilterChain
             if let Some(nf) = network_filter(item, refs) {
                 let terminal = matches!(
                     nf,
-                    NetworkFilter::TcpProxy(_) | NetworkFilter::HttpConnectionManager(_)
+                    NetworkFilter::TcpProxy(_)
+                        | NetworkFilter::HttpConnectionManager(_)
+                        | NetworkFilter::Terminal(_)
                 );
                 if terminal && i + 1 != n {
                     item.error("this filter is terminal and must be the last in the chain");
@@ -259,6 +261,12 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
             expect_type(names::HCM_TYPE);
             parse_http::hcm(tc.obj, refs).map(|h| NetworkFilter::HttpConnectionManager(Arc::new(h)))
         }
+        names::REDIS_PROXY => {
+            expect_type(super::parse_redis::TYPE);
+            let factory = super::parse_redis::filter(tc.obj, refs)?;
+            let name = given_name.unwrap_or(name);
+            Some(NetworkFilter::Terminal(NativeFilter { name, factory }))
+        }
         names::NETWORK_WASM => {
             expect_type(super::parse_wasm::NETWORK_TYPE);
             super::parse_wasm::filter(tc.obj, super::parse_wasm::Role::Network)
@@ -274,6 +282,7 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
                     names::HCM,
                     names::NETWORK_WASM,
                     names::NETWORK_RBAC,
+                    names::REDIS_PROXY,
                 ],
                 names::KNOWN_UNSUPPORTED_NETWORK,
             );

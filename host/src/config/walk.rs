@@ -418,6 +418,46 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// An `envoy.config.core.v3.DataSource`: `inline_string`, `inline_bytes`
+/// (base64) or `filename`, read now.
+pub fn data_source(f: &Field<'_>) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let mut o = f
+        .obj()?
+        .unsupported(&["environment_variable", "watched_directory"]);
+    let text = match o.one_of(&["inline_string", "inline_bytes", "filename"]) {
+        Some(("inline_string", g)) => g.str().map(String::into_bytes),
+        Some(("inline_bytes", g)) => g.str().and_then(|s| {
+            let engine = base64::engine::GeneralPurpose::new(
+                &base64::alphabet::STANDARD,
+                base64::engine::GeneralPurposeConfig::new()
+                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+            );
+            let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            match engine.decode(compact) {
+                Ok(b) => Some(b),
+                Err(_) => {
+                    g.error("inline_bytes must be base64");
+                    None
+                }
+            }
+        }),
+        Some((_, g)) => g.str().and_then(|path| match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                g.error(format!("cannot read \"{path}\": {e}"));
+                None
+            }
+        }),
+        None => {
+            o.error("one of \"inline_string\", \"inline_bytes\" or \"filename\" is required");
+            None
+        }
+    };
+    o.finish();
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

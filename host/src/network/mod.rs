@@ -9,11 +9,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use legate_filter_api::network::{
-    ConnectionInfo, DownstreamIo, NetworkAction, NetworkFilter, NetworkFilterFactory,
-    TerminalFilterFactory,
+    ConnectionInfo, DownstreamIo, DownstreamRead, DownstreamWrite, NetworkAction, NetworkFilter,
+    NetworkFilterFactory, TcpClusters, TerminalFilterFactory,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use crate::http::Hcm;
@@ -68,9 +69,9 @@ pub async fn serve(
         Terminal::Filter(f) => {
             let io = Downstream {
                 stream,
-                filters,
-                info,
+                chain: FilterChain { filters, info },
                 closed: false,
+                clusters: worker.clusters.clone(),
             };
             f.create().serve(Box::new(io)).await;
         }
@@ -85,42 +86,83 @@ pub async fn serve(
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The chain's read/write filters and the connection's info. `on_close` runs
+/// when it is dropped, after the terminal filter let go of the connection.
+struct FilterChain {
+    filters: Vec<Box<dyn NetworkFilter>>,
+    info: ConnectionInfo,
+}
+
+impl FilterChain {
+    /// Runs `on_read` in order; false when a filter closed the connection.
+    async fn read(&mut self, buf: &mut BytesMut, eos: bool) -> bool {
+        for f in self.filters.iter_mut() {
+            if f.on_read(buf, eos, &mut self.info).await == NetworkAction::Close {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs `on_write` in reverse order; false when a filter closed the connection.
+    async fn write(&mut self, data: &mut BytesMut) -> bool {
+        for f in self.filters.iter_mut().rev() {
+            if f.on_write(data, false, &mut self.info).await == NetworkAction::Close {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for FilterChain {
+    fn drop(&mut self) {
+        for f in self.filters.iter_mut() {
+            f.on_close(&self.info);
+        }
+    }
+}
+
+async fn read_chunk<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    chain: &mut FilterChain,
+    closed: &mut bool,
+) -> std::io::Result<Option<BytesMut>> {
+    while !*closed {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let eos = rd.read_buf(&mut buf).await? == 0;
+        if !chain.read(&mut buf, eos).await {
+            *closed = true;
+            return Ok(None);
+        }
+        *closed = eos;
+        if !buf.is_empty() {
+            return Ok(Some(buf));
+        }
+    }
+    Ok(None)
+}
+
 /// The downstream socket as a terminal filter sees it: reads pass the chain's
 /// `on_read` in order, writes pass `on_write` in reverse.
 struct Downstream {
     stream: TcpStream,
-    filters: Vec<Box<dyn NetworkFilter>>,
-    info: ConnectionInfo,
+    chain: FilterChain,
     closed: bool,
+    clusters: Rc<crate::upstream::WorkerClusters>,
 }
 
 #[async_trait(?Send)]
 impl DownstreamIo for Downstream {
     async fn read(&mut self) -> std::io::Result<Option<BytesMut>> {
-        while !self.closed {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            let eos = self.stream.read_buf(&mut buf).await? == 0;
-            for f in self.filters.iter_mut() {
-                if f.on_read(&mut buf, eos, &mut self.info).await == NetworkAction::Close {
-                    self.closed = true;
-                    return Ok(None);
-                }
-            }
-            self.closed = eos;
-            if !buf.is_empty() {
-                return Ok(Some(buf));
-            }
-        }
-        Ok(None)
+        read_chunk(&mut self.stream, &mut self.chain, &mut self.closed).await
     }
 
     async fn write(&mut self, mut data: BytesMut) -> std::io::Result<()> {
-        for f in self.filters.iter_mut().rev() {
-            if f.on_write(&mut data, false, &mut self.info).await == NetworkAction::Close {
-                self.closed = true;
-                let _ = self.stream.shutdown().await;
-                return Err(std::io::ErrorKind::ConnectionAborted.into());
-            }
+        if !self.chain.write(&mut data).await {
+            self.closed = true;
+            let _ = self.stream.shutdown().await;
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
         }
         self.stream.write_all(&data).await
     }
@@ -130,15 +172,85 @@ impl DownstreamIo for Downstream {
     }
 
     fn info(&mut self) -> &mut ConnectionInfo {
-        &mut self.info
+        &mut self.chain.info
+    }
+
+    fn clusters(&self) -> Rc<dyn TcpClusters> {
+        self.clusters.clone()
+    }
+
+    fn split(self: Box<Self>) -> (Box<dyn DownstreamRead>, Box<dyn DownstreamWrite>) {
+        let Downstream {
+            stream,
+            chain,
+            closed,
+            ..
+        } = *self;
+        let (rd, wr) = stream.into_split();
+        // The halves run concurrently; an async lock keeps a filter's `on_read`
+        // and `on_write` from overlapping. Without filters it is never taken.
+        let has_filters = !chain.filters.is_empty();
+        let chain = Rc::new(tokio::sync::Mutex::new(chain));
+        (
+            Box::new(ReadHalf {
+                rd,
+                chain: chain.clone(),
+                has_filters,
+                closed,
+            }),
+            Box::new(WriteHalf {
+                wr,
+                chain,
+                has_filters,
+            }),
+        )
     }
 }
 
-impl Drop for Downstream {
-    fn drop(&mut self) {
-        for f in self.filters.iter_mut() {
-            f.on_close(&self.info);
+struct ReadHalf {
+    rd: OwnedReadHalf,
+    chain: Rc<tokio::sync::Mutex<FilterChain>>,
+    has_filters: bool,
+    closed: bool,
+}
+
+#[async_trait(?Send)]
+impl DownstreamRead for ReadHalf {
+    async fn read(&mut self) -> std::io::Result<Option<BytesMut>> {
+        if !self.has_filters {
+            if self.closed {
+                return Ok(None);
+            }
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            if self.rd.read_buf(&mut buf).await? == 0 {
+                self.closed = true;
+                return Ok(None);
+            }
+            return Ok(Some(buf));
         }
+        let mut chain = self.chain.lock().await;
+        read_chunk(&mut self.rd, &mut chain, &mut self.closed).await
+    }
+}
+
+struct WriteHalf {
+    wr: OwnedWriteHalf,
+    chain: Rc<tokio::sync::Mutex<FilterChain>>,
+    has_filters: bool,
+}
+
+#[async_trait(?Send)]
+impl DownstreamWrite for WriteHalf {
+    async fn write(&mut self, mut data: BytesMut) -> std::io::Result<()> {
+        if self.has_filters && !self.chain.lock().await.write(&mut data).await {
+            let _ = self.wr.shutdown().await;
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        }
+        self.wr.write_all(&data).await
+    }
+
+    async fn shutdown_write(&mut self) -> std::io::Result<()> {
+        self.wr.shutdown().await
     }
 }
 
@@ -152,19 +264,21 @@ mod tests {
     use super::*;
     use crate::upstream::ClusterManager;
 
-    /// A terminal that answers each chunk in upper case until the client closes.
+    /// A terminal that answers each chunk in upper case until the client closes,
+    /// through the split halves.
     struct Upper;
 
     #[async_trait(?Send)]
     impl TerminalFilter for Upper {
-        async fn serve(self: Box<Self>, mut io: Box<dyn DownstreamIo>) {
-            while let Ok(Some(chunk)) = io.read().await {
+        async fn serve(self: Box<Self>, io: Box<dyn DownstreamIo>) {
+            let (mut rd, mut wr) = io.split();
+            while let Ok(Some(chunk)) = rd.read().await {
                 let up = BytesMut::from(&chunk.to_ascii_uppercase()[..]);
-                if io.write(up).await.is_err() {
+                if wr.write(up).await.is_err() {
                     return;
                 }
             }
-            let _ = io.shutdown_write().await;
+            let _ = wr.shutdown_write().await;
         }
     }
 
@@ -231,9 +345,9 @@ mod tests {
                     };
                     let io = Downstream {
                         stream: s,
-                        filters,
-                        info,
+                        chain: FilterChain { filters, info },
                         closed: false,
+                        clusters: worker.clusters.clone(),
                     };
                     t.create().serve(Box::new(io)).await;
                     drop((worker, drain));

@@ -205,6 +205,7 @@ fn build_version(
                             .map_err(|e| format!("access log: {e}"))?;
                         Terminal::TcpProxy(Arc::new(TcpProxy::new(t.clone(), logs)))
                     }
+                    NetworkFilter::Terminal(t) => Terminal::Filter(t.factory.clone()),
                     NetworkFilter::HttpConnectionManager(h) => {
                         let logs = access_log::open(&h.access_log)
                             .map_err(|e| format!("access log: {e}"))?;

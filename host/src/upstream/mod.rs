@@ -8,6 +8,7 @@
 pub mod call;
 mod lb;
 pub mod pool;
+mod tcp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -339,21 +340,26 @@ impl WorkerCluster {
 
     /// Opens a TCP connection to a host, counting Envoy's connect stats.
     pub async fn connect(&self, host: &Host) -> Result<(TcpStream, SocketAddr), ConnectError> {
-        let stats = &self.shared.stats;
         let addr = match self.resolve_host(host).await {
             Ok(a) => a,
             Err(e) => {
-                stats.upstream_cx_connect_fail.inc();
+                self.shared.stats.upstream_cx_connect_fail.inc();
                 return Err(e);
             }
         };
+        Ok((self.connect_addr(addr).await?, addr))
+    }
+
+    /// Opens a TCP connection to a resolved host within `connect_timeout`.
+    pub async fn connect_addr(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+        let stats = &self.shared.stats;
         stats.upstream_cx_total.inc();
         match tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(addr))
             .await
         {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok((s, addr))
+                Ok(s)
             }
             Ok(Err(e)) => {
                 stats.upstream_cx_connect_fail.inc();
@@ -365,6 +371,16 @@ impl WorkerCluster {
                 Err(ConnectError::Timeout)
             }
         }
+    }
+
+    /// The host owning `hash` (RING_HASH, MAGLEV); the next host otherwise.
+    pub fn pick_host_for_hash(&self, hash: u64) -> Option<Host> {
+        let hosts = self.shared.hosts();
+        if hosts.is_empty() {
+            self.shared.stats.upstream_cx_none_healthy.inc();
+            return None;
+        }
+        Some(hosts[(hash % hosts.len() as u64) as usize].clone())
     }
 
     /// The HTTP pool for a host on this worker.
