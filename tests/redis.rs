@@ -1,0 +1,581 @@
+//! `envoy.filters.network.redis_proxy` end to end: the real binary in front of
+//! real `redis-server` processes, driven by the `redis` crate and `redis-cli`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use support::redis_server::{RedisServer, cluster, command, connect, listener, raw};
+use support::{Legate, bootstrap};
+
+/// The settings most tests use.
+const SETTINGS: &str = "          settings: {op_timeout: 2s}\n";
+
+fn catch_all(cluster: &str) -> String {
+    format!("          prefix_routes:\n            catch_all_route: {{cluster: {cluster}}}\n")
+}
+
+async fn start(listener_body: &str, clusters: &str) -> (Legate, SocketAddr) {
+    let l = Legate::start_with(
+        &bootstrap(&listener(listener_body), clusters),
+        &["--concurrency", "1", "--random-seed", "7"],
+    )
+    .await;
+    let a = l.listener("redis").await;
+    (l, a)
+}
+
+/// An error reply's text as the server wrote it (the crate splits off the code).
+fn text(e: &redis::RedisError) -> String {
+    e.to_string().replace(['"', ':'], "")
+}
+
+/// Which server holds each key, read from the servers directly.
+async fn owners(servers: &[&RedisServer], keys: &[String]) -> Vec<usize> {
+    let mut conns = Vec::new();
+    for s in servers {
+        conns.push(s.direct().await);
+    }
+    let mut out = Vec::new();
+    for k in keys {
+        let mut holders = Vec::new();
+        for (i, c) in conns.iter_mut().enumerate() {
+            let n: i64 = c.exists(k).await.unwrap();
+            if n == 1 {
+                holders.push(i);
+            }
+        }
+        assert_eq!(holders.len(), 1, "key {k} is on servers {holders:?}");
+        out.push(holders[0]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn keys_shard_by_hash_and_split_commands_reassemble() {
+    let servers = [
+        RedisServer::start().await,
+        RedisServer::start().await,
+        RedisServer::start().await,
+    ];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let (l, a) = start(
+        &format!("{SETTINGS}{}", catch_all("shards")),
+        &cluster("shards", &refs, "MAGLEV", ""),
+    )
+    .await;
+    let mut c = connect(a, None).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("key:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let () = c.set(k, i).await.unwrap();
+    }
+    let held = owners(&refs, &keys).await;
+    for s in 0..3 {
+        let n = held.iter().filter(|&&o| o == s).count();
+        assert!(n >= 5, "server {s} holds {n} of 60 keys: {held:?}");
+    }
+
+    // mget across servers, in key order, with a missing key as nil.
+    let mut ask: Vec<String> = keys[..20].to_vec();
+    ask.insert(7, "missing".into());
+    let got: Vec<Option<i64>> = c.mget(&ask).await.unwrap();
+    let mut want: Vec<Option<i64>> = (0..20).map(Some).collect();
+    want.insert(7, None);
+    assert_eq!(got, want);
+
+    // mset across servers, then each server holds its own share.
+    let pairs: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("m:{i}"), format!("v{i}")))
+        .collect();
+    let () = c.mset(&pairs).await.unwrap();
+    let mkeys: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+    let mheld = owners(&refs, &mkeys).await;
+    assert!(
+        mheld.iter().any(|&o| o != mheld[0]),
+        "mset keys all on one server"
+    );
+    let v: String = c.get("m:17").await.unwrap();
+    assert_eq!(v, "v17");
+
+    // del / exists / touch / unlink fan out and sum.
+    let n: i64 = c.exists(&mkeys[..10]).await.unwrap();
+    assert_eq!(n, 10);
+    let n: i64 = redis::cmd("touch")
+        .arg(&mkeys[..4])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    let n: i64 = c.del(&mkeys[..10]).await.unwrap();
+    assert_eq!(n, 10);
+    let n: i64 = redis::cmd("unlink")
+        .arg(&mkeys[10..])
+        .arg("nope")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 20);
+    let n: i64 = c.exists(&mkeys).await.unwrap();
+    assert_eq!(n, 0);
+
+    // Envoy's stats.
+    assert_eq!(l.stat("redis.rp.command.set.total").await, 60);
+    assert_eq!(l.stat("redis.rp.command.set.success").await, 60);
+    assert_eq!(l.stat("redis.rp.command.mget.total").await, 1);
+    assert_eq!(l.stat("redis.rp.command.del.success").await, 1);
+    assert_eq!(l.stat("redis.rp.downstream_cx_active").await, 1);
+    assert!(l.stat("redis.rp.downstream_rq_total").await >= 66);
+    // One connection per server, shared: 60 sets, 21 gets, 30 sets, ...
+    assert_eq!(l.stat("cluster.shards.upstream_cx_total").await, 3);
+}
+
+#[tokio::test]
+async fn keys_land_on_the_server_envoy_picks() {
+    let servers = [
+        RedisServer::start().await,
+        RedisServer::start().await,
+        RedisServer::start().await,
+    ];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    for policy in ["MAGLEV", "RING_HASH"] {
+        let yaml = bootstrap(
+            &listener(&format!(
+                "          settings: {{op_timeout: 2s, enable_hashtagging: true}}\n{}",
+                catch_all("shards")
+            )),
+            &cluster("shards", &refs, policy, ""),
+        );
+        let keys: Vec<String> = (0..40).map(|i| format!("{policy}:{i}")).collect();
+        let envoy = support::envoy::Envoy::start(&yaml).await.unwrap();
+        let mut e = connect(envoy.listener("redis").await, None).await;
+        for k in &keys {
+            let () = e.set(k, 1).await.unwrap();
+        }
+        let by_envoy = owners(&refs, &keys).await;
+        drop(e);
+        drop(envoy);
+        for s in &refs {
+            let () = redis::cmd("flushall")
+                .query_async(&mut s.direct().await)
+                .await
+                .unwrap();
+        }
+        let l = Legate::start_with(&yaml, &["--concurrency", "2"]).await;
+        let mut c = connect(l.listener("redis").await, None).await;
+        for k in &keys {
+            let () = c.set(k, 1).await.unwrap();
+        }
+        let by_legate = owners(&refs, &keys).await;
+        assert_eq!(
+            by_legate, by_envoy,
+            "{policy}: legate and Envoy shard differently"
+        );
+        for s in &refs {
+            let () = redis::cmd("flushall")
+                .query_async(&mut s.direct().await)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn hashtags_keep_keys_together_and_prefix_routes_strip() {
+    let shards = [RedisServer::start().await, RedisServer::start().await];
+    let cache = RedisServer::start().await;
+    let mirror = RedisServer::start().await;
+    let refs: Vec<&RedisServer> = shards.iter().collect();
+    let body = r#"          settings: {op_timeout: 2s, enable_hashtagging: true}
+          prefix_routes:
+            routes:
+            - prefix: "cache:"
+              remove_prefix: true
+              cluster: cache
+            - prefix: "audit:"
+              cluster: shards
+              request_mirror_policy:
+              - cluster: mirror
+                exclude_read_commands: true
+            catch_all_route: {cluster: shards}
+"#;
+    let clusters = format!(
+        "{}{}{}",
+        cluster("shards", &refs, "MAGLEV", ""),
+        cluster("cache", &[&cache], "MAGLEV", ""),
+        cluster("mirror", &[&mirror], "MAGLEV", "")
+    );
+    let (_l, a) = start(body, &clusters).await;
+    let mut c = connect(a, None).await;
+    for user in 0..8 {
+        let ka = format!("{{user{user}}}:a");
+        let kb = format!("{{user{user}}}:b");
+        let () = c.set(&ka, 1).await.unwrap();
+        let () = c.set(&kb, 2).await.unwrap();
+        let o = owners(&refs, &[ka, kb]).await;
+        assert_eq!(o[0], o[1], "user{user}'s keys split across servers");
+    }
+
+    // remove_prefix: the cache server holds the key without its prefix.
+    let () = c.set("cache:page", "html").await.unwrap();
+    let v: String = c.get("cache:page").await.unwrap();
+    assert_eq!(v, "html");
+    let mut direct = cache.direct().await;
+    let v: Option<String> = direct.get("page").await.unwrap();
+    assert_eq!(v.as_deref(), Some("html"));
+    let v: Option<String> = direct.get("cache:page").await.unwrap();
+    assert_eq!(v, None);
+
+    // Mirroring of writes: the mirror sees the set but not the get.
+    let () = c.set("audit:1", "x").await.unwrap();
+    let _: Option<String> = c.get("audit:1").await.unwrap();
+    let mut m = mirror.direct().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // `exists`, so the only reads the mirror sees would be mirrored ones.
+        let n: i64 = m.exists("audit:1").await.unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mirror never got the write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let info: String = redis::cmd("info")
+        .arg("commandstats")
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    assert!(info.contains("cmdstat_set:calls=1,"), "{info}");
+    assert!(
+        !info.contains("cmdstat_get:"),
+        "reads are not mirrored: {info}"
+    );
+}
+
+#[tokio::test]
+async fn transactions_auth_and_local_commands() {
+    let server = RedisServer::start_with(&["--requirepass", "upstream-secret"]).await;
+    let body = format!(
+        "{SETTINGS}{}          downstream_auth_passwords: [{{inline_string: s3cret}}, {{inline_string: other}}]\n",
+        catch_all("r")
+    );
+    let extra = r#"    typed_extension_protocol_options:
+      envoy.filters.network.redis_proxy:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions
+        auth_password: {inline_string: upstream-secret}
+"#;
+    let (l, a) = start(&body, &cluster("r", &[&server], "MAGLEV", extra)).await;
+
+    // Before auth, only auth (and quit, hello) are answered.
+    let (out, _) = raw(a, &command(&["get", "k"]), 1).await;
+    assert_eq!(out, b"-NOAUTH Authentication required.\r\n");
+    let (out, _) = raw(
+        a,
+        &[command(&["auth", "wrong"]), command(&["get", "k"])].concat(),
+        2,
+    )
+    .await;
+    assert_eq!(
+        out,
+        b"-ERR invalid password\r\n-NOAUTH Authentication required.\r\n"
+    );
+    let (out, _) = raw(a, &command(&["auth", "bob", "s3cret"]), 1).await;
+    assert_eq!(out, b"-WRONGPASS invalid username-password pair\r\n");
+
+    // With the password the client works, and legate authenticates upstream.
+    let mut c = connect(a, Some("other")).await;
+    let () = c.set("k", "v").await.unwrap();
+    let (k, v): (String, String) = redis::pipe()
+        .atomic()
+        .set("k", "w")
+        .ignore()
+        .get("k")
+        .get("k")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((k.as_str(), v.as_str()), ("w", "w"));
+    let mut d = server.direct().await;
+    let v: String = d.get("k").await.unwrap();
+    assert_eq!(v, "w");
+
+    // MULTI/EXEC/DISCARD on the wire, as Envoy answers them.
+    let tx = [
+        command(&["auth", "s3cret"]),
+        command(&["multi"]),
+        command(&["set", "t", "1"]),
+        command(&["incr", "t"]),
+        command(&["ping"]),
+        command(&["exec"]),
+        command(&["exec"]),
+        command(&["multi"]),
+        command(&["multi"]),
+        command(&["set", "t", "9"]),
+        command(&["discard"]),
+    ]
+    .concat();
+    let (out, _) = raw(a, &tx, 10).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n+PONG\r\n*2\r\n+OK\r\n:2\r\n-EXEC without MULTI\r\n\
+         +OK\r\n-MULTI calls can not be nested\r\n+QUEUED\r\n+OK\r\n"
+    );
+    let v: i64 = c.get("t").await.unwrap();
+    assert_eq!(v, 2, "the discarded set did not run");
+
+    // Local answers.
+    let (out, _) = raw(
+        a,
+        &[
+            command(&["auth", "s3cret"]),
+            command(&["ping"]),
+            command(&["echo", "hi"]),
+            command(&["select", "3"]),
+            command(&["hello", "3"]),
+            command(&["quit"]),
+            command(&["ping"]),
+        ]
+        .concat(),
+        6,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+PONG\r\n$2\r\nhi\r\n+OK\r\n-NOPROTO unsupported protocol version\r\n+OK\r\n"
+    );
+    assert_eq!(l.stat("redis.rp.command.multi.total").await, 4);
+}
+
+#[tokio::test]
+async fn unsupported_commands_and_garbage_get_envoys_errors() {
+    let server = RedisServer::start().await;
+    let (l, a) = start(
+        &format!("{SETTINGS}{}", catch_all("r")),
+        &cluster("r", &[&server], "MAGLEV", ""),
+    )
+    .await;
+    // redis-cli, the real client.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &a.port().to_string()])
+        .args(["subscribe", "news"])
+        .output()
+        .expect("redis-cli is installed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ERR unknown command 'subscribe', with args beginning with: news"
+    );
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &a.port().to_string()])
+        .args(["set", "cli", "works"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert_eq!(l.stat("redis.rp.splitter.unsupported_command").await, 1);
+
+    let (out, _) = raw(
+        a,
+        &[command(&["get"]), command(&["get", "cli"])].concat(),
+        2,
+    )
+    .await;
+    assert_eq!(out, b"-invalid request\r\n$5\r\nworks\r\n");
+    // Inline commands work; garbage ends the connection after Envoy's error.
+    let (out, _) = raw(a, b"PING\r\n", 1).await;
+    assert_eq!(out, b"+PONG\r\n");
+    let (out, closed) = raw(a, b"*1\r\n$x\r\n", 1).await;
+    assert_eq!(out, b"-downstream protocol error\r\n");
+    let (_, closed_after) = raw(a, b"*1\r\n$x\r\n", 2).await;
+    assert!(
+        closed || closed_after,
+        "the connection closes after a protocol error"
+    );
+    assert_eq!(l.stat("redis.rp.downstream_cx_protocol_error").await, 2);
+    assert_eq!(l.stat("redis.rp.splitter.invalid_request").await, 1);
+}
+
+#[tokio::test]
+async fn pipelined_commands_keep_their_order_across_servers() {
+    let servers = [RedisServer::start().await, RedisServer::start().await];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let (l, a) = start(
+        &format!("{SETTINGS}{}", catch_all("shards")),
+        &cluster("shards", &refs, "MAGLEV", ""),
+    )
+    .await;
+    // 1000 commands in one write: sets and gets of 100 keys, interleaved.
+    let mut bytes = Vec::new();
+    for i in 0..500 {
+        let k = format!("p{}", i % 100);
+        bytes.extend(command(&["set", &k, &i.to_string()]));
+        bytes.extend(command(&["get", &k]));
+    }
+    let (out, _) = raw(a, &bytes, 1000).await;
+    let mut want = String::new();
+    for i in 0..500 {
+        let v = i.to_string();
+        want.push_str(&format!("+OK\r\n${}\r\n{v}\r\n", v.len()));
+    }
+    assert_eq!(String::from_utf8_lossy(&out), want);
+
+    // The same through the redis crate's pipeline, across several clients at once.
+    let mut tasks = Vec::new();
+    for client in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(a, None).await;
+            let mut p = redis::pipe();
+            for i in 0..250 {
+                p.cmd("set").arg(format!("c{client}:{i}")).arg(i).ignore();
+                p.cmd("get").arg(format!("c{client}:{i}"));
+            }
+            let got: Vec<i64> = p.query_async(&mut c).await.unwrap();
+            assert_eq!(got, (0..250).collect::<Vec<i64>>());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(l.stat("redis.rp.command.get.total").await, 1500);
+    assert_eq!(l.stat("redis.rp.command.get.success").await, 1500);
+}
+
+#[tokio::test]
+async fn faults_delay_and_error_at_the_configured_percentage() {
+    let server = RedisServer::start().await;
+    let body = format!(
+        r#"{SETTINGS}{}          faults:
+          - fault_type: ERROR
+            fault_enabled:
+              default_value: {{numerator: 30, denominator: HUNDRED}}
+            commands: [get]
+          - fault_type: DELAY
+            fault_enabled:
+              default_value: {{numerator: 100, denominator: HUNDRED}}
+            delay: 0.2s
+            commands: [set]
+"#,
+        catch_all("r")
+    );
+    let (l, a) = start(&body, &cluster("r", &[&server], "MAGLEV", "")).await;
+    let mut c = connect(a, None).await;
+    let t = Instant::now();
+    let () = c.set("f", "1").await.unwrap();
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(200), "set took {took:?}");
+    let t = Instant::now();
+    let _: i64 = c.incr("n", 1).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "incr is not delayed"
+    );
+
+    let mut errors = 0;
+    for _ in 0..400 {
+        match c.get::<_, String>("f").await {
+            Ok(v) => assert_eq!(v, "1"),
+            Err(e) => {
+                assert!(text(&e).contains("Fault Injected Error"), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(
+        (80..=160).contains(&errors),
+        "{errors} of 400 gets failed, want about 120"
+    );
+    assert_eq!(l.stat("redis.rp.command.get.error_fault").await, errors);
+    assert_eq!(l.stat("redis.rp.command.get.error").await, errors);
+    assert_eq!(l.stat("redis.rp.command.set.delay_fault").await, 1);
+}
+
+#[tokio::test]
+async fn a_dead_server_fails_only_its_keys_and_recovers() {
+    let mut servers = [
+        RedisServer::start().await,
+        RedisServer::start().await,
+        RedisServer::start().await,
+    ];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let clusters = cluster("shards", &refs, "MAGLEV", "");
+    let (l, a) = start(&format!("{SETTINGS}{}", catch_all("shards")), &clusters).await;
+    let mut c = connect(a, None).await;
+    let keys: Vec<String> = (0..30).map(|i| format!("d{i}")).collect();
+    for k in &keys {
+        let () = c.set(k, "v").await.unwrap();
+    }
+    let held = owners(&refs, &keys).await;
+    servers[1].kill();
+    let mut failed = HashMap::new();
+    for (k, owner) in keys.iter().zip(&held) {
+        let r: redis::RedisResult<String> = c.get(k).await;
+        failed.insert(k.clone(), r.is_err());
+        if *owner == 1 {
+            let e = text(&r.unwrap_err());
+            assert!(e.contains("upstream failure"), "{k}: {e}");
+        } else {
+            assert_eq!(r.unwrap(), "v", "{k} is on a live server");
+        }
+    }
+    // mget mixes errors for the dead server's keys with values.
+    let mut ask = vec!["mget"];
+    ask.extend(keys[..6].iter().map(String::as_str));
+    let (out, _) = raw(a, &command(&ask), 1).await;
+    let mut want = "*6\r\n".to_string();
+    for owner in &held[..6] {
+        want.push_str(if *owner == 1 {
+            "-upstream failure\r\n"
+        } else {
+            "$1\r\nv\r\n"
+        });
+    }
+    assert_eq!(String::from_utf8_lossy(&out), want);
+    servers[1].restart().await;
+    for (k, owner) in keys.iter().zip(&held) {
+        if *owner == 1 {
+            let () = c.set(k, "back").await.unwrap();
+            let v: String = c.get(k).await.unwrap();
+            assert_eq!(v, "back");
+        }
+    }
+    assert!(l.stat("cluster.shards.upstream_cx_connect_fail").await >= 1);
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_the_client_stays_usable() {
+    // An upstream that accepts and reads but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let server = RedisServer::start().await;
+    let body = r#"          settings: {op_timeout: 0.3s}
+          prefix_routes:
+            routes:
+            - {prefix: "slow:", cluster: silent}
+            catch_all_route: {cluster: r}
+"#;
+    let clusters = format!(
+        "{}{}",
+        support::cluster("silent", &[(silent_addr, 1)], "    lb_policy: MAGLEV\n"),
+        cluster("r", &[&server], "MAGLEV", "")
+    );
+    let (l, a) = start(body, &clusters).await;
+    let mut c = connect(a, None).await;
+    let t = Instant::now();
+    let e = c.get::<_, String>("slow:1").await.unwrap_err();
+    assert!(text(&e).contains("upstream failure"), "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    let () = c.set("fast", "ok").await.unwrap();
+    let v: String = c.get("fast").await.unwrap();
+    assert_eq!(v, "ok");
+    assert_eq!(l.stat("cluster.silent.upstream_rq_timeout").await, 1);
+}
