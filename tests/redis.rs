@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use support::redis_server::{RedisServer, cluster, command, connect, listener, raw};
+use support::redis_server::{
+    RedisServer, cluster, command, connect, listener, raw, raw_until_idle,
+};
 use support::{Legate, bootstrap};
 
 /// The settings most tests use.
@@ -578,4 +580,129 @@ async fn a_silent_server_times_out_and_the_client_stays_usable() {
     let v: String = c.get("fast").await.unwrap();
     assert_eq!(v, "ok");
     assert_eq!(l.stat("cluster.silent.upstream_rq_timeout").await, 1);
+}
+
+/// The same command sequences through Envoy 1.40 and legate, on the same config
+/// and the same server: the bytes each client gets back must be equal.
+#[tokio::test]
+async fn replies_match_envoy() {
+    let server = RedisServer::start().await;
+    let yaml = bootstrap(
+        &listener(&format!("{SETTINGS}{}", catch_all("r"))),
+        &cluster("r", &[&server], "MAGLEV", ""),
+    );
+    let seqs: Vec<Vec<u8>> = [
+        "ping",
+        "ping a b",
+        "echo hi",
+        "echo",
+        "echo a b",
+        "get",
+        "set a 1",
+        "get a",
+        "mget a b",
+        "mset a 1 b",
+        "mset a 1 b 2",
+        "mget a b c",
+        "del a b c",
+        "exists a b a",
+        "set n 5;incr n;incrby n 10;get n",
+        "lpush l x;mget l n",
+        "foo bar",
+        "foo",
+        "FOO Bar baz",
+        "hello",
+        "hello 2",
+        "hello 3",
+        "client setname x",
+        "client list",
+        "client",
+        "cluster info",
+        "select 1",
+        "select",
+        "unwatch",
+        "auth x",
+        "auth a b",
+        "auth",
+        "multi;set a 1;get a;exec",
+        "multi;exec",
+        "multi;multi",
+        "discard",
+        "exec",
+        "multi;discard",
+        "multi;foo;exec",
+        "multi;get;exec",
+        "multi;ping;exec",
+        "eval",
+        "eval s 0",
+        "object encoding",
+        "object encoding a",
+        "object",
+        "subscribe c",
+        "dbsize",
+        "quit",
+        "set a 1;quit;get a",
+        "GET a",
+        "Get a",
+        "hset h f v;hget h f;hgetall h",
+        "expire a 100;ttl a",
+        "append s x;strlen s",
+    ]
+    .iter()
+    .map(|seq| {
+        seq.split(';')
+            .flat_map(|c| command(&c.split(' ').collect::<Vec<_>>()))
+            .collect()
+    })
+    .chain([
+        b"*0\r\n".to_vec(),
+        b"*1\r\n:1\r\n".to_vec(),
+        b"*2\r\n$3\r\nget\r\n*1\r\n$1\r\na\r\n".to_vec(),
+        b":1\r\n".to_vec(),
+        b"PING\r\n".to_vec(),
+        b"*1\r\n$x\r\n".to_vec(),
+        b"*-1\r\n".to_vec(),
+        b"*1\r\n$4\r\nping\r\n*1\r\n$-5\r\n".to_vec(),
+    ])
+    .collect();
+    // Each sequence starts from an empty server.
+    let mut direct = server.direct().await;
+    let envoy = support::envoy::Envoy::start(&yaml).await.unwrap();
+    let ea = envoy.listener("redis").await;
+    let mut by_envoy = Vec::new();
+    for s in &seqs {
+        let () = redis::cmd("flushall")
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        by_envoy.push(raw_until_idle(ea, s).await);
+    }
+    drop(envoy);
+    let l = Legate::start_with(&yaml, &["--concurrency", "1"]).await;
+    let la = l.listener("redis").await;
+    let mut diffs = Vec::new();
+    for (s, want) in seqs.iter().zip(&by_envoy) {
+        let () = redis::cmd("flushall")
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        let got = raw_until_idle(la, s).await;
+        if &got != want {
+            diffs.push(format!(
+                "{:?}\n  envoy:  {:?} closed={}\n  legate: {:?} closed={}",
+                String::from_utf8_lossy(s),
+                String::from_utf8_lossy(&want.0),
+                want.1,
+                String::from_utf8_lossy(&got.0),
+                got.1
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} sequences differ:\n{}",
+        diffs.len(),
+        seqs.len(),
+        diffs.join("\n")
+    );
 }

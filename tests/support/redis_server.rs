@@ -192,3 +192,20 @@ pub fn cluster(name: &str, servers: &[&RedisServer], lb_policy: &str, extra: &st
     let eps: Vec<(SocketAddr, u32)> = servers.iter().map(|s| (s.addr, 1)).collect();
     super::cluster(name, &eps, &format!("    lb_policy: {lb_policy}\n{extra}"))
 }
+
+/// Sends raw bytes and reads until the peer closes or stays silent for 150 ms;
+/// returns the bytes and whether it closed.
+pub async fn raw_until_idle(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(150), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(k)) => out.extend_from_slice(&buf[..k]),
+            Err(_) => return (out, false),
+        }
+    }
+}

@@ -93,7 +93,8 @@ impl TerminalFilter for RedisProxy {
             stats: stats.clone(),
         });
         let (rd, wr) = io.split();
-        let reading = read_loop(rd, session.clone(), pools);
+        // The pools outlive reading: replies may still be on their way.
+        let reading = read_loop(rd, session.clone(), pools.clone());
         let writing = write_loop(wr, session.clone());
         tokio::pin!(reading, writing);
         tokio::select! {
@@ -400,6 +401,7 @@ async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>, pools:
     let stats = session.stats.clone();
     let mut decoder = Decoder::new();
     let mut buf = BytesMut::new();
+    let mut quit = false;
     'read: while let Ok(Some(chunk)) = rd.read().await {
         stats.downstream_cx_rx_bytes_total.add(chunk.len() as u64);
         if buf.is_empty() {
@@ -409,10 +411,12 @@ async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>, pools:
         }
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    if !dispatch(&session, &pools, frame) {
-                        break 'read;
-                    }
+                // After `quit`, Envoy still answers what the same read brought,
+                // then closes.
+                Ok(Some(frame)) => quit |= !dispatch(&session, &pools, frame),
+                Ok(None) if quit => {
+                    close_after_last(&session);
+                    break 'read;
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -455,7 +459,7 @@ fn close_after_last(session: &Session) {
     }
 }
 
-/// Handles one request; false when the client must not send more (`quit`).
+/// Handles one request; false for `quit`.
 fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
     let stats = &session.stats;
     stats.downstream_rq_total.inc();
@@ -480,7 +484,6 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
     }
     if is("quit") {
         session.answer(Value::simple("OK"), None);
-        close_after_last(session);
         return false;
     }
     let needs_auth = !config.downstream_auth_passwords.is_empty();
