@@ -80,6 +80,13 @@ async fn keys_shard_by_hash_and_split_commands_reassemble() {
         assert!(n >= 5, "server {s} holds {n} of 60 keys: {held:?}");
     }
 
+    // keys asks every server.
+    let mut all: Vec<String> = c.keys("key:*").await.unwrap();
+    all.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(all, want);
+
     // mget across servers, in key order, with a missing key as nil.
     let mut ask: Vec<String> = keys[..20].to_vec();
     ask.insert(7, "missing".into());

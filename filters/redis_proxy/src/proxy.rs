@@ -179,20 +179,23 @@ impl Pools {
         let pool = self.cluster(cluster)?;
         let hash = murmur_hash2(commands::hash_key(key, self.config.enable_hashtagging));
         let addr = pool.cluster.pick(hash)?;
-        let mut hosts = pool.hosts.borrow_mut();
-        Some(
-            hosts
-                .entry(addr)
-                .or_insert_with(|| {
-                    Upstream::new(
-                        pool.cluster.clone(),
-                        addr,
-                        self.settings(),
-                        pool.hello.clone(),
-                    )
-                })
-                .clone(),
-        )
+        Some(self.upstream_at(&pool, addr))
+    }
+
+    /// The shared connection to one server of a cluster.
+    fn upstream_at(&self, pool: &ClusterPool, addr: SocketAddr) -> Rc<Upstream> {
+        pool.hosts
+            .borrow_mut()
+            .entry(addr)
+            .or_insert_with(|| {
+                Upstream::new(
+                    pool.cluster.clone(),
+                    addr,
+                    self.settings(),
+                    pool.hello.clone(),
+                )
+            })
+            .clone()
     }
 
     /// A connection of its own to the server owning `key`, for a transaction.
@@ -514,7 +517,7 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         }
         Plan::Host(Kind::Local) => session.answer(local(session, config, &args), command),
         Plan::Host(Kind::Transaction) => transaction(session, pools, &frame, &args, kind, command),
-        Plan::Host(_) => session.answer(Value::error(reply::UNSUPPORTED_CLUSTER_SCOPE), command),
+        Plan::Host(_) => cluster_scope(session, pools, &frame, &args, command),
         Plan::Single(fragment) => {
             if let Some(reply) = fault_error(config, name, command, stats) {
                 session.answer(reply, command);
@@ -542,6 +545,57 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         }
     }
     true
+}
+
+/// Commands for every server of the cluster that owns the empty key: `keys`
+/// (the arrays joined), `flushall` and `flushdb` (`OK` when every server said so).
+fn cluster_scope(
+    session: &Rc<Session>,
+    pools: &Rc<Pools>,
+    frame: &Frame,
+    args: &[&Bytes],
+    command: Option<u16>,
+) {
+    let name = args[0];
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let merge = if is("keys") {
+        if args.len() != 2 {
+            session.answer(
+                Value::error("ERR wrong number of arguments for 'keys' command"),
+                command,
+            );
+            return;
+        }
+        Merge::Concat
+    } else if is("flushall") || is("flushdb") {
+        Merge::Mset
+    } else {
+        session.answer(Value::error(reply::UNSUPPORTED_CLUSTER_SCOPE), command);
+        return;
+    };
+    let pool = pools
+        .config
+        .routes
+        .route(b"")
+        .and_then(|m| pools.cluster(m.cluster));
+    let hosts = pool.as_ref().map(|p| p.cluster.hosts()).unwrap_or_default();
+    let (Some(pool), false) = (pool, hosts.is_empty()) else {
+        session.answer(Value::error(reply::NO_UPSTREAM_HOST), command);
+        return;
+    };
+    let parts = vec![Value::Null; hosts.len()];
+    let seq = session.push(Reply::Fanout { merge, parts }, hosts.len() as u32, command);
+    for (i, addr) in hosts.into_iter().enumerate() {
+        let up = pools.upstream_at(&pool, addr);
+        up.send(
+            &frame.raw,
+            Waiter::Session {
+                session: session.clone(),
+                seq,
+                part: i as u32,
+            },
+        );
+    }
 }
 
 /// Where a command goes: its cluster, the key to hash, the bytes to send, and

@@ -31,6 +31,8 @@ pub enum Merge {
     Mset,
     /// `del`, `exists`, `touch`, `unlink`: the sum of the integers.
     Sum,
+    /// `keys` sent to every server: the arrays joined, in server order.
+    Concat,
 }
 
 /// What to do with one request.
@@ -172,6 +174,21 @@ pub fn assemble(merge: Merge, replies: Vec<Value>) -> (Value, usize) {
                 })
                 .collect();
             (Value::Array(items), errors)
+        }
+        Merge::Concat => {
+            let mut items = Vec::new();
+            let mut errors = 0;
+            for r in replies {
+                match r {
+                    Value::Array(mut a) => items.append(&mut a),
+                    _ => errors += 1,
+                }
+            }
+            if errors == 0 {
+                (Value::Array(items), 0)
+            } else {
+                (error(reply::finished_with_errors(errors)), errors)
+            }
         }
         Merge::Mset => {
             let errors = replies
