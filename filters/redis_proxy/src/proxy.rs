@@ -498,7 +498,7 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
     if let Some(i) = command {
         stats.command(i).total.inc();
     }
-    let plan = split::split(&frame.value);
+    let plan = split::split_args(&frame.value, &args);
     if let Plan::Reply(v) = &plan {
         stats.splitter_invalid_request.inc();
         session.answer(v.clone(), command);
@@ -600,15 +600,21 @@ fn cluster_scope(
 
 /// Where a command goes: its cluster, the key to hash, the bytes to send, and
 /// the mirrors that also get it.
-struct Routed {
-    cluster: String,
+struct Routed<'a> {
+    cluster: &'a str,
     key: Bytes,
     bytes: Bytes,
-    mirrors: Vec<Mirror>,
+    mirrors: &'a [Mirror],
     write: bool,
 }
 
-fn route(pools: &Pools, key: &Bytes, request: &Value, raw: &Bytes, name: &[u8]) -> Option<Routed> {
+fn route<'a>(
+    pools: &'a Pools,
+    key: &'a Bytes,
+    request: &Value,
+    raw: &Bytes,
+    name: &[u8],
+) -> Option<Routed<'a>> {
     let m = pools.config.routes.route(key)?;
     let (key, bytes) = if m.key.len() == key.len() {
         (key.clone(), raw.clone())
@@ -621,11 +627,11 @@ fn route(pools: &Pools, key: &Bytes, request: &Value, raw: &Bytes, name: &[u8]) 
         )
     };
     Some(Routed {
-        cluster: m.cluster.to_string(),
+        cluster: m.cluster,
         key,
         bytes,
-        mirrors: m.route.mirrors.clone(),
-        write: commands::is_write(name),
+        mirrors: &m.route.mirrors,
+        write: !m.route.mirrors.is_empty() && commands::is_write(name),
     })
 }
 
@@ -654,7 +660,7 @@ fn replace_key(request: &Value, key: &Bytes, new: &Bytes) -> Value {
 fn send_routed(
     session: &Rc<Session>,
     pools: &Rc<Pools>,
-    routed: Option<Routed>,
+    routed: Option<Routed<'_>>,
     seq: u64,
     part: u32,
     delay: Option<std::time::Duration>,
@@ -663,7 +669,7 @@ fn send_routed(
         session.deliver(seq, part, Err(reply::NO_UPSTREAM_HOST));
         return;
     };
-    for m in &r.mirrors {
+    for m in r.mirrors {
         if (m.exclude_read_commands && !r.write) || !m.fraction.roll() {
             continue;
         }
@@ -671,7 +677,7 @@ fn send_routed(
             up.send(&r.bytes, Waiter::Discard);
         }
     }
-    let Some(up) = pools.upstream(&r.cluster, &r.key) else {
+    let Some(up) = pools.upstream(r.cluster, &r.key) else {
         session.deliver(seq, part, Err(reply::NO_UPSTREAM_HOST));
         return;
     };

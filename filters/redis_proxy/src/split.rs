@@ -77,12 +77,20 @@ fn allows_no_args(kind: Kind, name: &[u8]) -> bool {
 
 /// Decides how to handle one decoded request.
 pub fn split(request: &Value) -> Plan {
-    let Some(args) = request.as_command() else {
+    match request.as_command() {
+        Some(args) => split_args(request, &args),
+        None => Plan::Reply(error(reply::INVALID_REQUEST)),
+    }
+}
+
+/// [`split`] for a request whose arguments were already taken out with
+/// [`Value::as_command`] (non-empty).
+pub fn split_args(request: &Value, args: &[&Bytes]) -> Plan {
+    let Some(&name) = args.first() else {
         return Plan::Reply(error(reply::INVALID_REQUEST));
     };
-    let name = args[0];
     let Some(kind) = commands::lookup(name) else {
-        return Plan::Unsupported(commands::unknown_command(&args));
+        return Plan::Unsupported(commands::unknown_command(args));
     };
     if args.len() < 2 && !allows_no_args(kind, name) {
         return Plan::Reply(error(reply::INVALID_REQUEST));
@@ -113,7 +121,7 @@ pub fn split(request: &Value) -> Plan {
                 .collect(),
         },
         Kind::Mset => {
-            if (args.len() - 1) % 2 != 0 {
+            if !(args.len() - 1).is_multiple_of(2) {
                 return Plan::Reply(error(reply::wrong_number_of_arguments(name)));
             }
             Plan::Fanout {
