@@ -330,6 +330,29 @@ pub struct ForwardAction {
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,
     pub cluster_not_found_response_code: StatusCode,
+    /// `hash_policy[]`, in order: the request's hash for RING_HASH and MAGLEV.
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+#[derive(Debug)]
+pub struct HashPolicy {
+    pub kind: HashPolicyKind,
+    /// Stop at this policy once a hash exists.
+    pub terminal: bool,
+}
+
+#[derive(Debug)]
+pub enum HashPolicyKind {
+    /// `header.header_name`; `pseudo` is set for `:path`, `:authority`, ...
+    Header {
+        name: HeaderName,
+        pseudo: Option<&'static str>,
+    },
+    /// `connection_properties.source_ip: true`.
+    SourceIp,
+    QueryParameter(String),
+    /// An existing cookie only (cookie generation is refused).
+    Cookie(String),
 }
 
 #[derive(Debug, Default)]
@@ -422,4 +445,34 @@ pub struct Cluster {
     pub http2: bool,
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
+    pub lb_policy: LbPolicy,
+}
+
+/// `lb_policy` with its `*_lb_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    RingHash(RingHashConfig),
+    Maglev { table_size: u64 },
+}
+
+impl LbPolicy {
+    /// RING_HASH and MAGLEV: a host is chosen by the request's hash.
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, LbPolicy::RingHash(_) | LbPolicy::Maglev { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingHashConfig {
+    pub minimum_ring_size: u64,
+    pub maximum_ring_size: u64,
+    pub hash_function: RingHashFunction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingHashFunction {
+    XxHash,
+    MurmurHash2,
 }
