@@ -3538,3 +3538,222 @@ async fn stats_and_logs_differ(
     drop(envoy);
     mismatches
 }
+
+// ---------------------------------------------------------------------------
+// Consistent hashing: keys shard onto the same upstreams as in Envoy
+// ---------------------------------------------------------------------------
+
+/// The `x-upstream` that answered one HTTP/1.1 request (sent from `src` when
+/// given), or the status line when none did.
+async fn upstream_of(listener: SocketAddr, src: Option<std::net::IpAddr>, head: &str) -> String {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = src {
+        sock.bind(SocketAddr::new(ip, 0)).unwrap();
+    }
+    let mut s = sock.connect(listener).await.unwrap();
+    let host = if head.contains("\nHost:") {
+        ""
+    } else {
+        "Host: hash.test\r\n"
+    };
+    let req = format!("{head}{host}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-upstream")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("(no upstream: {})", text.lines().next().unwrap_or("")))
+}
+
+/// RING_HASH (xxHash and MurmurHash2, default and small rings, with weights) and
+/// MAGLEV (default and small tables, with weights) clusters of four upstreams,
+/// behind routes hashing a header, a query parameter, a cookie, several policies
+/// with `terminal`, the source IP, and `:path` / `:authority` / a header that the
+/// route rewrites first. Every key must reach the same upstream through Envoy and
+/// through legate: swapping one for the other reshards nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_lb_matches_envoy() {
+    const NAMES: [&str; 4] = ["u0", "u1", "u2", "u3"];
+    let mut ups = Vec::new();
+    for n in NAMES {
+        ups.push(echo_server(n).await);
+    }
+    let eps = |weights: [u32; 4]| -> Vec<(SocketAddr, u32)> {
+        ups.iter().copied().zip(weights).collect()
+    };
+    let even = [1, 1, 1, 1];
+    let weighted = [1, 2, 3, 5];
+    let clusters = [
+        cluster("ring", &eps(even), "    lb_policy: RING_HASH"),
+        cluster(
+            "ring_w",
+            &eps(weighted),
+            "    lb_policy: RING_HASH\n    ring_hash_lb_config: {minimum_ring_size: 100, maximum_ring_size: 1000}",
+        ),
+        cluster(
+            "ring_murmur",
+            &eps(weighted),
+            "    lb_policy: RING_HASH\n    ring_hash_lb_config: {hash_function: MURMUR_HASH_2, minimum_ring_size: 7}",
+        ),
+        cluster("maglev", &eps(even), "    lb_policy: MAGLEV"),
+        cluster(
+            "maglev_w",
+            &eps(weighted),
+            "    lb_policy: MAGLEV\n    maglev_lb_config: {table_size: 1009}",
+        ),
+    ]
+    .concat();
+    let route = |prefix: &str, cluster: &str, policy: &str| {
+        format!(
+            "              - match: {{prefix: \"/{prefix}/\"}}\n                route: {{cluster: {cluster}, hash_policy: {policy}}}\n"
+        )
+    };
+    let by_user = "[{header: {header_name: x-user}}]";
+    let routes = [
+        route("ring", "ring", by_user),
+        route("ring_w", "ring_w", by_user),
+        route("ring_murmur", "ring_murmur", by_user),
+        route("maglev", "maglev", by_user),
+        route("maglev_w", "maglev_w", by_user),
+        route("query", "maglev_w", "[{query_parameter: {name: user}}]"),
+        route("cookie", "ring_w", "[{cookie: {name: session}}]"),
+        route(
+            "multi",
+            "maglev",
+            "[{header: {header_name: x-missing}, terminal: true}, {header: {header_name: x-a}}, {header: {header_name: x-b}, terminal: true}, {header: {header_name: x-c}}]",
+        ),
+        route(
+            "ip",
+            "ring_w",
+            "[{connection_properties: {source_ip: true}}]",
+        ),
+        // Envoy hashes the request as the route's header rules and rewrites
+        // left it.
+        route("rewritten", "maglev", by_user).replace(
+            "\n                route:",
+            "\n                request_headers_to_add: [{header: {key: x-user, value: same}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]\n                route:",
+        ),
+        route("pathrw", "ring", "[{header: {header_name: \":path\"}}]")
+            .replace("route: {", "route: {prefix_rewrite: /x/, "),
+        route("hostrw", "ring", "[{header: {header_name: \":authority\"}}]")
+            .replace("route: {", "route: {host_rewrite_literal: fixed.test, "),
+    ]
+    .concat();
+    let yaml = bootstrap(&http_listener("main", "hash", &routes, ""), &clusters);
+    let envoy = Envoy::start(&yaml).await.unwrap_or_else(|e| panic!("{e}"));
+    let legate = start_legate(&yaml).await.unwrap_or_else(|e| panic!("{e}"));
+    let envoy_l = listener_addr(envoy.admin, "main").await.unwrap();
+    let legate_l = listener_addr(legate.admin, "main").await.unwrap();
+
+    // (case, source address, request head up to the Host header)
+    let mut requests: Vec<(String, Option<std::net::IpAddr>, String)> = Vec::new();
+    for prefix in [
+        "ring",
+        "ring_w",
+        "ring_murmur",
+        "maglev",
+        "maglev_w",
+        "rewritten",
+    ] {
+        for i in 0..200 {
+            requests.push((
+                prefix.to_string(),
+                None,
+                format!("GET /{prefix}/ HTTP/1.1\r\nx-user: user-{i}\r\n"),
+            ));
+        }
+    }
+    for i in 0..100 {
+        requests.push((
+            "pathrw".into(),
+            None,
+            format!("GET /pathrw/user-{i} HTTP/1.1\r\n"),
+        ));
+        requests.push((
+            "hostrw".into(),
+            None,
+            format!("GET /hostrw/ HTTP/1.1\r\nHost: h{i}.test\r\n"),
+        ));
+        requests.push((
+            "query".into(),
+            None,
+            format!("GET /query/?a=1&user=id{i}&user=other HTTP/1.1\r\n"),
+        ));
+        requests.push((
+            "cookie".into(),
+            None,
+            format!("GET /cookie/ HTTP/1.1\r\ncookie: a=b; session=\"s{i}\"; z=1\r\n"),
+        ));
+        requests.push((
+            "multi".into(),
+            None,
+            format!(
+                "GET /multi/ HTTP/1.1\r\nx-a: {i}\r\nx-b: {}\r\nx-c: {}\r\n",
+                i % 7,
+                i * 31
+            ),
+        ));
+    }
+    for i in 1..=60u8 {
+        requests.push((
+            "ip".into(),
+            Some(std::net::IpAddr::from([127, 0, 0, i])),
+            "GET /ip/ HTTP/1.1\r\n".into(),
+        ));
+    }
+
+    let mut mismatches = Vec::new();
+    let mut spread: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for (case, src, head) in &requests {
+        let (e, l) = tokio::join!(
+            upstream_of(envoy_l, *src, head),
+            upstream_of(legate_l, *src, head)
+        );
+        *spread
+            .entry(case.clone())
+            .or_default()
+            .entry(e.clone())
+            .or_default() += 1;
+        if e != l {
+            mismatches.push(format!(
+                "{case} {src:?} {:?}: envoy {e}, legate {l}",
+                head.replace("\r\n", " | ")
+            ));
+        }
+    }
+    eprintln!("hosts chosen by Envoy per case: {spread:#?}");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} keys landed on a different upstream than in Envoy:\n{}",
+        mismatches.len(),
+        requests.len(),
+        mismatches.join("\n")
+    );
+    // Every case spread its keys (a constant answer would prove nothing),
+    // except where the route's rules made every key the same.
+    for (case, hosts) in &spread {
+        if ["rewritten", "hostrw"].contains(&case.as_str()) {
+            assert_eq!(hosts.len(), 1, "{case}: {hosts:?}");
+        } else {
+            assert!(hosts.len() >= 3, "{case}: {hosts:?}");
+        }
+        assert!(
+            hosts.keys().all(|h| NAMES.contains(&h.as_str())),
+            "{case}: {hosts:?}"
+        );
+    }
+
+    // Without a hash both pick at random over the ring/table.
+    for l in [envoy_l, legate_l] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            seen.insert(upstream_of(l, None, "GET /ring/ HTTP/1.1\r\n").await);
+        }
+        assert!(seen.len() >= 2, "no hash, always the same host: {seen:?}");
+    }
+}

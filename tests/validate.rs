@@ -118,17 +118,20 @@ fn bad_enum() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "c.yaml:29:16: static_resources.clusters[0].lb_policy: unknown value \"ROUND_ROBBIN\"; did you mean \"ROUND_ROBIN\"? (expected one of: ROUND_ROBIN)\n"
+        "c.yaml:29:16: static_resources.clusters[0].lb_policy: unknown value \"ROUND_ROBBIN\"; did you mean \"ROUND_ROBIN\"? (expected one of: ROUND_ROBIN, RANDOM, RING_HASH, MAGLEV)\n"
     );
 }
 
 #[test]
 fn supported_by_envoy_but_not_legate() {
-    let (code, _, err) = validate(&mutate("lb_policy: ROUND_ROBIN", "lb_policy: MAGLEV"));
+    let (code, _, err) = validate(&mutate(
+        "lb_policy: ROUND_ROBIN",
+        "lb_policy: LEAST_REQUEST",
+    ));
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "c.yaml:29:16: static_resources.clusters[0].lb_policy: value \"MAGLEV\" is not supported by legate (supported: ROUND_ROBIN)\n"
+        "c.yaml:29:16: static_resources.clusters[0].lb_policy: value \"LEAST_REQUEST\" is not supported by legate (supported: ROUND_ROBIN, RANDOM, RING_HASH, MAGLEV)\n"
     );
     let (code, _, err) = validate(&mutate(
         "    connect_timeout: 1s",

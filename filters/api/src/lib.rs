@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 pub use http;
 
+pub mod hash;
 pub mod matcher;
 pub mod network;
 pub mod random;

@@ -5,18 +5,16 @@
 //! - [`resp`]: RESP2 values, encoder and incremental decoder (inline commands too);
 //! - [`commands`]: the command table of Envoy 1.40 and key extraction (hash tags);
 //! - [`split`]: `mget`/`mset`/`del`... splitting and reply assembly;
-//! - [`prefix`]: `prefix_routes` matching;
-//! - [`hash`]: Envoy's key hash.
+//! - [`prefix`]: `prefix_routes` matching.
 //!
-//! And the I/O: [`RedisProxyFactory`]: the terminal network filter that runs them: one
-//!   connection per upstream host per worker, shared by the worker's clients.
+//! The I/O is in [`RedisProxyFactory`], the terminal network filter that runs them
+//! with one connection per server per worker, shared by the worker's clients.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod commands;
 pub mod config;
-pub mod hash;
 pub mod prefix;
 mod proxy;
 pub mod resp;

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use legate_filter_api::hash::murmur_hash2;
 use legate_filter_api::network::{
     DownstreamIo, DownstreamRead, DownstreamWrite, TcpCluster, TcpClusters, TerminalFilter,
     TerminalFilterFactory,
@@ -21,7 +22,6 @@ use tokio::time::Instant;
 
 use crate::commands::{self, Kind, reply};
 use crate::config::{Config, FaultKind, Mirror, ProtocolOptions};
-use crate::hash::murmur_hash2;
 use crate::resp::{DOWNSTREAM_PROTOCOL_ERROR, Decoder, Frame, Value};
 use crate::split::{self, Merge, Plan};
 use crate::stats::Stats;

@@ -334,6 +334,29 @@ pub struct ForwardAction {
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,
     pub cluster_not_found_response_code: StatusCode,
+    /// `hash_policy[]`, in order: the request's hash for RING_HASH and MAGLEV.
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+#[derive(Debug)]
+pub struct HashPolicy {
+    pub kind: HashPolicyKind,
+    /// Stop at this policy once a hash exists.
+    pub terminal: bool,
+}
+
+#[derive(Debug)]
+pub enum HashPolicyKind {
+    /// `header.header_name`; `pseudo` is set for `:path`, `:authority`, ...
+    Header {
+        name: HeaderName,
+        pseudo: Option<&'static str>,
+    },
+    /// `connection_properties.source_ip: true`.
+    SourceIp,
+    QueryParameter(String),
+    /// An existing cookie only (cookie generation is refused).
+    Cookie(String),
 }
 
 #[derive(Debug, Default)]
@@ -428,6 +451,7 @@ pub struct Cluster {
     pub dns_lookup_family: DnsLookupFamily,
     /// `typed_extension_protocol_options` meant for filters (the Redis proxy's).
     pub protocol_options: FilterProtocolOptions,
+    pub lb_policy: LbPolicy,
 }
 
 /// Protocol options a cluster carries for a filter, by the filter's name, as
@@ -454,4 +478,33 @@ impl std::fmt::Debug for FilterProtocolOptions {
             .entries(self.0.iter().map(|(n, _)| n))
             .finish()
     }
+}
+
+/// `lb_policy` with its `*_lb_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    RingHash(RingHashConfig),
+    Maglev { table_size: u64 },
+}
+
+impl LbPolicy {
+    /// RING_HASH and MAGLEV: a host is chosen by the request's hash.
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, LbPolicy::RingHash(_) | LbPolicy::Maglev { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingHashConfig {
+    pub minimum_ring_size: u64,
+    pub maximum_ring_size: u64,
+    pub hash_function: RingHashFunction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingHashFunction {
+    XxHash,
+    MurmurHash2,
 }

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::model::*;
-use super::walk::Field;
+use super::walk::{Field, Obj};
 use super::{names, typed_config};
 
 pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
@@ -17,8 +17,6 @@ pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
         "transport_socket",
         "transport_socket_matches",
         "common_lb_config",
-        "ring_hash_lb_config",
-        "maglev_lb_config",
         "least_request_lb_config",
         "round_robin_lb_config",
         "load_balancing_policy",
@@ -73,19 +71,7 @@ pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
         .get("connect_timeout")
         .and_then(|g| g.duration())
         .unwrap_or(Duration::from_secs(5));
-    if let Some(g) = o.get("lb_policy") {
-        g.enumeration(
-            &["ROUND_ROBIN"],
-            &[
-                "LEAST_REQUEST",
-                "RANDOM",
-                "RING_HASH",
-                "MAGLEV",
-                "CLUSTER_PROVIDED",
-                "LOAD_BALANCING_POLICY_CONFIG",
-            ],
-        );
-    }
+    let lb_policy = lb_policy_of(&mut o);
     let dns_refresh_rate = o
         .get("dns_refresh_rate")
         .and_then(|g| g.duration())
@@ -145,7 +131,149 @@ pub(crate) fn cluster(f: &Field<'_>) -> Option<Cluster> {
         dns_refresh_rate,
         dns_lookup_family,
         protocol_options,
+        // A refused policy is reported already; the cluster stays, so that routes
+        // to it do not add "unknown cluster" errors.
+        lb_policy: lb_policy.unwrap_or(LbPolicy::RoundRobin),
     })
+}
+
+/// Envoy's upper bound on ring sizes (`RingHashLbConfig`'s validation rules).
+const MAX_RING_SIZE: u64 = 8_388_608;
+/// Envoy's upper bound on the Maglev table (`MaglevLbConfig.table_size`).
+const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
+
+/// `lb_policy` and the `*_lb_config` that goes with it.
+fn lb_policy_of(o: &mut Obj<'_>) -> Option<LbPolicy> {
+    let policy = match o.get("lb_policy") {
+        Some(g) => g.enumeration(
+            &["ROUND_ROBIN", "RANDOM", "RING_HASH", "MAGLEV"],
+            &[
+                "LEAST_REQUEST",
+                "CLUSTER_PROVIDED",
+                "LOAD_BALANCING_POLICY_CONFIG",
+            ],
+        ),
+        None => Some("ROUND_ROBIN"),
+    };
+    // Read before bailing out, so that they are never reported as unknown.
+    let ring = o.get("ring_hash_lb_config");
+    let maglev = o.get("maglev_lb_config");
+    let policy = policy?;
+    if let (Some(_), Some(m)) = (&ring, &maglev) {
+        // Both sit in Envoy's `lb_config` oneof.
+        m.error("only one of \"ring_hash_lb_config\" and \"maglev_lb_config\" may be set");
+        return None;
+    }
+    // Envoy silently ignores the config of another policy; legate refuses it.
+    for (field, g, wants) in [
+        ("ring_hash_lb_config", &ring, "RING_HASH"),
+        ("maglev_lb_config", &maglev, "MAGLEV"),
+    ] {
+        if let Some(g) = g
+            && policy != wants
+        {
+            g.error(format!(
+                "{field} applies only to lb_policy: {wants} (lb_policy is {policy})"
+            ));
+            return None;
+        }
+    }
+    Some(match policy {
+        "RANDOM" => LbPolicy::Random,
+        "RING_HASH" => LbPolicy::RingHash(match ring {
+            Some(g) => ring_hash_lb_config(&g)?,
+            None => RingHashConfig {
+                minimum_ring_size: 1024,
+                maximum_ring_size: MAX_RING_SIZE,
+                hash_function: RingHashFunction::XxHash,
+            },
+        }),
+        "MAGLEV" => LbPolicy::Maglev {
+            table_size: match maglev {
+                Some(g) => maglev_table_size(&g)?,
+                None => 65537,
+            },
+        },
+        _ => LbPolicy::RoundRobin,
+    })
+}
+
+fn ring_size(g: &Field<'_>) -> Option<u64> {
+    let v = g.u64()?;
+    if v > MAX_RING_SIZE {
+        // Envoy's proto validation, in its words.
+        g.error(format!(
+            "value must be less than or equal to {MAX_RING_SIZE} (found {v})"
+        ));
+        return None;
+    }
+    Some(v)
+}
+
+fn ring_hash_lb_config(f: &Field<'_>) -> Option<RingHashConfig> {
+    let mut o = f.obj()?;
+    let min = o.get("minimum_ring_size").map(|g| ring_size(&g));
+    let max = o.get("maximum_ring_size").map(|g| ring_size(&g));
+    let hash_function = o
+        .get("hash_function")
+        .map(|g| g.enumeration(&["XX_HASH", "MURMUR_HASH_2"], &[]));
+    o.finish();
+    let minimum_ring_size = min.unwrap_or(Some(1024))?;
+    let maximum_ring_size = max.unwrap_or(Some(MAX_RING_SIZE))?;
+    let hash_function = match hash_function.unwrap_or(Some("XX_HASH"))? {
+        "MURMUR_HASH_2" => RingHashFunction::MurmurHash2,
+        _ => RingHashFunction::XxHash,
+    };
+    if minimum_ring_size > maximum_ring_size {
+        // Envoy's own words.
+        f.error(format!(
+            "ring hash: minimum_ring_size ({minimum_ring_size}) > maximum_ring_size ({maximum_ring_size})"
+        ));
+        return None;
+    }
+    Some(RingHashConfig {
+        minimum_ring_size,
+        maximum_ring_size,
+        hash_function,
+    })
+}
+
+fn maglev_table_size(f: &Field<'_>) -> Option<u64> {
+    let mut o = f.obj()?;
+    let size = o.get("table_size").map(|g| (g.u64(), g));
+    o.finish();
+    let Some((size, g)) = size else {
+        return Some(65537);
+    };
+    let size = size?;
+    if size > MAX_MAGLEV_TABLE_SIZE {
+        g.error(format!(
+            "value must be less than or equal to {MAX_MAGLEV_TABLE_SIZE} (found {size})"
+        ));
+        return None;
+    }
+    if !is_prime(size) {
+        // Envoy's own words.
+        g.error(format!(
+            "The table size of maglev must be prime number (found {size})"
+        ));
+        return None;
+    }
+    Some(size)
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
 }
 
 fn http2_options(f: &Field<'_>) {

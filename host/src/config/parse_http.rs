@@ -852,7 +852,6 @@ fn forward_action(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<ForwardAc
         "priority",
         "rate_limits",
         "include_vh_rate_limits",
-        "hash_policy",
         "cors",
         "max_grpc_timeout",
         "grpc_timeout_offset",
@@ -934,6 +933,14 @@ fn forward_action(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<ForwardAc
             _ => StatusCode::SERVICE_UNAVAILABLE,
         })
         .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let hash_policy = o.get("hash_policy").map(|g| {
+        // Every entry is read, so that all their errors are reported.
+        let all: Vec<Option<Option<HashPolicy>>> = g.seq().iter().map(hash_policy).collect();
+        all.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.into_iter().flatten().collect::<Vec<_>>())
+    });
+    let hash_policy = hash_policy.unwrap_or(Some(Vec::new()));
     o.finish();
     let timeout = timeout?;
     Some(ForwardAction {
@@ -944,7 +951,89 @@ fn forward_action(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<ForwardAc
         regex_rewrite,
         host_rewrite,
         cluster_not_found_response_code,
+        hash_policy: hash_policy?,
     })
+}
+
+/// One `RouteAction.HashPolicy`: `None` for an error, `Some(None)` for
+/// `connection_properties {source_ip: false}`, which Envoy drops.
+fn hash_policy(f: &Field<'_>) -> Option<Option<HashPolicy>> {
+    let mut o = f.obj()?;
+    let kind = match o.one_of(&[
+        "header",
+        "cookie",
+        "connection_properties",
+        "query_parameter",
+        "filter_state",
+    ]) {
+        Some(("header", g)) => {
+            let mut h = g.obj()?.unsupported(&["regex_rewrite"]);
+            let name = h.req("header_name");
+            h.finish();
+            hash_header(&name?)
+        }
+        Some(("cookie", g)) => {
+            // Generating the cookie (`ttl`) would need a Set-Cookie on the response.
+            let mut c = g.obj()?.unsupported(&["ttl", "attributes"]);
+            let name = c.req("name").and_then(|n| non_empty(&n));
+            // Envoy uses `path` only for a generated cookie, which legate refuses.
+            let _ = c.get("path").and_then(|p| p.str());
+            c.finish();
+            name.map(|n| Some(HashPolicyKind::Cookie(n)))
+        }
+        Some(("connection_properties", g)) => {
+            let mut c = g.obj()?;
+            let on = c.get("source_ip").and_then(|b| b.bool()).unwrap_or(false);
+            c.finish();
+            Some(on.then_some(HashPolicyKind::SourceIp))
+        }
+        Some(("query_parameter", g)) => {
+            let mut q = g.obj()?;
+            let name = q.req("name").and_then(|n| non_empty(&n));
+            q.finish();
+            name.map(|n| Some(HashPolicyKind::QueryParameter(n)))
+        }
+        Some((_, g)) => {
+            g.error("hash_policy filter_state is not supported by legate");
+            None
+        }
+        None => {
+            o.error("one of \"header\", \"cookie\", \"connection_properties\", \"query_parameter\" or \"filter_state\" is required");
+            None
+        }
+    };
+    let terminal = o.get("terminal").and_then(|g| g.bool()).unwrap_or(false);
+    o.finish();
+    Some(kind?.map(|kind| HashPolicy { kind, terminal }))
+}
+
+fn non_empty(f: &Field<'_>) -> Option<String> {
+    let s = f.str()?;
+    if s.is_empty() {
+        f.error("must not be empty");
+        return None;
+    }
+    Some(s)
+}
+
+fn hash_header(f: &Field<'_>) -> Option<Option<HashPolicyKind>> {
+    let raw = non_empty(f)?.to_ascii_lowercase();
+    let pseudo = match raw.as_str() {
+        ":path" => Some(":path"),
+        ":method" => Some(":method"),
+        ":authority" => Some(":authority"),
+        ":scheme" => Some(":scheme"),
+        s if s.starts_with(':') => {
+            f.error(format!("unsupported pseudo-header \"{s}\""));
+            return None;
+        }
+        _ => None,
+    };
+    let name = match pseudo {
+        Some(_) => http::header::HOST,
+        None => header_name(f)?,
+    };
+    Some(Some(HashPolicyKind::Header { name, pseudo }))
 }
 
 fn re2_substitution(s: &str) -> String {

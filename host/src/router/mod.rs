@@ -1,9 +1,14 @@
 //! Route tables: virtual host selection, route matching and the path rewrites a
 //! route asks for. Pure functions over the request head, so they are easy to test.
 
+use std::net::IpAddr;
+
 use http::HeaderMap;
 
-use crate::config::{ClusterSpecifier, Route, RouteConfig, VirtualHost, WeightedCluster};
+use crate::config::{
+    ClusterSpecifier, HashPolicy, HashPolicyKind, Route, RouteConfig, VirtualHost, WeightedCluster,
+};
+use crate::upstream::hash::{xx_hash64, xx_hash64_concat};
 
 pub use legate_filter_api::matcher::{
     PathMatch, RequestView, header_matches, route_matches, split_query,
@@ -129,6 +134,91 @@ pub fn cluster_name<'a>(spec: &'a ClusterSpecifier, headers: &'a HeaderMap) -> O
         ClusterSpecifier::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
         ClusterSpecifier::Weighted(w) => pick_weighted(w, fastrand::u64(..)),
     }
+}
+
+/// The request's hash under a route's `hash_policy` (RING_HASH and MAGLEV
+/// clusters pick the host owning it), computed as Envoy does; `None` when no
+/// policy produced one.
+pub fn request_hash(
+    policies: &[HashPolicy],
+    req: &RequestView<'_>,
+    source_ip: IpAddr,
+) -> Option<u64> {
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        if let Some(new) = policy_hash(&p.kind, req, source_ip) {
+            // Rotating the old value keeps two equal policies from cancelling out.
+            hash = Some(hash.map_or(0, |h| h.rotate_left(1)) ^ new);
+        }
+        if p.terminal && hash.is_some() {
+            break;
+        }
+    }
+    hash
+}
+
+fn policy_hash(kind: &HashPolicyKind, req: &RequestView<'_>, source_ip: IpAddr) -> Option<u64> {
+    match kind {
+        HashPolicyKind::Header { name, pseudo } => {
+            if let Some(p) = pseudo {
+                let v = match *p {
+                    ":path" => req.path,
+                    ":method" => req.method,
+                    ":authority" => req.authority,
+                    _ => req.scheme,
+                };
+                return Some(xx_hash64(v.as_bytes()));
+            }
+            let mut values: Vec<&[u8]> = req
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            if values.is_empty() {
+                return None;
+            }
+            // Envoy sorts repeated values, so their order does not matter.
+            values.sort_unstable();
+            Some(xx_hash64_concat(values))
+        }
+        HashPolicyKind::SourceIp => Some(xx_hash64(source_ip.to_string().as_bytes())),
+        HashPolicyKind::QueryParameter(name) => {
+            let (_, query) = req.path.split_once('?')?;
+            // Raw, not percent-decoded; the first occurrence wins.
+            query.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == name).then(|| xx_hash64(v.as_bytes()))
+            })
+        }
+        HashPolicyKind::Cookie(name) => {
+            let v = cookie_value(req.headers, name)?;
+            // An empty value is no hash (Envoy would generate one with `ttl`).
+            (!v.is_empty()).then(|| xx_hash64(v))
+        }
+    }
+}
+
+/// The first cookie named `name` in the `cookie` headers, as Envoy parses them:
+/// `;`-separated, leading spaces skipped, surrounding double quotes removed.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    for h in headers.get_all(http::header::COOKIE) {
+        for c in h.as_bytes().split(|b| *b == b';') {
+            let Some(eq) = c.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let start = c.iter().position(|b| *b != b' ').unwrap_or(eq).min(eq);
+            if &c[start..eq] != name.as_bytes() {
+                continue;
+            }
+            let v = &c[eq + 1..];
+            return Some(match v {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => v,
+            });
+        }
+    }
+    None
 }
 
 #[cfg(test)]

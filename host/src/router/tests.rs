@@ -153,3 +153,101 @@ fn weighted_pick_covers_the_range() {
     assert_eq!(strip_port("[::1]:80"), "[::1]");
     assert_eq!(strip_port("a:80"), "a");
 }
+
+fn header_policy(name: &str, terminal: bool) -> HashPolicy {
+    HashPolicy {
+        kind: HashPolicyKind::Header {
+            name: http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            pseudo: None,
+        },
+        terminal,
+    }
+}
+
+fn hash_of(policies: &[HashPolicy], path: &str, headers: &[(&str, &str)]) -> Option<u64> {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let req = RequestView {
+        method: "GET",
+        path,
+        authority: "example.com",
+        scheme: "http",
+        headers: &h,
+    };
+    request_hash(policies, &req, "10.1.2.3".parse().unwrap())
+}
+
+#[test]
+fn hash_policies_combine_as_in_envoy() {
+    let x = |s: &str| xx_hash64(s.as_bytes());
+    let a = [header_policy("x-a", false)];
+    assert_eq!(hash_of(&a, "/", &[("x-a", "1")]), Some(x("1")));
+    assert_eq!(hash_of(&a, "/", &[]), None);
+    // Repeated values are sorted, then hashed as one string.
+    assert_eq!(
+        hash_of(&a, "/", &[("x-a", "b"), ("x-a", "a")]),
+        Some(x("ab"))
+    );
+    // Each new hash is XORed onto the previous one rotated left by one bit.
+    let ab = [header_policy("x-a", false), header_policy("x-b", false)];
+    assert_eq!(
+        hash_of(&ab, "/", &[("x-a", "1"), ("x-b", "2")]),
+        Some(x("1").rotate_left(1) ^ x("2"))
+    );
+    // A missing value is skipped, without a rotation.
+    assert_eq!(hash_of(&ab, "/", &[("x-b", "2")]), Some(x("2")));
+    // `terminal` stops once a hash exists, whichever policy made it.
+    let t = [
+        header_policy("x-a", true),
+        header_policy("x-b", true),
+        header_policy("x-c", false),
+    ];
+    assert_eq!(
+        hash_of(&t, "/", &[("x-a", "1"), ("x-c", "3")]),
+        Some(x("1"))
+    );
+    assert_eq!(
+        hash_of(&t, "/", &[("x-b", "2"), ("x-c", "3")]),
+        Some(x("2"))
+    );
+    assert_eq!(hash_of(&t, "/", &[("x-c", "3")]), Some(x("3")));
+    // The source IP is hashed without its port.
+    let ip = [HashPolicy {
+        kind: HashPolicyKind::SourceIp,
+        terminal: false,
+    }];
+    assert_eq!(hash_of(&ip, "/", &[]), Some(x("10.1.2.3")));
+}
+
+#[test]
+fn query_parameter_and_cookie_hashes() {
+    let x = |s: &str| xx_hash64(s.as_bytes());
+    let q = [HashPolicy {
+        kind: HashPolicyKind::QueryParameter("u".into()),
+        terminal: false,
+    }];
+    assert_eq!(hash_of(&q, "/p?a=1&u=x%20y&u=2", &[]), Some(x("x%20y")));
+    assert_eq!(hash_of(&q, "/p?u", &[]), Some(x("")));
+    assert_eq!(hash_of(&q, "/p?uu=1", &[]), None);
+    assert_eq!(hash_of(&q, "/p", &[]), None);
+    let c = [HashPolicy {
+        kind: HashPolicyKind::Cookie("s".into()),
+        terminal: false,
+    }];
+    let cookie = |v: &str| hash_of(&c, "/", &[("cookie", v)]);
+    assert_eq!(cookie("a=1; s=abc; b=2"), Some(x("abc")));
+    assert_eq!(cookie("s=\"quoted\""), Some(x("quoted")));
+    assert_eq!(cookie("  s=a=b"), Some(x("a=b")));
+    assert_eq!(cookie("ss=1; bad; s"), None);
+    // The first cookie of that name decides, even when empty (no hash).
+    assert_eq!(cookie("s=; s=later"), None);
+    assert_eq!(
+        hash_of(&c, "/", &[("cookie", "a=1"), ("cookie", "s=2")]),
+        Some(x("2"))
+    );
+}

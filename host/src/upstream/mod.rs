@@ -6,6 +6,7 @@
 //! request path takes no locks.
 
 pub mod call;
+pub mod hash;
 mod lb;
 pub mod pool;
 mod tcp;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
-use crate::config::{Cluster, DiscoveryType, DnsLookupFamily, EndpointAddress};
+use crate::config::{Cluster, DiscoveryType, DnsLookupFamily, EndpointAddress, LbPolicy};
 use crate::stats::{CodeStats, Counter, Gauge, Histogram, store};
 
 /// A host as the balancer sees it.
@@ -109,6 +110,8 @@ pub struct ClusterShared {
     pub name: Arc<str>,
     pub stats: ClusterStats,
     hosts: ArcSwap<Vec<Host>>,
+    /// The RING_HASH / MAGLEV table of the current host set (else `None`).
+    hash_lb: arc_swap::ArcSwapOption<lb::HashLb>,
 }
 
 impl ClusterShared {
@@ -119,7 +122,11 @@ impl ClusterShared {
     fn set_hosts(&self, hosts: Vec<Host>) {
         self.stats.membership_total.set(hosts.len() as i64);
         self.stats.membership_healthy.set(hosts.len() as i64);
-        self.hosts.store(Arc::new(hosts));
+        let hosts = Arc::new(hosts);
+        // Built here, once per host set, and shared by every worker.
+        self.hash_lb
+            .store(lb::HashLb::build(self.config.lb_policy, &hosts).map(Arc::new));
+        self.hosts.store(hosts);
     }
 }
 
@@ -174,6 +181,7 @@ impl ClusterManager {
                 name: c.name.as_str().into(),
                 stats: ClusterStats::new(&c.name),
                 hosts: ArcSwap::from_pointee(Vec::new()),
+                hash_lb: arc_swap::ArcSwapOption::empty(),
             });
             shared.set_hosts(hosts);
             cm.order.push(c.name.clone());
@@ -315,14 +323,53 @@ impl WorkerCluster {
         &self.shared.stats
     }
 
-    /// The next host by weighted round robin.
+    /// The next host under the cluster's policy: weighted round robin, uniform
+    /// random, or for RING_HASH and MAGLEV a random hash, as Envoy does for a
+    /// request that has no hash.
     pub fn pick_host(&self) -> Option<Host> {
-        let hosts = self.shared.hosts();
-        let h = self.lb.borrow_mut().pick(&hosts);
+        let h = match self.shared.config.lb_policy {
+            LbPolicy::RoundRobin => {
+                let hosts = self.shared.hosts();
+                self.lb.borrow_mut().pick(&hosts)
+            }
+            // Envoy's RANDOM ignores weights.
+            LbPolicy::Random => {
+                let hosts = self.shared.hosts();
+                (!hosts.is_empty()).then(|| hosts[fastrand::usize(..hosts.len())].clone())
+            }
+            LbPolicy::RingHash(_) | LbPolicy::Maglev { .. } => self.hashed(fastrand::u64(..)),
+        };
         if h.is_none() {
             self.shared.stats.upstream_cx_none_healthy.inc();
         }
         h
+    }
+
+    /// The host owning `hash` under the cluster's RING_HASH or MAGLEV policy;
+    /// for other policies, the next host as pick_host() chooses.
+    pub fn pick_host_for_hash(&self, hash: u64) -> Option<Host> {
+        if !self.is_hashing() {
+            return self.pick_host();
+        }
+        let h = self.hashed(hash);
+        if h.is_none() {
+            self.shared.stats.upstream_cx_none_healthy.inc();
+        }
+        h
+    }
+
+    /// Whether the cluster picks hosts by hash (RING_HASH, MAGLEV), so a
+    /// request's hash is worth computing.
+    pub fn is_hashing(&self) -> bool {
+        self.shared.config.lb_policy.is_hashing()
+    }
+
+    fn hashed(&self, hash: u64) -> Option<Host> {
+        self.shared
+            .hash_lb
+            .load()
+            .as_ref()
+            .and_then(|t| t.pick(hash).cloned())
     }
 
     async fn resolve_host(&self, host: &Host) -> Result<SocketAddr, ConnectError> {
@@ -371,16 +418,6 @@ impl WorkerCluster {
                 Err(ConnectError::Timeout)
             }
         }
-    }
-
-    /// The host owning `hash` (RING_HASH, MAGLEV); the next host otherwise.
-    pub fn pick_host_for_hash(&self, hash: u64) -> Option<Host> {
-        let hosts = self.shared.hosts();
-        if hosts.is_empty() {
-            self.shared.stats.upstream_cx_none_healthy.inc();
-            return None;
-        }
-        Some(hosts[(hash % hosts.len() as u64) as usize].clone())
     }
 
     /// The HTTP pool for a host on this worker.
