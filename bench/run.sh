@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark, three suites (BENCH_SUITES):
+# Side-by-side benchmark, four suites (BENCH_SUITES):
 #   proxy: the same upstream measured direct, through nginx, HAProxy, Envoy and
 #          legate, each proxy with ONE worker, for
 #            - HTTP/1.1 keep-alive load (wrk), and
@@ -11,7 +11,10 @@
 #          legate with 1 and 2 workers, with and without the filter;
 #   filters: the cost of a chain of built-in filters (fault at 0%, RBAC, JWT
 #          with an HS256 token) in Envoy and legate, one worker, wrk HTTP/1.1,
-#          bench/proxy.yaml against bench/proxy-filters.yaml.
+#          bench/proxy.yaml against bench/proxy-filters.yaml;
+#   redis: redis-benchmark GET/SET at -P 1 and -P 16 against one redis-server,
+#          direct and through twemproxy, Envoy's redis_proxy and legate (the
+#          same bench/proxy-redis.yaml), each proxy with ONE worker.
 # Writes a markdown report to bench/RESULTS.md (see bench/README.md).
 #
 # Usage: bench/run.sh [--build-legate] [--no-build] [-h]
@@ -25,14 +28,20 @@
 #   BENCH_WRK_THREADS    wrk threads [1]
 #   BENCH_H2_CONNECTIONS h2load connections [10]
 #   BENCH_H2_STREAMS     h2load max concurrent streams per connection [10]
-#   BENCH_SUITES         which suites ["proxy wasm filters"]
-#   BENCH_TARGETS        which rows to run ["direct nginx haproxy envoy legate"];
-#                        the wasm suite runs the envoy and legate ones
+#   BENCH_SUITES         which suites ["proxy wasm filters redis"]
+#   BENCH_TARGETS        which rows to run ["direct nginx haproxy twemproxy envoy
+#                        legate"]; the proxy suite runs all but twemproxy, the
+#                        wasm and filters suites the envoy and legate ones, the
+#                        redis suite direct, twemproxy, envoy and legate
 #   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
 #   BENCH_WASM_ROUNDS    rounds of the wasm suite's filter-cost table; each round
 #                        runs its rows back to back, the report gives medians [3]
 #   BENCH_RSS_WORKERS    worker counts of the wasm suite's memory table ["1 2"]
 #   BENCH_FILTER_ROUNDS  rounds of the filters suite's table, as for wasm [3]
+#   BENCH_REDIS_ROUNDS   rounds of the redis suite, as for wasm [3]
+#   BENCH_REDIS_SECONDS  about how long each redis-benchmark test runs: its -n
+#                        is this times the req/s of a calibration run [3]
+#   BENCH_REDIS_REQUESTS a fixed redis-benchmark -n instead (no calibration run)
 #   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
 #                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
 #   BENCH_COMPONENT      the same filter as a legate:filter component, for the
@@ -54,6 +63,8 @@
 #   18200 nginx proxy HTTP/1.1  18201 nginx proxy h2c
 #   18300 HAProxy (HTTP/1.1 and h2c on the same port)
 #   18100 Envoy / legate listener (codec AUTO), 18901 their admin
+#   18379 redis-server (redis suite)  18380 twemproxy, 18381 its stats
+#   18400 Envoy / legate redis_proxy listener (bench/proxy-redis.yaml)
 # The upstream also answers GET /wasm-check with the x-legate-wasm request
 # header it received (the wasm suite's sanity check; the load is on / only).
 set -euo pipefail
@@ -69,6 +80,7 @@ repo_root=$(cd "$bench_dir/.." && pwd -P)
 # (computed before the defaults below are filled in).
 cmdline="bench/run.sh${*:+ $*}"
 for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_COMPONENT BENCH_WASM_ROUNDS BENCH_FILTER_ROUNDS BENCH_RSS_WORKERS \
+         BENCH_REDIS_ROUNDS BENCH_REDIS_SECONDS BENCH_REDIS_REQUESTS \
          BENCH_PROTOCOLS BENCH_TARGETS BENCH_SUITES BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
     if [[ -n "${!v+x}" ]]; then
         val="${!v}"
@@ -83,12 +95,17 @@ CONNS="${BENCH_CONNECTIONS:-50}"
 WRK_THREADS="${BENCH_WRK_THREADS:-1}"
 H2_CONNS="${BENCH_H2_CONNECTIONS:-10}"
 H2_STREAMS="${BENCH_H2_STREAMS:-10}"
-TARGETS="${BENCH_TARGETS:-direct nginx haproxy envoy legate}"
+TARGETS="${BENCH_TARGETS:-direct nginx haproxy twemproxy envoy legate}"
 PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
-SUITES="${BENCH_SUITES:-proxy wasm filters}"
+SUITES="${BENCH_SUITES:-proxy wasm filters redis}"
 RSS_WORKERS="${BENCH_RSS_WORKERS:-1 2}"
 WASM_ROUNDS="${BENCH_WASM_ROUNDS:-3}"
 FILTER_ROUNDS="${BENCH_FILTER_ROUNDS:-3}"
+REDIS_ROUNDS="${BENCH_REDIS_ROUNDS:-3}"
+REDIS_SECONDS="${BENCH_REDIS_SECONDS:-3}"
+REDIS_REQUESTS="${BENCH_REDIS_REQUESTS:-}"
+REDIS_CLIENTS=50
+REDIS_PIPELINES="1 16"
 BUILD_LEGATE="${BENCH_BUILD_LEGATE:-auto}"
 RESULTS="${BENCH_RESULTS:-$bench_dir/RESULTS.md}"
 KEEP="${BENCH_KEEP:-0}"
@@ -96,6 +113,7 @@ LEGATE_BIN="${LEGATE_BIN:-$repo_root/target/release/legate}"
 PROXY_YAML="$bench_dir/proxy.yaml"
 WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an absolute .wasm path
 FILTERS_YAML="$bench_dir/proxy-filters.yaml"
+REDIS_YAML="$bench_dir/proxy-redis.yaml"
 WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
 WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
 COMPONENT_DEFAULT="$repo_root/target/components/wasm32-wasip2/release/sdk_header_filter.wasm"
@@ -115,7 +133,12 @@ EL_ADMIN_PORT=$((18901 + PORT_OFFSET))
 NGINX_H1_PORT=$((18200 + PORT_OFFSET))
 NGINX_H2_PORT=$((18201 + PORT_OFFSET))
 HAPROXY_PORT=$((18300 + PORT_OFFSET))
+REDIS_PORT=$((18379 + PORT_OFFSET))        # redis-server (from proxy-redis.yaml)
+TWEM_PORT=$((18380 + PORT_OFFSET))
+TWEM_STATS_PORT=$((18381 + PORT_OFFSET))
+EL_REDIS_PORT=$((18400 + PORT_OFFSET))     # envoy / legate redis_proxy listener
 ALL_PORTS="$UP_H1_PORT $UP_H2_PORT $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT"
+ALL_PORTS+=" $REDIS_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT"
 BODY="hello from upstream"   # response body is this plus a newline (20 bytes)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -129,18 +152,26 @@ for arg in "$@"; do
     esac
 done
 
-for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS WASM_ROUNDS; do
+for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS WASM_ROUNDS FILTER_ROUNDS REDIS_ROUNDS REDIS_SECONDS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
 done
 (( DURATION > 0 )) || { echo "BENCH_DURATION must be > 0" >&2; exit 2; }
 (( WASM_ROUNDS > 0 )) || { echo "BENCH_WASM_ROUNDS must be > 0" >&2; exit 2; }
+(( FILTER_ROUNDS > 0 )) || { echo "BENCH_FILTER_ROUNDS must be > 0" >&2; exit 2; }
+(( REDIS_ROUNDS > 0 )) || { echo "BENCH_REDIS_ROUNDS must be > 0" >&2; exit 2; }
+(( REDIS_SECONDS > 0 )) || { echo "BENCH_REDIS_SECONDS must be > 0" >&2; exit 2; }
+[[ -z "$REDIS_REQUESTS" || "$REDIS_REQUESTS" =~ ^[1-9][0-9]*$ ]] \
+    || { echo "BENCH_REDIS_REQUESTS must be a positive integer, got '$REDIS_REQUESTS'" >&2; exit 2; }
 for s in $SUITES; do
-    [[ "$s" == proxy || "$s" == wasm || "$s" == filters ]] || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm, filters)" >&2; exit 2; }
+    [[ "$s" == proxy || "$s" == wasm || "$s" == filters || "$s" == redis ]] \
+        || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm, filters, redis)" >&2; exit 2; }
 done
 for w in $RSS_WORKERS; do
     [[ "$w" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_RSS_WORKERS must list positive integers, got '$w'" >&2; exit 2; }
 done
 has_suite() { [[ " $SUITES " == *" $1 "* ]]; }
+# The suites that need the HTTP upstream and the HTTP load generators.
+has_http_suite() { has_suite proxy || has_suite wasm || has_suite filters; }
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -244,14 +275,26 @@ check_url() {
 # ---------------------------------------------------------------- tools
 ensure_tools() {
     local missing=() pkgs=()
-    command -v nginx   >/dev/null || { missing+=(nginx);   pkgs+=(nginx); }
-    command -v haproxy >/dev/null || { missing+=(haproxy); pkgs+=(haproxy); }
-    command -v wrk     >/dev/null || { missing+=(wrk);     pkgs+=(wrk); }
-    command -v h2load  >/dev/null || { missing+=(h2load);  pkgs+=(nghttp2-client); }
+    if has_http_suite; then
+        command -v nginx   >/dev/null || { missing+=(nginx);   pkgs+=(nginx); }
+        command -v haproxy >/dev/null || { missing+=(haproxy); pkgs+=(haproxy); }
+        command -v wrk     >/dev/null || { missing+=(wrk);     pkgs+=(wrk); }
+        command -v h2load  >/dev/null || { missing+=(h2load);  pkgs+=(nghttp2-client); }
+    fi
+    if has_suite redis; then
+        command -v redis-server    >/dev/null || { missing+=(redis-server);    pkgs+=(redis-server); }
+        command -v redis-cli       >/dev/null || { missing+=(redis-cli);       pkgs+=(redis-tools); }
+        command -v redis-benchmark >/dev/null || { missing+=(redis-benchmark); pkgs+=(redis-tools); }
+        if has_target twemproxy; then
+            command -v nutcracker >/dev/null || { missing+=(nutcracker); pkgs+=(nutcracker); }
+        fi
+    fi
+    # curl also reads the admin /ready of Envoy and legate.
     command -v curl    >/dev/null || { missing+=(curl);    pkgs+=(curl); }
     command -v setsid  >/dev/null || { missing+=(setsid);  pkgs+=(util-linux); }
     command -v timeout >/dev/null || { missing+=(timeout); pkgs+=(coreutils); }
     ((${#pkgs[@]})) || return 0
+    mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
     log "missing: ${missing[*]}; installing Debian packages: ${pkgs[*]}"
     local sudo=()
     if [[ $(id -u) != 0 ]]; then
@@ -492,7 +535,7 @@ stop_target() {
     local p i
     for i in $(seq 1 50); do
         local busy=0
-        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT; do
+        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT; do
             port_open "$p" && busy=1
         done
         (( busy )) || break
@@ -801,6 +844,322 @@ measure_rss() {
     stop_target
 }
 
+# ---------------------------------------------------------------- redis suite
+# Results: RR[ROUND,TARGET,P,CMD] req/s, RLOST[ROUND,TARGET,P] requests that did
+# not reach redis-server, RN[ROUND,TARGET,P] the -n used; RNOTE[ROUND,TARGET] why
+# a row has no numbers, RNOTE[ROUND,TARGET,P] why one pipeline depth has none.
+declare -A RR RLOST RN RNOTE REDIS_SKIP
+NOTES_REDIS=()
+REDIS_PID=
+REDIS_NA=
+REDIS_TARGET_PORT=
+
+write_twemproxy_conf() {
+    mkdir -p "$work/twemproxy"
+    cat >"$work/twemproxy/nutcracker.yml" <<EOT
+bench:
+  listen: 127.0.0.1:$TWEM_PORT
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  auto_eject_hosts: false
+  servers:
+  - 127.0.0.1:$REDIS_PORT:1
+EOT
+}
+
+# start_redis_server: the one redis-server every row talks to, for the whole
+# suite. Sets REDIS_NA on failure.
+start_redis_server() {
+    mkdir -p "$work/redis"
+    start_bg "$work/redis/stderr.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+        --save '' --appendonly no --dir "$work/redis" --logfile '' --daemonize no
+    REDIS_PID=$BG_PID
+    if ! wait_ready "$REDIS_PID" "$REDIS_PORT" \
+            || [[ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" PING 2>&1)" != PONG ]]; then
+        REDIS_NA="redis-server failed to start: $(tail -3 "$work/redis/stderr.log" 2>/dev/null | tr '\n|`' " /'" | cut -c1-300)"
+        return 1
+    fi
+}
+
+# redis_calls: "SET-calls GET-calls" that redis-server has executed so far.
+redis_calls() {
+    timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
+        $1 == "cmdstat_set" { s = $3 } $1 == "cmdstat_get" { g = $3 }
+        END { printf "%d %d\n", s, g }'
+}
+
+# start_redis_target NAME TAG: start the row's proxy (nothing for direct); sets
+# REDIS_TARGET_PORT, CUR_PID and CUR_LOG as start_target does, START_NA when it
+# fails before starting anything.
+start_redis_target() {
+    local name="$1" tag="$2"
+    CUR_PID=
+    START_NA=
+    CUR_LOG="$work/$tag/stderr.log"
+    mkdir -p "$work/$tag"
+    case "$name" in
+        direct)
+            REDIS_TARGET_PORT=$REDIS_PORT
+            return 0 ;;
+        twemproxy)
+            write_twemproxy_conf
+            REDIS_TARGET_PORT=$TWEM_PORT
+            # Its own log (-o) is where it says why it did not start.
+            CUR_LOG="$work/$tag/nutcracker.log"
+            # Single-threaded by design: one event loop, as the other rows' one worker.
+            start_bg "$work/$tag/stderr.log" nutcracker -c "$work/twemproxy/nutcracker.yml" -o "$CUR_LOG" \
+                -s "$TWEM_STATS_PORT" -a 127.0.0.1 -p "$work/$tag/nutcracker.pid"
+            CUR_PID=$BG_PID
+            wait_ready "$CUR_PID" "$TWEM_PORT" ;;
+        envoy)
+            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            REDIS_TARGET_PORT=$EL_REDIS_PORT
+            start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$REDIS_YAML" --disable-hot-restart \
+                --concurrency 1 --use-dynamic-base-id --log-level warn
+            CUR_PID=$BG_PID
+            wait_ready "$CUR_PID" "$EL_REDIS_PORT" "$EL_ADMIN_PORT" ;;
+        legate)
+            [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
+            REDIS_TARGET_PORT=$EL_REDIS_PORT
+            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$REDIS_YAML" --concurrency 1
+            CUR_PID=$BG_PID
+            wait_ready "$CUR_PID" "$EL_REDIS_PORT" "$EL_ADMIN_PORT" ;;
+    esac
+}
+
+# check_redis PORT: SET then GET of a fresh value through the target answer OK
+# and the value, and the value is in our redis-server (the target forwards to it).
+check_redis() {
+    local port="$1" val out
+    val="sanity-$$-$RANDOM-$(date +%s%N)"
+    out=$(timeout 5 redis-cli -h 127.0.0.1 -p "$port" SET legate:bench:sanity "$val" 2>&1 | tr -d '\r')
+    [[ "$out" == OK ]] || { REDIS_CHECK_WHY="SET answered $(printf '%q' "$out" | cut -c1-120)"; return 1; }
+    out=$(timeout 5 redis-cli -h 127.0.0.1 -p "$port" GET legate:bench:sanity 2>&1 | tr -d '\r')
+    [[ "$out" == "$val" ]] || { REDIS_CHECK_WHY="GET answered $(printf '%q' "$out" | cut -c1-120)"; return 1; }
+    out=$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" GET legate:bench:sanity 2>&1 | tr -d '\r')
+    [[ "$out" == "$val" ]] || { REDIS_CHECK_WHY="the value did not reach redis-server on $REDIS_PORT"; return 1; }
+}
+
+# csv_rps FILE CMD: the rps column of CMD's row in redis-benchmark --csv output.
+csv_rps() {
+    awk -F'","' -v cmd="$2" '$1 == "\"" cmd { print $2 + 0; exit }' "$1"
+}
+
+# run_redis_benchmark NAME P ROUND: a calibration (and warm-up) GET run, then
+# the measured SET and GET runs with -n sized to last about REDIS_SECONDS each.
+run_redis_benchmark() {
+    local name="$1" p="$2" r="$3" port=$REDIS_TARGET_PORT n cal rps before after cmd
+    local base="$work/redis-$name-P$p-r$r" key="$r,$name,$p"
+    local rb=(redis-benchmark -h 127.0.0.1 -p "$port" -c "$REDIS_CLIENTS" -P "$p" --csv)
+    if [[ -n "$REDIS_REQUESTS" ]]; then
+        n=$REDIS_REQUESTS
+    else
+        cal=$((10000 * p))
+        if ! run_load 120 "$base-cal.csv" "${rb[@]}" -t get -n "$cal"; then
+            RNOTE[$key]="calibration run failed: $(tail -1 "$base-cal.csv" | cut -c1-200)"; return
+        fi
+        rps=$(csv_rps "$base-cal.csv" GET)
+        [[ -n "$rps" ]] || { RNOTE[$key]="could not parse the calibration run"; return; }
+        # Bounded either way: at least 10k requests, at most 20M.
+        n=$(awk -v r="$rps" -v s="$REDIS_SECONDS" 'BEGIN { n = int(r * s); if (n < 10000) n = 10000; if (n > 20000000) n = 20000000; print n }')
+    fi
+    RN[$key]=$n
+    log "$name -P $p: ${rb[*]} -t get,set -n $n"
+    before=$(redis_calls)
+    if ! run_load $((120 + 20 * REDIS_SECONDS)) "$base.csv" "${rb[@]}" -t get,set -n "$n"; then
+        RNOTE[$key]="redis-benchmark failed or timed out: $(tail -1 "$base.csv" | cut -c1-200)"; return
+    fi
+    after=$(redis_calls)
+    for cmd in SET GET; do
+        rps=$(csv_rps "$base.csv" "$cmd")
+        [[ -n "$rps" ]] || { RNOTE[$key]="could not parse redis-benchmark output"; return; }
+        RR[$key,$cmd]=$rps
+    done
+    # Every request must have been forwarded: a proxy answering errors itself
+    # would look fast.
+    RLOST[$key]=$(awk -v b="$before" -v a="$after" -v n="$n" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); s = n - (y[1] - x[1]); g = n - (y[2] - x[2])
+        print (s > 0 ? s : 0) + (g > 0 ? g : 0) }')
+    log "$name -P $p: SET ${RR[$key,SET]} req/s, GET ${RR[$key,GET]} req/s, not forwarded ${RLOST[$key]}"
+}
+
+# bench_redis_row NAME ROUND: one row of one round, in a fresh process.
+bench_redis_row() {
+    local name="$1" r="$2" p why
+    log "=== $name (redis suite, round $r of $REDIS_ROUNDS)"
+    if [[ -n "$REDIS_NA" ]]; then RNOTE[$r,$name]="n/a ($REDIS_NA)"; return 0; fi
+    # The same binary refuses the same file every round: say so once.
+    if [[ -n "${REDIS_SKIP[$name]:-}" ]]; then RNOTE[$r,$name]=${REDIS_SKIP[$name]}; return 0; fi
+    if ! start_redis_target "$name" "redis-$name-r$r"; then
+        start_failure
+        # legate names the refused field as FILE:LINE:COL: (Envoy-style).
+        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
+                && grep -qE 'proxy-redis\.yaml:[0-9]+:[0-9]+: ' "$CUR_LOG" 2>/dev/null; then
+            why=$(grep -oE 'proxy-redis\.yaml:[0-9]+:[0-9]+: .*' "$CUR_LOG" | sort -u | head -5 | tr '|`' "/'" | paste -sd';' | sed 's/;/; /g')
+            REDIS_SKIP[$name]="n/a (refused config)"
+            NOTES_REDIS+=("$name refused bench/proxy-redis.yaml: $why")
+            RNOTE[$r,$name]=${REDIS_SKIP[$name]}
+        else
+            RNOTE[$r,$name]="n/a ($START_NA)"
+            # "not available (why)" -> "n/a (why)"
+            [[ "$START_NA" != "not available ("* ]] || RNOTE[$r,$name]="n/a (${START_NA#not available (}"
+        fi
+        log "$name: ${RNOTE[$r,$name]}"
+        stop_target
+        return 0
+    fi
+    REDIS_CHECK_WHY=
+    if ! check_redis "$REDIS_TARGET_PORT"; then
+        RNOTE[$r,$name]="n/a (wrong replies: $REDIS_CHECK_WHY)"
+        log "$name: ${RNOTE[$r,$name]}"
+        stop_target
+        return 0
+    fi
+    for p in $REDIS_PIPELINES; do
+        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+            RNOTE[$r,$name,$p]="process exited: $(log_tail)"; continue
+        fi
+        run_redis_benchmark "$name" "$p" "$r"
+    done
+    stop_target
+}
+
+# aggregate_redis: medians over the rounds into RR[med,...]; per round, the GET
+# share of direct (RSHARE*) and legate's GET against twemproxy's (RVS*).
+declare -A RSHARE RSHARE_LIST RVS RVS_LIST
+aggregate_redis() {
+    local name p cmd r vals v
+    for name in direct twemproxy envoy legate; do
+        for p in $REDIS_PIPELINES; do
+            for cmd in SET GET; do
+                vals=()
+                for r in $(seq 1 "$REDIS_ROUNDS"); do
+                    [[ -z "${RR[$r,$name,$p,$cmd]:-}" ]] || vals+=("${RR[$r,$name,$p,$cmd]}")
+                done
+                if ((${#vals[@]})); then RR[med,$name,$p,$cmd]=$(median "${vals[@]}"); fi
+            done
+            v=0
+            for r in $(seq 1 "$REDIS_ROUNDS"); do v=$(( v + ${RLOST[$r,$name,$p]:-0} )); done
+            RLOST[sum,$name,$p]=$v
+            ratio_rounds "$name" direct "$p" RSHARE RSHARE_LIST
+            ratio_rounds "$name" twemproxy "$p" RVS RVS_LIST
+        done
+    done
+}
+
+# ratio_rounds A B P MED LIST: per round, A's GET req/s over B's; the median
+# into MED[A,P] and the list into LIST[A,P].
+ratio_rounds() {
+    local a="$1" b="$2" p="$3" r x vals=() shown=()
+    local -n med_out="$4" list_out="$5"
+    [[ "$a" != "$b" ]] || return 0
+    for r in $(seq 1 "$REDIS_ROUNDS"); do
+        if [[ -n "${RR[$r,$a,$p,GET]:-}" && -n "${RR[$r,$b,$p,GET]:-}" ]]; then
+            x=$(awk -v a="${RR[$r,$a,$p,GET]}" -v b="${RR[$r,$b,$p,GET]}" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b }')
+            [[ -n "$x" ]] || continue
+            vals+=("$x"); shown+=("$x")
+        else
+            shown+=("-")
+        fi
+    done
+    ((${#vals[@]})) || return 0
+    med_out[$a,$p]=$(median "${vals[@]}")
+    list_out[$a,$p]="${shown[*]}"
+    list_out[$a,$p]=${list_out[$a,$p]// / \/ }
+}
+
+write_redis_table() {
+    local name p cmd cells note r
+    echo "| target | GET -P 1 (req/s) | SET -P 1 (req/s) | GET -P 16 (req/s) | SET -P 16 (req/s) | GET share of direct, -P 1 | GET share of direct, -P 16 | requests not forwarded |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for name in direct twemproxy envoy legate; do
+        has_target "$name" || continue
+        if [[ -z "${RR[med,$name,1,GET]:-}${RR[med,$name,16,GET]:-}" ]]; then
+            note=
+            for r in $(seq 1 "$REDIS_ROUNDS"); do
+                note=${note:-${RNOTE[$r,$name]:-${RNOTE[$r,$name,1]:-${RNOTE[$r,$name,16]:-}}}}
+            done
+            echo "| $name | ${note:-not run} | | | | | | |"
+            continue
+        fi
+        cells=()
+        for p in $REDIS_PIPELINES; do
+            for cmd in GET SET; do
+                if [[ -n "${RR[med,$name,$p,$cmd]:-}" ]]; then cells+=("$(fmt_rps "${RR[med,$name,$p,$cmd]}")"); else cells+=("-"); fi
+            done
+        done
+        for p in $REDIS_PIPELINES; do
+            if [[ "$name" == direct ]]; then
+                cells+=("(baseline)")
+            elif [[ -n "${RSHARE[$name,$p]:-}" ]]; then
+                cells+=("$(awk -v m="${RSHARE[$name,$p]}" 'BEGIN { printf "**%.2f**", m }') (${RSHARE_LIST[$name,$p]})")
+            else
+                cells+=("-")
+            fi
+        done
+        cells+=("$(( ${RLOST[sum,$name,1]:-0} + ${RLOST[sum,$name,16]:-0} ))")
+        printf '| %s |' "$name"
+        printf ' %s |' "${cells[@]}"
+        echo
+    done
+}
+
+# The -n each row ran with, per pipeline depth (a range over the rounds).
+redis_n_line() {
+    local name p r vals parts=() rows=()
+    for name in direct twemproxy envoy legate; do
+        has_target "$name" || continue
+        parts=()
+        for p in $REDIS_PIPELINES; do
+            vals=()
+            for r in $(seq 1 "$REDIS_ROUNDS"); do [[ -z "${RN[$r,$name,$p]:-}" ]] || vals+=("${RN[$r,$name,$p]}"); done
+            ((${#vals[@]})) || continue
+            parts+=("$(printf '%s\n' "${vals[@]}" | sort -n | awk -v p="$p" 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s%s at -P %s", lo, (hi != lo ? "-" hi : ""), p }')")
+        done
+        ((${#parts[@]})) || continue
+        rows+=("$name $(printf '%s, ' "${parts[@]}" | sed 's/, $//')")
+    done
+    ((${#rows[@]})) || return 0
+    echo "redis-benchmark -n per test: $(printf '%s; ' "${rows[@]}" | sed 's/; $//')."
+}
+
+# The two targets: legate's GET at -P 1 is at least 0.9 of direct's, and at
+# -P 16 at least 2x twemproxy's (medians of the per-round ratios).
+redis_target_lines() {
+    local m why r
+    for r in $(seq 1 "$REDIS_ROUNDS"); do why=${why:-${RNOTE[$r,legate]:-}}; done
+    m=${RSHARE[legate,1]:-}
+    if [[ -z "$m" ]]; then
+        echo "- Target (legate's GET at -P 1 is at least 0.9 of direct's): not measured${why:+ (legate: $why)}."
+    else
+        awk -v m="$m" -v l="${RSHARE_LIST[legate,1]}" -v n="$REDIS_ROUNDS" 'BEGIN {
+            printf "- Target (legate'"'"'s GET at -P 1 is at least 0.9 of direct'"'"'s): **%s**, %.2f (median of %d round%s: %s).\n", (m >= 0.9 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), l }'
+    fi
+    m=${RVS[legate,16]:-}
+    if [[ -z "$m" ]]; then
+        echo "- Target (legate's GET at -P 16 is at least 2x twemproxy's): not measured${why:+ (legate: $why)}."
+    else
+        awk -v m="$m" -v l="${RVS_LIST[legate,16]}" -v n="$REDIS_ROUNDS" 'BEGIN {
+            printf "- Target (legate'"'"'s GET at -P 16 is at least 2x twemproxy'"'"'s): **%s**, %.2fx (median of %d round%s: %s).\n", (m >= 2 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), l }'
+    fi
+}
+
+# Rounds in which a row, or one of its pipeline depths, got no numbers.
+redis_round_notes() {
+    local name r p
+    for name in direct twemproxy envoy legate; do
+        has_target "$name" || continue
+        for r in $(seq 1 "$REDIS_ROUNDS"); do
+            [[ -z "${REDIS_SKIP[$name]:-}" ]] || continue
+            if [[ -n "${RNOTE[$r,$name]:-}" ]]; then NOTES_REDIS+=("$name, round $r: ${RNOTE[$r,$name]}"); continue; fi
+            for p in $REDIS_PIPELINES; do
+                [[ -z "${RNOTE[$r,$name,$p]:-}" ]] || NOTES_REDIS+=("$name, round $r, -P $p: ${RNOTE[$r,$name,$p]}")
+            done
+        done
+    done
+}
+
 # ---------------------------------------------------------------- report
 fmt_ratio() {   # a / b -> "1.23x", or "-" when either is missing
     [[ -n "$1" && -n "$2" ]] || { echo "-"; return; }
@@ -915,12 +1274,22 @@ write_rss_table() {
 }
 
 write_report() {
-    local tmp="$RESULTS.tmp.$$" kind
-    if (( DURATION < 10 )); then
+    local tmp="$RESULTS.tmp.$$" kind redis_kind
+    if [[ -n "$REDIS_REQUESTS" ]]; then
+        redis_kind="redis suite: \`-n $REDIS_REQUESTS\` per redis-benchmark test"
+    else
+        redis_kind="redis suite: about ${REDIS_SECONDS}s per redis-benchmark test"
+    fi
+    if ! has_http_suite; then
+        kind="Full run ($redis_kind, $REDIS_ROUNDS round(s))."
+        (( REDIS_SECONDS >= 3 )) || [[ -n "$REDIS_REQUESTS" ]] \
+            || kind="**SMOKE RUN** ($redis_kind): numbers are only a check that the harness works, not a benchmark."
+    elif (( DURATION < 10 )); then
         kind="**SMOKE RUN** (${DURATION}s per measurement, ${WARMUP}s warm-up): numbers are only a check that the harness works, not a benchmark."
     else
         kind="Full run (${DURATION}s per measurement, ${WARMUP}s warm-up)."
     fi
+    if has_http_suite && has_suite redis; then kind="${kind%.}; $redis_kind."; fi
     {
         echo "# Proxy benchmark results"
         echo
@@ -934,22 +1303,37 @@ write_report() {
         if (( PORT_OFFSET > 0 )); then
             echo "- Ports: the defaults plus BENCH_PORT_OFFSET=$PORT_OFFSET (upstream $UP_H1_PORT, Envoy/legate $EL_PORT, admin $EL_ADMIN_PORT); Envoy and legate get copies of the bootstraps with the same shift."
         fi
+        local workers="nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`"
+        has_http_suite || workers="Envoy \`--concurrency 1\`, legate \`--concurrency 1\`"
+        if has_suite redis && has_target twemproxy; then workers+=", twemproxy (single-threaded by design)"; fi
         if has_suite wasm; then
-            echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`. The memory table is the exception: it runs Envoy and legate with \`--concurrency\` ${RSS_WORKERS// /, }."
+            echo "- Every proxy runs one worker: $workers. The memory table is the exception: it runs Envoy and legate with \`--concurrency\` ${RSS_WORKERS// /, }."
         else
-            echo "- Every proxy runs one worker: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`."
+            echo "- Every proxy runs one worker: $workers."
         fi
-        echo "- Upstream: nginx (\`worker_processes 1\`) answering \`return 200\` with a 20-byte body. Every proxy talks HTTP/1.1 to it over reused keep-alive connections, for both client protocols; only the direct h2c row talks h2c to the upstream."
-        if has_suite wasm; then
-            echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml), and for the filter rows [bench/proxy-wasm.yaml](proxy-wasm.yaml) (the same plus one wasm filter). No access logs anywhere."
-        else
-            echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml). No access logs anywhere."
+        if has_http_suite; then
+            echo "- Upstream: nginx (\`worker_processes 1\`) answering \`return 200\` with a 20-byte body. Every proxy talks HTTP/1.1 to it over reused keep-alive connections, for both client protocols; only the direct h2c row talks h2c to the upstream."
+            if has_suite wasm; then
+                echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml), and for the filter rows [bench/proxy-wasm.yaml](proxy-wasm.yaml) (the same plus one wasm filter). No access logs anywhere."
+            else
+                echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml). No access logs anywhere."
+            fi
+        fi
+        if has_suite redis; then
+            echo "- Redis suite: one redis-server (\`--save '' --appendonly no\`) on 127.0.0.1:$REDIS_PORT behind every row; Envoy and legate use the same bootstrap, [bench/proxy-redis.yaml](proxy-redis.yaml)."
         fi
         echo
         echo "Tool versions:"
         echo
-        echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
-        echo "- HAProxy: $(haproxy -v 2>&1 | head -1 | sed 's/^HA-*Proxy version //; s/ - https.*//')"
+        if has_http_suite; then
+            echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+            echo "- HAProxy: $(haproxy -v 2>&1 | head -1 | sed 's/^HA-*Proxy version //; s/ - https.*//')"
+        fi
+        if has_suite redis; then
+            echo "- redis-server: $(redis-server --version 2>&1 | head -1 | sed 's/^Redis server //')"
+            echo "- redis-benchmark: $(redis-benchmark --version 2>&1 | head -1)"
+            ! has_target twemproxy || echo "- twemproxy: $(nutcracker -V 2>&1 | head -1 | sed 's/^This is //')"
+        fi
         echo "- Envoy: ${ENVOY_VERSION_STR:-not available}"
         echo "- legate: ${LEGATE_VERSION_STR:-not available}"
         if has_suite wasm; then
@@ -957,8 +1341,10 @@ write_report() {
             echo "- the same filter as a component: ${COMPONENT_DESC:-not available${COMPONENT_NA:+ ($COMPONENT_NA)}}"
             echo "- wasm runtimes: Envoy's built-in V8 (\`runtime: envoy.wasm.runtime.v8\`); legate runs the same module on wasmtime ${WASMTIME_VERSION:-?} (from Cargo.lock), whatever the runtime name"
         fi
-        echo "- wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
-        echo "- h2load: $(h2load --version 2>&1 | head -1)"
+        if has_http_suite; then
+            echo "- wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
+            echo "- h2load: $(h2load --version 2>&1 | head -1)"
+        fi
         echo
         if has_suite proxy && [[ " $PROTOCOLS " == *" h1 "* ]]; then
             echo "## HTTP/1.1 keep-alive (wrk)"
@@ -1029,6 +1415,31 @@ write_report() {
                 echo
             fi
         fi
+        if has_suite redis; then
+            echo "## Redis proxy (redis-benchmark), one worker"
+            echo
+            echo "One redis-server, measured direct and through twemproxy (one server pool, \`redis: true\`, \`hash: fnv1a_64\`, \`distribution: ketama\`), Envoy's \`envoy.filters.network.redis_proxy\` and legate's, the last two on the same [bench/proxy-redis.yaml](proxy-redis.yaml) (\`settings.op_timeout: 5s\`, a catch-all route to a \`MAGLEV\` cluster with the one server). Before the load, a sanity check through each row: \`SET\` answers \`OK\`, \`GET\` answers the value, and the value is in the redis-server."
+            echo
+            if [[ -n "$REDIS_REQUESTS" ]]; then
+                echo "\`redis-benchmark -t get,set -n $REDIS_REQUESTS -c $REDIS_CLIENTS -P 1 --csv\`, then the same with \`-P 16\`."
+            else
+                echo "\`redis-benchmark -t get,set -n N -c $REDIS_CLIENTS -P 1 --csv\`, then the same with \`-P 16\`. Before each, a calibration run (\`-t get -n 10000\`, times 16 with \`-P 16\`), also a warm-up, sets N to about ${REDIS_SECONDS}s of its GET rate (at least 10,000, at most 20,000,000), so every test lasts a few seconds whatever the row's speed."
+            fi
+            echo "$REDIS_ROUNDS round(s): each round runs the rows in table order, each proxy in a fresh process. req/s are medians over the rounds. The GET share of direct is computed per round against the direct row of the same round; the median is in bold, every round in brackets. \"Requests not forwarded\" counts, over all rounds, the measured SETs and GETs that never reached the redis-server (its \`INFO commandstats\`), e.g. answered by the proxy itself."
+            echo
+            write_redis_table
+            echo
+            redis_n_line
+            echo
+            redis_target_lines
+            echo
+            if ((${#NOTES_REDIS[@]})); then
+                echo "Notes:"
+                echo
+                printf -- '- %s\n' "${NOTES_REDIS[@]}"
+                echo
+            fi
+        fi
     } >"$tmp"
     mv "$tmp" "$RESULTS"
 }
@@ -1062,6 +1473,8 @@ if (( PORT_OFFSET > 0 )); then
     shift_ports "$PROXY_YAML" >"$work/proxy.yaml"
     shift_ports "$WASM_YAML_SRC" >"$work/proxy-wasm.src.yaml"
     shift_ports "$FILTERS_YAML" >"$work/proxy-filters.yaml"
+    shift_ports "$REDIS_YAML" >"$work/proxy-redis.yaml"
+    REDIS_YAML="$work/proxy-redis.yaml"
     FILTERS_YAML="$work/proxy-filters.yaml"
     PROXY_YAML="$work/proxy.yaml"
     WASM_YAML_SRC="$work/proxy-wasm.src.yaml"
@@ -1170,21 +1583,29 @@ if git -C "$repo_root" rev-parse --short HEAD >/dev/null 2>&1; then
 fi
 
 log "scratch dir: $work"
-write_nginx_upstream_conf
-start_bg "$work/upstream/stderr.log" nginx -p "$work/upstream" -e "$work/upstream/error.log" \
-    -c "$work/upstream/nginx.conf" -g 'daemon off;'
-UP_PID=$BG_PID
-if ! wait_ready "$UP_PID" "$UP_H1_PORT" || ! wait_ready "$UP_PID" "$UP_H2_PORT" \
-        || ! check_url "http://127.0.0.1:$UP_H1_PORT/" h1 || ! check_url "http://127.0.0.1:$UP_H2_PORT/" h2c; then
-    log "upstream nginx failed to start:"; cat "$work/upstream/error.log" >&2 || true
-    exit 1
+for t in $TARGETS; do
+    case "$t" in
+        direct|nginx|haproxy|twemproxy|envoy|legate) ;;
+        *) log "unknown target '$t' ignored" ;;
+    esac
+done
+
+if has_http_suite; then
+    write_nginx_upstream_conf
+    start_bg "$work/upstream/stderr.log" nginx -p "$work/upstream" -e "$work/upstream/error.log" \
+        -c "$work/upstream/nginx.conf" -g 'daemon off;'
+    UP_PID=$BG_PID
+    if ! wait_ready "$UP_PID" "$UP_H1_PORT" || ! wait_ready "$UP_PID" "$UP_H2_PORT" \
+            || ! check_url "http://127.0.0.1:$UP_H1_PORT/" h1 || ! check_url "http://127.0.0.1:$UP_H2_PORT/" h2c; then
+        log "upstream nginx failed to start:"; cat "$work/upstream/error.log" >&2 || true
+        exit 1
+    fi
 fi
 
 if has_suite proxy; then
     for t in $TARGETS; do
         case "$t" in
             direct|nginx|haproxy|envoy|legate) bench_target "$t" ;;
-            *) log "unknown target '$t' ignored" ;;
         esac
     done
 fi
@@ -1220,6 +1641,24 @@ if has_suite wasm; then
             measure_rss "$t" "$w" yes
         done
     done
+fi
+
+if has_suite redis; then
+    if start_redis_server; then
+        log "redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID)"
+    else
+        log "$REDIS_NA"
+    fi
+    for r in $(seq 1 "$REDIS_ROUNDS"); do
+        for t in direct twemproxy envoy legate; do
+            has_target "$t" || continue
+            bench_redis_row "$t" "$r"
+        done
+    done
+    stop_pid "$REDIS_PID"
+    forget_pid "$REDIS_PID"
+    aggregate_redis
+    redis_round_notes
 fi
 
 write_report
