@@ -9,7 +9,11 @@
 //! `evalsha_ro`, `dbsize`, blocking commands, pub/sub subscriptions, `asking` or
 //! `readonly`.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use bytes::Bytes;
+use foldhash::fast::FixedState;
 
 use crate::resp::Value;
 
@@ -299,11 +303,7 @@ fn lower<'a>(name: &[u8], buf: &'a mut [u8; 32]) -> Option<&'a str> {
     std::str::from_utf8(out).ok()
 }
 
-/// How Envoy 1.40 handles the command `name` (any case), or `None` if it is not
-/// supported.
-pub fn lookup(name: &[u8]) -> Option<Kind> {
-    let mut buf = [0u8; 32];
-    let name = lower(name, &mut buf)?;
+fn kind_of(name: &str) -> Option<Kind> {
     let kind = match name {
         "eval" | "evalsha" => Kind::Eval,
         "object" => Kind::Object,
@@ -317,6 +317,48 @@ pub fn lookup(name: &[u8]) -> Option<Kind> {
         _ => return None,
     };
     Some(kind)
+}
+
+/// Every supported command by lower-case name: its kind and its position in
+/// [`all`]. Built once; a lookup is one hash of a short name.
+static TABLE: LazyLock<HashMap<&'static [u8], Command, FixedState>> = LazyLock::new(|| {
+    all()
+        .zip(0u16..)
+        .filter_map(|(n, id)| {
+            Some((
+                n.as_bytes(),
+                Command {
+                    kind: kind_of(n)?,
+                    id,
+                },
+            ))
+        })
+        .collect()
+});
+
+/// A supported command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// How it is handled.
+    pub kind: Kind,
+    /// Its position in [`all`], for per-command tables such as stats.
+    pub id: u16,
+}
+
+/// The command `name` (any case), or `None` if Envoy 1.40 does not support it.
+pub fn command(name: &[u8]) -> Option<Command> {
+    let mut buf = [0u8; 32];
+    let out = buf.get_mut(..name.len())?;
+    for (o, b) in out.iter_mut().zip(name) {
+        *o = b.to_ascii_lowercase();
+    }
+    TABLE.get(&*out).copied()
+}
+
+/// How Envoy 1.40 handles the command `name` (any case), or `None` if it is not
+/// supported.
+pub fn lookup(name: &[u8]) -> Option<Kind> {
+    command(name).map(|c| c.kind)
 }
 
 /// Every supported command name, lower case: the names Envoy creates

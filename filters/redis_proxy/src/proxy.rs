@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use foldhash::fast::FixedState;
 use legate_filter_api::hash::murmur_hash2;
 use legate_filter_api::network::{
     DownstreamIo, DownstreamRead, DownstreamWrite, TcpCluster, TcpClusters, TerminalFilter,
@@ -76,7 +77,7 @@ impl TerminalFilter for RedisProxy {
         let pools = Pools::for_worker(self.id, || Pools {
             config: self.config.clone(),
             clusters: io.clusters(),
-            by_cluster: RefCell::new(HashMap::new()),
+            by_cluster: RefCell::new(HashMap::default()),
         });
         let stats = self.stats;
         stats.downstream_cx_total.inc();
@@ -89,6 +90,7 @@ impl TerminalFilter for RedisProxy {
                 transaction: None,
                 reading: true,
             }),
+            now: std::cell::Cell::new(Instant::now()),
             ready: Notify::new(),
             stats: stats.clone(),
         });
@@ -113,14 +115,14 @@ impl TerminalFilter for RedisProxy {
 struct Pools {
     config: Arc<Config>,
     clusters: Rc<dyn TcpClusters>,
-    by_cluster: RefCell<HashMap<String, Option<Rc<ClusterPool>>>>,
+    by_cluster: RefCell<HashMap<String, Option<Rc<ClusterPool>>, FixedState>>,
 }
 
 struct ClusterPool {
     cluster: Rc<dyn TcpCluster>,
     /// `auth` for new connections, from the cluster's protocol options.
     hello: Option<Bytes>,
-    hosts: RefCell<HashMap<SocketAddr, Rc<Upstream>>>,
+    hosts: RefCell<HashMap<SocketAddr, Rc<Upstream>, FixedState>>,
 }
 
 thread_local! {
@@ -165,7 +167,7 @@ impl Pools {
             Rc::new(ClusterPool {
                 cluster,
                 hello,
-                hosts: RefCell::new(HashMap::new()),
+                hosts: RefCell::new(HashMap::default()),
             })
         });
         self.by_cluster
@@ -278,6 +280,8 @@ struct State {
 /// One client connection.
 pub(crate) struct Session {
     state: RefCell<State>,
+    /// When the bytes being dispatched were read (one clock read per read).
+    now: std::cell::Cell<Instant>,
     /// The reply at the head of the queue is ready, or reading stopped.
     ready: Notify,
     stats: Arc<Stats>,
@@ -331,7 +335,7 @@ impl Session {
         st.queue.push_back(Pending {
             reply,
             left,
-            start: Instant::now(),
+            start: self.now.get(),
             command,
             error: false,
             close: false,
@@ -365,6 +369,7 @@ impl Session {
     fn take_ready(&self, out: &mut BytesMut) -> bool {
         let mut st = self.state.borrow_mut();
         let mut close = false;
+        let now = Instant::now();
         while let Some(p) = st.queue.front() {
             if p.left > 0 {
                 break;
@@ -382,14 +387,14 @@ impl Session {
                 Reply::Single => {}
             }
             self.stats.downstream_rq_active.dec();
-            if let Some(i) = p.command {
-                let s = self.stats.command(i);
+            if let Some(s) = p.command.and_then(|i| self.stats.command(i)) {
                 if error {
                     s.error.inc();
                 } else {
                     s.success.inc();
                 }
-                s.latency.record_duration(p.start.elapsed());
+                s.latency
+                    .record_duration(now.saturating_duration_since(p.start));
             }
             if p.close {
                 close = true;
@@ -407,6 +412,7 @@ async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>, pools:
     let mut quit = false;
     'read: while let Ok(Some(chunk)) = rd.read().await {
         stats.downstream_cx_rx_bytes_total.add(chunk.len() as u64);
+        session.now.set(Instant::now());
         if buf.is_empty() {
             buf = chunk;
         } else {
@@ -474,7 +480,7 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         return true;
     };
     let name = args[0];
-    let Some(kind) = commands::lookup(name) else {
+    let Some(cmd) = commands::command(name) else {
         stats.splitter_unsupported_command.inc();
         session.answer(commands::unknown_command(&args), None);
         return true;
@@ -494,11 +500,12 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         session.answer(Value::error(reply::NOAUTH), None);
         return true;
     }
-    let command = stats.command_index(name);
-    if let Some(i) = command {
-        stats.command(i).total.inc();
-    }
-    let plan = split::split_args(&frame.value, &args);
+    let kind = cmd.kind;
+    let command = stats.command(cmd.id).map(|s| {
+        s.total.inc();
+        cmd.id
+    });
+    let plan = split::split_args(&args);
     if let Plan::Reply(v) = &plan {
         stats.splitter_invalid_request.inc();
         session.answer(v.clone(), command);
@@ -518,14 +525,14 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         Plan::Host(Kind::Local) => session.answer(local(session, config, &args), command),
         Plan::Host(Kind::Transaction) => transaction(session, pools, &frame, &args, kind, command),
         Plan::Host(_) => cluster_scope(session, pools, &frame, &args, command),
-        Plan::Single(fragment) => {
+        Plan::Single { key } => {
             if let Some(reply) = fault_error(config, name, command, stats) {
                 session.answer(reply, command);
                 return true;
             }
             let delay = fault_delay(config, name, command, stats);
             let seq = session.push(Reply::Single, 1, command);
-            let routed = route(pools, &fragment.key, &fragment.request, &frame.raw, name);
+            let routed = route(pools, &key, &frame.value, &frame.raw, name);
             send_routed(session, pools, routed, seq, 0, delay);
         }
         Plan::Fanout { merge, fragments } => {
@@ -594,6 +601,7 @@ fn cluster_scope(
                 seq,
                 part: i as u32,
             },
+            session.now.get(),
         );
     }
 }
@@ -674,7 +682,7 @@ fn send_routed(
             continue;
         }
         if let Some(up) = pools.upstream(&m.cluster, &r.key) {
-            up.send(&r.bytes, Waiter::Discard);
+            up.send(&r.bytes, Waiter::Discard, session.now.get());
         }
     }
     let Some(up) = pools.upstream(r.cluster, &r.key) else {
@@ -687,11 +695,11 @@ fn send_routed(
         part,
     };
     match delay {
-        None => up.send(&r.bytes, waiter),
+        None => up.send(&r.bytes, waiter, session.now.get()),
         Some(d) => {
             tokio::task::spawn_local(async move {
                 tokio::time::sleep(d).await;
-                up.send(&r.bytes, waiter);
+                up.send(&r.bytes, waiter, Instant::now());
             });
         }
     }
@@ -731,8 +739,8 @@ fn fault_error(config: &Config, name: &[u8], command: Option<u16>, stats: &Stats
     }
     match fault_for(config, name)? {
         FaultKind::Error => {
-            if let Some(i) = command {
-                stats.command(i).error_fault.inc();
+            if let Some(s) = command.and_then(|i| stats.command(i)) {
+                s.error_fault.inc();
             }
             Some(Value::error(reply::FAULT_ERROR))
         }
@@ -751,8 +759,8 @@ fn fault_delay(
     }
     match fault_for(config, name)? {
         FaultKind::Delay(d) => {
-            if let Some(i) = command {
-                stats.command(i).delay_fault.inc();
+            if let Some(s) = command.and_then(|i| stats.command(i)) {
+                s.delay_fault.inc();
             }
             Some(d)
         }
@@ -913,6 +921,7 @@ fn transaction(
                         seq,
                         part: 0,
                     },
+                    session.now.get(),
                 );
                 // Dropping `t` closes the connection once this reply is in.
             }
@@ -942,6 +951,7 @@ fn transaction(
                 up.send(
                     &Value::command([Bytes::from_static(b"multi")]).to_bytes(),
                     Waiter::Discard,
+                    session.now.get(),
                 );
                 if let Some(t) = session.state.borrow_mut().transaction.as_mut() {
                     t.upstream = Some(up.clone());
@@ -959,6 +969,7 @@ fn transaction(
                 seq,
                 part: 0,
             },
+            session.now.get(),
         ),
         None => session.deliver(seq, 0, Err(reply::NO_UPSTREAM_HOST)),
     }

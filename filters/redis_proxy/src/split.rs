@@ -43,8 +43,11 @@ pub enum Plan {
     /// An unsupported command: answer with this error and count
     /// `splitter.unsupported_command`.
     Unsupported(Value),
-    /// Send the request as it is to the server owning the key.
-    Single(Fragment),
+    /// Send the request as it is to the server owning `key`.
+    Single {
+        /// The routing key, as the client wrote it.
+        key: Bytes,
+    },
     /// Send every fragment, then [`assemble`] the replies.
     Fanout {
         /// How the replies combine.
@@ -78,14 +81,14 @@ fn allows_no_args(kind: Kind, name: &[u8]) -> bool {
 /// Decides how to handle one decoded request.
 pub fn split(request: &Value) -> Plan {
     match request.as_command() {
-        Some(args) => split_args(request, &args),
+        Some(args) => split_args(&args),
         None => Plan::Reply(error(reply::INVALID_REQUEST)),
     }
 }
 
 /// [`split`] for a request whose arguments were already taken out with
-/// [`Value::as_command`] (non-empty).
-pub fn split_args(request: &Value, args: &[&Bytes]) -> Plan {
+/// [`Value::as_command`].
+pub fn split_args(args: &[&Bytes]) -> Plan {
     let Some(&name) = args.first() else {
         return Plan::Reply(error(reply::INVALID_REQUEST));
     };
@@ -102,10 +105,9 @@ pub fn split_args(request: &Value, args: &[&Bytes]) -> Plan {
                 return Plan::Reply(error(reply::wrong_number_of_arguments(name)));
             }
             match args.get(index) {
-                Some(key) => Plan::Single(Fragment {
+                Some(key) => Plan::Single {
                     key: (*key).clone(),
-                    request: request.clone(),
-                }),
+                },
                 // `object encoding` with no key.
                 None => Plan::Reply(error(reply::wrong_number_of_arguments(name))),
             }

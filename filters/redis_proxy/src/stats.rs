@@ -1,7 +1,5 @@
 //! Envoy's `redis.<stat_prefix>.*` stats.
 
-use std::collections::HashMap;
-
 use legate_filter_api::stats::{Counter, Gauge, Histogram, Store};
 
 use crate::commands;
@@ -27,8 +25,8 @@ pub(crate) struct Stats {
     pub downstream_rq_active: Gauge,
     pub splitter_invalid_request: Counter,
     pub splitter_unsupported_command: Counter,
-    commands: Vec<CommandStats>,
-    index: HashMap<&'static str, u16>,
+    /// By [`commands::Command::id`]; `None` where Envoy keeps no stats.
+    commands: Vec<Option<CommandStats>>,
 }
 
 /// Commands Envoy answers without command stats.
@@ -45,22 +43,22 @@ impl Stats {
         let _ = c("downstream_rq_noproto");
         let _ = g("downstream_cx_rx_bytes_buffered");
         let _ = g("downstream_cx_tx_bytes_buffered");
-        let names: Vec<&'static str> = commands::all().filter(|n| !NO_STATS.contains(n)).collect();
-        let commands = names
-            .iter()
+        let commands = commands::all()
             .map(|n| {
+                if NO_STATS.contains(&n) {
+                    return None;
+                }
                 let cc = |s: &str| store.counter(format!("{p}command.{n}.{s}"));
-                CommandStats {
+                Some(CommandStats {
                     total: cc("total"),
                     success: cc("success"),
                     error: cc("error"),
                     error_fault: cc("error_fault"),
                     delay_fault: cc("delay_fault"),
                     latency: store.histogram(format!("{p}command.{n}.latency")),
-                }
+                })
             })
             .collect();
-        let index = names.into_iter().zip(0u16..).collect();
         Stats {
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_total: c("downstream_cx_total"),
@@ -72,22 +70,11 @@ impl Stats {
             splitter_invalid_request: c("splitter.invalid_request"),
             splitter_unsupported_command: c("splitter.unsupported_command"),
             commands,
-            index,
         }
     }
 
-    /// The stats of a command found by [`Stats::command_index`].
-    pub fn command(&self, index: u16) -> &CommandStats {
-        &self.commands[usize::from(index)]
-    }
-
-    /// Where the stats of a command (any case) are, if Envoy keeps stats for it.
-    pub fn command_index(&self, name: &[u8]) -> Option<u16> {
-        let mut buf = [0u8; 32];
-        let lower = buf.get_mut(..name.len())?;
-        for (o, b) in lower.iter_mut().zip(name) {
-            *o = b.to_ascii_lowercase();
-        }
-        self.index.get(std::str::from_utf8(lower).ok()?).copied()
+    /// The stats of a command, if Envoy keeps stats for it.
+    pub fn command(&self, id: u16) -> Option<&CommandStats> {
+        self.commands.get(usize::from(id))?.as_ref()
     }
 }

@@ -99,9 +99,8 @@ impl Upstream {
         })
     }
 
-    /// Queues one command; its reply goes to `waiter`.
-    pub fn send(self: &Rc<Self>, command: &[u8], waiter: Waiter) {
-        let now = Instant::now();
+    /// Queues one command, sent at `now`; its reply goes to `waiter`.
+    pub fn send(self: &Rc<Self>, command: &[u8], waiter: Waiter, now: Instant) {
         let start = {
             let mut st = self.state.borrow_mut();
             if st.closed {
