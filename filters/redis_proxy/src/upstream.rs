@@ -171,14 +171,19 @@ impl Upstream {
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut decoder = Decoder::new();
         let (mut rx, mut tx) = (0u64, 0u64);
+        // The op_timeout timer is armed for the oldest waiter and re-armed only
+        // when it fires, not for every reply.
+        let op_timer = tokio::time::sleep(self.settings.op_timeout);
+        tokio::pin!(op_timer);
+        let mut armed = false;
         loop {
             // Write what may go now.
             let (want_write, flush_at, oldest, closed) = {
                 let mut st = self.state.borrow_mut();
-                let now = Instant::now();
-                let due = self.settings.max_buffer_size_before_flush == 0
+                let batching = self.settings.max_buffer_size_before_flush > 0;
+                let due = !batching
                     || st.out.len() >= self.settings.max_buffer_size_before_flush
-                    || st.flush_at.is_some_and(|t| t <= now);
+                    || st.flush_at.is_some_and(|t| t <= Instant::now());
                 if due && !st.out.is_empty() {
                     match stream.try_write(&st.out) {
                         Ok(n) => {
@@ -208,7 +213,14 @@ impl Upstream {
             } else {
                 Interest::READABLE
             };
-            let deadline = oldest.map(|t| t + self.settings.op_timeout);
+            match oldest {
+                Some(t) if !armed => {
+                    op_timer.as_mut().reset(t + self.settings.op_timeout);
+                    armed = true;
+                }
+                None => armed = false,
+                _ => {}
+            }
             tokio::select! {
                 ready = stream.ready(interest) => {
                     let Ok(ready) = ready else { break };
@@ -228,7 +240,8 @@ impl Upstream {
                 }
                 _ = self.wake.notified() => {}
                 _ = sleep_until(flush_at) => {}
-                _ = sleep_until(deadline) => {
+                _ = &mut op_timer, if armed => {
+                    armed = false;
                     let st = self.state.borrow();
                     if st.waiters.front().is_some_and(|(_, t)| t.elapsed() >= self.settings.op_timeout) {
                         self.cluster.count_requests(0, 1);
