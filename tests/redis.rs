@@ -655,6 +655,12 @@ async fn replies_match_envoy() {
         "hset h f v;hget h f;hgetall h",
         "expire a 100;ttl a",
         "append s x;strlen s",
+        "set k1 1;keys k*",
+        "keys",
+        "keys a b",
+        "flushall",
+        "flushdb",
+        "set a 1;flushdb;get a",
     ]
     .iter()
     .map(|seq| {
@@ -712,5 +718,108 @@ async fn replies_match_envoy() {
         diffs.len(),
         seqs.len(),
         diffs.join("\n")
+    );
+}
+
+/// A server that answers `MOVED`/`ASK` by the key's prefix, pointing at `to`,
+/// or at itself for `loop:` keys.
+async fn redirecting_server(to: SocketAddr) -> SocketAddr {
+    use legate_redis_proxy::resp::Decoder;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut d = Decoder::new();
+                let mut buf = bytes::BytesMut::new();
+                while s.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+                    while let Ok(Some(f)) = d.decode(&mut buf) {
+                        let args = f.value.as_command().unwrap_or_default();
+                        let key = args.get(1).map(|k| k.to_vec()).unwrap_or_default();
+                        let out = if key.starts_with(b"ask:") {
+                            format!("-ASK 7 {to}\r\n")
+                        } else if key.starts_with(b"loop:") {
+                            format!("-MOVED 7 {me}\r\n")
+                        } else {
+                            format!("-MOVED 7 {to}\r\n")
+                        };
+                        if s.write_all(out.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    me
+}
+
+#[tokio::test]
+async fn moved_and_ask_are_followed_once() {
+    let server = RedisServer::start().await;
+    let fake = redirecting_server(server.addr).await;
+    let body = format!(
+        "          settings: {{op_timeout: 2s, enable_redirection: true}}\n{}",
+        catch_all("fake")
+    );
+    let clusters = support::cluster("fake", &[(fake, 1)], "    lb_policy: MAGLEV\n");
+    let (_l, a) = start(&body, &clusters).await;
+    let mut c = connect(a, None).await;
+    let () = c.set("moved:1", "v").await.unwrap();
+    let v: String = c.get("moved:1").await.unwrap();
+    assert_eq!(v, "v");
+    let () = c.set("ask:1", "w").await.unwrap();
+    let mut d = server.direct().await;
+    let got: Vec<Option<String>> = d.mget(&["moved:1", "ask:1"]).await.unwrap();
+    assert_eq!(got, [Some("v".to_string()), Some("w".to_string())]);
+    // mget fragments are redirected one by one.
+    let got: Vec<Option<String>> = c.mget(&["moved:1", "ask:1", "moved:2"]).await.unwrap();
+    assert_eq!(got, [Some("v".to_string()), Some("w".to_string()), None]);
+    // A second redirection is handed to the client.
+    let (out, _) = raw(a, &command(&["get", "loop:1"]), 1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("-MOVED 7 {fake}\r\n")
+    );
+
+    // Without enable_redirection, the client gets the redirection.
+    let (_l2, a2) = start(&format!("{SETTINGS}{}", catch_all("fake")), &clusters).await;
+    let (out, _) = raw(a2, &command(&["get", "moved:1"]), 1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("-MOVED 7 {}\r\n", server.addr)
+    );
+}
+
+#[tokio::test]
+async fn writes_are_batched_until_the_buffer_flush_timeout() {
+    let server = RedisServer::start().await;
+    let body = format!(
+        "          settings: {{op_timeout: 2s, max_buffer_size_before_flush: 1048576, buffer_flush_timeout: 0.2s}}\n{}",
+        catch_all("r")
+    );
+    let (_l, a) = start(&body, &cluster("r", &[&server], "MAGLEV", "")).await;
+    let mut c = connect(a, None).await;
+    let t = Instant::now();
+    let () = c.set("b", "1").await.unwrap();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(200),
+        "the set went out after {took:?}"
+    );
+    // Commands that fill the buffer go out at once: the 16th of these passes
+    // 1 MiB.
+    let mut p = redis::pipe();
+    let big = "x".repeat(64 * 1024);
+    for i in 0..16 {
+        p.set(format!("big{i}"), &big).ignore();
+    }
+    let t = Instant::now();
+    let () = p.query_async(&mut c).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
     );
 }

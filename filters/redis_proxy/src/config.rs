@@ -23,8 +23,8 @@ pub struct Config {
     /// `settings.buffer_flush_timeout`: the longest gathered bytes wait
     /// (Envoy's default 3 ms).
     pub buffer_flush_timeout: Duration,
-    /// `settings.enable_command_stats`: per-command upstream stats.
-    pub enable_command_stats: bool,
+    /// `settings.enable_redirection`: follow `MOVED` and `ASK` replies once.
+    pub enable_redirection: bool,
     /// `prefix_routes`.
     pub routes: PrefixRoutes,
     /// `downstream_auth_passwords` (any one is accepted).

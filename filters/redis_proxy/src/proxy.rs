@@ -91,6 +91,7 @@ impl TerminalFilter for RedisProxy {
                 reading: true,
             }),
             now: std::cell::Cell::new(Instant::now()),
+            pools: pools.clone(),
             ready: Notify::new(),
             stats: stats.clone(),
         });
@@ -252,6 +253,9 @@ struct Pending {
     error: bool,
     /// Close the connection once this reply is written (`quit`, protocol error).
     close: bool,
+    /// With `enable_redirection`: each part's pool and bytes, to send again
+    /// where a `MOVED` or `ASK` points (once).
+    resend: Vec<Option<(Rc<ClusterPool>, Bytes)>>,
 }
 
 /// A client's `multi`: the commands after it go, unsplit, to the server of the
@@ -282,6 +286,7 @@ pub(crate) struct Session {
     state: RefCell<State>,
     /// When the bytes being dispatched were read (one clock read per read).
     now: std::cell::Cell<Instant>,
+    pools: Rc<Pools>,
     /// The reply at the head of the queue is ready, or reading stopped.
     ready: Notify,
     stats: Arc<Stats>,
@@ -289,7 +294,12 @@ pub(crate) struct Session {
 
 impl Session {
     /// An upstream reply (or why there is none) for part `part` of request `seq`.
-    pub(crate) fn deliver(&self, seq: u64, part: u32, reply: Result<Frame, &'static str>) {
+    pub(crate) fn deliver(
+        self: &Rc<Self>,
+        seq: u64,
+        part: u32,
+        reply: Result<Frame, &'static str>,
+    ) {
         let mut st = self.state.borrow_mut();
         let Some(idx) = seq.checked_sub(st.base) else {
             return;
@@ -297,6 +307,23 @@ impl Session {
         let Some(p) = st.queue.get_mut(idx as usize) else {
             return;
         };
+        if let Ok(Frame {
+            value: Value::Error(text),
+            ..
+        }) = &reply
+            && let Some((ask, addr)) = redirection(text)
+            && let Some(Some((pool, bytes))) = p.resend.get_mut(part as usize).map(Option::take)
+        {
+            drop(st);
+            let up = self.pools.upstream_at(&pool, addr);
+            let now = Instant::now();
+            if ask {
+                up.send(b"*1\r\n$6\r\nasking\r\n", Waiter::Discard, now);
+            }
+            let session = self.clone();
+            up.send(&bytes, Waiter::Session { session, seq, part }, now);
+            return;
+        }
         match &mut p.reply {
             Reply::Single => {
                 p.reply = Reply::Ready(match reply {
@@ -327,6 +354,22 @@ impl Session {
         }
     }
 
+    /// Keeps what part `part` of request `seq` sent, for a redirection.
+    fn remember(&self, seq: u64, part: u32, r: &Routed<'_>, pools: &Pools) {
+        let Some(pool) = pools.cluster(r.cluster) else {
+            return;
+        };
+        let mut st = self.state.borrow_mut();
+        let idx = (seq - st.base) as usize;
+        if let Some(p) = st.queue.get_mut(idx) {
+            let part = part as usize;
+            if p.resend.len() <= part {
+                p.resend.resize(part + 1, None);
+            }
+            p.resend[part] = Some((pool, r.bytes.clone()));
+        }
+    }
+
     /// Queues a request; returns its sequence number.
     fn push(&self, reply: Reply, left: u32, command: Option<u16>) -> u64 {
         let mut st = self.state.borrow_mut();
@@ -339,6 +382,7 @@ impl Session {
             command,
             error: false,
             close: false,
+            resend: Vec::new(),
         });
         drop(st);
         if ready {
@@ -606,6 +650,21 @@ fn cluster_scope(
     }
 }
 
+/// `MOVED <slot> <host:port>` or `ASK <slot> <host:port>`: whether it is `ASK`,
+/// and where to go.
+fn redirection(text: &[u8]) -> Option<(bool, SocketAddr)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut words = text.split(' ');
+    let ask = match words.next()? {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    words.next()?.parse::<u16>().ok()?;
+    let addr = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((ask, addr))
+}
+
 /// Where a command goes: its cluster, the key to hash, the bytes to send, and
 /// the mirrors that also get it.
 struct Routed<'a> {
@@ -689,6 +748,9 @@ fn send_routed(
         session.deliver(seq, part, Err(reply::NO_UPSTREAM_HOST));
         return;
     };
+    if pools.config.enable_redirection {
+        session.remember(seq, part, &r, pools);
+    }
     let waiter = Waiter::Session {
         session: session.clone(),
         seq,

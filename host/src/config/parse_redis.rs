@@ -63,7 +63,7 @@ pub(crate) fn filter(
         enable_hashtagging: s.enable_hashtagging,
         max_buffer_size_before_flush: s.max_buffer_size_before_flush,
         buffer_flush_timeout: s.buffer_flush_timeout,
-        enable_command_stats: s.enable_command_stats,
+        enable_redirection: s.enable_redirection,
         routes: routes?,
         downstream_auth_passwords,
         downstream_auth_username,
@@ -80,12 +80,11 @@ struct Settings {
     enable_hashtagging: bool,
     max_buffer_size_before_flush: usize,
     buffer_flush_timeout: Duration,
-    enable_command_stats: bool,
+    enable_redirection: bool,
 }
 
 fn settings(f: &Field<'_>) -> Option<Settings> {
     let mut o = f.obj()?.unsupported(&[
-        "enable_redirection",
         "dns_cache_config",
         "max_upstream_unknown_connections",
         "read_policy",
@@ -104,17 +103,22 @@ fn settings(f: &Field<'_>) -> Option<Settings> {
         .get("buffer_flush_timeout")
         .and_then(|g| g.duration())
         .unwrap_or(Duration::from_millis(3));
-    let enable_command_stats = o
-        .get("enable_command_stats")
+    let enable_redirection = o
+        .get("enable_redirection")
         .and_then(|g| g.bool())
         .unwrap_or(false);
+    if let Some(g) = o.get("enable_command_stats")
+        && g.bool() == Some(true)
+    {
+        g.error("enable_command_stats (per-command upstream stats) is not supported by legate yet");
+    }
     o.finish();
     Some(Settings {
         op_timeout: op_timeout?,
         enable_hashtagging,
         max_buffer_size_before_flush,
         buffer_flush_timeout,
-        enable_command_stats,
+        enable_redirection,
     })
 }
 
