@@ -823,3 +823,54 @@ async fn writes_are_batched_until_the_buffer_flush_timeout() {
         t.elapsed()
     );
 }
+
+/// Counters named `*.upstream_commands.*` and `redis.*.command.*` from Envoy's
+/// text `/stats`, without the zero ones.
+fn command_counters(text: &str) -> HashMap<String, i64> {
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(n, _)| n.contains(".upstream_commands.") || n.starts_with("redis.rp.command."))
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse::<i64>().ok()?)))
+        .filter(|(_, v)| *v != 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn command_stats_count_as_envoys() {
+    let servers = [RedisServer::start().await, RedisServer::start().await];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let yaml = bootstrap(
+        &listener(&format!(
+            "          settings: {{op_timeout: 2s, enable_command_stats: true}}\n{}",
+            catch_all("shards")
+        )),
+        &cluster("shards", &refs, "MAGLEV", ""),
+    );
+    let traffic = [
+        command(&["set", "a", "1"]),
+        command(&["get", "a"]),
+        command(&["get", "b"]),
+        command(&["mget", "a", "b", "c"]),
+        command(&["hget", "a", "x"]),
+        command(&["incr", "n"]),
+        command(&["del", "a", "n"]),
+        command(&["ping"]),
+        command(&["foo"]),
+    ]
+    .concat();
+    let envoy = support::envoy::Envoy::start(&yaml).await.unwrap();
+    let _ = raw(envoy.listener("redis").await, &traffic, 9).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let by_envoy = command_counters(&envoy.admin_get("/stats").await);
+    drop(envoy);
+    let l = Legate::start_with(&yaml, &["--concurrency", "1"]).await;
+    let _ = raw(l.listener("redis").await, &traffic, 9).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, text) = support::http_get(l.admin, "/stats").await.unwrap();
+    let by_legate = command_counters(&text);
+    assert_eq!(by_legate, by_envoy);
+    assert_eq!(
+        by_legate.get("cluster.shards.redis_cluster.upstream_commands.get.total"),
+        Some(&5)
+    );
+}

@@ -25,6 +25,9 @@ pub struct Config {
     pub buffer_flush_timeout: Duration,
     /// `settings.enable_redirection`: follow `MOVED` and `ASK` replies once.
     pub enable_redirection: bool,
+    /// `settings.enable_command_stats`: count each command sent to a cluster
+    /// under `cluster.<name>.redis_cluster.upstream_commands.<cmd>.*`.
+    pub enable_command_stats: bool,
     /// `prefix_routes`.
     pub routes: PrefixRoutes,
     /// `downstream_auth_passwords` (any one is accepted).

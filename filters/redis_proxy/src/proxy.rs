@@ -25,7 +25,7 @@ use crate::commands::{self, Kind, reply};
 use crate::config::{Config, FaultKind, Mirror, ProtocolOptions};
 use crate::resp::{DOWNSTREAM_PROTOCOL_ERROR, Decoder, Frame, Value};
 use crate::split::{self, Merge, Plan};
-use crate::stats::Stats;
+use crate::stats::{Stats, UpstreamCommandStats};
 use crate::upstream::{Settings, Upstream, Waiter};
 
 /// The filter's name in `typed_extension_protocol_options`.
@@ -36,16 +36,18 @@ pub struct RedisProxyFactory {
     id: u64,
     config: Arc<Config>,
     stats: Arc<Stats>,
+    store: &'static Store,
 }
 
 impl RedisProxyFactory {
     /// The filter for `config`, counting into `store`.
-    pub fn new(config: Config, store: &Store) -> RedisProxyFactory {
+    pub fn new(config: Config, store: &'static Store) -> RedisProxyFactory {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         RedisProxyFactory {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             stats: Arc::new(Stats::new(&config.stat_prefix, store)),
             config: Arc::new(config),
+            store,
         }
     }
 
@@ -61,6 +63,7 @@ impl TerminalFilterFactory for RedisProxyFactory {
             id: self.id,
             config: self.config.clone(),
             stats: self.stats.clone(),
+            store: self.store,
         })
     }
 }
@@ -69,6 +72,7 @@ struct RedisProxy {
     id: u64,
     config: Arc<Config>,
     stats: Arc<Stats>,
+    store: &'static Store,
 }
 
 #[async_trait(?Send)]
@@ -76,6 +80,7 @@ impl TerminalFilter for RedisProxy {
     async fn serve(self: Box<Self>, io: Box<dyn DownstreamIo>) {
         let pools = Pools::for_worker(self.id, || Pools {
             config: self.config.clone(),
+            store: self.store,
             clusters: io.clusters(),
             by_cluster: RefCell::new(HashMap::default()),
         });
@@ -115,6 +120,7 @@ impl TerminalFilter for RedisProxy {
 /// client connections and closed when the last of them ends.
 struct Pools {
     config: Arc<Config>,
+    store: &'static Store,
     clusters: Rc<dyn TcpClusters>,
     by_cluster: RefCell<HashMap<String, Option<Rc<ClusterPool>>, FixedState>>,
 }
@@ -124,6 +130,27 @@ struct ClusterPool {
     /// `auth` for new connections, from the cluster's protocol options.
     hello: Option<Bytes>,
     hosts: RefCell<HashMap<SocketAddr, Rc<Upstream>, FixedState>>,
+    /// `enable_command_stats`, by command id, made on first use (as Envoy).
+    command_stats: RefCell<Vec<Option<Rc<UpstreamCommandStats>>>>,
+}
+
+impl ClusterPool {
+    fn command_stats(&self, id: u16, store: &Store) -> Option<Rc<UpstreamCommandStats>> {
+        let mut all = self.command_stats.borrow_mut();
+        let i = usize::from(id);
+        if all.len() <= i {
+            all.resize(i + 1, None);
+        }
+        if all[i].is_none() {
+            let name = commands::all().nth(i)?;
+            all[i] = Some(Rc::new(UpstreamCommandStats::new(
+                store,
+                self.cluster.name(),
+                name,
+            )));
+        }
+        all[i].clone()
+    }
 }
 
 thread_local! {
@@ -169,6 +196,7 @@ impl Pools {
                 cluster,
                 hello,
                 hosts: RefCell::new(HashMap::default()),
+                command_stats: RefCell::new(Vec::new()),
             })
         });
         self.by_cluster
@@ -326,11 +354,10 @@ impl Session {
         }
         match &mut p.reply {
             Reply::Single => {
+                // An error the server answered counts as a success, as in
+                // Envoy: only a failed or missing reply is an error.
                 p.reply = Reply::Ready(match reply {
-                    Ok(f) => {
-                        p.error = matches!(f.value, Value::Error(_));
-                        f.raw
-                    }
+                    Ok(f) => f.raw,
                     Err(text) => {
                         p.error = true;
                         Value::error(text).to_bytes()
@@ -673,6 +700,8 @@ struct Routed<'a> {
     bytes: Bytes,
     mirrors: &'a [Mirror],
     write: bool,
+    /// The command sent, with `enable_command_stats`.
+    command: Option<u16>,
 }
 
 fn route<'a>(
@@ -699,6 +728,11 @@ fn route<'a>(
         bytes,
         mirrors: &m.route.mirrors,
         write: !m.route.mirrors.is_empty() && commands::is_write(name),
+        command: if pools.config.enable_command_stats {
+            commands::command(name).map(|c| c.id)
+        } else {
+            None
+        },
     })
 }
 
@@ -756,12 +790,17 @@ fn send_routed(
         seq,
         part,
     };
+    let stats = r.command.and_then(|id| {
+        pools
+            .cluster(r.cluster)
+            .and_then(|p| p.command_stats(id, pools.store))
+    });
     match delay {
-        None => up.send(&r.bytes, waiter, session.now.get()),
+        None => up.send_counted(&r.bytes, waiter, session.now.get(), stats),
         Some(d) => {
             tokio::task::spawn_local(async move {
                 tokio::time::sleep(d).await;
-                up.send(&r.bytes, waiter, Instant::now());
+                up.send_counted(&r.bytes, waiter, Instant::now(), stats);
             });
         }
     }

@@ -15,6 +15,28 @@ pub(crate) struct CommandStats {
     pub latency: Histogram,
 }
 
+/// `cluster.<name>.redis_cluster.upstream_commands.<cmd>.*`, with
+/// `enable_command_stats`: each command sent to a server of the cluster.
+pub(crate) struct UpstreamCommandStats {
+    pub total: Counter,
+    pub success: Counter,
+    pub failure: Counter,
+    /// Microseconds from the command's send to its reply.
+    pub latency: Histogram,
+}
+
+impl UpstreamCommandStats {
+    pub fn new(store: &Store, cluster: &str, command: &str) -> UpstreamCommandStats {
+        let p = format!("cluster.{cluster}.redis_cluster.upstream_commands.{command}.");
+        UpstreamCommandStats {
+            total: store.counter(format!("{p}total")),
+            success: store.counter(format!("{p}success")),
+            failure: store.counter(format!("{p}failure")),
+            latency: store.histogram(format!("{p}latency")),
+        }
+    }
+}
+
 pub(crate) struct Stats {
     pub downstream_cx_active: Gauge,
     pub downstream_cx_total: Counter,

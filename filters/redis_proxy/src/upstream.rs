@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use crate::commands::reply;
 use crate::proxy::Session;
-use crate::resp::{Decoder, Frame};
+use crate::resp::{Decoder, Frame, Value};
+use crate::stats::UpstreamCommandStats;
 
 /// Who gets a reply.
 pub(crate) enum Waiter {
@@ -40,6 +41,31 @@ impl Waiter {
     }
 }
 
+/// A command waiting for its reply.
+struct Queued {
+    waiter: Waiter,
+    sent: Instant,
+    stats: Option<Rc<UpstreamCommandStats>>,
+}
+
+impl Queued {
+    fn deliver(self, reply: Result<Frame, &'static str>) {
+        if let Some(s) = &self.stats {
+            match &reply {
+                Ok(Frame {
+                    value: Value::Error(_),
+                    ..
+                })
+                | Err(_) => s.failure.inc(),
+                Ok(_) => s.success.inc(),
+            }
+            s.latency
+                .record(self.sent.elapsed().as_secs_f64() * 1_000_000.0);
+        }
+        self.waiter.deliver(reply);
+    }
+}
+
 /// How an upstream connection batches writes.
 #[derive(Clone, Copy)]
 pub(crate) struct Settings {
@@ -54,8 +80,9 @@ struct State {
     out: BytesMut,
     /// When the oldest unwritten byte must go out (batching only).
     flush_at: Option<Instant>,
-    /// One per command written or to be written, in order, with its send time.
-    waiters: VecDeque<(Waiter, Instant)>,
+    /// One per command written or to be written, in order, with its send time
+    /// and, with `enable_command_stats`, its stats.
+    waiters: VecDeque<Queued>,
     /// A task owns the connection (connecting or connected).
     running: bool,
     /// The pool is gone: no new task.
@@ -101,6 +128,17 @@ impl Upstream {
 
     /// Queues one command, sent at `now`; its reply goes to `waiter`.
     pub fn send(self: &Rc<Self>, command: &[u8], waiter: Waiter, now: Instant) {
+        self.send_counted(command, waiter, now, None);
+    }
+
+    /// [`Upstream::send`], counting the command in `stats`.
+    pub fn send_counted(
+        self: &Rc<Self>,
+        command: &[u8],
+        waiter: Waiter,
+        now: Instant,
+        stats: Option<Rc<UpstreamCommandStats>>,
+    ) {
         let start = {
             let mut st = self.state.borrow_mut();
             if st.closed {
@@ -113,14 +151,25 @@ impl Upstream {
                 st.running = true;
                 if let Some(h) = &self.hello {
                     st.out.extend_from_slice(h);
-                    st.waiters.push_back((Waiter::Discard, now));
+                    st.waiters.push_back(Queued {
+                        waiter: Waiter::Discard,
+                        sent: now,
+                        stats: None,
+                    });
                 }
             }
             if st.out.is_empty() && self.settings.max_buffer_size_before_flush > 0 {
                 st.flush_at = Some(now + self.settings.buffer_flush_timeout);
             }
             st.out.extend_from_slice(command);
-            st.waiters.push_back((waiter, now));
+            if let Some(s) = &stats {
+                s.total.inc();
+            }
+            st.waiters.push_back(Queued {
+                waiter,
+                sent: now,
+                stats,
+            });
             start
         };
         self.cluster.count_requests(1, 0);
@@ -161,8 +210,8 @@ impl Upstream {
             st.flush_at = None;
             std::mem::take(&mut st.waiters)
         };
-        for (w, _) in failed {
-            w.deliver(Err(reply::UPSTREAM_FAILURE));
+        for q in failed {
+            q.deliver(Err(reply::UPSTREAM_FAILURE));
         }
     }
 
@@ -201,7 +250,7 @@ impl Upstream {
                 (
                     due && !st.out.is_empty(),
                     if due { None } else { st.flush_at },
-                    st.waiters.front().map(|(_, t)| *t),
+                    st.waiters.front().map(|q| q.sent),
                     st.closed || idle,
                 )
             };
@@ -243,7 +292,7 @@ impl Upstream {
                 _ = &mut op_timer, if armed => {
                     armed = false;
                     let st = self.state.borrow();
-                    if st.waiters.front().is_some_and(|(_, t)| t.elapsed() >= self.settings.op_timeout) {
+                    if st.waiters.front().is_some_and(|q| q.sent.elapsed() >= self.settings.op_timeout) {
                         self.cluster.count_requests(0, 1);
                         break;
                     }
@@ -262,9 +311,9 @@ impl Upstream {
         loop {
             match decoder.decode(buf) {
                 Ok(Some(frame)) => {
-                    let w = self.state.borrow_mut().waiters.pop_front();
-                    match w {
-                        Some((w, _)) => w.deliver(Ok(frame)),
+                    let q = self.state.borrow_mut().waiters.pop_front();
+                    match q {
+                        Some(q) => q.deliver(Ok(frame)),
                         None => return false,
                     }
                 }

@@ -64,6 +64,7 @@ pub(crate) fn filter(
         max_buffer_size_before_flush: s.max_buffer_size_before_flush,
         buffer_flush_timeout: s.buffer_flush_timeout,
         enable_redirection: s.enable_redirection,
+        enable_command_stats: s.enable_command_stats,
         routes: routes?,
         downstream_auth_passwords,
         downstream_auth_username,
@@ -81,6 +82,7 @@ struct Settings {
     max_buffer_size_before_flush: usize,
     buffer_flush_timeout: Duration,
     enable_redirection: bool,
+    enable_command_stats: bool,
 }
 
 fn settings(f: &Field<'_>) -> Option<Settings> {
@@ -107,11 +109,10 @@ fn settings(f: &Field<'_>) -> Option<Settings> {
         .get("enable_redirection")
         .and_then(|g| g.bool())
         .unwrap_or(false);
-    if let Some(g) = o.get("enable_command_stats")
-        && g.bool() == Some(true)
-    {
-        g.error("enable_command_stats (per-command upstream stats) is not supported by legate yet");
-    }
+    let enable_command_stats = o
+        .get("enable_command_stats")
+        .and_then(|g| g.bool())
+        .unwrap_or(false);
     o.finish();
     Some(Settings {
         op_timeout: op_timeout?,
@@ -119,6 +120,7 @@ fn settings(f: &Field<'_>) -> Option<Settings> {
         max_buffer_size_before_flush,
         buffer_flush_timeout,
         enable_redirection,
+        enable_command_stats,
     })
 }
 
