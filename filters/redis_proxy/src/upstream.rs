@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use legate_filter_api::network::TcpCluster;
+use legate_filter_api::network::{TcpCluster, drained};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -274,10 +274,14 @@ impl Upstream {
                 ready = stream.ready(interest) => {
                     let Ok(ready) = ready else { break };
                     if ready.is_readable() {
+                        let spare = rbuf.capacity() - rbuf.len();
                         match stream.try_read_buf(&mut rbuf) {
                             Ok(0) => break,
                             Ok(n) => {
                                 rx += n as u64;
+                                if n < spare {
+                                    drained(&stream);
+                                }
                                 if !self.replies(&mut decoder, &mut rbuf) {
                                     break;
                                 }

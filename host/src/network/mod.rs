@@ -222,9 +222,13 @@ impl DownstreamRead for ReadHalf {
                 return Ok(None);
             }
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            if self.rd.read_buf(&mut buf).await? == 0 {
+            let n = self.rd.read_buf(&mut buf).await?;
+            if n == 0 {
                 self.closed = true;
                 return Ok(None);
+            }
+            if buf.len() < buf.capacity() {
+                legate_filter_api::network::drained(self.rd.as_ref());
             }
             return Ok(Some(buf));
         }
