@@ -96,13 +96,12 @@ impl TerminalFilter for RedisProxy {
                 reading: true,
             }),
             now: std::cell::Cell::new(Instant::now()),
-            pools: pools.clone(),
+            pools,
             ready: Notify::new(),
             stats: stats.clone(),
         });
         let (rd, wr) = io.split();
-        // The pools outlive reading: replies may still be on their way.
-        let reading = read_loop(rd, session.clone(), pools.clone());
+        let reading = read_loop(rd, session.clone());
         let writing = write_loop(wr, session.clone());
         tokio::pin!(reading, writing);
         tokio::select! {
@@ -476,8 +475,9 @@ impl Session {
     }
 }
 
-async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>, pools: Rc<Pools>) {
+async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>) {
     let stats = session.stats.clone();
+    let pools = session.pools.clone();
     let mut decoder = Decoder::new();
     let mut buf = BytesMut::new();
     let mut quit = false;
@@ -1013,19 +1013,8 @@ fn transaction(
         };
         drop(st);
         match t.upstream.clone() {
-            Some(up) => {
-                let seq = session.push(Reply::Single, 1, command);
-                up.send(
-                    &frame.raw,
-                    Waiter::Session {
-                        session: session.clone(),
-                        seq,
-                        part: 0,
-                    },
-                    session.now.get(),
-                );
-                // Dropping `t` closes the connection once this reply is in.
-            }
+            // Dropping `t` closes the connection once this reply is in.
+            Some(up) => forward(session, Some(&up), frame, command),
             None if is("exec") => session.answer(Value::Array(vec![]), command),
             None => session.answer(Value::simple("OK"), command),
         }
@@ -1061,6 +1050,12 @@ fn transaction(
             up
         }
     };
+    forward(session, up.as_ref(), frame, command);
+}
+
+/// Sends the client's command as it is and queues its reply (`no upstream host`
+/// when there is no server).
+fn forward(session: &Rc<Session>, up: Option<&Rc<Upstream>>, frame: &Frame, command: Option<u16>) {
     let seq = session.push(Reply::Single, 1, command);
     match up {
         Some(up) => up.send(

@@ -786,23 +786,8 @@ pub(crate) fn header_matcher(f: &Field<'_>) -> Option<HeaderMatcher> {
         .unwrap_or(false);
     o.finish();
     let name_field = name?;
-    let raw = name_field.str()?.to_ascii_lowercase();
-    let pseudo = match raw.as_str() {
-        ":path" => Some(":path"),
-        ":method" => Some(":method"),
-        ":authority" => Some(":authority"),
-        ":scheme" => Some(":scheme"),
-        s if s.starts_with(':') => {
-            name_field.error(format!("unsupported pseudo-header \"{s}\""));
-            return None;
-        }
-        _ => None,
-    };
-    let name = if pseudo.is_some() {
-        http::header::HOST
-    } else {
-        header_name(&name_field)?
-    };
+    let raw = name_field.str()?;
+    let (name, pseudo) = header_or_pseudo(&name_field, &raw)?;
     Some(HeaderMatcher {
         name,
         pseudo,
@@ -1017,8 +1002,16 @@ fn non_empty(f: &Field<'_>) -> Option<String> {
 }
 
 fn hash_header(f: &Field<'_>) -> Option<Option<HashPolicyKind>> {
-    let raw = non_empty(f)?.to_ascii_lowercase();
-    let pseudo = match raw.as_str() {
+    let raw = non_empty(f)?;
+    let (name, pseudo) = header_or_pseudo(f, &raw)?;
+    Some(Some(HashPolicyKind::Header { name, pseudo }))
+}
+
+/// A header name as routes name one: a regular header, or one of the
+/// pseudo-headers `:path`, `:method`, `:authority`, `:scheme` (then the name is a
+/// placeholder and the pseudo-header says what is read).
+fn header_or_pseudo(f: &Field<'_>, raw: &str) -> Option<(HeaderName, Option<&'static str>)> {
+    let pseudo = match raw.to_ascii_lowercase().as_str() {
         ":path" => Some(":path"),
         ":method" => Some(":method"),
         ":authority" => Some(":authority"),
@@ -1033,7 +1026,7 @@ fn hash_header(f: &Field<'_>) -> Option<Option<HashPolicyKind>> {
         Some(_) => http::header::HOST,
         None => header_name(f)?,
     };
-    Some(Some(HashPolicyKind::Header { name, pseudo }))
+    Some((name, pseudo))
 }
 
 fn re2_substitution(s: &str) -> String {
