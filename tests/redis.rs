@@ -80,12 +80,14 @@ async fn keys_shard_by_hash_and_split_commands_reassemble() {
         assert!(n >= 5, "server {s} holds {n} of 60 keys: {held:?}");
     }
 
-    // keys asks every server.
+    // keys asks every server, once.
     let mut all: Vec<String> = c.keys("key:*").await.unwrap();
     all.sort();
     let mut want = keys.clone();
     want.sort();
     assert_eq!(all, want);
+    let roles: Vec<redis::Value> = redis::cmd("role").query_async(&mut c).await.unwrap();
+    assert_eq!(roles.len(), 3);
 
     // mget across servers, in key order, with a missing key as nil.
     let mut ask: Vec<String> = keys[..20].to_vec();
@@ -679,27 +681,34 @@ async fn replies_match_envoy() {
         b"*1\r\n$4\r\nping\r\n*1\r\n$-5\r\n".to_vec(),
     ])
     .collect();
-    // Each sequence starts from an empty server.
-    let mut direct = server.direct().await;
-    let envoy = support::envoy::Envoy::start(&yaml).await.unwrap();
+    compare_with_envoy(&yaml, &[&server], &seqs).await;
+}
+
+/// Sends each sequence on a new connection through Envoy, then through legate,
+/// on the same config, each from empty servers; the bytes back must be equal.
+async fn compare_with_envoy(yaml: &str, servers: &[&RedisServer], seqs: &[Vec<u8>]) {
+    let mut direct = Vec::new();
+    for s in servers {
+        direct.push(s.direct().await);
+    }
+    let mut flush = async || {
+        for d in direct.iter_mut() {
+            let () = redis::cmd("flushall").query_async(d).await.unwrap();
+        }
+    };
+    let envoy = support::envoy::Envoy::start(yaml).await.unwrap();
     let ea = envoy.listener("redis").await;
     let mut by_envoy = Vec::new();
-    for s in &seqs {
-        let () = redis::cmd("flushall")
-            .query_async(&mut direct)
-            .await
-            .unwrap();
+    for s in seqs {
+        flush().await;
         by_envoy.push(raw_until_idle(ea, s).await);
     }
     drop(envoy);
-    let l = Legate::start_with(&yaml, &["--concurrency", "1"]).await;
+    let l = Legate::start_with(yaml, &["--concurrency", "1"]).await;
     let la = l.listener("redis").await;
     let mut diffs = Vec::new();
     for (s, want) in seqs.iter().zip(&by_envoy) {
-        let () = redis::cmd("flushall")
-            .query_async(&mut direct)
-            .await
-            .unwrap();
+        flush().await;
         let got = raw_until_idle(la, s).await;
         if &got != want {
             diffs.push(format!(
@@ -719,6 +728,50 @@ async fn replies_match_envoy() {
         seqs.len(),
         diffs.join("\n")
     );
+}
+
+/// Commands Envoy sends to every server: the merged replies must be Envoy's.
+/// One server: with several, Envoy 1.40 (measured) sends them to the same server
+/// once per host of a non-Redis-Cluster cluster, so `keys` lists that server's
+/// keys N times, while legate asks each server once.
+#[tokio::test]
+async fn cluster_wide_commands_merge_as_envoys() {
+    let server = RedisServer::start().await;
+    let refs = [&server];
+    let yaml = bootstrap(
+        &listener(&format!("{SETTINGS}{}", catch_all("shards"))),
+        &cluster("shards", &refs, "MAGLEV", ""),
+    );
+    let fill = "mset k1 1 k2 2 k3 3 k4 4 k5 5 k6 6";
+    let seqs: Vec<Vec<u8>> = [
+        format!("{fill};keys k*"),
+        format!("{fill};scan 0 count 100"),
+        format!("{fill};flushdb;keys *"),
+        "flushall".into(),
+        "randomkey".into(),
+        "role".into(),
+        "config get maxmemory".into(),
+        "config set maxmemory 0".into(),
+        "config resetstat".into(),
+        "config rewrite".into(),
+        "config help".into(),
+        "config".into(),
+        "slowlog reset;slowlog len;slowlog get".into(),
+        "slowlog".into(),
+        "script load return;script exists 63143b6f8007b98c53ca2149822777b3566f9241 abc".into(),
+        "script flush".into(),
+        "script kill".into(),
+        "script".into(),
+        "keys a b".into(),
+    ]
+    .iter()
+    .map(|seq| {
+        seq.split(';')
+            .flat_map(|c| command(&c.split(' ').collect::<Vec<_>>()))
+            .collect()
+    })
+    .collect();
+    compare_with_envoy(&yaml, &refs, &seqs).await;
 }
 
 /// A server that answers `MOVED`/`ASK` by the key's prefix, pointing at `to`,

@@ -625,8 +625,8 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
     true
 }
 
-/// Commands for every server of the cluster that owns the empty key: `keys`
-/// (the arrays joined), `flushall` and `flushdb` (`OK` when every server said so).
+/// Commands for every server of the cluster that owns the empty key, merged as
+/// [`split::cluster_scope`] says.
 fn cluster_scope(
     session: &Rc<Session>,
     pools: &Rc<Pools>,
@@ -634,22 +634,12 @@ fn cluster_scope(
     args: &[&Bytes],
     command: Option<u16>,
 ) {
-    let name = args[0];
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    let merge = if is("keys") {
-        if args.len() != 2 {
-            session.answer(
-                Value::error("ERR wrong number of arguments for 'keys' command"),
-                command,
-            );
+    let merge = match split::cluster_scope(args) {
+        Ok(m) => m,
+        Err(v) => {
+            session.answer(v, command);
             return;
         }
-        Merge::Concat
-    } else if is("flushall") || is("flushdb") {
-        Merge::Mset
-    } else {
-        session.answer(Value::error(reply::UNSUPPORTED_CLUSTER_SCOPE), command);
-        return;
     };
     let pool = pools
         .config

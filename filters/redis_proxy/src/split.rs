@@ -31,8 +31,61 @@ pub enum Merge {
     Mset,
     /// `del`, `exists`, `touch`, `unlink`: the sum of the integers.
     Sum,
-    /// `keys` sent to every server: the arrays joined, in server order.
+    /// Sent to every server (`keys`, `scan`, `config get`, `slowlog get`): the
+    /// arrays joined, in server order.
     Concat,
+    /// Sent to every server (`flushall`, `config set`, `script load`...): the
+    /// first error, else the first reply.
+    First,
+    /// `role` sent to every server: an array of the replies.
+    Each,
+    /// `randomkey` sent to every server: the first reply that is not null.
+    FirstNonNull,
+    /// `script exists` sent to every server: per position, the smallest integer
+    /// (a script exists only where every server has it).
+    MinEach,
+}
+
+/// How Envoy 1.40 answers a command it sends to every server of the cluster
+/// ([`Kind::ClusterScope`]): the merge of the servers' replies, or the error
+/// to answer at once.
+pub fn cluster_scope(args: &[&Bytes]) -> Result<Merge, Value> {
+    let is = |i: usize, n: &str| {
+        args.get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(n.as_bytes()))
+    };
+    let merge = if is(0, "keys") {
+        if args.len() != 2 {
+            return Err(error("ERR wrong number of arguments for 'keys' command"));
+        }
+        Merge::Concat
+    } else if is(0, "scan") {
+        Merge::Concat
+    } else if is(0, "flushall") || is(0, "flushdb") {
+        Merge::First
+    } else if is(0, "role") {
+        Merge::Each
+    } else if is(0, "randomkey") {
+        Merge::FirstNonNull
+    } else if is(0, "config") && is(1, "get") {
+        Merge::Concat
+    } else if is(0, "config") && (is(1, "set") || is(1, "resetstat") || is(1, "rewrite")) {
+        Merge::First
+    } else if is(0, "slowlog") && is(1, "get") {
+        Merge::Concat
+    } else if is(0, "slowlog") && is(1, "len") {
+        Merge::Sum
+    } else if is(0, "slowlog") && is(1, "reset") {
+        Merge::First
+    } else if is(0, "script") && is(1, "exists") {
+        Merge::MinEach
+    } else if is(0, "script") && (is(1, "load") || is(1, "flush") || is(1, "kill")) {
+        Merge::First
+    } else {
+        // `info` (Envoy merges the sections), other subcommands.
+        return Err(error(reply::UNSUPPORTED_CLUSTER_SCOPE));
+    };
+    Ok(merge)
 }
 
 /// What to do with one request.
@@ -199,6 +252,54 @@ pub fn assemble(merge: Merge, replies: Vec<Value>) -> (Value, usize) {
             } else {
                 (error(reply::finished_with_errors(errors)), errors)
             }
+        }
+        Merge::First => {
+            let first_error = replies.iter().position(|r| matches!(r, Value::Error(_)));
+            let mut replies = replies;
+            match first_error {
+                Some(i) => (replies.swap_remove(i), 1),
+                None if replies.is_empty() => (Value::Null, 0),
+                None => (replies.swap_remove(0), 0),
+            }
+        }
+        Merge::Each => (Value::Array(replies), 0),
+        Merge::FirstNonNull => (
+            replies
+                .into_iter()
+                .find(|r| !matches!(r, Value::Null))
+                .unwrap_or(Value::Null),
+            0,
+        ),
+        Merge::MinEach => {
+            let mut out: Option<Vec<i64>> = None;
+            for r in &replies {
+                let Value::Array(items) = r else {
+                    return (error(reply::UPSTREAM_PROTOCOL_ERROR), 1);
+                };
+                let ints: Option<Vec<i64>> = items
+                    .iter()
+                    .map(|v| match v {
+                        Value::Integer(n) => Some(*n),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(ints) = ints else {
+                    return (error(reply::UPSTREAM_PROTOCOL_ERROR), 1);
+                };
+                out = Some(match out {
+                    None => ints,
+                    Some(o) => o.iter().zip(&ints).map(|(a, b)| *a.min(b)).collect(),
+                });
+            }
+            (
+                Value::Array(
+                    out.unwrap_or_default()
+                        .into_iter()
+                        .map(Value::Integer)
+                        .collect(),
+                ),
+                0,
+            )
         }
         Merge::Mset => {
             let errors = replies

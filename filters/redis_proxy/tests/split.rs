@@ -293,3 +293,40 @@ fn prefix_routes_longest_wins() {
     );
     assert!(dup.is_err());
 }
+
+#[test]
+fn cluster_wide_replies_merge() {
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+    let merge = |args: &[&str]| {
+        let args: Vec<Bytes> = args
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        legate_redis_proxy::split::cluster_scope(&args.iter().collect::<Vec<_>>())
+    };
+    assert_eq!(merge(&["scan", "0"]), Ok(Merge::Concat));
+    assert_eq!(merge(&["SLOWLOG", "len"]), Ok(Merge::Sum));
+    assert_eq!(merge(&["script", "exists", "a"]), Ok(Merge::MinEach));
+    assert!(merge(&["info"]).is_err());
+    assert!(merge(&["keys"]).is_err());
+
+    let ints = |v: &[i64]| Value::Array(v.iter().copied().map(Value::Integer).collect());
+    let (v, _) = assemble(Merge::MinEach, vec![ints(&[1, 1, 0]), ints(&[1, 0, 0])]);
+    assert_eq!(v, ints(&[1, 0, 0]));
+    let (v, e) = assemble(
+        Merge::First,
+        vec![
+            Value::simple("OK"),
+            Value::error("ERR no"),
+            Value::error("ERR other"),
+        ],
+    );
+    assert_eq!((v, e), (Value::error("ERR no"), 1));
+    let (v, _) = assemble(
+        Merge::FirstNonNull,
+        vec![Value::Null, Value::bulk(b("k")), Value::bulk(b("j"))],
+    );
+    assert_eq!(v, Value::bulk(b("k")));
+    let (v, _) = assemble(Merge::Each, vec![ints(&[1]), ints(&[2])]);
+    assert_eq!(v, Value::Array(vec![ints(&[1]), ints(&[2])]));
+}
