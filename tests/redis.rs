@@ -927,3 +927,61 @@ async fn command_stats_count_as_envoys() {
         Some(&5)
     );
 }
+
+#[test]
+fn broken_configs_are_refused_with_the_field_named() {
+    let logical = r#"
+  - name: dns
+    type: LOGICAL_DNS
+    connect_timeout: 1s
+    lb_policy: MAGLEV
+    load_assignment:
+      cluster_name: dns
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: localhost, port_value: 6379}}}
+"#;
+    let cases = [
+        (
+            listener(&format!("{SETTINGS}{}", catch_all("dns"))),
+            logical.to_string(),
+            "cluster \"dns\" is LOGICAL_DNS; the Redis proxy needs each host's address",
+        ),
+        (
+            listener(&catch_all("dns")),
+            logical.to_string(),
+            "typed_config: missing required field \"settings\"",
+        ),
+        (
+            listener(&format!("{SETTINGS}{}", catch_all("nope"))),
+            logical.to_string(),
+            "unknown cluster \"nope\"",
+        ),
+        (
+            listener(&format!(
+                "{SETTINGS}          prefix_routes:\n            routes:\n            - {{prefix: a, cluster: dns}}\n            - {{prefix: a, cluster: dns}}\n"
+            )),
+            logical.to_string(),
+            "prefix `a` appears more than once in prefix_routes",
+        ),
+        (
+            listener(&format!(
+                "{SETTINGS}          faults:\n          - {{fault_type: DELAY, fault_enabled: {{default_value: {{numerator: 1}}}}, commands: [get]}}\n"
+            )),
+            logical.to_string(),
+            "a DELAY fault needs \"delay\"",
+        ),
+        (
+            listener(&format!(
+                "          settings: {{op_timeout: 1s, read_policy: REPLICA}}\n{}",
+                catch_all("dns")
+            )),
+            logical.to_string(),
+            "read_policy",
+        ),
+    ];
+    for (l, c, want) in cases {
+        let (ok, err) = support::validate(&bootstrap(&l, &c));
+        assert!(!ok && err.contains(want), "want {want:?} in:\n{err}");
+    }
+}

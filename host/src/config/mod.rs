@@ -139,6 +139,19 @@ fn parse_bootstrap(d: &Diag, f: Field<'_>, raw: serde_json::Value) -> Option<Boo
     // Envoy fails a route to an unknown cluster at load time (validate_clusters).
     let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     for r in &cluster_refs {
+        if r.needs_addresses
+            && let Some(c) = clusters.iter().find(|c| c.name == r.name)
+            && c.kind == DiscoveryType::LogicalDns
+        {
+            d.error(
+                &r.path,
+                r.pos,
+                format!(
+                    "cluster \"{}\" is LOGICAL_DNS; the Redis proxy needs each host's address (use STRICT_DNS or STATIC)",
+                    r.name
+                ),
+            );
+        }
         if !names.contains(r.name.as_str()) {
             let hint = walk::did_you_mean(&r.name, known.iter().copied())
                 .map(|c| format!("; did you mean \"{c}\"?"))
@@ -202,6 +215,9 @@ pub(crate) struct ClusterRef {
     pub name: String,
     pub path: String,
     pub pos: yaml::Pos,
+    /// The referrer picks hosts by address itself (the Redis proxy), which a
+    /// LOGICAL_DNS cluster does not have until it connects.
+    pub needs_addresses: bool,
 }
 
 fn parse_node(f: &Field<'_>) -> NodeInfo {

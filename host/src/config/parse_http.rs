@@ -855,6 +855,7 @@ fn forward_action(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<ForwardAc
                 name: name.clone(),
                 path: g.path().to_string(),
                 pos: g.pos(),
+                needs_addresses: false,
             });
             ClusterSpecifier::Cluster(name)
         }),

@@ -262,6 +262,7 @@ fn remote_jwks(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RemoteJwks> 
         name: name.clone(),
         path: cluster.path().to_string(),
         pos: cluster.pos(),
+        needs_addresses: false,
     });
     Some(RemoteJwks {
         cluster: name,

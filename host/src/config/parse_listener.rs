@@ -320,6 +320,7 @@ fn tcp_proxy(mut o: super::walk::Obj<'_>, refs: &mut Vec<ClusterRef>) -> Option<
                 name: name.clone(),
                 path: g.path().to_string(),
                 pos: g.pos(),
+                needs_addresses: false,
             });
             ClusterSpecifier::Cluster(name)
         }),
@@ -385,6 +386,7 @@ pub(crate) fn weighted_clusters(
                     name: name.clone(),
                     path: n.path().to_string(),
                     pos: n.pos(),
+                    needs_addresses: false,
                 });
                 out.push(WeightedCluster { name, weight });
             }

@@ -130,6 +130,7 @@ fn cluster_ref(g: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<String> {
         name: name.clone(),
         path: g.path().to_string(),
         pos: g.pos(),
+        needs_addresses: true,
     });
     Some(name)
 }
