@@ -73,7 +73,12 @@ fn good_config_prints_ok() {
 
 #[test]
 fn shipped_examples_validate() {
-    for f in ["examples/quickstart/legate.yaml", "bench/proxy.yaml"] {
+    for f in [
+        "examples/quickstart/legate.yaml",
+        "examples/redis/legate.yaml",
+        "bench/proxy.yaml",
+        "bench/proxy-redis.yaml",
+    ] {
         let path = format!("{}/../{f}", env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(support::BIN)
             .args(["--mode", "validate", "-c", &path])
