@@ -23,7 +23,8 @@ use crate::stats::UpstreamCommandStats;
 
 /// Who gets a reply.
 pub(crate) enum Waiter {
-    /// The reply to the proxy's own `auth` or `multi`: dropped.
+    /// The reply to the proxy's own `auth`, `multi` or `asking`, or to a
+    /// mirrored command: dropped.
     Discard,
     /// Part `part` of the session's request number `seq`.
     Session {
