@@ -665,3 +665,34 @@ fn exact_multiple_ends_with_empty_packet() {
         (3, 4, MAX_PACKET_PAYLOAD)
     );
 }
+
+/// A multi-packet query cut at odd points, including inside the continuation
+/// header, decodes as when fed whole.
+#[test]
+fn multi_packet_query_chunked() {
+    let mut text = vec![0x03];
+    text.extend(std::iter::repeat_n(b'q', MAX_PACKET_PAYLOAD + 3));
+    let framed = pkt(0, &text);
+    let mut whole = logged_in(OLD_CAPS);
+    let expected = whole.on_client(&framed);
+    for cut in [999_983usize, MAX_PACKET_PAYLOAD + 2, MAX_PACKET_PAYLOAD + 6] {
+        let mut s = logged_in(OLD_CAPS);
+        let mut ev = s.on_client(&framed[..cut]);
+        assert!(ev.is_empty());
+        for chunk in framed[cut..].chunks(1 << 20) {
+            ev.extend(s.on_client(chunk));
+        }
+        assert_eq!(ev, expected, "cut at {cut}");
+    }
+}
+
+/// A continuation fragment out of sequence is a decoder error.
+#[test]
+fn continuation_out_of_sequence() {
+    let mut framed = pkt(0, &vec![0x03; MAX_PACKET_PAYLOAD + 1]);
+    framed[MAX_PACKET_PAYLOAD + 4 + 3] = 9;
+    let mut s = logged_in(OLD_CAPS);
+    let ev = s.on_client(&framed);
+    assert_eq!(kinds(&ev), ["decoder_error"]);
+    assert!(s.is_stopped());
+}
