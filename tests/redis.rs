@@ -460,12 +460,17 @@ async fn faults_delay_and_error_at_the_configured_percentage() {
           - fault_type: ERROR
             fault_enabled:
               default_value: {{numerator: 30, denominator: HUNDRED}}
-            commands: [get]
+            commands: [get, decr]
           - fault_type: DELAY
             fault_enabled:
               default_value: {{numerator: 100, denominator: HUNDRED}}
             delay: 0.2s
             commands: [set]
+          - fault_type: DELAY
+            fault_enabled:
+              default_value: {{numerator: 50, denominator: HUNDRED}}
+            delay: 0.01s
+            commands: [decr]
 "#,
         catch_all("r")
     );
@@ -499,6 +504,26 @@ async fn faults_delay_and_error_at_the_configured_percentage() {
     assert_eq!(l.stat("redis.rp.command.get.error_fault").await, errors);
     assert_eq!(l.stat("redis.rp.command.get.error").await, errors);
     assert_eq!(l.stat("redis.rp.command.set.delay_fault").await, 1);
+
+    // One draw per command: `decr` fails 30% of the time, and the 50% delay
+    // applies to the other 70%, so about 35% are delayed.
+    let t = Instant::now();
+    let mut failed = 0;
+    for _ in 0..200 {
+        let r: redis::RedisResult<i64> = redis::cmd("decr").arg("m").query_async(&mut c).await;
+        failed += i64::from(r.is_err());
+    }
+    let delayed = l.stat("redis.rp.command.decr.delay_fault").await;
+    assert!(
+        (55..=85).contains(&delayed),
+        "{delayed} of 200 decrs delayed, want about 70"
+    );
+    assert!(
+        (40..=80).contains(&failed),
+        "{failed} of 200 decrs failed, want about 60"
+    );
+    assert_eq!(l.stat("redis.rp.command.decr.error_fault").await, failed);
+    assert!(t.elapsed() >= Duration::from_millis(10) * delayed as u32);
 }
 
 #[tokio::test]

@@ -597,21 +597,25 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         Plan::Host(Kind::Transaction) => transaction(session, pools, &frame, &args, kind, command),
         Plan::Host(_) => cluster_scope(session, pools, &frame, &args, command),
         Plan::Single { key } => {
-            if let Some(reply) = fault_error(config, name, command, stats) {
-                session.answer(reply, command);
-                return true;
-            }
-            let delay = fault_delay(config, name, command, stats);
+            let delay = match fault(config, name, command, stats) {
+                Ok(delay) => delay,
+                Err(reply) => {
+                    session.answer(reply, command);
+                    return true;
+                }
+            };
             let seq = session.push(Reply::Single, 1, command);
             let routed = route(pools, &key, &frame.value, &frame.raw, name);
             send_routed(session, pools, routed, seq, 0, delay);
         }
         Plan::Fanout { merge, fragments } => {
-            if let Some(reply) = fault_error(config, name, command, stats) {
-                session.answer(reply, command);
-                return true;
-            }
-            let delay = fault_delay(config, name, command, stats);
+            let delay = match fault(config, name, command, stats) {
+                Ok(delay) => delay,
+                Err(reply) => {
+                    session.answer(reply, command);
+                    return true;
+                }
+            };
             let n = fragments.len() as u32;
             let parts = vec![Value::Null; fragments.len()];
             let seq = session.push(Reply::Fanout { merge, parts }, n, command);
@@ -824,38 +828,32 @@ fn fault_for(config: &Config, name: &[u8]) -> Option<FaultKind> {
         .map(|f| f.kind)
 }
 
-fn fault_error(config: &Config, name: &[u8], command: Option<u16>, stats: &Stats) -> Option<Value> {
-    if config.faults.is_empty() {
-        return None;
-    }
-    match fault_for(config, name)? {
-        FaultKind::Error => {
-            if let Some(s) = command.and_then(|i| stats.command(i)) {
-                s.error_fault.inc();
-            }
-            Some(Value::error(reply::FAULT_ERROR))
-        }
-        FaultKind::Delay(_) => None,
-    }
-}
-
-fn fault_delay(
+/// The fault for this command, drawn once: `Err` with the reply of an `ERROR`
+/// fault, else the delay of a `DELAY` fault, if any.
+fn fault(
     config: &Config,
     name: &[u8],
     command: Option<u16>,
     stats: &Stats,
-) -> Option<std::time::Duration> {
+) -> Result<Option<std::time::Duration>, Value> {
     if config.faults.is_empty() {
-        return None;
+        return Ok(None);
     }
-    match fault_for(config, name)? {
-        FaultKind::Delay(d) => {
-            if let Some(s) = command.and_then(|i| stats.command(i)) {
+    let stats = command.and_then(|i| stats.command(i));
+    match fault_for(config, name) {
+        None => Ok(None),
+        Some(FaultKind::Error) => {
+            if let Some(s) = stats {
+                s.error_fault.inc();
+            }
+            Err(Value::error(reply::FAULT_ERROR))
+        }
+        Some(FaultKind::Delay(d)) => {
+            if let Some(s) = stats {
                 s.delay_fault.inc();
             }
-            Some(d)
+            Ok(Some(d))
         }
-        FaultKind::Error => None,
     }
 }
 
