@@ -76,6 +76,7 @@ fn shipped_examples_validate() {
     for f in [
         "examples/quickstart/legate.yaml",
         "examples/redis/legate.yaml",
+        "examples/mysql/legate.yaml",
         "bench/proxy.yaml",
         "bench/proxy-redis.yaml",
     ] {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use crate::DynamicMetadata;
@@ -29,6 +29,26 @@ pub struct ConnectionInfo {
     pub connection_id: u64,
     /// Metadata set by filters, per filter namespace (e.g. `envoy.filters.network.mysql_proxy`).
     pub dynamic_metadata: DynamicMetadata,
+    /// What to answer the client, instead of closing, when a filter returns
+    /// [`NetworkAction::Close`] from `on_read`: a protocol-aware filter sets it for
+    /// a read that holds exactly one request (mysql_proxy's ERR packet), so that a
+    /// later filter's denial (network RBAC) fails that request and not the
+    /// connection. The read's bytes are dropped and the answer passes the chain's
+    /// `on_write` like a server's. Honoured by `tcp_proxy` chains.
+    pub deny_response: Option<Bytes>,
+}
+
+impl ConnectionInfo {
+    /// Info for a new connection, with no metadata yet.
+    pub fn new(remote_address: SocketAddr, local_address: SocketAddr, connection_id: u64) -> Self {
+        ConnectionInfo {
+            remote_address,
+            local_address,
+            connection_id,
+            dynamic_metadata: DynamicMetadata::default(),
+            deny_response: None,
+        }
+    }
 }
 
 /// What a network filter wants after seeing data.

@@ -480,6 +480,20 @@ impl ErrPacket {
             message,
         })
     }
+
+    /// The packet's payload as a protocol 4.1 server sends it (with the SQL state
+    /// marker when there is a state). Frame it with [`crate::packet::encode`].
+    pub fn payload(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.message.len());
+        out.push(0xFF);
+        out.extend_from_slice(&self.code.to_le_bytes());
+        if !self.sql_state.is_empty() {
+            out.push(b'#');
+            out.extend_from_slice(&self.sql_state);
+        }
+        out.extend_from_slice(&self.message);
+        out
+    }
 }
 
 /// An EOF packet (`0xFE`, payload shorter than 9 bytes).

@@ -225,6 +225,25 @@ impl Session {
         self.state == State::Stopped
     }
 
+    /// Whether login is done and the client is sending commands.
+    pub fn is_commanding(&self) -> bool {
+        matches!(
+            self.state,
+            State::Command | State::Response(_) | State::LocalInfile
+        )
+    }
+
+    /// Whether the client's bytes so far end at a packet boundary.
+    pub fn client_at_boundary(&self) -> bool {
+        self.client.at_boundary()
+    }
+
+    /// The sequence id the next packet should carry: after a command, that of
+    /// the server's first response packet.
+    pub fn next_seq(&self) -> u8 {
+        self.expected
+    }
+
     /// The capabilities in force: the server's, then both sides' after login.
     pub fn capabilities(&self) -> u32 {
         self.capabilities

@@ -766,12 +766,11 @@ fn http_remote_ip_uses_xff_address_and_direct_the_peer() {
 }
 
 fn conn() -> ConnectionInfo {
-    ConnectionInfo {
-        remote_address: "127.0.0.1:5000".parse().unwrap(),
-        local_address: "127.0.0.1:9000".parse().unwrap(),
-        connection_id: 7,
-        dynamic_metadata: DynamicMetadata::new(),
-    }
+    ConnectionInfo::new(
+        "127.0.0.1:5000".parse().unwrap(),
+        "127.0.0.1:9000".parse().unwrap(),
+        7,
+    )
 }
 
 fn read(

@@ -7,6 +7,7 @@ mod parse_grpc_stats;
 mod parse_http;
 mod parse_jwt;
 mod parse_listener;
+mod parse_mysql;
 mod parse_rbac;
 mod parse_redis;
 mod parse_wasm;
@@ -300,6 +301,7 @@ pub(crate) mod names {
     pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
     pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
     pub const REDIS_PROXY: &str = "envoy.filters.network.redis_proxy";
+    pub const MYSQL_PROXY: &str = "envoy.filters.network.mysql_proxy";
     pub const HTTP_WASM: &str = "envoy.filters.http.wasm";
     pub const NETWORK_WASM: &str = "envoy.filters.network.wasm";
     pub const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
@@ -319,7 +321,6 @@ pub(crate) mod names {
     /// Envoy network filters that Legate does not have (yet), so the error can say
     /// "not supported" rather than "unknown".
     pub const KNOWN_UNSUPPORTED_NETWORK: &[&str] = &[
-        "envoy.filters.network.mysql_proxy",
         "envoy.filters.network.ext_authz",
         "envoy.filters.network.local_ratelimit",
         "envoy.filters.network.mongo_proxy",

@@ -220,11 +220,18 @@ type NetworkBuild = fn(super::walk::Obj<'_>) -> Option<Arc<dyn NetworkFilterFact
 
 /// The built-in network (read/write) filters: name, typed_config type URL, and
 /// the parser that makes the factory.
-const NATIVE_NETWORK: &[(&str, &str, NetworkBuild)] = &[(
-    names::NETWORK_RBAC,
-    super::parse_rbac::NETWORK_TYPE,
-    super::parse_rbac::network,
-)];
+const NATIVE_NETWORK: &[(&str, &str, NetworkBuild)] = &[
+    (
+        names::NETWORK_RBAC,
+        super::parse_rbac::NETWORK_TYPE,
+        super::parse_rbac::network,
+    ),
+    (
+        names::MYSQL_PROXY,
+        super::parse_mysql::TYPE,
+        super::parse_mysql::filter,
+    ),
+];
 
 fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFilter> {
     let (name, tc, at, given_name) = filter_entry(f, "network")?;
@@ -282,6 +289,7 @@ fn network_filter(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<NetworkFi
                     names::HCM,
                     names::NETWORK_WASM,
                     names::NETWORK_RBAC,
+                    names::MYSQL_PROXY,
                     names::REDIS_PROXY,
                 ],
                 names::KNOWN_UNSUPPORTED_NETWORK,

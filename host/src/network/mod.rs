@@ -46,12 +46,7 @@ pub async fn serve(
     id: u64,
     life: watch::Receiver<u8>,
 ) {
-    let mut info = ConnectionInfo {
-        remote_address: remote,
-        local_address: local,
-        connection_id: id,
-        dynamic_metadata: Default::default(),
-    };
+    let mut info = ConnectionInfo::new(remote, local, id);
     let mut filters: Vec<Box<dyn NetworkFilter>> =
         chain.filters.iter().map(|f| f.create()).collect();
     for f in filters.iter_mut() {
@@ -334,12 +329,7 @@ mod tests {
                     };
                     // Factories are Send + Sync and this filter holds an Rc, so
                     // the test builds the connection's filters as `serve` would.
-                    let mut info = ConnectionInfo {
-                        remote_address: remote,
-                        local_address: addr,
-                        connection_id: 1,
-                        dynamic_metadata: Default::default(),
-                    };
+                    let mut info = ConnectionInfo::new(remote, addr, 1);
                     let mut filters: Vec<Box<dyn NetworkFilter>> = vec![Box::new(Redact(flag))];
                     for f in filters.iter_mut() {
                         f.on_new_connection(&mut info).await;

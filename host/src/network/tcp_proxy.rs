@@ -165,7 +165,16 @@ async fn relay(
                 let eos = n == 0;
                 for f in filters.iter_mut() {
                     if f.on_read(&mut dbuf, eos, info).await == NetworkAction::Close {
-                        return;
+                        // A protocol filter may have said how to fail just this
+                        // request; otherwise the connection ends.
+                        let Some(reply) = info.deny_response.take() else {
+                            return;
+                        };
+                        dbuf.clear();
+                        if !answer(proxy, &mut dw, filters, info, out, reply).await {
+                            return;
+                        }
+                        break;
                     }
                 }
                 if !dbuf.is_empty() {
@@ -213,4 +222,25 @@ async fn relay(
             sleep.as_mut().reset(tokio::time::Instant::now() + d);
         }
     }
+}
+
+/// Writes a filter's answer to the client in place of the upstream's, through the
+/// filters' `on_write`; false when a filter closed the connection or the write failed.
+async fn answer(
+    proxy: &TcpProxy,
+    dw: &mut tokio::net::tcp::WriteHalf<'_>,
+    filters: &mut [Box<dyn NetworkFilter>],
+    info: &mut ConnectionInfo,
+    out: &mut Outcome,
+    reply: bytes::Bytes,
+) -> bool {
+    let mut reply = BytesMut::from(reply);
+    for f in filters.iter_mut().rev() {
+        if f.on_write(&mut reply, false, info).await == NetworkAction::Close {
+            return false;
+        }
+    }
+    out.tx += reply.len() as u64;
+    proxy.stats.downstream_cx_tx_bytes_total.add(reply.len() as u64);
+    dw.write_all(&reply).await.is_ok()
 }
