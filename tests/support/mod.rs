@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod jwt;
+pub mod mariadb_server;
 pub mod redis_server;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_legate");
