@@ -5,7 +5,8 @@
 //! - [`packet`]: packet framing, 16 MiB multi-packet payloads joined, incremental;
 //! - [`messages`]: greeting, login, auth switch, OK/ERR/EOF and commands;
 //! - [`session`]: the per-connection state machine that yields [`Event`]s;
-//! - [`sql`]: what a query does to which tables;
+//! - [`sql`]: a `COM_QUERY` text's statements and the tables each touches, with
+//!   the operations on them;
 //! - [`filter`] and [`config`]: the network filter, its stats, metadata and faults.
 
 #![forbid(unsafe_code)]
