@@ -14,7 +14,10 @@
 #          bench/proxy.yaml against bench/proxy-filters.yaml;
 #   redis: redis-benchmark GET/SET at -P 1 and -P 16 against one redis-server,
 #          direct and through twemproxy, Envoy's redis_proxy and legate (the
-#          same bench/proxy-redis.yaml), each proxy with ONE worker.
+#          same bench/proxy-redis.yaml), each proxy with ONE worker;
+#   mysql: sysbench oltp_read_only against one throwaway mariadbd, direct and
+#          through legate (bench/proxy-mysql.yaml: mysql_proxy + tcp_proxy), ONE
+#          worker.
 # Writes a markdown report to bench/RESULTS.md (see bench/README.md).
 #
 # Usage: bench/run.sh [--build-legate] [--no-build] [-h]
@@ -28,11 +31,12 @@
 #   BENCH_WRK_THREADS    wrk threads [1]
 #   BENCH_H2_CONNECTIONS h2load connections [10]
 #   BENCH_H2_STREAMS     h2load max concurrent streams per connection [10]
-#   BENCH_SUITES         which suites ["proxy wasm filters redis"]
+#   BENCH_SUITES         which suites ["proxy wasm filters redis mysql"]
 #   BENCH_TARGETS        which rows to run ["direct nginx haproxy twemproxy envoy
 #                        legate"]; the proxy suite runs all but twemproxy, the
 #                        wasm and filters suites the envoy and legate ones, the
-#                        redis suite direct, twemproxy, envoy and legate
+#                        redis suite direct, twemproxy, envoy and legate, the
+#                        mysql suite direct and legate
 #   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
 #   BENCH_WASM_ROUNDS    rounds of the wasm suite's filter-cost table; each round
 #                        runs its rows back to back, the report gives medians [3]
@@ -42,6 +46,14 @@
 #   BENCH_REDIS_SECONDS  about how long each redis-benchmark test runs: its -n
 #                        is this times the req/s of a calibration run [3]
 #   BENCH_REDIS_REQUESTS a fixed redis-benchmark -n instead (no calibration run)
+#   BENCH_MYSQL_ROUNDS   rounds of the mysql suite; each runs direct then legate [3]
+#   BENCH_MYSQL_SECONDS  sysbench --time of each measured run [15]
+#   BENCH_MYSQL_WARMUP   seconds of a sysbench warm-up run before each, 0 = none [3]
+#   BENCH_MYSQL_THREADS  sysbench --threads [8]
+#   BENCH_MYSQL_PS_MODE  sysbench --db-ps-mode: disable (every query a COM_QUERY
+#                        the filter parses) or auto (server-side prepared
+#                        statements) [disable]
+#   BENCH_MYSQL_YAML     legate's bootstrap for the mysql suite [bench/proxy-mysql.yaml]
 #   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
 #                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
 #   BENCH_COMPONENT      the same filter as a legate:filter component, for the
@@ -65,6 +77,7 @@
 #   18100 Envoy / legate listener (codec AUTO), 18901 their admin
 #   18379 redis-server (redis suite)  18380 twemproxy, 18381 its stats
 #   18400 Envoy / legate redis_proxy listener (bench/proxy-redis.yaml)
+#   18306 mariadbd (mysql suite)     18406 legate mysql listener (bench/proxy-mysql.yaml)
 # The upstream also answers GET /wasm-check with the x-legate-wasm request
 # header it received (the wasm suite's sanity check; the load is on / only).
 set -euo pipefail
@@ -81,6 +94,7 @@ repo_root=$(cd "$bench_dir/.." && pwd -P)
 cmdline="bench/run.sh${*:+ $*}"
 for v in LEGATE_BIN ENVOY_BIN BENCH_PORT_OFFSET BENCH_KEEP BENCH_RESULTS BENCH_BUILD_LEGATE BENCH_WASM BENCH_COMPONENT BENCH_WASM_ROUNDS BENCH_FILTER_ROUNDS BENCH_RSS_WORKERS \
          BENCH_REDIS_ROUNDS BENCH_REDIS_SECONDS BENCH_REDIS_REQUESTS \
+         BENCH_MYSQL_ROUNDS BENCH_MYSQL_SECONDS BENCH_MYSQL_WARMUP BENCH_MYSQL_THREADS BENCH_MYSQL_PS_MODE BENCH_MYSQL_YAML \
          BENCH_PROTOCOLS BENCH_TARGETS BENCH_SUITES BENCH_H2_STREAMS BENCH_H2_CONNECTIONS BENCH_WRK_THREADS BENCH_CONNECTIONS BENCH_WARMUP BENCH_DURATION; do
     if [[ -n "${!v+x}" ]]; then
         val="${!v}"
@@ -97,7 +111,7 @@ H2_CONNS="${BENCH_H2_CONNECTIONS:-10}"
 H2_STREAMS="${BENCH_H2_STREAMS:-10}"
 TARGETS="${BENCH_TARGETS:-direct nginx haproxy twemproxy envoy legate}"
 PROTOCOLS="${BENCH_PROTOCOLS:-h1 h2c}"
-SUITES="${BENCH_SUITES:-proxy wasm filters redis}"
+SUITES="${BENCH_SUITES:-proxy wasm filters redis mysql}"
 RSS_WORKERS="${BENCH_RSS_WORKERS:-1 2}"
 WASM_ROUNDS="${BENCH_WASM_ROUNDS:-3}"
 FILTER_ROUNDS="${BENCH_FILTER_ROUNDS:-3}"
@@ -106,6 +120,13 @@ REDIS_SECONDS="${BENCH_REDIS_SECONDS:-3}"
 REDIS_REQUESTS="${BENCH_REDIS_REQUESTS:-}"
 REDIS_CLIENTS=50
 REDIS_PIPELINES="1 16"
+MYSQL_ROUNDS="${BENCH_MYSQL_ROUNDS:-3}"
+MYSQL_SECONDS="${BENCH_MYSQL_SECONDS:-15}"
+MYSQL_WARMUP="${BENCH_MYSQL_WARMUP:-3}"
+MYSQL_THREADS="${BENCH_MYSQL_THREADS:-8}"
+MYSQL_PS_MODE="${BENCH_MYSQL_PS_MODE:-disable}"
+MYSQL_TABLES=4
+MYSQL_TABLE_SIZE=10000
 BUILD_LEGATE="${BENCH_BUILD_LEGATE:-auto}"
 RESULTS="${BENCH_RESULTS:-$bench_dir/RESULTS.md}"
 KEEP="${BENCH_KEEP:-0}"
@@ -114,6 +135,7 @@ PROXY_YAML="$bench_dir/proxy.yaml"
 WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an absolute .wasm path
 FILTERS_YAML="$bench_dir/proxy-filters.yaml"
 REDIS_YAML="$bench_dir/proxy-redis.yaml"
+MYSQL_YAML="${BENCH_MYSQL_YAML:-$bench_dir/proxy-mysql.yaml}"
 WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
 WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
 COMPONENT_DEFAULT="$repo_root/target/components/wasm32-wasip2/release/sdk_header_filter.wasm"
@@ -137,8 +159,10 @@ REDIS_PORT=$((18379 + PORT_OFFSET))        # redis-server (from proxy-redis.yaml
 TWEM_PORT=$((18380 + PORT_OFFSET))
 TWEM_STATS_PORT=$((18381 + PORT_OFFSET))
 EL_REDIS_PORT=$((18400 + PORT_OFFSET))     # envoy / legate redis_proxy listener
+MYSQL_PORT=$((18306 + PORT_OFFSET))        # mariadbd (from proxy-mysql.yaml)
+EL_MYSQL_PORT=$((18406 + PORT_OFFSET))     # legate mysql listener
 ALL_PORTS="$UP_H1_PORT $UP_H2_PORT $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT"
-ALL_PORTS+=" $REDIS_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT"
+ALL_PORTS+=" $REDIS_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT $MYSQL_PORT $EL_MYSQL_PORT"
 BODY="hello from upstream"   # response body is this plus a newline (20 bytes)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -152,7 +176,8 @@ for arg in "$@"; do
     esac
 done
 
-for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS WASM_ROUNDS FILTER_ROUNDS REDIS_ROUNDS REDIS_SECONDS; do
+for v in DURATION WARMUP CONNS WRK_THREADS H2_CONNS H2_STREAMS WASM_ROUNDS FILTER_ROUNDS REDIS_ROUNDS REDIS_SECONDS \
+         MYSQL_ROUNDS MYSQL_SECONDS MYSQL_WARMUP MYSQL_THREADS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
 done
 (( DURATION > 0 )) || { echo "BENCH_DURATION must be > 0" >&2; exit 2; }
@@ -162,9 +187,21 @@ done
 (( REDIS_SECONDS > 0 )) || { echo "BENCH_REDIS_SECONDS must be > 0" >&2; exit 2; }
 [[ -z "$REDIS_REQUESTS" || "$REDIS_REQUESTS" =~ ^[1-9][0-9]*$ ]] \
     || { echo "BENCH_REDIS_REQUESTS must be a positive integer, got '$REDIS_REQUESTS'" >&2; exit 2; }
+(( MYSQL_ROUNDS > 0 )) || { echo "BENCH_MYSQL_ROUNDS must be > 0" >&2; exit 2; }
+(( MYSQL_SECONDS > 0 )) || { echo "BENCH_MYSQL_SECONDS must be > 0" >&2; exit 2; }
+(( MYSQL_THREADS > 0 )) || { echo "BENCH_MYSQL_THREADS must be > 0" >&2; exit 2; }
+[[ "$MYSQL_PS_MODE" == disable || "$MYSQL_PS_MODE" == auto ]] \
+    || { echo "BENCH_MYSQL_PS_MODE must be disable or auto, got '$MYSQL_PS_MODE'" >&2; exit 2; }
+if [[ " $SUITES " == *" mysql "* ]]; then
+    [[ -f "$MYSQL_YAML" ]] || { echo "BENCH_MYSQL_YAML: no such file '$MYSQL_YAML'" >&2; exit 2; }
+    MYSQL_YAML=$(cd "$(dirname "$MYSQL_YAML")" && pwd -P)/$(basename "$MYSQL_YAML")
+fi
+# How the report names legate's bootstrap for the mysql suite.
+MYSQL_YAML_REF="[bench/proxy-mysql.yaml](proxy-mysql.yaml)"
+[[ "$MYSQL_YAML" == "$bench_dir/proxy-mysql.yaml" ]] || MYSQL_YAML_REF="\`$MYSQL_YAML\` (BENCH_MYSQL_YAML)"
 for s in $SUITES; do
-    [[ "$s" == proxy || "$s" == wasm || "$s" == filters || "$s" == redis ]] \
-        || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm, filters, redis)" >&2; exit 2; }
+    [[ "$s" == proxy || "$s" == wasm || "$s" == filters || "$s" == redis || "$s" == mysql ]] \
+        || { echo "BENCH_SUITES: unknown suite '$s' (proxy, wasm, filters, redis, mysql)" >&2; exit 2; }
 done
 for w in $RSS_WORKERS; do
     [[ "$w" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_RSS_WORKERS must list positive integers, got '$w'" >&2; exit 2; }
@@ -288,6 +325,12 @@ ensure_tools() {
         if has_target twemproxy; then
             command -v nutcracker >/dev/null || { missing+=(nutcracker); pkgs+=(nutcracker); }
         fi
+    fi
+    if has_suite mysql; then
+        command -v mariadbd           >/dev/null || { missing+=(mariadbd);           pkgs+=(mariadb-server); }
+        command -v mariadb-install-db >/dev/null || { missing+=(mariadb-install-db); pkgs+=(mariadb-server); }
+        command -v mariadb            >/dev/null || { missing+=(mariadb);            pkgs+=(mariadb-client); }
+        command -v sysbench           >/dev/null || { missing+=(sysbench);           pkgs+=(sysbench); }
     fi
     # curl also reads the admin /ready of Envoy and legate.
     command -v curl    >/dev/null || { missing+=(curl);    pkgs+=(curl); }
@@ -535,7 +578,7 @@ stop_target() {
     local p i
     for i in $(seq 1 50); do
         local busy=0
-        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT; do
+        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT $EL_MYSQL_PORT; do
             port_open "$p" && busy=1
         done
         (( busy )) || break
@@ -1160,6 +1203,254 @@ redis_round_notes() {
     done
 }
 
+# ---------------------------------------------------------------- mysql suite
+# Results: MQ[ROUND,TARGET] queries/s, MT[ROUND,TARGET] transactions/s,
+# MP95[ROUND,TARGET] p95 latency (ms), MERR[ROUND,TARGET] ignored errors plus
+# reconnects; MNOTE[ROUND,TARGET] why a row has no numbers; MSTATS[ROUND] legate's
+# mysql.mysql.* stats after its run.
+declare -A MQ MT MP95 MERR MNOTE MSTATS MYSQL_SKIP
+NOTES_MYSQL=()
+MYSQL_PID=
+MYSQL_NA=
+MYSQL_TARGET_PORT=
+# A throwaway account on a throwaway server that listens on loopback only.
+MYSQL_USER=sbtest
+MYSQL_PASSWORD=sbtest-bench-pw
+
+# sysbench's connection options, for PORT.
+sysbench_conn() {
+    echo "--db-driver=mysql --mysql-host=127.0.0.1 --mysql-port=$1 --mysql-user=$MYSQL_USER" \
+         "--mysql-password=$MYSQL_PASSWORD --mysql-db=sbtest --mysql-ssl=off" \
+         "--tables=$MYSQL_TABLES --table-size=$MYSQL_TABLE_SIZE"
+}
+
+# mysql_client PORT SQL: run SQL over TCP as the bench user; prints the result.
+mysql_client() {
+    timeout 10 mariadb --no-defaults --skip-ssl --protocol=TCP -h 127.0.0.1 -P "$1" \
+        -u "$MYSQL_USER" -p"$MYSQL_PASSWORD" -N -B sbtest -e "$2" 2>&1
+}
+
+# start_mysql_server: a throwaway mariadbd in the scratch dir, the sbtest
+# database and user, and sysbench's tables (prepare, then prewarm into the
+# buffer pool). Sets MYSQL_NA on failure.
+start_mysql_server() {
+    local d="$work/mysql" out
+    mkdir -p "$d/tmp"
+    log "mysql suite: mariadb-install-db into $d/data"
+    # root@localhost without a password (normal auth) so that any OS user can set
+    # up the server through its socket; it listens on 127.0.0.1 for this run only.
+    if ! mariadb-install-db --no-defaults --datadir="$d/data" --user="$(id -un)" \
+            --auth-root-authentication-method=normal --skip-test-db >"$d/install.log" 2>&1; then
+        MYSQL_NA="mariadb-install-db failed: $(tail -3 "$d/install.log" | tr '\n|`' " /'" | cut -c1-300)"
+        return 1
+    fi
+    start_bg "$d/stderr.log" mariadbd --no-defaults --datadir="$d/data" --user="$(id -un)" \
+        --port="$MYSQL_PORT" --bind-address=127.0.0.1 --socket="$d/sock" --pid-file="$d/mariadbd.pid" \
+        --tmpdir="$d/tmp" --log-error="$d/error.log" --skip-name-resolve --skip-log-bin \
+        --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=0 --max-connections=500
+    MYSQL_PID=$BG_PID
+    if ! wait_ready "$MYSQL_PID" "$MYSQL_PORT"; then
+        MYSQL_NA="mariadbd failed to start: $(tail -3 "$d/error.log" 2>/dev/null | tr '\n|`' " /'" | cut -c1-300)"
+        return 1
+    fi
+    if ! out=$(timeout 30 mariadb --no-defaults -S "$d/sock" -u root 2>&1 <<SQL
+CREATE DATABASE sbtest;
+CREATE USER '$MYSQL_USER'@'127.0.0.1' IDENTIFIED BY '$MYSQL_PASSWORD';
+GRANT ALL ON sbtest.* TO '$MYSQL_USER'@'127.0.0.1';
+SQL
+    ); then
+        MYSQL_NA="creating the sbtest database and user failed: $(echo "$out" | tail -2 | tr '\n|`' " /'" | cut -c1-300)"
+        return 1
+    fi
+    log "mysql suite: sysbench oltp_read_only prepare ($MYSQL_TABLES tables x $MYSQL_TABLE_SIZE rows), prewarm"
+    # shellcheck disable=SC2046
+    if ! run_load 600 "$d/prepare.log" sysbench oltp_read_only $(sysbench_conn "$MYSQL_PORT") prepare \
+            || ! run_load 300 "$d/prewarm.log" sysbench oltp_read_only $(sysbench_conn "$MYSQL_PORT") prewarm; then
+        MYSQL_NA="sysbench prepare failed: $(cat "$d/prepare.log" "$d/prewarm.log" 2>/dev/null | grep -i -m2 -E 'fatal|error' | tr '\n|`' " /'" | cut -c1-300)"
+        return 1
+    fi
+}
+
+# start_mysql_target NAME TAG: start the row's proxy (nothing for direct); sets
+# MYSQL_TARGET_PORT, CUR_PID, CUR_LOG and START_NA as start_redis_target does.
+start_mysql_target() {
+    local name="$1" tag="$2"
+    CUR_PID=
+    START_NA=
+    CUR_LOG="$work/$tag/stderr.log"
+    mkdir -p "$work/$tag"
+    case "$name" in
+        direct)
+            MYSQL_TARGET_PORT=$MYSQL_PORT
+            return 0 ;;
+        legate)
+            [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
+            MYSQL_TARGET_PORT=$EL_MYSQL_PORT
+            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$MYSQL_YAML" --concurrency 1
+            CUR_PID=$BG_PID
+            wait_ready "$CUR_PID" "$EL_MYSQL_PORT" "$EL_ADMIN_PORT" ;;
+    esac
+}
+
+# run_sysbench NAME ROUND: a warm-up run, then the measured one.
+run_sysbench() {
+    local name="$1" r="$2" port=$MYSQL_TARGET_PORT key="$2,$1"
+    local base="$work/sysbench-$name-r$r" sb v
+    # shellcheck disable=SC2207
+    sb=(sysbench oltp_read_only $(sysbench_conn "$port") --db-ps-mode="$MYSQL_PS_MODE"
+        --threads="$MYSQL_THREADS" --report-interval=0 --percentile=95 --histogram=off)
+    if (( MYSQL_WARMUP > 0 )); then
+        run_load $((MYSQL_WARMUP + 60)) "$base-warmup.log" "${sb[@]}" --time="$MYSQL_WARMUP" run || true
+    fi
+    log "$name: ${sb[*]/--mysql-password=*/--mysql-password=...} --time=$MYSQL_SECONDS run"
+    if ! run_load $((MYSQL_SECONDS + 60)) "$base.log" "${sb[@]}" --time="$MYSQL_SECONDS" run; then
+        MNOTE[$key]="sysbench failed: $(grep -m1 -E 'FATAL|ALERT|error' "$base.log" | tr '|`' "/'" | cut -c1-200)"
+        return
+    fi
+    # "queries:  19744  (1974.40 per sec.)", "95th percentile:  8.43"
+    MQ[$key]=$(awk '$1 == "queries:" { gsub(/\(/, "", $3); print $3 }' "$base.log")
+    MT[$key]=$(awk '$1 == "transactions:" { gsub(/\(/, "", $3); print $3 }' "$base.log")
+    MP95[$key]=$(awk '$1 == "95th" && $2 == "percentile:" { print $3 }' "$base.log")
+    v=$(awk '$1 == "ignored" && $2 == "errors:" { e = $3 } $1 == "reconnects:" { c = $2 } END { print e + c }' "$base.log")
+    MERR[$key]=${v:-0}
+    if [[ -z "${MQ[$key]}" || -z "${MP95[$key]}" ]]; then
+        unset "MQ[$key]"
+        MNOTE[$key]="could not parse sysbench output"; return
+    fi
+    log "$name: ${MQ[$key]} queries/s, ${MT[$key]} transactions/s, p95 ${MP95[$key]} ms, errors ${MERR[$key]}"
+}
+
+# mysql_filter_stats: legate's mysql.mysql.* counters (the filter's), or nothing.
+mysql_filter_stats() {
+    curl -s -m 5 "http://127.0.0.1:$EL_ADMIN_PORT/stats" 2>/dev/null | awk -F': ' '
+        $1 ~ /^mysql\.mysql\.(sessions|login_attempts|login_failures|decoder_errors|protocol_errors|queries_parsed|queries_parse_error)$/ {
+            sub(/^mysql\.mysql\./, "", $1); printf "%s%s=%s", (n++ ? ", " : ""), $1, $2 }'
+}
+
+# bench_mysql_row NAME ROUND: one row of one round, legate in a fresh process.
+bench_mysql_row() {
+    local name="$1" r="$2" why out yaml_base
+    yaml_base=$(basename "$MYSQL_YAML")
+    log "=== $name (mysql suite, round $r of $MYSQL_ROUNDS)"
+    if [[ -n "$MYSQL_NA" ]]; then MNOTE[$r,$name]="n/a ($MYSQL_NA)"; return 0; fi
+    if [[ -n "${MYSQL_SKIP[$name]:-}" ]]; then MNOTE[$r,$name]=${MYSQL_SKIP[$name]}; return 0; fi
+    if ! start_mysql_target "$name" "mysql-$name-r$r"; then
+        start_failure
+        # legate names the refused field as FILE:LINE:COL: (Envoy-style), e.g. a
+        # binary without the mysql_proxy filter.
+        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
+                && grep -qE "$yaml_base:[0-9]+:[0-9]+: " "$CUR_LOG" 2>/dev/null; then
+            why=$(grep -oE "$yaml_base:[0-9]+:[0-9]+: .*" "$CUR_LOG" | sort -u | head -5 | tr '|`' "/'" | paste -sd';' | sed 's/;/; /g')
+            MYSQL_SKIP[$name]="n/a (refused config)"
+            NOTES_MYSQL+=("$name refused $yaml_base: $why")
+            MNOTE[$r,$name]=${MYSQL_SKIP[$name]}
+        else
+            MNOTE[$r,$name]="n/a ($START_NA)"
+            [[ "$START_NA" != "not available ("* ]] || MNOTE[$r,$name]="n/a (${START_NA#not available (}"
+        fi
+        log "$name: ${MNOTE[$r,$name]}"
+        stop_target
+        return 0
+    fi
+    # Sanity: the row answers a query with the server's data.
+    out=$(mysql_client "$MYSQL_TARGET_PORT" "SELECT COUNT(*) FROM sbtest1")
+    if [[ "$out" != "$MYSQL_TABLE_SIZE" ]]; then
+        MNOTE[$r,$name]="n/a (wrong answer to SELECT COUNT(*): $(printf '%q' "$out" | cut -c1-120))"
+        log "$name: ${MNOTE[$r,$name]}"
+        stop_target
+        return 0
+    fi
+    run_sysbench "$name" "$r"
+    if [[ "$name" == legate ]]; then
+        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+            MNOTE[$r,$name]="process exited: $(log_tail)"; unset "MQ[$r,$name]"
+        fi
+        MSTATS[$r]=$(mysql_filter_stats)
+        log "legate mysql_proxy stats: ${MSTATS[$r]:-none}"
+    fi
+    stop_target
+}
+
+# aggregate_mysql: medians over the rounds into M*[med,TARGET]; legate's
+# queries/s as a share of direct's, per round (MSHARE_LIST) and their median.
+MSHARE=
+MSHARE_LIST=
+aggregate_mysql() {
+    local name r x vals shown=() ratios=()
+    for name in direct legate; do
+        vals=(); for r in $(seq 1 "$MYSQL_ROUNDS"); do [[ -z "${MQ[$r,$name]:-}" ]] || vals+=("${MQ[$r,$name]}"); done
+        ((${#vals[@]})) || continue
+        MQ[med,$name]=$(median "${vals[@]}")
+        vals=(); for r in $(seq 1 "$MYSQL_ROUNDS"); do [[ -z "${MQ[$r,$name]:-}" ]] || vals+=("${MT[$r,$name]}"); done
+        MT[med,$name]=$(median "${vals[@]}")
+        vals=(); for r in $(seq 1 "$MYSQL_ROUNDS"); do [[ -z "${MQ[$r,$name]:-}" ]] || vals+=("${MP95[$r,$name]}"); done
+        MP95[med,$name]=$(median "${vals[@]}")
+        x=0; for r in $(seq 1 "$MYSQL_ROUNDS"); do x=$(( x + ${MERR[$r,$name]:-0} )); done
+        MERR[sum,$name]=$x
+    done
+    for r in $(seq 1 "$MYSQL_ROUNDS"); do
+        [[ -z "${MNOTE[$r,direct]:-}" ]] || NOTES_MYSQL+=("direct, round $r: ${MNOTE[$r,direct]}")
+        [[ -n "${MYSQL_SKIP[legate]:-}" || -z "${MNOTE[$r,legate]:-}" ]] || NOTES_MYSQL+=("legate, round $r: ${MNOTE[$r,legate]}")
+        if [[ -n "${MQ[$r,legate]:-}" ]]; then
+            # The filter's own counters: sessions, queries parsed, decoder errors...
+            if [[ -n "${MSTATS[$r]:-}" ]]; then
+                NOTES_MYSQL+=("legate's mysql_proxy stats after round $r: ${MSTATS[$r]}.")
+            else
+                NOTES_MYSQL+=("legate, round $r: no \`mysql.mysql.*\` stats on the admin \`/stats\` (a config without the mysql_proxy filter?).")
+            fi
+        fi
+    done
+    for r in $(seq 1 "$MYSQL_ROUNDS"); do
+        if [[ -n "${MQ[$r,legate]:-}" && -n "${MQ[$r,direct]:-}" ]]; then
+            x=$(awk -v a="${MQ[$r,legate]}" -v b="${MQ[$r,direct]}" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b }')
+            if [[ -n "$x" ]]; then ratios+=("$x"); shown+=("$x"); else shown+=("-"); fi
+        else
+            shown+=("-")
+        fi
+    done
+    ((${#ratios[@]})) || return 0
+    MSHARE=$(median "${ratios[@]}")
+    MSHARE_LIST="${shown[*]}"
+    MSHARE_LIST=${MSHARE_LIST// / \/ }
+}
+
+write_mysql_table() {
+    local name note r per
+    echo "| target | queries/s | transactions/s | p95 latency (ms) | queries/s per round | queries/s share of direct | errors |"
+    echo "|---|---:|---:|---:|---|---:|---:|"
+    for name in direct legate; do
+        has_target "$name" || continue
+        if [[ -z "${MQ[med,$name]:-}" ]]; then
+            note=
+            for r in $(seq 1 "$MYSQL_ROUNDS"); do note=${note:-${MNOTE[$r,$name]:-}}; done
+            echo "| $name | ${note:-not run} | | | | | |"
+            continue
+        fi
+        per=()
+        for r in $(seq 1 "$MYSQL_ROUNDS"); do
+            if [[ -n "${MQ[$r,$name]:-}" ]]; then per+=("$(fmt_rps "${MQ[$r,$name]}")"); else per+=("-"); fi
+        done
+        per=("${per[*]}")
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+            "$(fmt_rps "${MQ[med,$name]}")" "$(fmt_rps "${MT[med,$name]}")" "$(awk -v a="${MP95[med,$name]}" 'BEGIN { printf "%.2f", a }')" \
+            "${per[0]// / \/ }" \
+            "$(if [[ "$name" == direct ]]; then echo "(baseline)"; elif [[ -n "$MSHARE" ]]; then awk -v m="$MSHARE" -v l="$MSHARE_LIST" 'BEGIN { printf "**%.2f** (%s)", m, l }'; else echo -; fi)" \
+            "${MERR[sum,$name]:-0}"
+    done
+}
+
+# The target: legate's queries/s is at least 0.9 of direct's.
+mysql_target_line() {
+    local why r
+    for r in $(seq 1 "$MYSQL_ROUNDS"); do why=${why:-${MNOTE[$r,legate]:-}}; done
+    if [[ -z "$MSHARE" ]]; then
+        echo "Target (legate's queries/s is at least 0.9 of direct's): not measured${why:+ (legate: $why)}."
+        return
+    fi
+    awk -v m="$MSHARE" -v l="$MSHARE_LIST" -v n="$MYSQL_ROUNDS" 'BEGIN {
+        printf "Target (legate'"'"'s queries/s is at least 0.9 of direct'"'"'s): **%s**, %.2f (median of %d round%s: %s).\n", (m >= 0.9 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), l }'
+}
+
 # ---------------------------------------------------------------- report
 fmt_ratio() {   # a / b -> "1.23x", or "-" when either is missing
     [[ -n "$1" && -n "$2" ]] || { echo "-"; return; }
@@ -1280,16 +1571,29 @@ write_report() {
     else
         redis_kind="redis suite: about ${REDIS_SECONDS}s per redis-benchmark test"
     fi
-    if ! has_http_suite; then
+    kind=
+    if ! has_http_suite && has_suite redis; then
         kind="Full run ($redis_kind, $REDIS_ROUNDS round(s))."
         (( REDIS_SECONDS >= 3 )) || [[ -n "$REDIS_REQUESTS" ]] \
             || kind="**SMOKE RUN** ($redis_kind): numbers are only a check that the harness works, not a benchmark."
+    elif ! has_http_suite; then
+        :
     elif (( DURATION < 10 )); then
         kind="**SMOKE RUN** (${DURATION}s per measurement, ${WARMUP}s warm-up): numbers are only a check that the harness works, not a benchmark."
     else
         kind="Full run (${DURATION}s per measurement, ${WARMUP}s warm-up)."
     fi
     if has_http_suite && has_suite redis; then kind="${kind%.}; $redis_kind."; fi
+    if has_suite mysql; then
+        local mysql_kind="mysql suite: ${MYSQL_SECONDS}s per sysbench run, $MYSQL_ROUNDS round(s)"
+        if [[ -n "$kind" ]]; then
+            kind="${kind%.}; $mysql_kind."
+        elif (( MYSQL_SECONDS >= 10 )); then
+            kind="Full run ($mysql_kind)."
+        else
+            kind="**SMOKE RUN** ($mysql_kind): numbers are only a check that the harness works, not a benchmark."
+        fi
+    fi
     {
         echo "# Proxy benchmark results"
         echo
@@ -1305,6 +1609,7 @@ write_report() {
         fi
         local workers="nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`"
         has_http_suite || workers="Envoy \`--concurrency 1\`, legate \`--concurrency 1\`"
+        has_http_suite || has_suite redis || workers="legate \`--concurrency 1\`"
         if has_suite redis && has_target twemproxy; then workers+=", twemproxy (single-threaded by design)"; fi
         if has_suite wasm; then
             echo "- Every proxy runs one worker: $workers. The memory table is the exception: it runs Envoy and legate with \`--concurrency\` ${RSS_WORKERS// /, }."
@@ -1318,6 +1623,9 @@ write_report() {
             else
                 echo "- Envoy and legate use the same bootstrap, [bench/proxy.yaml](proxy.yaml). No access logs anywhere."
             fi
+        fi
+        if has_suite mysql; then
+            echo "- MySQL suite: one mariadbd (\`--skip-log-bin --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=0\`, a fresh datadir) on 127.0.0.1:$MYSQL_PORT behind both rows; legate uses $MYSQL_YAML_REF on $EL_MYSQL_PORT."
         fi
         if has_suite redis; then
             echo "- Redis suite: one redis-server (\`--save '' --appendonly no\`) on 127.0.0.1:$REDIS_PORT behind every row; Envoy and legate use the same bootstrap, [bench/proxy-redis.yaml](proxy-redis.yaml)."
@@ -1333,6 +1641,10 @@ write_report() {
             echo "- redis-server: $(redis-server --version 2>&1 | head -1 | sed 's/^Redis server //')"
             echo "- redis-benchmark: $(redis-benchmark --version 2>&1 | head -1)"
             ! has_target twemproxy || echo "- twemproxy: $(nutcracker -V 2>&1 | head -1 | sed 's/^This is //')"
+        fi
+        if has_suite mysql; then
+            echo "- mariadbd: ${MYSQL_VERSION_STR:-$(mariadbd --version 2>&1 | head -1 | sed 's/^mariadbd *//')}"
+            echo "- sysbench: $(sysbench --version 2>&1 | head -1)"
         fi
         echo "- Envoy: ${ENVOY_VERSION_STR:-not available}"
         echo "- legate: ${LEGATE_VERSION_STR:-not available}"
@@ -1440,6 +1752,25 @@ write_report() {
                 echo
             fi
         fi
+        if has_suite mysql; then
+            echo "## MySQL proxy (sysbench oltp_read_only), one worker"
+            echo
+            echo "One mariadbd, measured direct and through legate (\`--concurrency 1\`) on $MYSQL_YAML_REF. [bench/proxy-mysql.yaml](proxy-mysql.yaml) is a listener with \`envoy.filters.network.mysql_proxy\` (\`stat_prefix: mysql\`) then \`envoy.filters.network.tcp_proxy\` to the server. The tables are made once (\`sysbench oltp_read_only --tables=$MYSQL_TABLES --table-size=$MYSQL_TABLE_SIZE prepare\`, then \`prewarm\`). Before the load, a sanity query through the row (\`SELECT COUNT(*) FROM sbtest1\` answers $MYSQL_TABLE_SIZE)."
+            echo
+            echo "\`sysbench oltp_read_only --mysql-host=127.0.0.1 --mysql-ssl=off --db-ps-mode=$MYSQL_PS_MODE --tables=$MYSQL_TABLES --table-size=$MYSQL_TABLE_SIZE --threads=$MYSQL_THREADS --time=$MYSQL_SECONDS --report-interval=0 --percentile=95 run\`$( (( MYSQL_WARMUP > 0 )) && echo ", after a ${MYSQL_WARMUP}s warm-up run with the same settings"). Each transaction is 16 queries (BEGIN, 10 point selects, 4 range selects, COMMIT)$( [[ "$MYSQL_PS_MODE" == disable ]] && echo ", each a \`COM_QUERY\` whose SQL the filter reads" || echo ", server-side prepared statements (\`COM_STMT_EXECUTE\`) where sysbench can")."
+            echo "$MYSQL_ROUNDS round(s): each round runs direct then legate, legate in a fresh process. queries/s, transactions/s and p95 are medians over the rounds; the share of direct is computed per round against the direct row of the same round (median in bold, every round in brackets). Errors are sysbench's ignored errors plus reconnects, over all rounds."
+            echo
+            write_mysql_table
+            echo
+            mysql_target_line
+            echo
+            if ((${#NOTES_MYSQL[@]})); then
+                echo "Notes:"
+                echo
+                printf -- '- %s\n' "${NOTES_MYSQL[@]}"
+                echo
+            fi
+        fi
     } >"$tmp"
     mv "$tmp" "$RESULTS"
 }
@@ -1475,6 +1806,8 @@ if (( PORT_OFFSET > 0 )); then
     shift_ports "$FILTERS_YAML" >"$work/proxy-filters.yaml"
     shift_ports "$REDIS_YAML" >"$work/proxy-redis.yaml"
     REDIS_YAML="$work/proxy-redis.yaml"
+    shift_ports "$MYSQL_YAML" >"$work/$(basename "$MYSQL_YAML")"
+    MYSQL_YAML="$work/$(basename "$MYSQL_YAML")"
     FILTERS_YAML="$work/proxy-filters.yaml"
     PROXY_YAML="$work/proxy.yaml"
     WASM_YAML_SRC="$work/proxy-wasm.src.yaml"
@@ -1659,6 +1992,23 @@ if has_suite redis; then
     forget_pid "$REDIS_PID"
     aggregate_redis
     redis_round_notes
+fi
+
+if has_suite mysql; then
+    if start_mysql_server; then
+        log "mariadbd on 127.0.0.1:$MYSQL_PORT (pid $MYSQL_PID)"
+    else
+        log "$MYSQL_NA"
+    fi
+    for r in $(seq 1 "$MYSQL_ROUNDS"); do
+        for t in direct legate; do
+            has_target "$t" || continue
+            bench_mysql_row "$t" "$r"
+        done
+    done
+    [[ -n "$MYSQL_NA" ]] || MYSQL_VERSION_STR=$(mysql_client "$MYSQL_PORT" "SELECT VERSION()" | head -1)
+    if [[ -n "$MYSQL_PID" ]]; then stop_pid "$MYSQL_PID"; forget_pid "$MYSQL_PID"; fi
+    aggregate_mysql
 fi
 
 write_report

@@ -79,6 +79,7 @@ fn shipped_examples_validate() {
         "examples/mysql/legate.yaml",
         "bench/proxy.yaml",
         "bench/proxy-redis.yaml",
+        "bench/proxy-mysql.yaml",
     ] {
         let path = format!("{}/../{f}", env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(support::BIN)

@@ -26,6 +26,24 @@ pub mod caps {
     pub const CLIENT_DEPRECATE_EOF: u32 = 0x100_0000;
 }
 
+/// MariaDB's extended capability flags: bits of the 32-bit field a MariaDB server
+/// sends in its greeting (where MySQL has reserved bytes) and a MariaDB client in the
+/// last 4 bytes of its login's filler, each only when it clears `CLIENT_MYSQL`
+/// ([`caps::CLIENT_LONG_PASSWORD`]). In force when both sides set them.
+pub mod mariadb_caps {
+    /// `MARIADB_CLIENT_PROGRESS`: a long command (`ALTER TABLE`, `LOAD DATA`...) may
+    /// send progress reports, ERR packets with error code `0xFFFF`, before its
+    /// response.
+    pub const MARIADB_CLIENT_PROGRESS: u32 = 1;
+    /// `MARIADB_CLIENT_CACHE_METADATA`: a result set's column-count packet has a
+    /// "metadata follows" byte after the count; when it is 0 the column definitions
+    /// are not sent (the client cached them from an earlier execution).
+    pub const MARIADB_CLIENT_CACHE_METADATA: u32 = 0x10;
+}
+
+/// Error code of a MariaDB progress report (an ERR packet that is not an error).
+pub const MARIADB_PROGRESS_CODE: u16 = 0xFFFF;
+
 /// Server status flags (`SERVER_*`) used by the decoder.
 pub mod status {
     /// `SERVER_MORE_RESULTS_EXISTS`: another result follows.
@@ -288,6 +306,9 @@ pub struct Login {
     pub database: Option<Bytes>,
     /// Auth plugin name, when `CLIENT_PLUGIN_AUTH`.
     pub auth_plugin_name: Option<Bytes>,
+    /// MariaDB's extended capabilities (see [`mariadb_caps`]), when the client
+    /// cleared `CLIENT_MYSQL` (a MariaDB client).
+    pub mariadb_capabilities: Option<u32>,
 }
 
 /// What the client sent after the greeting.
@@ -329,12 +350,15 @@ impl ClientHello {
                 auth_response,
                 database: None,
                 auth_plugin_name: None,
+                mariadb_capabilities: None,
             }));
         }
         let capabilities = u32::from(low) | u32::from(r.u16("capabilities")?) << 16;
         let max_packet = r.u32("max packet")?;
         let charset = r.u8("charset")?;
-        r.skip(23, "filler")?;
+        r.skip(19, "filler")?;
+        let ext = r.u32("filler")?;
+        let mariadb_capabilities = (capabilities & caps::CLIENT_LONG_PASSWORD == 0).then_some(ext);
         if r.remaining() == 0 && capabilities & caps::CLIENT_SSL != 0 {
             return Ok(ClientHello::SslRequest { capabilities });
         }
@@ -367,6 +391,7 @@ impl ClientHello {
             auth_response,
             database,
             auth_plugin_name,
+            mariadb_capabilities,
         }))
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::messages::{
     AuthSwitchRequest, ClientHello, Command, DecodeError, EofPacket, ErrPacket, Greeting, Login,
-    OkPacket, Reader, caps, com, status,
+    MARIADB_PROGRESS_CODE, OkPacket, Reader, caps, com, mariadb_caps, status,
 };
 use crate::packet::{Decoder, FrameError, MAX_PACKET_PAYLOAD, Packet};
 
@@ -199,6 +199,8 @@ pub struct Session {
     expected: u8,
     /// Server capabilities, then those both sides agreed on.
     capabilities: u32,
+    /// MariaDB's extended capabilities, likewise (0 unless both sides are MariaDB).
+    mariadb_capabilities: u32,
 }
 
 impl Default for Session {
@@ -217,6 +219,7 @@ impl Session {
             server: Decoder::new(),
             expected: 0,
             capabilities: 0,
+            mariadb_capabilities: 0,
         }
     }
 
@@ -247,6 +250,13 @@ impl Session {
     /// The capabilities in force: the server's, then both sides' after login.
     pub fn capabilities(&self) -> u32 {
         self.capabilities
+    }
+
+    /// MariaDB's extended capabilities in force (see
+    /// [`mariadb_caps`](crate::messages::mariadb_caps)): the server's, then those both
+    /// sides set; 0 unless both are MariaDB.
+    pub fn mariadb_capabilities(&self) -> u32 {
+        self.mariadb_capabilities
     }
 
     /// Decodes bytes the client sent.
@@ -341,6 +351,7 @@ impl Session {
                 }
                 let g = Greeting::parse(&p.payload)?;
                 self.capabilities = g.capabilities;
+                self.mariadb_capabilities = g.mariadb_capabilities.unwrap_or(0);
                 events.push(Event::Greeting(g));
                 self.state = State::Login;
             }
@@ -355,6 +366,7 @@ impl Session {
                     } else {
                         self.capabilities = login.capabilities;
                     }
+                    self.mariadb_capabilities &= login.mariadb_capabilities.unwrap_or(0);
                     events.push(Event::Login(login));
                     self.state = State::AuthResult;
                 }
@@ -446,6 +458,13 @@ impl Session {
     ) -> Result<(), DecodeError> {
         let first = p.payload.first().copied();
         let caps = self.capabilities;
+        if first == Some(0xFF)
+            && self.mariadb_capabilities & mariadb_caps::MARIADB_CLIENT_PROGRESS != 0
+            && p.payload.get(1..3) == Some(&MARIADB_PROGRESS_CODE.to_le_bytes()[..])
+        {
+            // A MariaDB progress report: the response is still to come.
+            return Ok(());
+        }
         match r {
             Response::First | Response::Simple => match first {
                 Some(0x00) => {
@@ -466,16 +485,29 @@ impl Session {
                     self.state = State::LocalInfile;
                 }
                 _ if r == Response::First => {
-                    let columns =
-                        Reader::new(&p.payload, "result set header").lenenc("column count")?;
+                    let mut rd = Reader::new(&p.payload, "result set header");
+                    let columns = rd.lenenc("column count")?;
                     if columns == 0 {
                         return Err(DecodeError::new("result set header", "zero columns"));
                     }
+                    let metadata_follows = self.mariadb_capabilities
+                        & mariadb_caps::MARIADB_CLIENT_CACHE_METADATA
+                        == 0
+                        || rd.u8("metadata follows")? != 0;
                     events.push(Event::ResultSet { columns });
-                    self.state = State::Response(Response::Defs {
-                        left: columns,
-                        then: AfterDefs::Rows,
-                    });
+                    self.state = if metadata_follows {
+                        State::Response(Response::Defs {
+                            left: columns,
+                            then: AfterDefs::Rows,
+                        })
+                    } else if self.deprecate_eof() {
+                        self.after_defs(AfterDefs::Rows)
+                    } else {
+                        // The column definitions are skipped, not their EOF.
+                        State::Response(Response::DefsEof {
+                            then: AfterDefs::Rows,
+                        })
+                    };
                 }
                 other => {
                     return Err(DecodeError::new(
