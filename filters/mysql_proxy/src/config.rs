@@ -67,9 +67,9 @@ impl QueryFault {
         if self.tables.is_empty() {
             return op_ok(statements) || tables.iter().any(|t| op_ok(&t.operations));
         }
-        tables.iter().any(|t| {
-            t.keys.iter().any(|k| self.tables.contains(k)) && op_ok(&t.operations)
-        })
+        tables
+            .iter()
+            .any(|t| t.keys.iter().any(|k| self.tables.contains(k)) && op_ok(&t.operations))
     }
 }
 

@@ -87,8 +87,8 @@ impl MySqlProxyFactory {
                 .map(|o| c(&format!("query.{}", o.as_str())))
                 .collect(),
         };
-        let answers = config.denied_query_error.is_some()
-            || config.faults.iter().any(|f| f.abort.is_some());
+        let answers =
+            config.denied_query_error.is_some() || config.faults.iter().any(|f| f.abort.is_some());
         let denied = config.denied_query_error.as_ref().map(|r| frame(r, 1));
         MySqlProxyFactory(Arc::new(Shared {
             config,
@@ -228,7 +228,10 @@ impl MySqlProxyFilter {
                 let q = self.analyze(&text, truncated)?;
                 self.count_statements(&q);
                 set_metadata(info, &q);
-                Some(Answerable { query: q, runs: true })
+                Some(Answerable {
+                    query: q,
+                    runs: true,
+                })
             }
             Command::StmtPrepare { text, truncated } => {
                 self.preparing = self.analyze(&text, truncated);
@@ -243,7 +246,10 @@ impl MySqlProxyFilter {
                 let q = self.statements.get(&statement_id)?.clone();
                 self.count_statements(&q);
                 set_metadata(info, &q);
-                Some(Answerable { query: q, runs: true })
+                Some(Answerable {
+                    query: q,
+                    runs: true,
+                })
             }
             Command::StmtClose { statement_id } => {
                 self.statements.remove(&statement_id);
@@ -393,8 +399,7 @@ impl NetworkFilter for MySqlProxyFilter {
         }
         let whole = self.session.client_at_boundary();
         if self.sniffing && self.session.is_commanding() && !whole {
-            if self.shared.answers && !self.passing && self.held.len() + data.len() <= MAX_QUERY
-            {
+            if self.shared.answers && !self.passing && self.held.len() + data.len() <= MAX_QUERY {
                 self.held.extend_from_slice(data);
                 data.clear();
                 return NetworkAction::Continue;

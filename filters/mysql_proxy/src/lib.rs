@@ -19,10 +19,10 @@ pub mod packet;
 pub mod session;
 pub mod sql;
 
+pub use config::Config;
+pub use filter::{MySqlProxyFactory, NAMESPACE};
 pub use messages::{
     AuthSwitchRequest, Command, DecodeError, EofPacket, ErrPacket, Greeting, Login, OkPacket,
 };
-pub use config::Config;
-pub use filter::{MySqlProxyFactory, NAMESPACE};
 pub use packet::{Decoder, Packet};
 pub use session::{Direction, Event, Limits, ResultSetEnd, Session};

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use legate_filter_api::MetadataValue;
-use legate_filter_api::network::{ConnectionInfo, NetworkAction, NetworkFilter, NetworkFilterFactory};
+use legate_filter_api::network::{
+    ConnectionInfo, NetworkAction, NetworkFilter, NetworkFilterFactory,
+};
 use legate_filter_api::random::Percentage;
 use legate_filter_api::stats::Store;
 use legate_mysql_proxy::config::{ErrorReply, QueryFault};
@@ -206,7 +208,8 @@ async fn a_failed_login_is_counted() {
     let mut c = Conn::new(&f).await;
     c.write(&greeting()).await;
     c.read(&login("shop")).await;
-    c.write(&err(2, 1045, "28000", "Access denied for user 'app'")).await;
+    c.write(&err(2, 1045, "28000", "Access denied for user 'app'"))
+        .await;
     assert_eq!(stat(store, "login_failures"), 1);
 }
 
@@ -324,7 +327,10 @@ async fn an_abort_fault_answers_without_forwarding() {
     assert!(flowed.is_empty());
     assert_eq!(action, NetworkAction::Close);
     let answer = c.info.deny_response.take().expect("the fault's answer");
-    assert_eq!(&answer[..], &err(1, 1213, "40001", "Deadlock (injected)")[..]);
+    assert_eq!(
+        &answer[..],
+        &err(1, 1213, "40001", "Deadlock (injected)")[..]
+    );
     c.write(&answer).await;
     assert_eq!(stat(store, "aborts_injected"), 1);
     assert_eq!(stat(store, "queries_denied"), 0);

@@ -98,7 +98,9 @@ fn fault(f: &Field<'_>) -> Option<QueryFault> {
         Some((fixed?, pct))
     });
     let abort = o.get("abort").and_then(|g| {
-        let mut a = g.obj()?.unsupported(&["http_status", "grpc_status", "header_abort"]);
+        let mut a = g
+            .obj()?
+            .unsupported(&["http_status", "grpc_status", "header_abort"]);
         let reply = error_fields(
             &mut a,
             ErrorReply {

@@ -241,6 +241,9 @@ async fn answer(
         }
     }
     out.tx += reply.len() as u64;
-    proxy.stats.downstream_cx_tx_bytes_total.add(reply.len() as u64);
+    proxy
+        .stats
+        .downstream_cx_tx_bytes_total
+        .add(reply.len() as u64);
     dw.write_all(&reply).await.is_ok()
 }
