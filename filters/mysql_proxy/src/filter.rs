@@ -4,6 +4,7 @@
 //! except that Legate's query faults and denied-query answers replace a query
 //! with an ERR packet.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -124,6 +125,72 @@ impl NetworkFilterFactory for MySqlProxyFactory {
 struct Analyzed {
     statements: Vec<Operation>,
     tables: Vec<Access>,
+    use_database: Option<String>,
+}
+
+impl Analyzed {
+    fn new(info: sql::QueryInfo, database: Option<&str>) -> Analyzed {
+        let tables = info
+            .tables
+            .into_iter()
+            .map(|t| {
+                let mut keys = vec![t.name];
+                if let Some(db) = t.database.as_deref().or(database) {
+                    keys.push(format!("{}.{db}", t.table));
+                }
+                Access {
+                    keys,
+                    operations: t.operations,
+                }
+            })
+            .collect();
+        Analyzed {
+            statements: info.statements,
+            tables,
+            use_database: info.use_database,
+        }
+    }
+}
+
+/// Analyses kept per worker.
+const MAX_CACHED: usize = 1024;
+/// Longest query whose analysis is kept.
+const MAX_CACHED_QUERY: usize = 2048;
+
+thread_local! {
+    static ANALYSES: RefCell<Analyses> = RefCell::new(Analyses::default());
+}
+
+/// A worker's analyses by session database and query [shape](sql::shape), so a
+/// query that differs from an earlier one only in its literals skips the parser.
+/// `None` records a query that does not parse.
+#[derive(Default)]
+struct Analyses {
+    map: HashMap<Box<[u8]>, Option<Rc<Analyzed>>>,
+    key: Vec<u8>,
+}
+
+impl Analyses {
+    fn get(&mut self, text: &str, database: Option<&str>) -> Option<Rc<Analyzed>> {
+        let key = &mut self.key;
+        key.clear();
+        key.extend_from_slice(database.unwrap_or_default().as_bytes());
+        key.extend_from_slice(&[0xFF, b'd']);
+        let cacheable = text.len() <= MAX_CACHED_QUERY && sql::shape(text, key);
+        if cacheable && let Some(hit) = self.map.get(&key[..]) {
+            return hit.clone();
+        }
+        let analyzed = sql::parse(text)
+            .ok()
+            .map(|info| Rc::new(Analyzed::new(info, database)));
+        if cacheable {
+            if self.map.len() >= MAX_CACHED {
+                self.map.clear();
+            }
+            self.map.insert(key[..].into(), analyzed.clone());
+        }
+        analyzed
+    }
 }
 
 struct MySqlProxyFilter {
@@ -162,37 +229,21 @@ impl MySqlProxyFilter {
     /// `queries_parse_error`; `None` when it does not parse.
     fn analyze(&mut self, text: &Bytes, truncated: bool) -> Option<Rc<Analyzed>> {
         let s = &self.shared.stats;
-        let parsed = if truncated {
+        let query = if truncated {
             None
         } else {
-            sql::parse(&String::from_utf8_lossy(text)).ok()
+            let text = String::from_utf8_lossy(text);
+            ANALYSES.with(|a| a.borrow_mut().get(&text, self.database.as_deref()))
         };
-        let Some(info) = parsed else {
+        let Some(q) = query else {
             s.queries_parse_error.inc();
             return None;
         };
         s.queries_parsed.inc();
-        if let Some(db) = info.use_database {
-            self.pending_database = Some(db);
+        if let Some(db) = &q.use_database {
+            self.pending_database = Some(db.clone());
         }
-        let tables = info
-            .tables
-            .into_iter()
-            .map(|t| {
-                let mut keys = vec![t.name];
-                if let Some(db) = t.database.as_ref().or(self.database.as_ref()) {
-                    keys.push(format!("{}.{db}", t.table));
-                }
-                Access {
-                    keys,
-                    operations: t.operations,
-                }
-            })
-            .collect();
-        Some(Rc::new(Analyzed {
-            statements: info.statements,
-            tables,
-        }))
+        Some(q)
     }
 
     fn count_statements(&self, q: &Analyzed) {

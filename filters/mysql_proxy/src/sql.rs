@@ -226,6 +226,98 @@ pub fn parse(sql: &str) -> Result<QueryInfo, SqlError> {
     Ok(analyzer.info)
 }
 
+/// Appends `sql` to `out` with each number and single-quoted string replaced by a
+/// marker, so that queries differing only in literal values, whose [`parse`]
+/// results are the same, share one key: a cache of analyses skips the parser for
+/// them. Everything else is kept byte for byte (identifiers, quoted identifiers,
+/// double-quoted text, comments); a digit run inside a word (`t1`, `1abc`) is a
+/// name, not a number. The markers start with `0xFF`, which UTF-8 text never
+/// holds, so distinct texts that are not literal-for-literal alike never share a
+/// key. False when a quote or comment is not closed, or a number runs into a
+/// word: such text is left to the parser.
+///
+/// ```
+/// use legate_mysql_proxy::sql::shape;
+/// let (mut a, mut b) = (Vec::new(), Vec::new());
+/// assert!(shape("SELECT c FROM t1 WHERE id=5 AND s='x''y'", &mut a));
+/// assert!(shape("SELECT c FROM t1 WHERE id=70 AND s='z'", &mut b));
+/// assert_eq!(a, b);
+/// b.clear();
+/// assert!(shape("SELECT c FROM t1 WHERE id=? AND s='z'", &mut b));
+/// assert_ne!(a, b);
+/// ```
+pub fn shape(sql: &str, out: &mut Vec<u8>) -> bool {
+    let b = sql.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        match c {
+            b'\'' | b'"' | b'`' => {
+                // Backslash escapes apply in strings, not in `names`; a doubled
+                // quote is the quote itself in both.
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return false,
+                        Some(b'\\') if c != b'`' => j += 2,
+                        Some(&q) if q == c && b.get(j + 1) == Some(&c) => j += 2,
+                        Some(&q) if q == c => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                i = j + 1;
+                if c == b'\'' {
+                    out.extend_from_slice(&[0xFF, b's']);
+                    continue;
+                }
+            }
+            b'#' => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |n| i + n)
+            }
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && b.get(i + 2).is_some_and(|c| c.is_ascii_whitespace()) =>
+            {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |n| i + n)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => match sql[i + 2..].find("*/") {
+                Some(n) => i += n + 4,
+                None => return false,
+            },
+            _ if word(c) => {
+                while i < b.len() && word(b[i]) {
+                    i += 1;
+                }
+                let w = &b[start..i];
+                if w.iter().all(u8::is_ascii_digit) {
+                    // A number, with its fraction.
+                    if b.get(i) == Some(&b'.') {
+                        i += 1;
+                        while i < b.len() && b[i].is_ascii_digit() {
+                            i += 1;
+                        }
+                        if i < b.len() && word(b[i]) {
+                            return false;
+                        }
+                    }
+                    out.extend_from_slice(&[0xFF, b'n']);
+                    continue;
+                }
+            }
+            _ => i += 1,
+        }
+        out.extend_from_slice(&b[start..i]);
+    }
+    true
+}
+
 /// Refuses text whose parse tree could be deeper than [`MAX_DEPTH_ESTIMATE`].
 ///
 /// The parser builds an operator chain (`a OR b OR c ...`, `x IS NULL IS NULL`,

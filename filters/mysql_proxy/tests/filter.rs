@@ -357,3 +357,34 @@ async fn a_delay_fault_holds_the_query() {
     assert!(start.elapsed() >= Duration::from_millis(50));
     assert_eq!(stat(store, "delays_injected"), 1);
 }
+
+#[tokio::test]
+async fn queries_alike_but_for_literals_share_an_analysis_per_database() {
+    let (f, store) = factory(config());
+    let mut shop = Conn::logged_in(&f, "shop").await;
+    let mut crm = Conn::logged_in(&f, "crm").await;
+    shop.read(&query("DELETE FROM t WHERE id = 1")).await;
+    assert_eq!(
+        shop.metadata(),
+        vec![entry("t", &["delete"]), entry("t.shop", &["delete"])]
+    );
+    shop.write(&ok(1)).await;
+    shop.read(&query("DELETE FROM t WHERE id = 22")).await;
+    assert_eq!(
+        shop.metadata(),
+        vec![entry("t", &["delete"]), entry("t.shop", &["delete"])]
+    );
+    crm.read(&query("DELETE FROM t WHERE id = 3")).await;
+    assert_eq!(
+        crm.metadata(),
+        vec![entry("t", &["delete"]), entry("t.crm", &["delete"])]
+    );
+    // A cached parse error still counts as one.
+    crm.write(&ok(1)).await;
+    crm.read(&query("DELETE FROM WHERE id = 3")).await;
+    crm.write(&ok(1)).await;
+    crm.read(&query("DELETE FROM WHERE id = 4")).await;
+    assert_eq!(stat(store, "queries_parsed"), 3);
+    assert_eq!(stat(store, "queries_parse_error"), 2);
+    assert_eq!(stat(store, "query.delete"), 3);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
-use legate_filter_api::network::{ConnectionInfo, NetworkAction, NetworkFilter};
+use legate_filter_api::network::{ConnectionInfo, NetworkAction, NetworkFilter, drained};
 use legate_filter_api::{ResponseFlag, ResponseFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -159,9 +159,13 @@ async fn relay(
     while down_open || up_open {
         dbuf.reserve(BUF);
         ubuf.reserve(BUF);
+        let (dspare, uspare) = (dbuf.capacity() - dbuf.len(), ubuf.capacity() - ubuf.len());
         tokio::select! {
             r = dr.read_buf(&mut dbuf), if down_open => {
                 let n = r.unwrap_or(0);
+                if n > 0 && n < dspare {
+                    drained(dr.as_ref());
+                }
                 let eos = n == 0;
                 for f in filters.iter_mut() {
                     if f.on_read(&mut dbuf, eos, info).await == NetworkAction::Close {
@@ -193,6 +197,9 @@ async fn relay(
             }
             r = ur.read_buf(&mut ubuf), if up_open => {
                 let n = r.unwrap_or(0);
+                if n > 0 && n < uspare {
+                    drained(ur.as_ref());
+                }
                 let eos = n == 0;
                 for f in filters.iter_mut().rev() {
                     if f.on_write(&mut ubuf, eos, info).await == NetworkAction::Close {
