@@ -209,6 +209,14 @@ impl std::error::Error for SqlError {}
 
 /// Analyses one `COM_QUERY` text (one or more statements).
 pub fn parse(sql: &str) -> Result<QueryInfo, SqlError> {
+    // MariaDB runs the text of `/*M! ... */` comments, as MySQL (and the parser)
+    // does that of `/*! ... */`.
+    let sql = if sql.contains("/*M!") {
+        std::borrow::Cow::Owned(sql.replace("/*M!", " /*!"))
+    } else {
+        std::borrow::Cow::Borrowed(sql)
+    };
+    let sql = sql.as_ref();
     let dialect = MySqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()

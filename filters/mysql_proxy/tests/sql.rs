@@ -781,3 +781,29 @@ fn long_lists_are_not_deep() {
     let sql = format!("SELECT * FROM {}", many.join(", "));
     assert_eq!(parse(&sql).tables.len(), 10_000);
 }
+
+#[test]
+fn executable_comments_are_sql() {
+    // MySQL runs `/*! ... */` and MariaDB also `/*M! ... */`: their text is SQL.
+    for (q, name, op) in [
+        (
+            "/*!INSERT*/ INTO payments VALUES (1)",
+            "payments",
+            Operation::Insert,
+        ),
+        (
+            "SELECT 1 /*!50000 , (SELECT 1 FROM secret) */",
+            "secret",
+            Operation::Select,
+        ),
+        ("/*M!100000 DELETE FROM t */", "t", Operation::Delete),
+        ("SELECT 1; /*M! DROP TABLE t */", "t", Operation::Drop),
+    ] {
+        let info = sql::parse(q).unwrap();
+        assert_eq!(
+            info.table(name).map(|t| t.operations.clone()),
+            Some(vec![op]),
+            "{q}"
+        );
+    }
+}
