@@ -426,7 +426,7 @@ impl NetworkFilter for MySqlProxyFilter {
     async fn on_read(
         &mut self,
         data: &mut BytesMut,
-        _end_stream: bool,
+        end_stream: bool,
         info: &mut ConnectionInfo,
     ) -> NetworkAction {
         self.deny_armed = false;
@@ -449,7 +449,8 @@ impl NetworkFilter for MySqlProxyFilter {
             self.sniffing = false;
         }
         let whole = self.session.client_at_boundary();
-        if self.sniffing && self.session.is_commanding() && !whole {
+        // Nothing is held past the client's end: the server gets what it sent.
+        if self.sniffing && self.session.is_commanding() && !whole && !end_stream {
             if self.shared.answers && !self.passing && self.held.len() + data.len() <= MAX_QUERY {
                 self.held.extend_from_slice(data);
                 data.clear();

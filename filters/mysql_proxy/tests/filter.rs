@@ -282,6 +282,13 @@ async fn a_split_command_is_held_until_whole_only_when_it_may_be_answered() {
     assert_eq!(c.read(tail).await, (q.clone(), NetworkAction::Continue));
     assert!(c.info.deny_response.is_some());
 
+    // The client's end lets what is held go.
+    assert_eq!(c.read(head).await, (Vec::new(), NetworkAction::Continue));
+    let mut end = BytesMut::new();
+    c.filter.on_read(&mut end, true, &mut c.info).await;
+    assert_eq!(&end[..], head);
+    let mut c = Conn::logged_in(&f, "shop").await;
+
     // Two commands in one read cannot be answered alone: no offer.
     let mut two = packet::encode(&[0x19, 1, 0, 0, 0], 0);
     two.extend_from_slice(&q);
