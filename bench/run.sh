@@ -16,8 +16,9 @@
 #          direct and through twemproxy, Envoy's redis_proxy and legate (the
 #          same bench/proxy-redis.yaml), each proxy with ONE worker;
 #   mysql: sysbench oltp_read_only against one throwaway mariadbd, direct and
-#          through legate (bench/proxy-mysql.yaml: mysql_proxy + tcp_proxy), ONE
-#          worker.
+#          through HAProxy (mode tcp), Envoy (tcp_proxy, bench/proxy-mysql-tcp.yaml),
+#          legate on the same file and legate with bench/proxy-mysql.yaml
+#          (mysql_proxy + tcp_proxy), each proxy with ONE worker.
 # Writes a markdown report to bench/RESULTS.md (see bench/README.md).
 #
 # Usage: bench/run.sh [--build-legate] [--no-build] [-h]
@@ -36,7 +37,8 @@
 #                        legate"]; the proxy suite runs all but twemproxy, the
 #                        wasm and filters suites the envoy and legate ones, the
 #                        redis suite direct, twemproxy, envoy and legate, the
-#                        mysql suite direct and legate
+#                        mysql suite direct, haproxy, envoy and legate (legate
+#                        = its two rows, tcp_proxy and mysql_proxy)
 #   BENCH_PROTOCOLS      which protocols, proxy suite ["h1 h2c"]
 #   BENCH_WASM_ROUNDS    rounds of the wasm suite's filter-cost table; each round
 #                        runs its rows back to back, the report gives medians [3]
@@ -46,14 +48,17 @@
 #   BENCH_REDIS_SECONDS  about how long each redis-benchmark test runs: its -n
 #                        is this times the req/s of a calibration run [3]
 #   BENCH_REDIS_REQUESTS a fixed redis-benchmark -n instead (no calibration run)
-#   BENCH_MYSQL_ROUNDS   rounds of the mysql suite; each runs direct then legate [3]
+#   BENCH_MYSQL_ROUNDS   rounds of the mysql suite; each runs direct, haproxy,
+#                        envoy, legate tcp_proxy, legate mysql_proxy [3]
 #   BENCH_MYSQL_SECONDS  sysbench --time of each measured run [15]
 #   BENCH_MYSQL_WARMUP   seconds of a sysbench warm-up run before each, 0 = none [3]
 #   BENCH_MYSQL_THREADS  sysbench --threads [8]
 #   BENCH_MYSQL_PS_MODE  sysbench --db-ps-mode: disable (every query a COM_QUERY
 #                        the filter parses) or auto (server-side prepared
 #                        statements) [disable]
-#   BENCH_MYSQL_YAML     legate's bootstrap for the mysql suite [bench/proxy-mysql.yaml]
+#   BENCH_MYSQL_YAML     the legate mysql_proxy row's bootstrap [bench/proxy-mysql.yaml]
+#                        (the envoy and legate tcp_proxy rows always run
+#                        bench/proxy-mysql-tcp.yaml)
 #   BENCH_WASM           the filter [target/wasm/wasm32-wasip1/release/header_filter.wasm,
 #                        built from examples/wasm like legate, see BENCH_BUILD_LEGATE]
 #   BENCH_COMPONENT      the same filter as a legate:filter component, for the
@@ -77,7 +82,8 @@
 #   18100 Envoy / legate listener (codec AUTO), 18901 their admin
 #   18379 redis-server (redis suite)  18380 twemproxy, 18381 its stats
 #   18400 Envoy / legate redis_proxy listener (bench/proxy-redis.yaml)
-#   18306 mariadbd (mysql suite)     18406 legate mysql listener (bench/proxy-mysql.yaml)
+#   18306 mariadbd (mysql suite)     18407 HAProxy mode tcp (mysql suite)
+#   18406 Envoy / legate mysql listener (bench/proxy-mysql.yaml, proxy-mysql-tcp.yaml)
 # The upstream also answers GET /wasm-check with the x-legate-wasm request
 # header it received (the wasm suite's sanity check; the load is on / only).
 set -euo pipefail
@@ -136,6 +142,7 @@ WASM_YAML_SRC="$bench_dir/proxy-wasm.yaml"   # copied to the scratch dir with an
 FILTERS_YAML="$bench_dir/proxy-filters.yaml"
 REDIS_YAML="$bench_dir/proxy-redis.yaml"
 MYSQL_YAML="${BENCH_MYSQL_YAML:-$bench_dir/proxy-mysql.yaml}"
+MYSQL_TCP_YAML="$bench_dir/proxy-mysql-tcp.yaml"   # envoy and legate tcp_proxy rows
 WASM_DEFAULT="$repo_root/target/wasm/wasm32-wasip1/release/header_filter.wasm"
 WASM_FILE="${BENCH_WASM:-$WASM_DEFAULT}"
 COMPONENT_DEFAULT="$repo_root/target/components/wasm32-wasip2/release/sdk_header_filter.wasm"
@@ -144,6 +151,9 @@ COMPONENT_DESC=
 # The filter-cost table's rows, in run order within a round.
 WASM_ROWS="envoy envoy+wasm legate legate+wasm legate+component"
 FILTER_ROWS="envoy envoy+filters legate legate+filters"
+# The mysql suite's rows, in run order within a round (legate-tcp and
+# legate-mysql are the BENCH_TARGETS entry legate).
+MYSQL_ROWS="direct haproxy envoy legate-tcp legate-mysql"
 
 PORT_OFFSET="${BENCH_PORT_OFFSET:-0}"
 [[ "$PORT_OFFSET" =~ ^[0-9]+$ ]] && (( PORT_OFFSET <= 40000 )) \
@@ -160,9 +170,10 @@ TWEM_PORT=$((18380 + PORT_OFFSET))
 TWEM_STATS_PORT=$((18381 + PORT_OFFSET))
 EL_REDIS_PORT=$((18400 + PORT_OFFSET))     # envoy / legate redis_proxy listener
 MYSQL_PORT=$((18306 + PORT_OFFSET))        # mariadbd (from proxy-mysql.yaml)
-EL_MYSQL_PORT=$((18406 + PORT_OFFSET))     # legate mysql listener
+EL_MYSQL_PORT=$((18406 + PORT_OFFSET))     # envoy / legate mysql listener
+HAPROXY_MYSQL_PORT=$((18407 + PORT_OFFSET)) # HAProxy mode tcp (mysql suite)
 ALL_PORTS="$UP_H1_PORT $UP_H2_PORT $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT"
-ALL_PORTS+=" $REDIS_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT $MYSQL_PORT $EL_MYSQL_PORT"
+ALL_PORTS+=" $REDIS_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT $MYSQL_PORT $EL_MYSQL_PORT $HAPROXY_MYSQL_PORT"
 BODY="hello from upstream"   # response body is this plus a newline (20 bytes)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -331,6 +342,9 @@ ensure_tools() {
         command -v mariadb-install-db >/dev/null || { missing+=(mariadb-install-db); pkgs+=(mariadb-server); }
         command -v mariadb            >/dev/null || { missing+=(mariadb);            pkgs+=(mariadb-client); }
         command -v sysbench           >/dev/null || { missing+=(sysbench);           pkgs+=(sysbench); }
+        if has_target haproxy; then
+            command -v haproxy        >/dev/null || { missing+=(haproxy);            pkgs+=(haproxy); }
+        fi
     fi
     # curl also reads the admin /ready of Envoy and legate.
     command -v curl    >/dev/null || { missing+=(curl);    pkgs+=(curl); }
@@ -578,7 +592,7 @@ stop_target() {
     local p i
     for i in $(seq 1 50); do
         local busy=0
-        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT $EL_MYSQL_PORT; do
+        for p in $EL_PORT $EL_ADMIN_PORT $NGINX_H1_PORT $NGINX_H2_PORT $HAPROXY_PORT $TWEM_PORT $TWEM_STATS_PORT $EL_REDIS_PORT $EL_MYSQL_PORT $HAPROXY_MYSQL_PORT; do
             port_open "$p" && busy=1
         done
         (( busy )) || break
@@ -1204,10 +1218,13 @@ redis_round_notes() {
 }
 
 # ---------------------------------------------------------------- mysql suite
-# Results: MQ[ROUND,TARGET] queries/s, MT[ROUND,TARGET] transactions/s,
-# MP95[ROUND,TARGET] p95 latency (ms), MERR[ROUND,TARGET] ignored errors plus
-# reconnects; MNOTE[ROUND,TARGET] why a row has no numbers; MSTATS[ROUND] legate's
-# mysql.mysql.* stats after its run.
+# Rows (MYSQL_ROWS): direct, haproxy (mode tcp), envoy (tcp_proxy on
+# bench/proxy-mysql-tcp.yaml), legate-tcp (legate on the same file) and
+# legate-mysql (legate on BENCH_MYSQL_YAML, bench/proxy-mysql.yaml: mysql_proxy
+# then tcp_proxy). Results: MQ[ROUND,ROW] queries/s, MT[ROUND,ROW]
+# transactions/s, MP95[ROUND,ROW] p95 latency (ms), MERR[ROUND,ROW] ignored
+# errors plus reconnects; MNOTE[ROUND,ROW] why a row has no numbers;
+# MSTATS[ROUND] legate mysql_proxy's mysql.mysql.* stats after its run.
 declare -A MQ MT MP95 MERR MNOTE MSTATS MYSQL_SKIP
 NOTES_MYSQL=()
 MYSQL_PID=
@@ -1216,6 +1233,57 @@ MYSQL_TARGET_PORT=
 # A throwaway account on a throwaway server that listens on loopback only.
 MYSQL_USER=sbtest
 MYSQL_PASSWORD=sbtest-bench-pw
+
+# mysql_label ROW: the row's name in the report.
+mysql_label() {
+    case "$1" in
+        legate-tcp) echo "legate tcp_proxy" ;;
+        legate-mysql) echo "legate mysql_proxy" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# mysql_row_target ROW: the BENCH_TARGETS entry that runs the row.
+mysql_row_target() { echo "${1%%-*}"; }
+
+# mysql_row_yaml ROW: the bootstrap of an Envoy or legate row, else nothing.
+mysql_row_yaml() {
+    case "$1" in
+        envoy|legate-tcp) echo "$MYSQL_TCP_YAML" ;;
+        legate-mysql) echo "$MYSQL_YAML" ;;
+    esac
+}
+
+# HAProxy in front of the mariadbd: plain TCP relay, one thread.
+write_haproxy_mysql_conf() {
+    mkdir -p "$work/haproxy-mysql"
+    cat >"$work/haproxy-mysql/haproxy.cfg" <<EOT
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+frontend fe_mysql
+    bind 127.0.0.1:$HAPROXY_MYSQL_PORT
+    default_backend be_mysql
+backend be_mysql
+    server db 127.0.0.1:$MYSQL_PORT
+EOT
+}
+
+# mysql_tcp_yaml_check: the filter's-own-cost column compares legate on the two
+# files, so the tcp file must be the mysql_proxy file without the filter (as
+# checked in; comments aside). Says so under the table when it is not.
+mysql_tcp_yaml_check() {
+    has_target legate || return 0
+    if ! diff -q <(grep -v '^ *#' "$MYSQL_YAML" | sed '/- name: envoy.filters.network.mysql_proxy$/,/stat_prefix: mysql$/d') \
+            <(grep -v '^ *#' "$MYSQL_TCP_YAML") >/dev/null; then
+        NOTES_MYSQL+=("[bench/proxy-mysql-tcp.yaml](proxy-mysql-tcp.yaml) is not $MYSQL_YAML_REF without the mysql_proxy filter, so legate mysql_proxy's share of legate tcp_proxy measures more than the filter.")
+    fi
+}
 
 # sysbench's connection options, for PORT.
 sysbench_conn() {
@@ -1271,7 +1339,7 @@ SQL
     fi
 }
 
-# start_mysql_target NAME TAG: start the row's proxy (nothing for direct); sets
+# start_mysql_target ROW TAG: start the row's proxy (nothing for direct); sets
 # MYSQL_TARGET_PORT, CUR_PID, CUR_LOG and START_NA as start_redis_target does.
 start_mysql_target() {
     local name="$1" tag="$2"
@@ -1283,10 +1351,24 @@ start_mysql_target() {
         direct)
             MYSQL_TARGET_PORT=$MYSQL_PORT
             return 0 ;;
-        legate)
+        haproxy)
+            command -v haproxy >/dev/null || { START_NA="not available (no haproxy in PATH)"; return 1; }
+            write_haproxy_mysql_conf
+            MYSQL_TARGET_PORT=$HAPROXY_MYSQL_PORT
+            start_bg "$CUR_LOG" haproxy -db -f "$work/haproxy-mysql/haproxy.cfg"
+            CUR_PID=$BG_PID
+            wait_ready "$CUR_PID" "$HAPROXY_MYSQL_PORT" ;;
+        envoy)
+            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            MYSQL_TARGET_PORT=$EL_MYSQL_PORT
+            start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$MYSQL_TCP_YAML" --disable-hot-restart \
+                --concurrency 1 --use-dynamic-base-id --log-level warn
+            CUR_PID=$BG_PID
+            wait_ready "$CUR_PID" "$EL_MYSQL_PORT" "$EL_ADMIN_PORT" ;;
+        legate-tcp|legate-mysql)
             [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
             MYSQL_TARGET_PORT=$EL_MYSQL_PORT
-            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$MYSQL_YAML" --concurrency 1
+            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$(mysql_row_yaml "$name")" --concurrency 1
             CUR_PID=$BG_PID
             wait_ready "$CUR_PID" "$EL_MYSQL_PORT" "$EL_ADMIN_PORT" ;;
     esac
@@ -1327,28 +1409,30 @@ mysql_filter_stats() {
             sub(/^mysql\.mysql\./, "", $1); printf "%s%s=%s", (n++ ? ", " : ""), $1, $2 }'
 }
 
-# bench_mysql_row NAME ROUND: one row of one round, legate in a fresh process.
+# bench_mysql_row ROW ROUND: one row of one round, a proxy in a fresh process.
 bench_mysql_row() {
-    local name="$1" r="$2" why out yaml_base
-    yaml_base=$(basename "$MYSQL_YAML")
-    log "=== $name (mysql suite, round $r of $MYSQL_ROUNDS)"
+    local name="$1" r="$2" why out yaml yaml_base label
+    label=$(mysql_label "$name")
+    yaml=$(mysql_row_yaml "$name")
+    yaml_base=$(basename "${yaml:-none}")
+    log "=== $label (mysql suite, round $r of $MYSQL_ROUNDS)"
     if [[ -n "$MYSQL_NA" ]]; then MNOTE[$r,$name]="n/a ($MYSQL_NA)"; return 0; fi
     if [[ -n "${MYSQL_SKIP[$name]:-}" ]]; then MNOTE[$r,$name]=${MYSQL_SKIP[$name]}; return 0; fi
     if ! start_mysql_target "$name" "mysql-$name-r$r"; then
         start_failure
         # legate names the refused field as FILE:LINE:COL: (Envoy-style), e.g. a
         # binary without the mysql_proxy filter.
-        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
+        if [[ -n "$yaml" && -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
                 && grep -qE "$yaml_base:[0-9]+:[0-9]+: " "$CUR_LOG" 2>/dev/null; then
             why=$(grep -oE "$yaml_base:[0-9]+:[0-9]+: .*" "$CUR_LOG" | sort -u | head -5 | tr '|`' "/'" | paste -sd';' | sed 's/;/; /g')
             MYSQL_SKIP[$name]="n/a (refused config)"
-            NOTES_MYSQL+=("$name refused $yaml_base: $why")
+            NOTES_MYSQL+=("$label refused $yaml_base: $why")
             MNOTE[$r,$name]=${MYSQL_SKIP[$name]}
         else
             MNOTE[$r,$name]="n/a ($START_NA)"
             [[ "$START_NA" != "not available ("* ]] || MNOTE[$r,$name]="n/a (${START_NA#not available (}"
         fi
-        log "$name: ${MNOTE[$r,$name]}"
+        log "$label: ${MNOTE[$r,$name]}"
         stop_target
         return 0
     fi
@@ -1356,28 +1440,50 @@ bench_mysql_row() {
     out=$(mysql_client "$MYSQL_TARGET_PORT" "SELECT COUNT(*) FROM sbtest1")
     if [[ "$out" != "$MYSQL_TABLE_SIZE" ]]; then
         MNOTE[$r,$name]="n/a (wrong answer to SELECT COUNT(*): $(printf '%q' "$out" | cut -c1-120))"
-        log "$name: ${MNOTE[$r,$name]}"
+        log "$label: ${MNOTE[$r,$name]}"
         stop_target
         return 0
     fi
     run_sysbench "$name" "$r"
-    if [[ "$name" == legate ]]; then
-        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
-            MNOTE[$r,$name]="process exited: $(log_tail)"; unset "MQ[$r,$name]"
-        fi
+    if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+        MNOTE[$r,$name]="process exited: $(log_tail)"; unset "MQ[$r,$name]"
+    fi
+    if [[ "$name" == legate-mysql ]]; then
         MSTATS[$r]=$(mysql_filter_stats)
         log "legate mysql_proxy stats: ${MSTATS[$r]:-none}"
     fi
     stop_target
 }
 
-# aggregate_mysql: medians over the rounds into M*[med,TARGET]; legate's
-# queries/s as a share of direct's, per round (MSHARE_LIST) and their median.
-MSHARE=
-MSHARE_LIST=
+# mysql_ratio_rounds A B: per round, row A's queries/s over row B's; sets
+# RATIO_MED to their median and RATIO_LIST to the rounds ("-" where either
+# failed), both empty when no round has both.
+RATIO_MED=
+RATIO_LIST=
+mysql_ratio_rounds() {
+    local a="$1" b="$2" r x vals=() shown=()
+    RATIO_MED=
+    RATIO_LIST=
+    for r in $(seq 1 "$MYSQL_ROUNDS"); do
+        x=
+        if [[ -n "${MQ[$r,$a]:-}" && -n "${MQ[$r,$b]:-}" ]]; then
+            x=$(awk -v a="${MQ[$r,$a]}" -v b="${MQ[$r,$b]}" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b }')
+        fi
+        if [[ -n "$x" ]]; then vals+=("$x"); shown+=("$x"); else shown+=("-"); fi
+    done
+    ((${#vals[@]})) || return 0
+    RATIO_MED=$(median "${vals[@]}")
+    RATIO_LIST="${shown[*]}"
+    RATIO_LIST=${RATIO_LIST// / \/ }
+}
+
+# aggregate_mysql: medians over the rounds into M*[med,ROW]; every proxy row's
+# queries/s as a share of direct's (MSHARE), and legate mysql_proxy's as a share
+# of legate tcp_proxy's (MFILT), per round and their medians.
+declare -A MSHARE MSHARE_LIST MFILT MFILT_LIST
 aggregate_mysql() {
-    local name r x vals shown=() ratios=()
-    for name in direct legate; do
+    local name r x vals first label
+    for name in $MYSQL_ROWS; do
         vals=(); for r in $(seq 1 "$MYSQL_ROUNDS"); do [[ -z "${MQ[$r,$name]:-}" ]] || vals+=("${MQ[$r,$name]}"); done
         ((${#vals[@]})) || continue
         MQ[med,$name]=$(median "${vals[@]}")
@@ -1388,42 +1494,54 @@ aggregate_mysql() {
         x=0; for r in $(seq 1 "$MYSQL_ROUNDS"); do x=$(( x + ${MERR[$r,$name]:-0} )); done
         MERR[sum,$name]=$x
     done
-    for r in $(seq 1 "$MYSQL_ROUNDS"); do
-        [[ -z "${MNOTE[$r,direct]:-}" ]] || NOTES_MYSQL+=("direct, round $r: ${MNOTE[$r,direct]}")
-        [[ -n "${MYSQL_SKIP[legate]:-}" || -z "${MNOTE[$r,legate]:-}" ]] || NOTES_MYSQL+=("legate, round $r: ${MNOTE[$r,legate]}")
-        if [[ -n "${MQ[$r,legate]:-}" ]]; then
-            # The filter's own counters: sessions, queries parsed, decoder errors...
-            if [[ -n "${MSTATS[$r]:-}" ]]; then
-                NOTES_MYSQL+=("legate's mysql_proxy stats after round $r: ${MSTATS[$r]}.")
-            else
-                NOTES_MYSQL+=("legate, round $r: no \`mysql.mysql.*\` stats on the admin \`/stats\` (a config without the mysql_proxy filter?).")
-            fi
-        fi
+    # Rounds without numbers. A row with none at all shows its first reason in
+    # the table; the notes list the rounds that failed otherwise.
+    for name in $MYSQL_ROWS; do
+        has_target "$(mysql_row_target "$name")" || continue
+        [[ -z "${MYSQL_SKIP[$name]:-}" ]] || continue
+        label=$(mysql_label "$name")
+        first=
+        for r in $(seq 1 "$MYSQL_ROUNDS"); do
+            [[ -n "${MNOTE[$r,$name]:-}" ]] || continue
+            if [[ -z "${MQ[med,$name]:-}" && -z "$first" ]]; then first=${MNOTE[$r,$name]}; continue; fi
+            [[ "${MNOTE[$r,$name]}" == "$first" ]] || NOTES_MYSQL+=("$label, round $r: ${MNOTE[$r,$name]}")
+        done
     done
     for r in $(seq 1 "$MYSQL_ROUNDS"); do
-        if [[ -n "${MQ[$r,legate]:-}" && -n "${MQ[$r,direct]:-}" ]]; then
-            x=$(awk -v a="${MQ[$r,legate]}" -v b="${MQ[$r,direct]}" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b }')
-            if [[ -n "$x" ]]; then ratios+=("$x"); shown+=("$x"); else shown+=("-"); fi
+        [[ -n "${MQ[$r,legate-mysql]:-}" ]] || continue
+        # The filter's own counters: sessions, queries parsed, decoder errors...
+        if [[ -n "${MSTATS[$r]:-}" ]]; then
+            NOTES_MYSQL+=("legate mysql_proxy's filter stats after round $r: ${MSTATS[$r]}.")
         else
-            shown+=("-")
+            NOTES_MYSQL+=("legate mysql_proxy, round $r: no \`mysql.mysql.*\` stats on the admin \`/stats\` (a config without the mysql_proxy filter?).")
         fi
     done
-    ((${#ratios[@]})) || return 0
-    MSHARE=$(median "${ratios[@]}")
-    MSHARE_LIST="${shown[*]}"
-    MSHARE_LIST=${MSHARE_LIST// / \/ }
+    for name in $MYSQL_ROWS; do
+        [[ "$name" != direct ]] || continue
+        mysql_ratio_rounds "$name" direct
+        [[ -z "$RATIO_MED" ]] || { MSHARE[$name]=$RATIO_MED; MSHARE_LIST[$name]=$RATIO_LIST; }
+    done
+    mysql_ratio_rounds legate-mysql legate-tcp
+    [[ -z "$RATIO_MED" ]] || { MFILT[legate-mysql]=$RATIO_MED; MFILT_LIST[legate-mysql]=$RATIO_LIST; }
+}
+
+# fmt_share MED LIST: "**0.93** (0.92 / 0.93 / 0.95)", or "-" without a median.
+fmt_share() {
+    [[ -n "$1" ]] || { echo "-"; return; }
+    awk -v m="$1" -v l="$2" 'BEGIN { printf "**%.2f** (%s)", m, l }'
 }
 
 write_mysql_table() {
-    local name note r per
-    echo "| target | queries/s | transactions/s | p95 latency (ms) | queries/s per round | queries/s share of direct | errors |"
-    echo "|---|---:|---:|---:|---|---:|---:|"
-    for name in direct legate; do
-        has_target "$name" || continue
+    local name note r per label filt
+    echo "| target | queries/s | transactions/s | p95 latency (ms) | queries/s per round | queries/s share of direct | share of legate tcp_proxy (the filter's own cost) | errors |"
+    echo "|---|---:|---:|---:|---|---:|---:|---:|"
+    for name in $MYSQL_ROWS; do
+        has_target "$(mysql_row_target "$name")" || continue
+        label=$(mysql_label "$name")
         if [[ -z "${MQ[med,$name]:-}" ]]; then
             note=
             for r in $(seq 1 "$MYSQL_ROUNDS"); do note=${note:-${MNOTE[$r,$name]:-}}; done
-            echo "| $name | ${note:-not run} | | | | | |"
+            echo "| $label | ${note:-not run} | | | | | | |"
             continue
         fi
         per=()
@@ -1431,24 +1549,50 @@ write_mysql_table() {
             if [[ -n "${MQ[$r,$name]:-}" ]]; then per+=("$(fmt_rps "${MQ[$r,$name]}")"); else per+=("-"); fi
         done
         per=("${per[*]}")
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+        case "$name" in
+            legate-tcp) filt="(baseline)" ;;
+            legate-mysql) filt=$(fmt_share "${MFILT[$name]:-}" "${MFILT_LIST[$name]:-}") ;;
+            *) filt= ;;
+        esac
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
             "$(fmt_rps "${MQ[med,$name]}")" "$(fmt_rps "${MT[med,$name]}")" "$(awk -v a="${MP95[med,$name]}" 'BEGIN { printf "%.2f", a }')" \
             "${per[0]// / \/ }" \
-            "$(if [[ "$name" == direct ]]; then echo "(baseline)"; elif [[ -n "$MSHARE" ]]; then awk -v m="$MSHARE" -v l="$MSHARE_LIST" 'BEGIN { printf "**%.2f** (%s)", m, l }'; else echo -; fi)" \
-            "${MERR[sum,$name]:-0}"
+            "$(if [[ "$name" == direct ]]; then echo "(baseline)"; else fmt_share "${MSHARE[$name]:-}" "${MSHARE_LIST[$name]:-}"; fi)" \
+            "$filt" "${MERR[sum,$name]:-0}"
     done
 }
 
-# The target: legate's queries/s is at least 0.9 of direct's.
-mysql_target_line() {
-    local why r
-    for r in $(seq 1 "$MYSQL_ROUNDS"); do why=${why:-${MNOTE[$r,legate]:-}}; done
-    if [[ -z "$MSHARE" ]]; then
-        echo "Target (legate's queries/s is at least 0.9 of direct's): not measured${why:+ (legate: $why)}."
-        return
+# The target (legate mysql_proxy's queries/s is at least 0.9 of direct's), the
+# filter's own cost, and the relays without a MySQL filter for scale.
+mysql_target_lines() {
+    local why r m name parts=() best='' best_label=''
+    for r in $(seq 1 "$MYSQL_ROUNDS"); do why=${why:-${MNOTE[$r,legate-mysql]:-}}; done
+    m=${MSHARE[legate-mysql]:-}
+    if [[ -z "$m" ]]; then
+        echo "- Target (legate mysql_proxy's queries/s is at least 0.9 of direct's): not measured${why:+ (legate mysql_proxy: $why)}."
+    else
+        awk -v m="$m" -v l="${MSHARE_LIST[legate-mysql]}" -v n="$MYSQL_ROUNDS" 'BEGIN {
+            printf "- Target (legate mysql_proxy'"'"'s queries/s is at least 0.9 of direct'"'"'s): **%s**, %.2f (median of %d round%s: %s).\n", (m >= 0.9 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), l }'
     fi
-    awk -v m="$MSHARE" -v l="$MSHARE_LIST" -v n="$MYSQL_ROUNDS" 'BEGIN {
-        printf "Target (legate'"'"'s queries/s is at least 0.9 of direct'"'"'s): **%s**, %.2f (median of %d round%s: %s).\n", (m >= 0.9 ? "met" : "NOT met"), m, n, (n == 1 ? "" : "s"), l }'
+    m=${MFILT[legate-mysql]:-}
+    if [[ -n "$m" ]]; then
+        awk -v m="$m" -v l="${MFILT_LIST[legate-mysql]}" -v n="$MYSQL_ROUNDS" 'BEGIN {
+            printf "- The filter'"'"'s own cost: legate mysql_proxy does %.2f of legate tcp_proxy'"'"'s queries/s (median of %d round%s, each against the tcp_proxy row run just before: %s), ", m, n, (n == 1 ? "" : "s"), l
+            if (m < 1) printf "i.e. %.0f%% of the queries/s lost to the mysql_proxy filter.\n", (1 - m) * 100
+            else printf "i.e. no loss measurable against the relay alone.\n" }'
+    fi
+    for name in haproxy envoy legate-tcp; do
+        m=${MSHARE[$name]:-}
+        [[ -n "$m" ]] || continue
+        parts+=("$(mysql_label "$name") $(awk -v m="$m" 'BEGIN { printf "%.2f", m }')")
+        if [[ -z "$best" ]] || awk -v a="$m" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$m; best_label=$(mysql_label "$name"); fi
+    done
+    if ((${#parts[@]})); then
+        printf -- '- The relays without a MySQL filter, for scale (median share of direct): %s.' "$(printf '%s, ' "${parts[@]}" | sed 's/, $//')"
+        awk -v b="$best" -v l="$best_label" 'BEGIN {
+            if (b < 0.9) printf " None reaches 0.9 of direct (best: %s, %.2f): here, relaying the bytes with no MySQL filter at all already costs more than the target allows.\n", l, b
+            else printf "\n" }'
+    fi
 }
 
 # ---------------------------------------------------------------- report
@@ -1607,9 +1751,11 @@ write_report() {
         if (( PORT_OFFSET > 0 )); then
             echo "- Ports: the defaults plus BENCH_PORT_OFFSET=$PORT_OFFSET (upstream $UP_H1_PORT, Envoy/legate $EL_PORT, admin $EL_ADMIN_PORT); Envoy and legate get copies of the bootstraps with the same shift."
         fi
-        local workers="nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Envoy \`--concurrency 1\`, legate \`--concurrency 1\`"
-        has_http_suite || workers="Envoy \`--concurrency 1\`, legate \`--concurrency 1\`"
-        has_http_suite || has_suite redis || workers="legate \`--concurrency 1\`"
+        local workers=
+        if has_http_suite; then workers+="nginx \`worker_processes 1\`, "; fi
+        if has_http_suite || has_suite mysql; then workers+="HAProxy \`nbthread 1\`, "; fi
+        if has_http_suite || has_suite redis || has_suite mysql; then workers+="Envoy \`--concurrency 1\`, "; fi
+        workers+="legate \`--concurrency 1\`"
         if has_suite redis && has_target twemproxy; then workers+=", twemproxy (single-threaded by design)"; fi
         if has_suite wasm; then
             echo "- Every proxy runs one worker: $workers. The memory table is the exception: it runs Envoy and legate with \`--concurrency\` ${RSS_WORKERS// /, }."
@@ -1625,7 +1771,7 @@ write_report() {
             fi
         fi
         if has_suite mysql; then
-            echo "- MySQL suite: one mariadbd (\`--skip-log-bin --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=0\`, a fresh datadir) on 127.0.0.1:$MYSQL_PORT behind both rows; legate uses $MYSQL_YAML_REF on $EL_MYSQL_PORT."
+            echo "- MySQL suite: one mariadbd (\`--skip-log-bin --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=0\`, a fresh datadir) on 127.0.0.1:$MYSQL_PORT behind every row; HAProxy (\`mode tcp\`) listens on $HAPROXY_MYSQL_PORT, Envoy and legate on $EL_MYSQL_PORT: Envoy and legate tcp_proxy with [bench/proxy-mysql-tcp.yaml](proxy-mysql-tcp.yaml), legate mysql_proxy with $MYSQL_YAML_REF."
         fi
         if has_suite redis; then
             echo "- Redis suite: one redis-server (\`--save '' --appendonly no\`) on 127.0.0.1:$REDIS_PORT behind every row; Envoy and legate use the same bootstrap, [bench/proxy-redis.yaml](proxy-redis.yaml)."
@@ -1635,6 +1781,8 @@ write_report() {
         echo
         if has_http_suite; then
             echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+        fi
+        if has_http_suite || { has_suite mysql && has_target haproxy; }; then
             echo "- HAProxy: $(haproxy -v 2>&1 | head -1 | sed 's/^HA-*Proxy version //; s/ - https.*//')"
         fi
         if has_suite redis; then
@@ -1755,14 +1903,14 @@ write_report() {
         if has_suite mysql; then
             echo "## MySQL proxy (sysbench oltp_read_only), one worker"
             echo
-            echo "One mariadbd, measured direct and through legate (\`--concurrency 1\`) on $MYSQL_YAML_REF. [bench/proxy-mysql.yaml](proxy-mysql.yaml) is a listener with \`envoy.filters.network.mysql_proxy\` (\`stat_prefix: mysql\`) then \`envoy.filters.network.tcp_proxy\` to the server. The tables are made once (\`sysbench oltp_read_only --tables=$MYSQL_TABLES --table-size=$MYSQL_TABLE_SIZE prepare\`, then \`prewarm\`). Before the load, a sanity query through the row (\`SELECT COUNT(*) FROM sbtest1\` answers $MYSQL_TABLE_SIZE)."
+            echo "One mariadbd, measured direct and through these relays, each with one worker (the rows that `BENCH_TARGETS` selects run). **haproxy**: HAProxy in \`mode tcp\` (\`nbthread 1\`, a config written by the script: one frontend, one backend with the server). **envoy**: Envoy (\`--concurrency 1\`) on [bench/proxy-mysql-tcp.yaml](proxy-mysql-tcp.yaml), a listener with \`envoy.filters.network.tcp_proxy\` alone to a \`STATIC\` cluster with the server; Envoy's own \`envoy.filters.network.mysql_proxy\` is a contrib extension, absent from this Envoy binary, so Envoy can only relay bytes here. **legate tcp_proxy**: legate (\`--concurrency 1\`) on the same file. **legate mysql_proxy**: legate (\`--concurrency 1\`) on $MYSQL_YAML_REF; [bench/proxy-mysql.yaml](proxy-mysql.yaml) is the tcp_proxy file with \`envoy.filters.network.mysql_proxy\` (\`stat_prefix: mysql\`) in front of tcp_proxy. Only that last row decodes the MySQL protocol; the three others relay bytes. The tables are made once (\`sysbench oltp_read_only --tables=$MYSQL_TABLES --table-size=$MYSQL_TABLE_SIZE prepare\`, then \`prewarm\`). Before the load, a sanity query through each row (\`SELECT COUNT(*) FROM sbtest1\` answers $MYSQL_TABLE_SIZE)."
             echo
             echo "\`sysbench oltp_read_only --mysql-host=127.0.0.1 --mysql-ssl=off --db-ps-mode=$MYSQL_PS_MODE --tables=$MYSQL_TABLES --table-size=$MYSQL_TABLE_SIZE --threads=$MYSQL_THREADS --time=$MYSQL_SECONDS --report-interval=0 --percentile=95 run\`$( (( MYSQL_WARMUP > 0 )) && echo ", after a ${MYSQL_WARMUP}s warm-up run with the same settings"). Each transaction is 16 queries (BEGIN, 10 point selects, 4 range selects, COMMIT)$( [[ "$MYSQL_PS_MODE" == disable ]] && echo ", each a \`COM_QUERY\` whose SQL the filter reads" || echo ", server-side prepared statements (\`COM_STMT_EXECUTE\`) where sysbench can")."
-            echo "$MYSQL_ROUNDS round(s): each round runs direct then legate, legate in a fresh process. queries/s, transactions/s and p95 are medians over the rounds; the share of direct is computed per round against the direct row of the same round (median in bold, every round in brackets). Errors are sysbench's ignored errors plus reconnects, over all rounds."
+            echo "$MYSQL_ROUNDS round(s): each round runs the rows in table order, each proxy in a fresh process. queries/s, transactions/s and p95 are medians over the rounds. The share of direct is computed per round against the direct row of the same round (median in bold, every round in brackets). The next column is legate mysql_proxy's queries/s over legate tcp_proxy's, per round (the two run back to back): what the mysql_proxy filter itself costs, 1.00 being nothing. Errors are sysbench's ignored errors plus reconnects, over all rounds."
             echo
             write_mysql_table
             echo
-            mysql_target_line
+            mysql_target_lines
             echo
             if ((${#NOTES_MYSQL[@]})); then
                 echo "Notes:"
@@ -1808,6 +1956,9 @@ if (( PORT_OFFSET > 0 )); then
     REDIS_YAML="$work/proxy-redis.yaml"
     shift_ports "$MYSQL_YAML" >"$work/$(basename "$MYSQL_YAML")"
     MYSQL_YAML="$work/$(basename "$MYSQL_YAML")"
+    # Its own name: BENCH_MYSQL_YAML may have the same basename.
+    shift_ports "$MYSQL_TCP_YAML" >"$work/mysql-tcp-shifted.yaml"
+    MYSQL_TCP_YAML="$work/mysql-tcp-shifted.yaml"
     FILTERS_YAML="$work/proxy-filters.yaml"
     PROXY_YAML="$work/proxy.yaml"
     WASM_YAML_SRC="$work/proxy-wasm.src.yaml"
@@ -2000,9 +2151,10 @@ if has_suite mysql; then
     else
         log "$MYSQL_NA"
     fi
+    mysql_tcp_yaml_check
     for r in $(seq 1 "$MYSQL_ROUNDS"); do
-        for t in direct legate; do
-            has_target "$t" || continue
+        for t in $MYSQL_ROWS; do
+            has_target "$(mysql_row_target "$t")" || continue
             bench_mysql_row "$t" "$r"
         done
     done
