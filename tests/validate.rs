@@ -80,6 +80,7 @@ fn shipped_examples_validate() {
         "bench/proxy.yaml",
         "bench/proxy-redis.yaml",
         "bench/proxy-mysql.yaml",
+        "bench/proxy-mysql-tcp.yaml",
     ] {
         let path = format!("{}/../{f}", env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(support::BIN)

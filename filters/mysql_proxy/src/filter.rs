@@ -259,6 +259,7 @@ impl MySqlProxyFilter {
             Event::Login(login) => {
                 self.database = login
                     .database
+                    .filter(|d| !d.is_empty())
                     .map(|d| String::from_utf8_lossy(&d).into_owned());
             }
             Event::SslRequest { .. } => s.upgraded_to_ssl.inc(),
