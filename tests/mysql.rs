@@ -715,3 +715,33 @@ async fn tcp_proxy_passes_a_20_mb_blob() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_the_parser_refuses_can_be_denied() {
+    bounded(async {
+        // Legate's own: a query no table policy can judge is refused.
+        let strict = r#"          legate_unparsed_queries: DENY
+          legate_denied_query_error:
+            message: "not understood by the proxy"
+"#;
+        let (_db, l, a) = start(Some(strict), "").await;
+        let out = app_cli(
+            a,
+            "SELECT CONNECTION_ID();
+             SELECT amount FROM payments ORDER BY id LIMIT 2 ROWS EXAMINED 100;
+             SELECT CONNECTION_ID(), COUNT(*) FROM payments;",
+            &["--force"],
+        );
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}{}", stderr(&out));
+        assert_eq!(lines[1], format!("{}\t3", lines[0]), "same session");
+        assert_eq!(
+            errors(&out),
+            ["ERROR 1142 (42000) at line 2: not understood by the proxy"]
+        );
+        assert_eq!(l.wait_stat(&m("queries_denied"), 1).await, 1);
+        assert_eq!(l.stat(&m("queries_parse_error")).await, 1);
+    })
+    .await;
+}

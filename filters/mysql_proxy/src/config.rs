@@ -7,7 +7,7 @@ use legate_filter_api::random::Percentage;
 use crate::sql::Operation;
 
 /// `envoy.extensions.filters.network.mysql_proxy.v3.MySQLProxy`, with Legate's
-/// `legate_denied_query_error` and `legate_query_faults`.
+/// `legate_denied_query_error`, `legate_query_faults` and `legate_unparsed_queries`.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     /// Stats are rooted at `mysql.<stat_prefix>.`.
@@ -18,6 +18,9 @@ pub struct Config {
     /// Legate's: faults injected into queries; the first entry that matches a
     /// query applies.
     pub faults: Vec<QueryFault>,
+    /// Legate's (`legate_unparsed_queries: DENY`): refuse a query the parser
+    /// cannot analyse, as a denied one, since no table policy can judge it.
+    pub deny_unparsed: bool,
 }
 
 /// An ERR packet the filter answers with.

@@ -116,6 +116,7 @@ impl NetworkFilterFactory for MySqlProxyFactory {
             preparing: None,
             statements: HashMap::new(),
             deny_armed: false,
+            unparsed: false,
         })
     }
 }
@@ -215,6 +216,8 @@ struct MySqlProxyFilter {
     statements: HashMap<u32, Rc<Analyzed>>,
     /// `deny_response` was offered for the last read.
     deny_armed: bool,
+    /// A query that did not parse was read.
+    unparsed: bool,
 }
 
 /// A command this read may be answered for.
@@ -237,6 +240,7 @@ impl MySqlProxyFilter {
         };
         let Some(q) = query else {
             s.queries_parse_error.inc();
+            self.unparsed = true;
             return None;
         };
         s.queries_parsed.inc();
@@ -341,6 +345,16 @@ impl MySqlProxyFilter {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// `denied_query_error` framed to answer the command just read.
+    fn denied_reply(&self) -> Option<Bytes> {
+        let reply = self.shared.config.denied_query_error.as_ref()?;
+        let seq = self.session.next_seq();
+        match &self.shared.denied {
+            Some(framed) if seq == 1 => Some(framed.clone()),
+            _ => Some(frame(reply, seq)),
         }
     }
 
@@ -469,6 +483,15 @@ impl NetworkFilter for MySqlProxyFilter {
         if whole {
             self.passing = false;
         }
+        if std::mem::take(&mut self.unparsed) && self.shared.config.deny_unparsed {
+            // No table policy can judge it: refuse it, as a denied query.
+            data.clear();
+            if alone && let Some(reply) = self.denied_reply() {
+                self.shared.stats.queries_denied.inc();
+                info.deny_response = Some(reply);
+            }
+            return NetworkAction::Close;
+        }
         let Some(cmd) = last else {
             return NetworkAction::Continue;
         };
@@ -479,15 +502,8 @@ impl NetworkFilter for MySqlProxyFilter {
         if !alone {
             return NetworkAction::Continue;
         }
-        if let (Some(reply), Some(framed)) =
-            (&self.shared.config.denied_query_error, &self.shared.denied)
-        {
-            let seq = self.session.next_seq();
-            info.deny_response = Some(if seq == 1 {
-                framed.clone()
-            } else {
-                frame(reply, seq)
-            });
+        if let Some(reply) = self.denied_reply() {
+            info.deny_response = Some(reply);
             self.deny_armed = true;
         }
         NetworkAction::Continue

@@ -395,3 +395,37 @@ async fn queries_alike_but_for_literals_share_an_analysis_per_database() {
     assert_eq!(stat(store, "queries_parse_error"), 2);
     assert_eq!(stat(store, "query.delete"), 3);
 }
+
+#[tokio::test]
+async fn unparsed_queries_can_be_refused() {
+    // Answered, with the denied-query error, when there is one.
+    let (f, store) = factory(Config {
+        deny_unparsed: true,
+        ..denying()
+    });
+    let mut c = Conn::logged_in(&f, "shop").await;
+    let (flowed, action) = c
+        .read(&query("SELECT * FROM t LIMIT 1 ROWS EXAMINED 10"))
+        .await;
+    assert!(flowed.is_empty());
+    assert_eq!(action, NetworkAction::Close);
+    let answer = c.info.deny_response.take().expect("an answer");
+    assert_eq!(&answer[..], &err(1, 1142, "42000", "INSERT denied")[..]);
+    c.write(&answer).await;
+    assert_eq!(stat(store, "queries_denied"), 1);
+    assert_eq!(stat(store, "queries_parse_error"), 1);
+    // What parses still flows.
+    let q = query("SELECT * FROM t LIMIT 1");
+    assert_eq!(c.read(&q).await, (q, NetworkAction::Continue));
+
+    // Without one, the connection closes.
+    let (f, _) = factory(Config {
+        deny_unparsed: true,
+        ..config()
+    });
+    let mut c = Conn::logged_in(&f, "shop").await;
+    let (flowed, action) = c.read(&query("UPDATE a, b SET a.x = b.y")).await;
+    assert!(flowed.is_empty());
+    assert_eq!(action, NetworkAction::Close);
+    assert!(c.info.deny_response.is_none());
+}

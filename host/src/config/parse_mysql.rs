@@ -1,5 +1,6 @@
 //! `envoy.filters.network.mysql_proxy` (`envoy.extensions.filters.network.mysql_proxy.v3.MySQLProxy`)
-//! and Legate's `legate_denied_query_error` and `legate_query_faults`.
+//! and Legate's `legate_denied_query_error`, `legate_query_faults` and
+//! `legate_unparsed_queries`.
 
 use std::sync::Arc;
 
@@ -33,6 +34,10 @@ pub(crate) fn filter(mut o: Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>> {
     let denied_query_error = o
         .get("legate_denied_query_error")
         .and_then(|g| error_reply(&g, ErrorReply::denied()));
+    let deny_unparsed = o
+        .get("legate_unparsed_queries")
+        .and_then(|g| g.enumeration(&["ALLOW", "DENY"], &[]))
+        == Some("DENY");
     let faults = o
         .get("legate_query_faults")
         .map(|g| g.seq().iter().filter_map(fault).collect())
@@ -42,6 +47,7 @@ pub(crate) fn filter(mut o: Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>> {
         stat_prefix: stat_prefix?,
         denied_query_error,
         faults,
+        deny_unparsed,
     };
     Some(Arc::new(MySqlProxyFactory::new(
         config,
