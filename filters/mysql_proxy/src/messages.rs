@@ -405,6 +405,9 @@ pub struct AuthSwitchRequest {
     pub plugin_data: Bytes,
 }
 
+/// Length of the scramble the native and `caching_sha2_password` plugins send.
+const SCRAMBLE_LEN: usize = 20;
+
 impl AuthSwitchRequest {
     /// Decodes an auth switch request payload (starting with `0xFE`).
     pub fn parse(payload: &Bytes) -> Result<AuthSwitchRequest, DecodeError> {
@@ -420,8 +423,10 @@ impl AuthSwitchRequest {
         }
         let plugin_name = r.nul_str("plugin name", false)?;
         let mut plugin_data = r.rest()?;
-        if plugin_data.last() == Some(&0) {
-            plugin_data.truncate(plugin_data.len() - 1);
+        // A 20-byte scramble comes with a NUL terminator; other data (ed25519's
+        // 32-byte nonce) is raw and may end in a zero byte of its own.
+        if plugin_data.len() == SCRAMBLE_LEN + 1 && plugin_data.last() == Some(&0) {
+            plugin_data.truncate(SCRAMBLE_LEN);
         }
         Ok(AuthSwitchRequest {
             plugin_name,

@@ -696,3 +696,21 @@ fn continuation_out_of_sequence() {
     assert_eq!(kinds(&ev), ["decoder_error"]);
     assert!(s.is_stopped());
 }
+
+#[test]
+fn auth_switch_data_keeps_a_zero_byte_of_its_own() {
+    use legate_mysql_proxy::AuthSwitchRequest;
+    // A scramble with its NUL terminator: the terminator goes.
+    let mut p = b"\xFEmysql_native_password\0".to_vec();
+    p.extend_from_slice(&[7; 20]);
+    p.push(0);
+    let sw = AuthSwitchRequest::parse(&Bytes::from(p)).unwrap();
+    assert_eq!(&sw.plugin_data[..], &[7; 20][..]);
+    // ed25519's raw 32-byte nonce that happens to end in 0 stays whole.
+    let mut p = b"\xFEclient_ed25519\0".to_vec();
+    let mut nonce = [9u8; 32];
+    nonce[31] = 0;
+    p.extend_from_slice(&nonce);
+    let sw = AuthSwitchRequest::parse(&Bytes::from(p)).unwrap();
+    assert_eq!(&sw.plugin_data[..], &nonce[..]);
+}
