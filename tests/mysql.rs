@@ -745,3 +745,33 @@ async fn queries_the_parser_refuses_can_be_denied() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_garbage_stops_sniffing_and_still_reaches_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let (_db, l, a) = start(Some(""), "").await;
+        let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+        // The greeting arrives whole through the filter.
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await.unwrap();
+        let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
+        let mut greeting = vec![0u8; len];
+        s.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(greeting[0], 10, "protocol v10 greeting");
+        // A "login" that is no login: the filter gives up on the connection,
+        // and the server, which gets the bytes, answers them itself.
+        s.write_all(b"\x05\x00\x00\x01hello").await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply)).await;
+        assert!(reply.len() > 7, "{reply:?}");
+        assert_eq!(reply[4], 0xFF, "an ERR packet from the server: {reply:?}");
+        let code = u16::from_le_bytes([reply[5], reply[6]]);
+        assert_eq!(code, 1043, "ER_HANDSHAKE_ERROR: {reply:?}");
+        assert_eq!(l.wait_stat(&m("decoder_errors"), 1).await, 1);
+        assert_eq!(l.stat(&m("login_attempts")).await, 1);
+        // The proxy goes on serving.
+        assert_eq!(ok(app_cli(a, "SELECT 41 + 1", &[])), "42\n");
+    })
+    .await;
+}
