@@ -429,3 +429,36 @@ async fn unparsed_queries_can_be_refused() {
     assert_eq!(action, NetworkAction::Close);
     assert!(c.info.deny_response.is_none());
 }
+
+#[tokio::test]
+async fn a_command_too_long_to_hold_flows_in_order_and_is_not_answered() {
+    let (f, _) = factory(denying());
+    let mut c = Conn::logged_in(&f, "shop").await;
+    let mut q = String::from("INSERT INTO payments VALUES ('");
+    q.push_str(&"x".repeat(3 << 20));
+    q.push_str("')");
+    let bytes = query(&q);
+    let (mut flowed, mut sent) = (Vec::new(), 0);
+    for chunk in bytes.chunks(64 * 1024) {
+        let (out, action) = c.read(chunk).await;
+        assert_eq!(action, NetworkAction::Continue);
+        flowed.extend_from_slice(&out);
+        sent += chunk.len();
+        // At most the hold limit is kept back.
+        assert!(
+            sent - flowed.len() <= 1 << 20,
+            "{} held",
+            sent - flowed.len()
+        );
+    }
+    assert_eq!(flowed, bytes, "every byte, in order");
+    assert!(
+        c.info.deny_response.is_none(),
+        "part of it flowed: no answer"
+    );
+    // The next command can be answered again.
+    c.write(&ok(1)).await;
+    let q = query("SELECT 1");
+    assert_eq!(c.read(&q).await, (q, NetworkAction::Continue));
+    assert!(c.info.deny_response.is_some());
+}
