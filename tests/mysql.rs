@@ -775,3 +775,29 @@ async fn protocol_garbage_stops_sniffing_and_still_reaches_the_server() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_mid_query_fails_the_client_not_the_proxy() {
+    bounded(async {
+        let (db, l, a) = start(Some(""), "").await;
+        let mut c = app_conn(a).await;
+        let slow = tokio::spawn(async move {
+            let started = Instant::now();
+            let r: mysql_async::Result<Option<i64>> = c.query_first("SELECT SLEEP(20)").await;
+            (r, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(db); // kills mariadbd mid-query
+        let (r, took) = slow.await.unwrap();
+        assert!(r.is_err(), "the query cannot succeed: {r:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "the client heard at once: {took:?}"
+        );
+        // The proxy is up, counted the query, and saw nothing malformed.
+        assert_eq!(l.stat(&m("query.select")).await, 1);
+        assert_eq!(l.stat(&m("decoder_errors")).await, 0);
+        assert_eq!(l.wait_stat("tcp.mysql_tcp.downstream_cx_total", 1).await, 1);
+    })
+    .await;
+}
