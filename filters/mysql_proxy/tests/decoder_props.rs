@@ -2,75 +2,20 @@
 //! any chunking decodes to the same events, garbage never panics, and a huge
 //! declared length allocates nothing before its bytes arrive.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
 
+use common::{column_def, pkt};
 use legate_mysql_proxy::messages::caps::*;
-use legate_mysql_proxy::packet::{self, Decoder};
+use legate_mysql_proxy::packet::Decoder;
 use legate_mysql_proxy::{Event, Session};
+use legate_peak_alloc::{Counting, peak_alloc};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
 // ---------------------------------------------------------------- allocation count
 
-/// Counts the bytes live per thread, so a test can bound what one call allocates
-/// while other tests run on other threads.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    // try_with: the allocator also runs while a thread tears its locals down.
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// Counting allocations takes a global allocator, which cannot be written without
-// `unsafe`; it only forwards to the system allocator.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            track(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above; `ptr` came from `System` through this allocator.
-        unsafe { System.dealloc(ptr, layout) };
-        track(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as above.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            track(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `f`; returns its result and the most bytes it had allocated at once.
-fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let out = f();
-    let peak = PEAK.with(Cell::get) - base;
-    (out, peak.max(0) as usize)
-}
 
 #[test]
 fn the_allocation_count_is_live() {
@@ -87,50 +32,12 @@ const CAPS: u32 = CLIENT_LONG_PASSWORD
     | CLIENT_SECURE_CONNECTION
     | CLIENT_PLUGIN_AUTH;
 
-fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
-    packet::encode(payload, seq)
-}
-
 fn greeting() -> Vec<u8> {
-    let mut g = vec![10];
-    g.extend_from_slice(b"8.0.36\0");
-    g.extend_from_slice(&7u32.to_le_bytes());
-    g.extend_from_slice(b"abcdefgh\0");
-    g.extend_from_slice(&(CAPS as u16).to_le_bytes());
-    g.extend_from_slice(&[0x21, 2, 0]);
-    g.extend_from_slice(&((CAPS >> 16) as u16).to_le_bytes());
-    g.push(21);
-    g.extend_from_slice(&[0; 10]);
-    g.extend_from_slice(b"ijklmnopqrst\0caching_sha2_password\0");
-    g
+    common::greeting("8.0.36", "caching_sha2_password", CAPS, false)
 }
 
 fn login() -> Vec<u8> {
-    let mut l = CAPS.to_le_bytes().to_vec();
-    l.extend_from_slice(&[0, 0, 0, 1, 0x2d]);
-    l.extend_from_slice(&[0; 23]);
-    l.extend_from_slice(b"app\0");
-    l.push(20);
-    l.extend_from_slice(&[1; 20]);
-    l.extend_from_slice(b"shop\0caching_sha2_password\0");
-    l
-}
-
-fn column(name: &str) -> Vec<u8> {
-    let mut c = Vec::new();
-    for s in [
-        &b"def"[..],
-        b"shop",
-        b"t",
-        b"t",
-        name.as_bytes(),
-        name.as_bytes(),
-    ] {
-        c.push(s.len() as u8);
-        c.extend_from_slice(s);
-    }
-    c.extend_from_slice(&[0x0c, 0x21, 0, 0xff, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0]);
-    c
+    common::login(CAPS, "app", &[1; 20], Some("shop"), "caching_sha2_password")
 }
 
 const EOF: [u8; 5] = [0xFE, 0, 0, 2, 0];
@@ -147,8 +54,8 @@ fn conversation(row_len: usize, rows: usize) -> Vec<(bool, Vec<u8>)> {
     ];
     let mut resp = [
         pkt(1, &[2]),
-        pkt(2, &column("a")),
-        pkt(3, &column("b")),
+        pkt(2, &column_def("a")),
+        pkt(3, &column_def("b")),
         pkt(4, &EOF),
     ]
     .concat();
@@ -320,7 +227,7 @@ fn big_rows_are_not_materialised() {
             s.on_server(bytes);
         }
     }
-    let header = [pkt(1, &[1]), pkt(2, &column("a")), pkt(3, &EOF)].concat();
+    let header = [pkt(1, &[1]), pkt(2, &column_def("a")), pkt(3, &EOF)].concat();
     assert_eq!(s.on_server(&header), [Event::ResultSet { columns: 1 }]);
     // A 20 MB row: two packets, the first 0xFFFFFF long.
     let mut row = vec![0xFE];

@@ -2,10 +2,8 @@
 //! round trips at any split points, pipelines mixing typed and inline requests,
 //! arbitrary bytes, and memory that stays bounded whatever size a header declares.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use bytes::{Bytes, BytesMut};
+use legate_peak_alloc::{Counting, peak_alloc};
 use legate_redis_proxy::resp::{Decoder, Frame, Limits, ProtocolError, Value};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -13,65 +11,8 @@ use proptest::test_runner::FileFailurePersistence;
 
 // ---------------------------------------------------------------- allocation count
 
-/// Counts the bytes live per thread, so that a test can bound what one decode call
-/// allocates while the other tests run on other threads.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    // try_with: the allocator also runs while a thread tears its locals down.
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// Counting what the decoder allocates takes a global allocator, which cannot be
-// written without `unsafe`; it only forwards to the system allocator.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            track(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above; `ptr` came from `System` through this allocator.
-        unsafe { System.dealloc(ptr, layout) };
-        track(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as above.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            track(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `f`; returns its result and the most bytes it had allocated at once on this
-/// thread (beyond what was live before).
-fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let out = f();
-    let peak = PEAK.with(Cell::get) - base;
-    (out, peak.max(0) as usize)
-}
 
 #[test]
 fn the_allocation_count_is_live() {
