@@ -961,7 +961,7 @@ fn hash_policy(f: &Field<'_>) -> Option<Option<HashPolicy>> {
         Some(("cookie", g)) => {
             // Generating the cookie (`ttl`) would need a Set-Cookie on the response.
             let mut c = g.obj()?.unsupported(&["ttl", "attributes"]);
-            let name = c.req("name").and_then(|n| non_empty(&n));
+            let name = c.req("name").and_then(|n| n.non_empty_str());
             // Envoy uses `path` only for a generated cookie, which legate refuses.
             let _ = c.get("path").and_then(|p| p.str());
             c.finish();
@@ -975,7 +975,7 @@ fn hash_policy(f: &Field<'_>) -> Option<Option<HashPolicy>> {
         }
         Some(("query_parameter", g)) => {
             let mut q = g.obj()?;
-            let name = q.req("name").and_then(|n| non_empty(&n));
+            let name = q.req("name").and_then(|n| n.non_empty_str());
             q.finish();
             name.map(|n| Some(HashPolicyKind::QueryParameter(n)))
         }
@@ -993,17 +993,8 @@ fn hash_policy(f: &Field<'_>) -> Option<Option<HashPolicy>> {
     Some(kind?.map(|kind| HashPolicy { kind, terminal }))
 }
 
-fn non_empty(f: &Field<'_>) -> Option<String> {
-    let s = f.str()?;
-    if s.is_empty() {
-        f.error("must not be empty");
-        return None;
-    }
-    Some(s)
-}
-
 fn hash_header(f: &Field<'_>) -> Option<Option<HashPolicyKind>> {
-    let raw = non_empty(f)?;
+    let raw = f.non_empty_str()?;
     let (name, pseudo) = header_or_pseudo(f, &raw)?;
     Some(Some(HashPolicyKind::Header { name, pseudo }))
 }

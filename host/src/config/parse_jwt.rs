@@ -49,14 +49,7 @@ pub(crate) fn per_route(o: Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>> {
                 return None;
             }
         },
-        Some((_, g)) => {
-            let n = g.str()?;
-            if n.is_empty() {
-                g.error("requirement_name must not be empty");
-                return None;
-            }
-            PerRouteConfig::RequirementName(n)
-        }
+        Some((_, g)) => PerRouteConfig::RequirementName(g.non_empty_str()?),
         None => {
             o.error("one of \"disabled\" or \"requirement_name\" is required");
             return None;
@@ -208,14 +201,7 @@ fn provider(f: &Field<'_>, name: &str, refs: &mut Vec<ClusterRef>) -> Option<Pro
                 continue;
             };
             let header = c.req("header_name").and_then(|g| header_name(&g));
-            let claim = c.req("claim_name").and_then(|g| {
-                let s = g.str()?;
-                if s.is_empty() {
-                    g.error("claim_name must not be empty");
-                    return None;
-                }
-                Some(s)
-            });
+            let claim = c.req("claim_name").and_then(|g| g.non_empty_str());
             c.finish();
             match (header, claim) {
                 (Some(h), Some(c)) => p.claim_to_headers.push((h, c)),
@@ -253,11 +239,7 @@ fn remote_jwks(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RemoteJwks> 
         ));
         return None;
     };
-    let name = cluster.str()?;
-    if name.is_empty() {
-        cluster.error("cluster must not be empty");
-        return None;
-    }
+    let name = cluster.non_empty_str()?;
     refs.push(ClusterRef {
         name: name.clone(),
         path: cluster.path().to_string(),

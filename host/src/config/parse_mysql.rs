@@ -19,14 +19,7 @@ pub(crate) const TYPE: &str =
 pub(crate) fn filter(mut o: Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>> {
     // Envoy documents `access_log` as not implemented.
     o = o.unsupported(&["access_log"]);
-    let stat_prefix = o.req("stat_prefix").and_then(|g| {
-        let s = g.str()?;
-        if s.is_empty() {
-            g.error("stat_prefix must not be empty");
-            return None;
-        }
-        Some(s)
-    });
+    let stat_prefix = o.req("stat_prefix").and_then(|g| g.non_empty_str());
     if let Some(g) = o.get("downstream_ssl") {
         // Only pass-through: terminating the client's TLS is not supported.
         g.enumeration(&["DISABLE"], &["REQUIRE", "ALLOW"]);

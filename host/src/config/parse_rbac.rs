@@ -53,14 +53,7 @@ pub(crate) fn per_route(mut o: Obj<'_>) -> Option<Arc<dyn Any + Send + Sync>> {
 /// `envoy.filters.network.rbac`.
 pub(crate) fn network(mut o: Obj<'_>) -> Option<Arc<dyn NetworkFilterFactory>> {
     o = o.unsupported(&["matcher", "shadow_matcher", "delay_deny"]);
-    let stat_prefix = o.req("stat_prefix").and_then(|g| {
-        let s = g.str()?;
-        if s.is_empty() {
-            g.error("stat_prefix must not be empty");
-            return None;
-        }
-        Some(s)
-    });
+    let stat_prefix = o.req("stat_prefix").and_then(|g| g.non_empty_str());
     let rules = network_rules(&mut o, "rules");
     let shadow_rules = network_rules(&mut o, "shadow_rules");
     let shadow_rules_stat_prefix = o

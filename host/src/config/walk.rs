@@ -143,6 +143,16 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// A string scalar that must not be empty (the error's path names the field).
+    pub fn non_empty_str(&self) -> Option<String> {
+        let s = self.str()?;
+        if s.is_empty() {
+            self.error("must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
     /// An integer (proto3 JSON also accepts it quoted).
     pub fn int<T: TryFrom<i128>>(&self, what: &str) -> Option<T> {
         let text = match &self.node.value {
