@@ -107,6 +107,15 @@ fn ok(o: Output) -> String {
     stdout(&o)
 }
 
+/// The client printed `CONNECTION_ID()`, then that id again with `value`: its
+/// statements in between, errors and all, ran on one connection.
+fn same_session(out: &Output, value: &str) {
+    let text = stdout(out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}{}", stderr(out));
+    assert_eq!(lines[1], format!("{}\t{value}", lines[0]), "same session");
+}
+
 /// A server error from `mysql_async`, or a panic naming what came instead.
 fn server_error<T: std::fmt::Debug>(
     r: mysql_async::Result<T>,
@@ -436,10 +445,7 @@ async fn a_denied_insert_is_answered_with_an_error_and_the_session_goes_on() {
              SELECT CONNECTION_ID(), COUNT(*) FROM payments;",
             &["--force"],
         );
-        let text = stdout(&out);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}{}", stderr(&out));
-        assert_eq!(lines[1], format!("{}\t3", lines[0]), "same session");
+        same_session(&out, "3");
         assert_eq!(errors(&out), [format!("ERROR 1142 {msg}")]);
         assert_eq!(l.wait_stat(&m("queries_denied"), 1).await, 1);
 
@@ -539,10 +545,7 @@ async fn an_abort_fault_answers_the_configured_error_and_the_session_goes_on() {
              SELECT CONNECTION_ID(), qty FROM orders WHERE item = 'apple';",
             &["--force"],
         );
-        let text = stdout(&out);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}{}", stderr(&out));
-        assert_eq!(lines[1], format!("{}\t3", lines[0]), "same session");
+        same_session(&out, "3");
         assert_eq!(
             errors(&out),
             [format!("ERROR 1213 (40001) at line 2: {injected}")]
@@ -732,10 +735,7 @@ async fn queries_the_parser_refuses_can_be_denied() {
              SELECT CONNECTION_ID(), COUNT(*) FROM payments;",
             &["--force"],
         );
-        let text = stdout(&out);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}{}", stderr(&out));
-        assert_eq!(lines[1], format!("{}\t3", lines[0]), "same session");
+        same_session(&out, "3");
         assert_eq!(
             errors(&out),
             ["ERROR 1142 (42000) at line 2: not understood by the proxy"]

@@ -1,9 +1,12 @@
 //! The network filter on hand-built exchanges: metadata, stats, holding a split
 //! command back, the denied-query answer, faults, and bytes that are left alone.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::pkt;
 use legate_filter_api::MetadataValue;
 use legate_filter_api::network::{
     ConnectionInfo, NetworkAction, NetworkFilter, NetworkFilterFactory,
@@ -12,7 +15,6 @@ use legate_filter_api::random::Percentage;
 use legate_filter_api::stats::Store;
 use legate_mysql_proxy::config::{ErrorReply, QueryFault};
 use legate_mysql_proxy::messages::caps::*;
-use legate_mysql_proxy::packet;
 use legate_mysql_proxy::sql::Operation;
 use legate_mysql_proxy::{Config, MySqlProxyFactory, NAMESPACE};
 
@@ -23,52 +25,31 @@ const CAPS: u32 = CLIENT_LONG_PASSWORD
     | CLIENT_PLUGIN_AUTH;
 
 fn greeting() -> Vec<u8> {
-    let mut g = vec![10];
-    g.extend_from_slice(b"10.11.19-MariaDB\0");
-    g.extend_from_slice(&7u32.to_le_bytes());
-    g.extend_from_slice(b"abcdefgh\0");
-    g.extend_from_slice(&(CAPS as u16).to_le_bytes());
-    g.push(0x21);
-    g.extend_from_slice(&2u16.to_le_bytes());
-    g.extend_from_slice(&((CAPS >> 16) as u16).to_le_bytes());
-    g.push(21);
-    g.extend_from_slice(&[0; 10]);
-    g.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
-    packet::encode(&g, 0)
+    pkt(
+        0,
+        &common::greeting("10.11.19-MariaDB", "mysql_native_password", CAPS, false),
+    )
 }
 
 fn login(db: &str) -> Vec<u8> {
-    let mut l = Vec::new();
-    l.extend_from_slice(&CAPS.to_le_bytes());
-    l.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    l.push(0x2d);
-    l.extend_from_slice(&[0; 23]);
-    l.extend_from_slice(b"app\0");
-    l.push(20);
-    l.extend_from_slice(&[7; 20]);
-    l.extend_from_slice(db.as_bytes());
-    l.push(0);
-    l.extend_from_slice(b"mysql_native_password\0");
-    packet::encode(&l, 1)
+    pkt(
+        1,
+        &common::login(CAPS, "app", &[7; 20], Some(db), "mysql_native_password"),
+    )
 }
 
 fn ok(seq: u8) -> Vec<u8> {
-    packet::encode(&[0, 0, 0, 2, 0, 0, 0], seq)
+    pkt(seq, &common::ok(2))
 }
 
 fn query(sql: &str) -> Vec<u8> {
     let mut q = vec![3];
     q.extend_from_slice(sql.as_bytes());
-    packet::encode(&q, 0)
+    pkt(0, &q)
 }
 
 fn err(seq: u8, code: u16, state: &str, message: &str) -> Vec<u8> {
-    let mut e = vec![0xFF];
-    e.extend_from_slice(&code.to_le_bytes());
-    e.push(b'#');
-    e.extend_from_slice(state.as_bytes());
-    e.extend_from_slice(message.as_bytes());
-    packet::encode(&e, seq)
+    pkt(seq, &common::err(code, state, message))
 }
 
 struct Conn {
@@ -223,7 +204,7 @@ async fn ssl_and_garbage_stop_sniffing_but_bytes_flow() {
     ssl.extend_from_slice(&(16u32 << 20).to_le_bytes());
     ssl.push(0x2d);
     ssl.extend_from_slice(&[0; 23]);
-    let ssl = packet::encode(&ssl, 1);
+    let ssl = pkt(1, &ssl);
     assert_eq!(c.read(&ssl).await, (ssl, NetworkAction::Continue));
     let tls = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not mysql".to_vec();
     assert_eq!(c.read(&tls).await, (tls.clone(), NetworkAction::Continue));
@@ -290,7 +271,7 @@ async fn a_split_command_is_held_until_whole_only_when_it_may_be_answered() {
     let mut c = Conn::logged_in(&f, "shop").await;
 
     // Two commands in one read cannot be answered alone: no offer.
-    let mut two = packet::encode(&[0x19, 1, 0, 0, 0], 0);
+    let mut two = pkt(0, &[0x19, 1, 0, 0, 0]);
     two.extend_from_slice(&q);
     assert_eq!(c.read(&two).await, (two.clone(), NetworkAction::Continue));
     assert!(c.info.deny_response.is_none());
