@@ -53,7 +53,7 @@ async fn sdk_auth_callout_awaits_a_real_auth_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_auth_callout_with_the_auth_service_down() {
     let up = echo_upstream("up").await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let dead: SocketAddr = dead_addr();
     let filter = component_filter("sdk_auth_callout", r#"{"cluster": "auth"}"#, "");
     let l = Legate::start(&filtered_config(
         &filter,

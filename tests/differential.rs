@@ -55,7 +55,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use support::envoy::{Envoy, envoy_bin};
-use support::{Legate, bootstrap, closed_port, cluster, http_get, http_listener, wasm_example};
+use support::{Legate, bootstrap, cluster, dead_addr, http_get, http_listener, wasm_example};
 
 /// Where legate differs from Envoy ON PURPOSE. Each entry is (what, why); the
 /// comparison applies exactly these exceptions (see `norm_header`) and no other.
@@ -2999,7 +2999,7 @@ async fn envoy_and_legate_agree() {
     let ups = Ups {
         up: echo_server("up").await,
         up2: echo_server("up2").await,
-        closed: format!("127.0.0.1:{}", closed_port()).parse().unwrap(),
+        closed: dead_addr(),
     };
     let only: Option<Vec<String>> = std::env::var("DIFF_CASES")
         .ok()
@@ -3138,7 +3138,7 @@ async fn stats_and_access_logs_match_envoy() {
     let routes = "              - match: {prefix: \"/d\"}\n                direct_response: {status: 200, body: {inline_string: \"hi\"}}\n              - match: {prefix: \"/\"}\n                route: {cluster: up}\n";
     let yaml = |log: &Path| {
         // `idle` gets no traffic: neither proxy may export its upstream_rq_time.
-        let idle: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+        let idle: SocketAddr = dead_addr();
         logged_bootstrap(
             log,
             routes,

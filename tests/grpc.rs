@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use support::{Legate, bootstrap, closed_port, cluster, http_listener};
+use support::{Legate, bootstrap, cluster, dead_addr, http_listener};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -602,7 +602,7 @@ async fn non_ok_status_passes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_is_unavailable() {
     bounded(async {
-        let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+        let dead: SocketAddr = dead_addr();
         let legate = start_proxy(dead, H2_TYPED).await;
         let addr = legate.listener("grpc_in").await;
         let mut g = client(addr).await;

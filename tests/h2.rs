@@ -474,9 +474,7 @@ async fn trailers_both_ways_with_h2_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_and_dead_upstream_over_h2() {
     bounded(async {
-        let dead: SocketAddr = format!("127.0.0.1:{}", support::closed_port())
-            .parse()
-            .unwrap();
+        let dead: SocketAddr = support::dead_addr();
         let routes =
             "              - match: {prefix: \"/dead\"}\n                route: {cluster: up}\n";
         let legate = Legate::start(&bootstrap(

@@ -269,7 +269,7 @@ async fn external_clients_cannot_steer_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connect_failure_is_503_uf() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let dead: SocketAddr = dead_addr();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let hcm = format!(

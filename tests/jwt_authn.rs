@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use support::jwt::{self, Key};
-use support::{Legate, bootstrap, closed_port, cluster, curl_get, echo_upstream, url, validate};
+use support::{Legate, bootstrap, cluster, curl_get, dead_addr, echo_upstream, url, validate};
 
 /// An upstream `up` behind the filter, with `routes` (YAML) and extra clusters.
 fn config(filter: &Value, routes: &str, up: SocketAddr, extra_clusters: &str) -> String {
@@ -175,7 +175,7 @@ async fn failing_jwks_upstreams_answer_401_promptly() {
     let (broken, _) = jwks_server("oops".into(), 500, Duration::ZERO).await;
     let (slow, _) = jwks_server(jwt::jwks(&[&key]), 200, Duration::from_secs(5)).await;
     let (garbled, _) = jwks_server("{\"keys\": 3}".into(), 200, Duration::ZERO).await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let dead: SocketAddr = dead_addr();
     let filter = json!({
         "providers": {"dead": remote("dead", "2s"), "broken": remote("broken", "2s"),
                       "slow": remote("slow", "0.3s"), "garbled": remote("garbled", "2s")},

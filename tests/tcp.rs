@@ -74,7 +74,7 @@ async fn echo_through_tcp_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_closes_the_client() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let dead: SocketAddr = dead_addr();
     let (l, addr) = start(
         "          stat_prefix: dead\n          cluster: dead",
         &cluster("dead", &[(dead, 1)], ""),

@@ -52,7 +52,7 @@ async fn auth_callout_to_a_real_auth_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_callout_with_the_auth_service_down() {
     let up = echo_upstream("up").await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let dead: SocketAddr = dead_addr();
     let wasm = wasm_example("auth_callout");
     let filter = wasm_http_filter("auth_callout", &wasm, r#"{"cluster": "auth"}"#, "");
     let l = Legate::start(&filtered_config(
@@ -689,7 +689,7 @@ async fn grpc_echo() -> SocketAddr {
 async fn grpc_callout_makes_a_unary_call() {
     let up = echo_upstream("up").await;
     let grpc = grpc_echo().await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let dead: SocketAddr = dead_addr();
     let filter = |cluster: &str, method: &str| {
         wasm_http_filter(
             "grpc_callout",

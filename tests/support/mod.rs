@@ -353,6 +353,19 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// An address on which connections are refused, for the whole test process: the
+/// port stays bound without listening, so no server another test starts (on a
+/// port the kernel picks) can take it. A port from [`closed_port`] can be reused
+/// that way, and a "dead" upstream would then answer.
+pub fn dead_addr() -> SocketAddr {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(s);
+    addr
+}
+
 /// An HCM listener named `name` routing everything to `cluster`, plus extra YAML
 /// for the HCM (indented to sit under typed_config).
 pub fn http_listener(name: &str, stat_prefix: &str, routes: &str, hcm_extra: &str) -> String {
