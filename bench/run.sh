@@ -448,7 +448,16 @@ EOF
 }
 
 # ---------------------------------------------------------------- results
-declare -A RPS P50 P99 ERRS NOTE
+declare -A RPS P50 P99 ERRS NOTE CPU_US
+
+# proc_cpu_ticks PID: user + system clock ticks of the process, all threads.
+proc_cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+
+# admin_rq_total: the proxy's http.ingress.downstream_rq_total (Envoy and legate).
+admin_rq_total() {
+    curl -s -m 2 "http://127.0.0.1:$EL_ADMIN_PORT/stats" 2>/dev/null \
+        | awk -F': ' '$1 == "http.ingress.downstream_rq_total" { print $2 }'
+}
 declare -A URL_H1 URL_H2
 
 # Latency value like 850.00us / 1.23ms / 2.00s -> milliseconds.
@@ -469,8 +478,19 @@ run_wrk() {
         run_load $((WARMUP + 30)) /dev/null wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "$url" || true
     fi
     log "$name $tb: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency ${hdr[*]} $url"
+    # With CPU_PID set: the proxy's CPU time over the requests it served in the run.
+    local cpu0='' rq0=''
+    if [[ -n "${CPU_PID:-}" ]]; then cpu0=$(proc_cpu_ticks "$CPU_PID"); rq0=$(admin_rq_total); fi
     if ! run_load $((DURATION + 60)) "$out" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url"; then
         NOTE[$tb,$name]="wrk failed: $(tail -1 "$out")"; return
+    fi
+    if [[ -n "$cpu0" && -n "$rq0" ]]; then
+        local cpu1 rq1
+        cpu1=$(proc_cpu_ticks "$CPU_PID"); rq1=$(admin_rq_total)
+        if [[ -n "$cpu1" && -n "$rq1" ]] && (( rq1 > rq0 )); then
+            CPU_US[$tb,$name]=$(awk -v t=$((cpu1 - cpu0)) -v n=$((rq1 - rq0)) -v hz="$(getconf CLK_TCK)" \
+                'BEGIN { printf "%.2f", t / hz / n * 1e6 }')
+        fi
     fi
     local rps p50 p99 non2xx sockerr
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -485,7 +505,7 @@ run_wrk() {
     P50[$tb,$name]=$(to_ms "$p50")
     P99[$tb,$name]=$(to_ms "$p99")
     ERRS[$tb,$name]=$(( ${non2xx:-0} + ${sockerr:-0} ))
-    log "$name $tb: $rps req/s, p50 ${P50[$tb,$name]} ms, p99 ${P99[$tb,$name]} ms, errors ${ERRS[$tb,$name]}"
+    log "$name $tb: $rps req/s, p50 ${P50[$tb,$name]} ms, p99 ${P99[$tb,$name]} ms, errors ${ERRS[$tb,$name]}${CPU_US[$tb,$name]:+, ${CPU_US[$tb,$name]} us of CPU per request}"
 }
 
 run_h2load() {
@@ -734,7 +754,7 @@ bench_wasm_row() {
         NOTE[$tb,$row]="sanity request failed (filter expected: $filter)"
         log "$row: ${NOTE[$tb,$row]}"
     else
-        run_wrk "$row" "$url" "$tb"
+        CPU_PID=$CUR_PID run_wrk "$row" "$url" "$tb"
     fi
     stop_target
 }
@@ -748,16 +768,17 @@ median() {   # numbers as arguments -> their median, or nothing
 # KEY1, KEY2, ...) into the table key KEY; per-round losses of the filter rows,
 # each against the row without the filter of the same round. Rounds that failed
 # are listed in the array named NOTES.
-declare -A LOSS_MED LOSS_LIST
+declare -A LOSS_MED LOSS_LIST CPU_ADD_MED CPU_ADD_LIST
 aggregate_rounds() {
     local key="$1" rows="$2" rounds="$3"
     local -n notes_out="$4"
-    local row base r rps p50 p99 errs failed note loss
+    local row base r rps p50 p99 cpu errs failed note loss
     for row in $rows; do
-        rps=(); p50=(); p99=(); errs=0; failed=0; note=
+        rps=(); p50=(); p99=(); cpu=(); errs=0; failed=0; note=
         for r in $(seq 1 "$rounds"); do
             if [[ -n "${RPS[$key$r,$row]:-}" ]]; then
                 rps+=("${RPS[$key$r,$row]}"); p50+=("${P50[$key$r,$row]}"); p99+=("${P99[$key$r,$row]}")
+                [[ -z "${CPU_US[$key$r,$row]:-}" ]] || cpu+=("${CPU_US[$key$r,$row]}")
                 errs=$(( errs + ${ERRS[$key$r,$row]:-0} ))
             else
                 failed=$((failed + 1)); note=${note:-${NOTE[$key$r,$row]:-}}
@@ -768,6 +789,7 @@ aggregate_rounds() {
             P50[$key,$row]=$(median "${p50[@]}")
             P99[$key,$row]=$(median "${p99[@]}")
             ERRS[$key,$row]=$errs
+            ((${#cpu[@]} == 0)) || CPU_US[$key,$row]=$(median "${cpu[@]}")
             (( failed == 0 )) || notes_out+=("$row: $failed of $rounds rounds failed${note:+ ($note)}")
         else
             NOTE[$key,$row]=${note:-not run}
@@ -788,6 +810,21 @@ aggregate_rounds() {
             LOSS_MED[$row]=$(median "${losses[@]}")
             LOSS_LIST[$row]="${shown[*]}"
             LOSS_LIST[$row]=${LOSS_LIST[$row]// / \/ }
+        fi
+        # CPU per request the filter adds, per round against the same baseline run.
+        local added=() ashown=()
+        for r in $(seq 1 "$rounds"); do
+            if [[ -n "${CPU_US[$key$r,$row]:-}" && -n "${CPU_US[$key$r,$base]:-}" ]]; then
+                added+=("$(awk -v a="${CPU_US[$key$r,$base]}" -v b="${CPU_US[$key$r,$row]}" 'BEGIN { printf "%.2f", b - a }')")
+                ashown+=("${added[-1]}")
+            else
+                ashown+=("-")
+            fi
+        done
+        if ((${#added[@]})); then
+            CPU_ADD_MED[$row]=$(median "${added[@]}")
+            CPU_ADD_LIST[$row]="${ashown[*]}"
+            CPU_ADD_LIST[$row]=${CPU_ADD_LIST[$row]// / \/ }
         fi
     done
 }
@@ -838,7 +875,7 @@ bench_filters_row() {
         NOTE[$tb,$row]="sanity requests failed (chain: $chain)"
         log "$row: ${NOTE[$tb,$row]}"
     else
-        run_wrk "$row" "$url" "$tb" "authorization: Bearer $FILTER_TOKEN"
+        CPU_PID=$CUR_PID run_wrk "$row" "$url" "$tb" "authorization: Bearer $FILTER_TOKEN"
     fi
     stop_target
 }
@@ -1627,13 +1664,13 @@ write_table() {
 write_rounds_table() {
     local key="$1" rows="$2" rounds="$3"
     local row base rps p50 p99 r med per perstr
-    echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | per round | p99 vs same proxy without the filter | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| row | req/s | p50 (ms) | p99 (ms) | req/s lost vs same proxy without the filter | per round | p99 vs same proxy without the filter | proxy CPU per request (µs) | CPU added by the filter (µs), per round | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for row in $rows; do
         has_target "${row%%+*}" || continue
         rps=${RPS[$key,$row]:-}
         if [[ -z "$rps" ]]; then
-            echo "| $row | ${NOTE[$key,$row]:-not run} | | | | | | |"
+            echo "| $row | ${NOTE[$key,$row]:-not run} | | | | | | | | |"
             continue
         fi
         p50=${P50[$key,$row]}; p99=${P99[$key,$row]}
@@ -1644,13 +1681,14 @@ write_rounds_table() {
         done
         if [[ "$row" == "$base" ]]; then
             perstr="${per[*]}"
-            printf '| %s | %s | %s | %s | (baseline) | req/s: %s | (baseline) | %s |\n' "$row" \
-                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${perstr// / \/ }" "${ERRS[$key,$row]:-0}"
+            printf '| %s | %s | %s | %s | (baseline) | req/s: %s | (baseline) | %s | (baseline) | %s |\n' "$row" \
+                "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "${perstr// / \/ }" "${CPU_US[$key,$row]:--}" "${ERRS[$key,$row]:-0}"
         else
             med=${LOSS_MED[$row]:-}
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$row" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$row" \
                 "$(fmt_rps "$rps")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
                 "$(if [[ -n "$med" ]]; then awk -v m="$med" 'BEGIN { printf "**%.1f%%**", m }'; else echo -; fi)" "${LOSS_LIST[$row]:--}" "$(fmt_ratio "$p99" "${P99[$key,$base]:-}")" \
+                "${CPU_US[$key,$row]:--}" "$(if [[ -n "${CPU_ADD_MED[$row]:-}" ]]; then echo "+${CPU_ADD_MED[$row]} (${CPU_ADD_LIST[$row]})"; else echo -; fi)" \
                 "${ERRS[$key,$row]:-0}"
         fi
     done
@@ -1669,6 +1707,17 @@ component_target_line() {
         if (w <= 0) { printf "Target (the component costs at most 1.2x the proxy-wasm filter'"'"'s req/s loss): not measurable, the proxy-wasm loss is %.1f%%.\n", w; exit }
         r = c / w
         printf "Target (the component costs at most 1.2x the proxy-wasm filter'"'"'s req/s loss): **%s**, %.1f%% vs %.1f%% lost, %.2fx.\n", (r <= 1.2 ? "met" : "NOT met"), c, w, r }'
+}
+
+# The filters' CPU per request, from the same runs: steadier than req/s.
+cpu_cost_line() {
+    local base=${CPU_US[wasm,legate]:-} w=${CPU_ADD_MED[legate+wasm]:-} c=${CPU_ADD_MED[legate+component]:-}
+    [[ -n "$base" && -n "$w" ]] || return 0
+    awk -v b="$base" -v w="$w" -v c="$c" -v ew="${CPU_ADD_MED[envoy+wasm]:-}" -v eb="${CPU_US[wasm,envoy]:-}" 'BEGIN {
+        printf "By CPU time (same runs): legate spends %.2f µs per request without the filter; the proxy-wasm filter adds %.2f µs (%.0f%%)", b, w, w * 100 / b
+        if (c != "") printf ", the component %.2f µs (%.0f%%, %.2fx the proxy-wasm filter'"'"'s)", c, c * 100 / b, (w > 0 ? c / w : 0)
+        if (ew != "" && eb != "") printf ". Envoy spends %.2f µs, and its V8 filter adds %.2f µs (%.0f%%)", eb, ew, ew * 100 / eb
+        print "." }'
 }
 
 # The target: legate loses at most 5% of its req/s to the filter.
@@ -1839,11 +1888,13 @@ write_report() {
             echo
             component_target_line
             echo
+            cpu_cost_line
+            echo
             if ((${#NOTES_WASM[@]})); then
                 printf -- '- %s\n' "${NOTES_WASM[@]}"
                 echo
             fi
-            echo "\"req/s lost\" is (without - with) / without; negative means the filter row happened to be faster (noise). p99 vs same proxy: above 1.00x is a higher tail latency with the filter. Errors are wrk non-2xx responses plus socket errors. For where legate's extra time goes, see [PROFILE-wasm.md](PROFILE-wasm.md) (\`bench/profile-wasm.sh\`, callgrind)."
+            echo "\"req/s lost\" is (without - with) / without; negative means the filter row happened to be faster (noise). p99 vs same proxy: above 1.00x is a higher tail latency with the filter. \"Proxy CPU per request\" is the proxy process's user + system CPU time (\`/proc/<pid>/stat\`, all its threads) during the measured wrk run, over the requests its admin counter \`http.ingress.downstream_rq_total\` counted in that run; the median over the rounds. \"CPU added\" is that figure minus the row without the filter of the same round, median first, every round in brackets. It moves far less from round to round than req/s, which on this 2-CPU machine also depend on how the scheduler shares the CPUs between wrk, nginx and the proxy. Errors are wrk non-2xx responses plus socket errors. For where legate's extra time goes, see [PROFILE-wasm.md](PROFILE-wasm.md) (\`bench/profile-wasm.sh\`, callgrind)."
             echo
             echo "## Resident memory (VmRSS), Envoy and legate, with and without the filter"
             echo
