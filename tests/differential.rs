@@ -2453,6 +2453,30 @@ fn wasm_cases(u: &Ups) -> Vec<Case> {
                 get("/h2?y").hdr("x-props", "1").h2(),
             ],
         ),
+        // A changed :authority or :path routes the request again (clearRouteCache).
+        Case {
+            name: "wasm_reroute",
+            yaml: bootstrap(
+                &hcm_listener(
+                    "main",
+                    filter("misbehave", "", json!({})),
+                    json!({"name": "rc", "virtual_hosts": [
+                        {"name": "a", "domains": ["a.example"],
+                         "routes": [direct("/other", 200, "route other"), direct("/", 200, "vhost a")]},
+                        {"name": "b", "domains": ["b.example"], "routes": [direct("/", 200, "vhost b")]},
+                    ]}),
+                ),
+                &u.clusters(),
+            ),
+            default_listener: "main",
+            reqs: vec![
+                get("/").host("a.example"),
+                get("/").host("a.example").hdr("x-set-authority", "b.example"),
+                get("/").host("a.example").hdr("x-set-authority", "b.example").h2(),
+                get("/x").host("a.example").hdr("x-set-path", "/other/x"),
+                get("/x").host("a.example").hdr("x-set-path", "/other/x").h2(),
+            ],
+        },
         case(
             "wasm_misbehave_fail_open",
             filter("misbehave", "", json!({"failure_policy": "FAIL_OPEN"})),

@@ -754,6 +754,67 @@ async fn grpc_callout_streams_messages_both_ways() {
     }
 }
 
+/// A filter that changes `:authority` or `:path` sends the request down the
+/// route of the new values (Envoy's clearRouteCache); other header changes keep
+/// the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_authority_or_path_is_routed_again() {
+    let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", "");
+    let direct = |body: &str| {
+        format!("direct_response: {{status: 200, body: {{inline_string: \"{body}\"}}}}")
+    };
+    let listener = format!(
+        r#"
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: a
+              domains: ["a.example"]
+              routes:
+              - match: {{prefix: "/other"}}
+                {other}
+              - match: {{prefix: "/"}}
+                {a}
+            - name: b
+              domains: ["b.example"]
+              routes:
+              - match: {{prefix: "/"}}
+                {b}
+          http_filters:
+{filter}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        other = direct("route other"),
+        a = direct("vhost a"),
+        b = direct("vhost b"),
+    );
+    let l = Legate::start(&bootstrap(&listener, "")).await;
+    let a = l.listener("ingress").await;
+    let get = |extra: &[&str]| {
+        let mut args = vec!["-H", "host: a.example"];
+        args.extend_from_slice(extra);
+        let u = url(a, "/");
+        args.push(&u);
+        curl_get(&args)
+    };
+    let (status, head, body) = get(&["-H", "x-other: 1"]);
+    assert_eq!((status, body.as_str()), (200, "vhost a"), "{head}");
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    let (status, _, body) = get(&["-H", "x-set-authority: b.example"]);
+    assert_eq!((status, body.as_str()), (200, "vhost b"));
+    let (status, _, body) = get(&["-H", "x-set-path: /other/x"]);
+    assert_eq!((status, body.as_str()), (200, "route other"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_environment_and_on_log_reach_the_filter() {
     let up = echo_upstream("up").await;

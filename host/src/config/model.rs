@@ -285,6 +285,9 @@ pub struct RouteConfig {
     /// Apply route config, then vhost, then route mutations (the most specific
     /// wins) instead of Envoy's default order.
     pub most_specific_header_mutations_wins: bool,
+    /// A route matches on headers (`headers` or `grpc`): only then can a change
+    /// to plain headers alone change which route a request takes.
+    pub matches_headers: bool,
 }
 
 #[derive(Debug)]

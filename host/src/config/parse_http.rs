@@ -445,8 +445,13 @@ fn route_config(f: &Field<'_>, refs: &mut Vec<ClusterRef>) -> Option<RouteConfig
     if validate {
         refs.extend(local_refs);
     }
+    let matches_headers = virtual_hosts
+        .iter()
+        .flat_map(|vh| &vh.routes)
+        .any(|r| r.matcher.grpc || !r.matcher.headers.is_empty());
     Some(RouteConfig {
         name,
+        matches_headers,
         virtual_hosts,
         headers,
         internal_only_headers,

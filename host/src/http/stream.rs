@@ -755,30 +755,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             parts.headers.insert(header::HOST, v);
         }
     }
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let authority = match cfg.strip_port {
-        StripPort::None => authority,
-        StripPort::Any => router::strip_port(&authority).to_string(),
-        StripPort::Matching => match authority.rsplit_once(':') {
-            Some((h, p))
-                if p == cx.local.port().to_string() && (h.ends_with(']') || !h.contains(':')) =>
-            {
-                h.to_string()
-            }
-            _ => authority,
-        },
-    };
+    let mut authority = route_authority(&parts, cfg.strip_port, cx.local.port()).to_string();
     let mut path = parts
         .uri
         .path_and_query()
@@ -898,18 +875,18 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     // per-filter config and cluster), and again after them only if one cleared
     // the route cache (Envoy's clearRouteCache).
     let rc = &cfg.route_config;
-    let match_route = |parts: &http::request::Parts, path: &str| {
+    let match_route = |parts: &http::request::Parts, path: &str, authority: &str| {
         let view = RequestView {
             method: parts.method.as_str(),
             path,
-            authority: &authority,
+            authority,
             scheme: "http",
             headers: &parts.headers,
         };
-        router::select_vhost(rc, &authority)
+        router::select_vhost(rc, authority)
             .and_then(|vh| router::select_route(vh, &view).map(|r| (vh, r)))
     };
-    let mut matched = match_route(&parts, &path);
+    let mut matched = match_route(&parts, &path, &authority);
 
     if !filters.is_empty() {
         st.info.http_client = Some(cx.worker.clusters.clone());
@@ -973,12 +950,15 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             return st.respond(resp, &[], None, &mut filters[..i]).await;
         }
         if st.info.route_cache_cleared {
-            path = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            matched = match_route(&parts, &path);
+            // The match reads the authority, the path and, only when a route
+            // matches on them, the headers: with those unchanged, so is the route.
+            let new_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let new_authority = route_authority(&parts, cfg.strip_port, cx.local.port());
+            if rc.matches_headers || new_path != path || new_authority != authority {
+                path = new_path.to_string();
+                authority = new_authority.to_string();
+                matched = match_route(&parts, &path, &authority);
+            }
         }
     }
 
@@ -1428,6 +1408,33 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         st.body_deadline = Some(route_deadline);
     }
     st.respond(resp, levels, pool_ret, &mut filters).await
+}
+
+/// The authority routes are matched on: the URI's, else the `host` header,
+/// without the port as `strip_any_host_port` / `strip_matching_host_port` say.
+fn route_authority(parts: &http::request::Parts, strip: StripPort, local_port: u16) -> &str {
+    let authority = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
+    };
+    match strip {
+        StripPort::None => authority,
+        StripPort::Any => router::strip_port(authority),
+        StripPort::Matching => match authority.rsplit_once(':') {
+            Some((h, p))
+                if p.parse::<u16>() == Ok(local_port)
+                    && !p.starts_with(['0', '+'])
+                    && (h.ends_with(']') || !h.contains(':')) =>
+            {
+                h
+            }
+            _ => authority,
+        },
+    }
 }
 
 fn redirect_location(

@@ -90,10 +90,14 @@ fn give(c: &mut C, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R {
         let ok = write_u32(c, ptr_ptr, 0) && write_u32(c, size_ptr, 0);
         return Ok(if ok { OK } else { INVALID_MEMORY_ACCESS });
     }
-    let Some(malloc) = c.data().malloc.clone() else {
+    // Taken out for the call rather than cloned (a clone copies its type); a
+    // guest allocator that called back in here would get an error.
+    let Some(malloc) = c.data_mut().malloc.take() else {
         return Ok(INVALID_MEMORY_ACCESS);
     };
-    let p = malloc.call(&mut *c, bytes.len() as i32)?;
+    let p = malloc.call(&mut *c, bytes.len() as i32);
+    c.data_mut().malloc = Some(malloc);
+    let p = p?;
     if p == 0 {
         return Ok(INVALID_MEMORY_ACCESS);
     }
@@ -324,20 +328,46 @@ pub(super) fn set_request_pseudo(h: &mut RequestHead, key: &[u8], value: &[u8], 
 /// Header names a VM has set, so repeated edits skip parsing and allocation.
 const NAME_CACHE: usize = 32;
 
-fn header_name(names: &mut Vec<HeaderName>, key: &[u8]) -> Option<HeaderName> {
-    if let Some(n) = names.iter().find(|n| n.as_str().as_bytes() == key) {
-        return Some(n.clone());
+/// Size of the blocks header values are cut from.
+const VALUE_BLOCK: usize = 4096;
+
+/// What a VM's header edits reuse: the names it has set, and a block of memory
+/// that new values are cut from (shared, freed when its last value is), so an
+/// edit usually allocates nothing.
+#[derive(Default)]
+pub(super) struct HeaderScratch {
+    names: Vec<HeaderName>,
+    values: BytesMut,
+}
+
+impl HeaderScratch {
+    fn name(&mut self, key: &[u8]) -> Option<HeaderName> {
+        if let Some(n) = self.names.iter().find(|n| n.as_str().as_bytes() == key) {
+            return Some(n.clone());
+        }
+        let n = HeaderName::from_bytes(key).ok()?;
+        if self.names.len() < NAME_CACHE && n.as_str().as_bytes() == key {
+            self.names.push(n.clone());
+        }
+        Some(n)
     }
-    let n = HeaderName::from_bytes(key).ok()?;
-    if names.len() < NAME_CACHE && n.as_str().as_bytes() == key {
-        names.push(n.clone());
+
+    fn value(&mut self, v: &[u8]) -> Option<HeaderValue> {
+        if v.len() > VALUE_BLOCK / 4 {
+            return HeaderValue::from_bytes(v).ok();
+        }
+        if self.values.capacity() < v.len() {
+            // A new block; the old one lives on in the values cut from it.
+            self.values = BytesMut::with_capacity(VALUE_BLOCK);
+        }
+        self.values.extend_from_slice(v);
+        HeaderValue::from_maybe_shared(self.values.split().freeze()).ok()
     }
-    Some(n)
 }
 
 pub(super) fn edit(
     h: &mut HeaderMap,
-    names: &mut Vec<HeaderName>,
+    scratch: &mut HeaderScratch,
     key: &[u8],
     value: &[u8],
     op: Op,
@@ -351,8 +381,7 @@ pub(super) fn edit(
             true
         }
         Op::Add | Op::Replace => {
-            let (Some(name), Ok(v)) = (header_name(names, key), HeaderValue::from_bytes(value))
-            else {
+            let (Some(name), Some(v)) = (scratch.name(key), scratch.value(value)) else {
                 return false;
             };
             if matches!(op, Op::Add) {
@@ -368,7 +397,7 @@ pub(super) fn edit(
 /// Edits a live header map; `None` when this callback cannot write it.
 fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Option<bool> {
     let d = &mut st.stream;
-    let names = &mut st.header_names;
+    let names = &mut st.header_scratch;
     // HeaderName parsing lowercases; only pseudo-header matching needs it here.
     let key: std::borrow::Cow<[u8]> = if key.iter().any(u8::is_ascii_uppercase) {
         key.to_ascii_lowercase().into()

@@ -110,8 +110,8 @@ pub struct HostState {
     pub metrics: Vec<Metric>,
     /// A value on its way to the guest, kept for the next one.
     pub scratch: Vec<u8>,
-    /// Header names the guest set, parsed once (see `abi::header_name`).
-    pub header_names: Vec<http::HeaderName>,
+    /// Reused by the guest's header edits (see `abi::HeaderScratch`).
+    pub header_scratch: super::abi::HeaderScratch,
     /// Metric ids by (type, name).
     pub metric_ids: HashMap<(u32, String), u32>,
     pub next_token: u32,
@@ -334,7 +334,7 @@ impl Vm {
             effects: Effects::default(),
             metrics: Vec::new(),
             metric_ids: HashMap::new(),
-            header_names: Vec::new(),
+            header_scratch: Default::default(),
             scratch: Vec::new(),
             next_token: 1,
             queue_owner: queue_owner.clone(),

@@ -6,6 +6,7 @@
 //! * `x-loop`: spins forever (the host must interrupt it, or the worker is lost);
 //! * `x-hog`: allocates (and touches) 1 MiB chunks until memory runs out, which traps;
 //! * `x-bad-status`: does nothing and continues (no `x-misbehave` header);
+//! * `x-set-authority` / `x-set-path`: sets `:authority` / `:path` to the value;
 //! * `x-hold`: pauses the request headers until the whole body has arrived; then
 //!   adds the request header `x-held-body-bytes: <size>`, or answers 403
 //!   `denied by body` if the body contains `deny`;
@@ -90,6 +91,13 @@ impl HttpContext for Misbehave {
         }
         if has("x-bad-status") {
             return Action::Continue;
+        }
+        // Route tests: a changed authority or path routes the request again.
+        if let Some(a) = self.get_http_request_header("x-set-authority") {
+            self.set_http_request_header(":authority", Some(&a));
+        }
+        if let Some(p) = self.get_http_request_header("x-set-path") {
+            self.set_http_request_header(":path", Some(&p));
         }
         let (props, hold) = (has("x-props"), has("x-hold"));
         self.props = props;

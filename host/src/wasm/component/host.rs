@@ -143,7 +143,7 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
 /// Changes a map of the running hook; false if the name or value is invalid
 /// (a map the hook cannot reach ignores the change).
 fn map_edit(st: &mut CState, map: MapKind, name: &[u8], value: &[u8], op: Op) -> bool {
-    let names = &mut st.header_names;
+    let names = &mut st.header_scratch;
     let d = &mut st.stream;
     // Header names are matched lowercase; copy only when the guest did not.
     let lower;

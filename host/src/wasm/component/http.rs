@@ -13,7 +13,7 @@ use legate_filter_api::{
 use wasmtime::component::ResourceAny;
 
 use super::super::Plugin;
-use super::super::abi::{Op, edit};
+use super::super::abi::{HeaderScratch, Op, edit};
 use super::super::calls::OutCall;
 use super::super::http::placeholder_request;
 use super::super::slot::{Slot, slot};
@@ -342,11 +342,11 @@ fn local_reply(r: WLocalReply) -> LocalReply {
     let status =
         http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut reply = LocalReply::new(status, Bytes::from(r.body));
-    let names = &mut Vec::new();
+    let scratch = &mut HeaderScratch::default();
     for h in &r.headers {
         edit(
             &mut reply.headers,
-            names,
+            scratch,
             h.name.as_bytes(),
             &h.value,
             Op::Add,

@@ -184,8 +184,8 @@ pub struct CState {
     cluster_names: Arc<Vec<String>>,
     /// Partial lines written to stdout and stderr.
     stdio: [Vec<u8>; 2],
-    /// Header names the guest has set, parsed once.
-    header_names: Vec<::http::HeaderName>,
+    /// Reused by the guest's header edits (see `abi::HeaderScratch`).
+    header_scratch: super::abi::HeaderScratch,
     /// Reused buffers for header edits read from guest memory.
     scratch: (Vec<u8>, Vec<u8>),
     /// The reply the running hook passed to `message.respond`.
@@ -378,7 +378,7 @@ impl CVm {
                     .collect(),
             ),
             stdio: Default::default(),
-            header_names: Vec::new(),
+            header_scratch: Default::default(),
             scratch: Default::default(),
             reply: None,
         };
