@@ -94,10 +94,13 @@ impl TerminalFilter for RedisProxy {
                 authed: false,
                 transaction: None,
                 reading: true,
+                after_transaction: false,
+                fenced: false,
             }),
             now: std::cell::Cell::new(Instant::now()),
             pools,
             ready: Notify::new(),
+            settled: Notify::new(),
             stats: stats.clone(),
         });
         let (rd, wr) = io.split();
@@ -299,6 +302,13 @@ impl Drop for Transaction {
     }
 }
 
+impl State {
+    /// Some request still waits for an upstream reply.
+    fn in_flight(&self) -> bool {
+        self.queue.iter().any(|p| p.left > 0)
+    }
+}
+
 struct State {
     /// Sequence number of `queue[0]`.
     base: u64,
@@ -306,6 +316,11 @@ struct State {
     authed: bool,
     transaction: Option<Transaction>,
     reading: bool,
+    /// An `exec` or `discard` went to the transaction's connection: the next
+    /// command waits for its reply (see `Session::fence`).
+    after_transaction: bool,
+    /// The reader waits in `Session::fence` for the replies in flight.
+    fenced: bool,
 }
 
 /// One client connection.
@@ -316,6 +331,8 @@ pub(crate) struct Session {
     pools: Rc<Pools>,
     /// The reply at the head of the queue is ready, or reading stopped.
     ready: Notify,
+    /// The last reply in flight arrived while the reader was fenced.
+    settled: Notify,
     stats: Arc<Stats>,
 }
 
@@ -374,9 +391,42 @@ impl Session {
             Reply::Ready(_) => return,
         }
         p.left = p.left.saturating_sub(1);
-        if idx == 0 && p.left == 0 {
-            drop(st);
+        let head_ready = idx == 0 && p.left == 0;
+        let settled = st.fenced && !st.in_flight();
+        drop(st);
+        if head_ready {
             self.ready.notify_one();
+        }
+        if settled {
+            self.settled.notify_one();
+        }
+    }
+
+    /// A transaction runs on a connection of its own, so a client's pipelined
+    /// commands would race across it: the first command after `multi` could
+    /// overtake the commands before it on the shared connection, and the
+    /// command after `exec` could overtake the transaction. At those two
+    /// points the reader waits until every reply in flight has arrived.
+    async fn fence(&self) {
+        {
+            let mut st = self.state.borrow_mut();
+            let entering = st
+                .transaction
+                .as_ref()
+                .is_some_and(|t| t.upstream.is_none());
+            let leaving = std::mem::take(&mut st.after_transaction);
+            if !(entering || leaving) || !st.in_flight() {
+                return;
+            }
+            st.fenced = true;
+        }
+        loop {
+            self.settled.notified().await;
+            let mut st = self.state.borrow_mut();
+            if !st.in_flight() {
+                st.fenced = false;
+                return;
+            }
         }
     }
 
@@ -493,7 +543,10 @@ async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>) {
             match decoder.decode(&mut buf) {
                 // After `quit`, Envoy still answers what the same read brought,
                 // then closes.
-                Ok(Some(frame)) => quit |= !dispatch(&session, &pools, frame),
+                Ok(Some(frame)) => {
+                    session.fence().await;
+                    quit |= !dispatch(&session, &pools, frame);
+                }
                 Ok(None) if quit => {
                     close_after_last(&session);
                     break 'read;
@@ -999,6 +1052,7 @@ fn transaction(
             session.answer(Value::error(text), command);
             return;
         };
+        st.after_transaction = t.upstream.is_some();
         drop(st);
         match t.upstream.clone() {
             // Dropping `t` closes the connection once this reply is in.
