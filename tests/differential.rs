@@ -2471,10 +2471,18 @@ fn wasm_cases(u: &Ups) -> Vec<Case> {
             default_listener: "main",
             reqs: vec![
                 get("/").host("a.example"),
-                get("/").host("a.example").hdr("x-set-authority", "b.example"),
-                get("/").host("a.example").hdr("x-set-authority", "b.example").h2(),
+                get("/")
+                    .host("a.example")
+                    .hdr("x-set-authority", "b.example"),
+                get("/")
+                    .host("a.example")
+                    .hdr("x-set-authority", "b.example")
+                    .h2(),
                 get("/x").host("a.example").hdr("x-set-path", "/other/x"),
-                get("/x").host("a.example").hdr("x-set-path", "/other/x").h2(),
+                get("/x")
+                    .host("a.example")
+                    .hdr("x-set-path", "/other/x")
+                    .h2(),
             ],
         },
         case(
