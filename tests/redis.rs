@@ -496,6 +496,78 @@ async fn transactions_in_a_pipeline_keep_their_order() {
     }
 }
 
+/// A client that pipelines without reading its replies is slowed down by the
+/// proxy, not buffered in it: legate stops reading once 1024 requests wait,
+/// its memory stays flat, and every command the client got to write is
+/// answered once it reads. (Envoy 1.40 reads it all: +100 MB for 3M commands.)
+#[tokio::test]
+async fn a_client_that_does_not_read_is_slowed_not_buffered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RedisServer::start().await;
+    let (l, a) = start(
+        &format!("{SETTINGS}{}", catch_all("r")),
+        &cluster("r", &[&server], "MAGLEV", ""),
+    )
+    .await;
+    let pid = l.child.id();
+    let rss_kib = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let value = "v".repeat(1000);
+    let mut d = server.direct().await;
+    let () = d.set("big", &value).await.unwrap();
+    let reply_len = format!("${}\r\n{value}\r\n", value.len()).len();
+    let before = rss_kib();
+
+    // Up to 200k `get`s of a 1 KB value (200 MB of replies), written for at
+    // most 4 s, replies unread.
+    let one = command(&["get", "big"]);
+    let chunk = one.repeat(1000);
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    let (mut written, mut at) = (0usize, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while written < 200 * chunk.len() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), s.write(&chunk[at..])).await {
+            Ok(Ok(n)) => {
+                written += n;
+                at = (at + n) % chunk.len();
+            }
+            Ok(Err(e)) => panic!("write failed: {e}"),
+            // Blocked: the proxy has stopped reading.
+            Err(_) => break,
+        }
+    }
+    let commands = written / one.len();
+    assert!(commands > 5_000, "only {commands} commands written");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "RSS grew by {grown} KiB with {commands} commands unanswered"
+    );
+
+    // The client reads: every whole command it wrote is answered.
+    s.shutdown().await.unwrap();
+    let mut replies = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut tail = 0usize;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("replies stopped")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        tail += n;
+        replies += tail / reply_len;
+        tail %= reply_len;
+    }
+    assert_eq!((replies, tail), (commands, 0));
+}
+
 #[tokio::test]
 async fn faults_delay_and_error_at_the_configured_percentage() {
     let server = RedisServer::start().await;

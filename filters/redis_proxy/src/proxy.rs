@@ -31,6 +31,12 @@ use crate::upstream::{Settings, Upstream, Waiter};
 /// The filter's name in `typed_extension_protocol_options`.
 pub const NAME: &str = "envoy.filters.network.redis_proxy";
 
+/// Requests a connection may have waiting for their replies, or for the
+/// client to read them, before the proxy stops reading from it: a client that
+/// pipelines without reading is slowed down, not buffered without bound
+/// (Envoy 1.40 buffers all of it).
+const MAX_PENDING: usize = 1024;
+
 /// Builds the filter for each connection; one per config version.
 pub struct RedisProxyFactory {
     id: u64,
@@ -96,11 +102,13 @@ impl TerminalFilter for RedisProxy {
                 reading: true,
                 after_transaction: false,
                 fenced: false,
+                full: false,
             }),
             now: std::cell::Cell::new(Instant::now()),
             pools,
             ready: Notify::new(),
             settled: Notify::new(),
+            drained: Notify::new(),
             stats: stats.clone(),
         });
         let (rd, wr) = io.split();
@@ -321,6 +329,8 @@ struct State {
     after_transaction: bool,
     /// The reader waits in `Session::fence` for the replies in flight.
     fenced: bool,
+    /// The reader waits in `Session::room` for the queue to shrink.
+    full: bool,
 }
 
 /// One client connection.
@@ -333,6 +343,8 @@ pub(crate) struct Session {
     ready: Notify,
     /// The last reply in flight arrived while the reader was fenced.
     settled: Notify,
+    /// The writer took replies off a full queue.
+    drained: Notify,
     stats: Arc<Stats>,
 }
 
@@ -399,6 +411,20 @@ impl Session {
         }
         if settled {
             self.settled.notify_one();
+        }
+    }
+
+    /// Waits while `MAX_PENDING` requests are queued.
+    async fn room(&self) {
+        loop {
+            {
+                let mut st = self.state.borrow_mut();
+                st.full = st.queue.len() >= MAX_PENDING;
+                if !st.full {
+                    return;
+                }
+            }
+            self.drained.notified().await;
         }
     }
 
@@ -521,6 +547,9 @@ impl Session {
                 break;
             }
         }
+        if st.full && st.queue.len() < MAX_PENDING {
+            self.drained.notify_one();
+        }
         close || (!st.reading && st.queue.is_empty())
     }
 }
@@ -544,6 +573,7 @@ async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>) {
                 // After `quit`, Envoy still answers what the same read brought,
                 // then closes.
                 Ok(Some(frame)) => {
+                    session.room().await;
                     session.fence().await;
                     quit |= !dispatch(&session, &pools, frame);
                 }
