@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use support::redis_server::{
-    RedisServer, cluster, command, connect, listener, raw, raw_until_idle,
+    RawConn, RedisServer, cluster, command, connect, listener, raw, raw_until_idle,
 };
 use support::{Legate, bootstrap};
 
@@ -494,6 +494,75 @@ async fn transactions_in_a_pipeline_keep_their_order() {
             String::from_utf8_lossy(&direct)
         );
     }
+}
+
+/// `watch` goes to the connection the transaction then runs on, so a key
+/// changed by another client after `watch` makes `exec` fail, as on a direct
+/// server. (Envoy 1.40 sends `watch` down the shared connection: the `exec`
+/// runs anyway and the other client's write is lost.)
+#[tokio::test]
+async fn watch_guards_the_transaction_that_follows() {
+    let servers = [RedisServer::start().await, RedisServer::start().await];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let (_l, a) = start(
+        &format!("{SETTINGS}{}", catch_all("shards")),
+        &cluster("shards", &refs, "MAGLEV", ""),
+    )
+    .await;
+    for target in [servers[0].addr, a] {
+        let mut c = RawConn::open(target).await;
+        let mut other = RawConn::open(target).await;
+        // Another client writes the watched key: exec fails.
+        assert_eq!(c.cmd(&["set", "w", "1"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["watch", "w"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["get", "w"]).await, "$1\r\n1\r\n");
+        assert_eq!(other.cmd(&["set", "w", "2"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["multi"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["set", "w", "mine"]).await, "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["exec"]).await, "*-1\r\n", "through {target}");
+        assert_eq!(c.cmd(&["get", "w"]).await, "$1\r\n2\r\n");
+        // Untouched, it runs; `exec` ended the watch.
+        assert_eq!(c.cmd(&["watch", "w"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["multi"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["incr", "w"]).await, "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["exec"]).await, "*1\r\n:3\r\n");
+        // `unwatch` lets the transaction run whatever happens to the key.
+        assert_eq!(c.cmd(&["watch", "w"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["unwatch"]).await, "+OK\r\n");
+        assert_eq!(other.cmd(&["set", "w", "5"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["multi"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["incr", "w"]).await, "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["exec"]).await, "*1\r\n:6\r\n");
+        // `exec` without `multi` keeps the watch (legate answers Envoy's text).
+        assert_eq!(c.cmd(&["watch", "w"]).await, "+OK\r\n");
+        let want = if target == a {
+            "-EXEC without MULTI\r\n"
+        } else {
+            "-ERR EXEC without MULTI\r\n"
+        };
+        assert_eq!(c.cmd(&["exec"]).await, want);
+        assert_eq!(other.cmd(&["set", "w", "7"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["multi"]).await, "+OK\r\n");
+        assert_eq!(c.cmd(&["incr", "w"]).await, "+QUEUED\r\n");
+        assert_eq!(c.cmd(&["exec"]).await, "*-1\r\n");
+    }
+    // Pipelined in one write, the same replies as the server's.
+    let pipeline = [
+        command(&["set", "p", "1"]),
+        command(&["watch", "p"]),
+        command(&["get", "p"]),
+        command(&["multi"]),
+        command(&["incr", "p"]),
+        command(&["exec"]),
+        command(&["get", "p"]),
+    ]
+    .concat();
+    let (direct, _) = raw(servers[0].addr, &pipeline, 7).await;
+    let (proxied, _) = raw(a, &pipeline, 7).await;
+    assert_eq!(
+        String::from_utf8_lossy(&proxied),
+        String::from_utf8_lossy(&direct)
+    );
 }
 
 /// A client that pipelines without reading its replies is slowed down by the

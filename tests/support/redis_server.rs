@@ -124,6 +124,32 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], n: usize) -> (Vec<u8>, bool) {
     }
 }
 
+/// One RESP2 connection kept open: each call sends a command and returns its
+/// reply as text.
+pub struct RawConn(tokio::net::TcpStream);
+
+impl RawConn {
+    pub async fn open(addr: SocketAddr) -> RawConn {
+        RawConn(tokio::net::TcpStream::connect(addr).await.unwrap())
+    }
+
+    pub async fn cmd(&mut self, args: &[&str]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.0.write_all(&command(args)).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while count_replies(&out) < 1 {
+            let n = tokio::time::timeout(Duration::from_secs(5), self.0.read(&mut buf))
+                .await
+                .expect("no reply")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
 /// Whole top-level RESP2 replies in `b`.
 fn count_replies(b: &[u8]) -> usize {
     let mut n = 0;

@@ -100,7 +100,7 @@ impl TerminalFilter for RedisProxy {
                 authed: false,
                 transaction: None,
                 reading: true,
-                after_transaction: false,
+                dedicated: false,
                 fenced: false,
                 full: false,
             }),
@@ -296,10 +296,13 @@ struct Pending {
     resend: Vec<Option<(Rc<ClusterPool>, Bytes)>>,
 }
 
-/// A client's `multi`: the commands after it go, unsplit, to the server of the
-/// first key, on a connection of their own.
+/// A client's `multi` or `watch`: the commands of the transaction go, unsplit,
+/// to the server of its first key (the watched key, if any), on a connection of
+/// their own, so that the server's `watch` applies to the `exec`.
 struct Transaction {
     upstream: Option<Rc<Upstream>>,
+    /// `multi` was sent; before it, only `watch` and `unwatch` go to `upstream`.
+    multi: bool,
 }
 
 impl Drop for Transaction {
@@ -324,9 +327,9 @@ struct State {
     authed: bool,
     transaction: Option<Transaction>,
     reading: bool,
-    /// An `exec` or `discard` went to the transaction's connection: the next
-    /// command waits for its reply (see `Session::fence`).
-    after_transaction: bool,
+    /// The last command went to a transaction's own connection (see
+    /// `Session::fence`).
+    dedicated: bool,
     /// The reader waits in `Session::fence` for the replies in flight.
     fenced: bool,
     /// The reader waits in `Session::room` for the queue to shrink.
@@ -429,19 +432,22 @@ impl Session {
     }
 
     /// A transaction runs on a connection of its own, so a client's pipelined
-    /// commands would race across it: the first command after `multi` could
-    /// overtake the commands before it on the shared connection, and the
-    /// command after `exec` could overtake the transaction. At those two
-    /// points the reader waits until every reply in flight has arrived.
-    async fn fence(&self) {
+    /// commands would race across it: the first command of the transaction
+    /// could overtake the commands before it on the shared connection, and the
+    /// command after `exec` could overtake the transaction. When a command goes
+    /// to the other connection than the one before it, the reader waits until
+    /// every reply in flight has arrived.
+    async fn fence(&self, frame: &Frame) {
         {
             let mut st = self.state.borrow_mut();
-            let entering = st
-                .transaction
-                .as_ref()
-                .is_some_and(|t| t.upstream.is_none());
-            let leaving = std::mem::take(&mut st.after_transaction);
-            if !(entering || leaving) || !st.in_flight() {
+            let name = command_name(&frame.value);
+            let is = |n: &str| name.is_some_and(|c| c.eq_ignore_ascii_case(n.as_bytes()));
+            let dedicated = is("watch")
+                || st.transaction.as_ref().is_some_and(|t| {
+                    t.multi || is("unwatch") || is("multi") || is("exec") || is("discard")
+                });
+            let switched = std::mem::replace(&mut st.dedicated, dedicated) != dedicated;
+            if !switched || !st.in_flight() {
                 return;
             }
             st.fenced = true;
@@ -574,7 +580,7 @@ async fn read_loop(mut rd: Box<dyn DownstreamRead>, session: Rc<Session>) {
                 // then closes.
                 Ok(Some(frame)) => {
                     session.room().await;
-                    session.fence().await;
+                    session.fence(&frame).await;
                     quit |= !dispatch(&session, &pools, frame);
                 }
                 Ok(None) if quit => {
@@ -614,6 +620,17 @@ async fn write_loop(mut wr: Box<dyn DownstreamWrite>, session: Rc<Session>) {
         }
     }
     let _ = wr.shutdown_write().await;
+}
+
+/// The command name of a request, if it is one.
+fn command_name(v: &Value) -> Option<&Bytes> {
+    match v {
+        Value::Array(items) => match items.first() {
+            Some(Value::BulkString(b)) => Some(b),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn close_after_last(session: &Session) {
@@ -666,8 +683,16 @@ fn dispatch(session: &Rc<Session>, pools: &Rc<Pools>, frame: Frame) -> bool {
         return true;
     }
     // Inside `multi`, every keyed command goes whole to the transaction's server.
-    if session.state.borrow().transaction.is_some() && kind != Kind::Local {
+    let (in_multi, watching) = match &session.state.borrow().transaction {
+        Some(t) => (t.multi, !t.multi),
+        None => (false, false),
+    };
+    if in_multi && kind != Kind::Local {
         transaction(session, pools, &frame, &args, kind, command);
+        return true;
+    }
+    if is("watch") || (watching && is("unwatch")) {
+        watch(session, pools, &frame, &args, command);
         return true;
     }
     match plan {
@@ -1061,18 +1086,42 @@ fn transaction(
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     let mut st = session.state.borrow_mut();
     if is("multi") {
-        let v = if st.transaction.is_some() {
-            Value::error("MULTI calls can not be nested")
-        } else {
-            st.transaction = Some(Transaction { upstream: None });
-            Value::simple("OK")
+        let v = match st.transaction.as_mut() {
+            Some(t) if t.multi => Value::error("MULTI calls can not be nested"),
+            // After `watch`: the transaction starts on the watching connection.
+            Some(t) => {
+                t.multi = true;
+                if let Some(up) = &t.upstream {
+                    up.send(
+                        &Value::command([Bytes::from_static(b"multi")]).to_bytes(),
+                        Waiter::Discard,
+                        session.now.get(),
+                    );
+                }
+                Value::simple("OK")
+            }
+            None => {
+                st.transaction = Some(Transaction {
+                    upstream: None,
+                    multi: true,
+                });
+                Value::simple("OK")
+            }
         };
         drop(st);
         session.answer(v, command);
         return;
     }
     if is("exec") || is("discard") {
-        let Some(t) = st.transaction.take() else {
+        // Without `multi` (a `watch` alone stays), the answer is the server's error.
+        let t = match st.transaction.take() {
+            Some(t) if t.multi => Some(t),
+            other => {
+                st.transaction = other;
+                None
+            }
+        };
+        let Some(t) = t else {
             drop(st);
             let text = if is("exec") {
                 reply::EXEC_WITHOUT_MULTI
@@ -1082,7 +1131,6 @@ fn transaction(
             session.answer(Value::error(text), command);
             return;
         };
-        st.after_transaction = t.upstream.is_some();
         drop(st);
         match t.upstream.clone() {
             // Dropping `t` closes the connection once this reply is in.
@@ -1123,6 +1171,46 @@ fn transaction(
         }
     };
     forward(session, up.as_ref(), frame, command);
+}
+
+/// `watch` outside `multi`: it goes to a connection of its own, on the server of
+/// its first key, where the transaction will run. `unwatch` after `watch` goes
+/// there too and ends it.
+fn watch(
+    session: &Rc<Session>,
+    pools: &Rc<Pools>,
+    frame: &Frame,
+    args: &[&Bytes],
+    command: Option<u16>,
+) {
+    let unwatch = args[0].eq_ignore_ascii_case(b"unwatch");
+    let existing = session
+        .state
+        .borrow()
+        .transaction
+        .as_ref()
+        .map(|t| t.upstream.clone());
+    let up = match existing {
+        Some(up) => up,
+        None => {
+            let key = args.get(1).map(|k| (*k).clone()).unwrap_or_default();
+            let up = pools
+                .config
+                .routes
+                .route(&key)
+                .and_then(|m| pools.dedicated(m.cluster, &key));
+            session.state.borrow_mut().transaction = Some(Transaction {
+                upstream: up.clone(),
+                multi: false,
+            });
+            up
+        }
+    };
+    forward(session, up.as_ref(), frame, command);
+    if unwatch {
+        // Dropping it closes the connection once the reply is in.
+        session.state.borrow_mut().transaction = None;
+    }
 }
 
 /// Sends the client's command as it is and queues its reply (`no upstream host`
