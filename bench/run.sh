@@ -584,7 +584,7 @@ start_target() {
             URL_H2[$name]="http://127.0.0.1:$HAPROXY_PORT/"
             wait_ready "$CUR_PID" "$HAPROXY_PORT" ;;
         envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
             mkdir -p "$work/$tag"
             start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$yaml" --disable-hot-restart \
                 --concurrency "$workers" --use-dynamic-base-id --log-level warn
@@ -1007,7 +1007,7 @@ start_redis_target() {
             CUR_PID=$BG_PID
             wait_ready "$CUR_PID" "$TWEM_PORT" ;;
         envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
             REDIS_TARGET_PORT=$EL_REDIS_PORT
             start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$REDIS_YAML" --disable-hot-restart \
                 --concurrency 1 --use-dynamic-base-id --log-level warn
@@ -1396,7 +1396,7 @@ start_mysql_target() {
             CUR_PID=$BG_PID
             wait_ready "$CUR_PID" "$HAPROXY_MYSQL_PORT" ;;
         envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (tests/envoy/fetch.sh failed)"; return 1; }
+            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
             MYSQL_TARGET_PORT=$EL_MYSQL_PORT
             start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$MYSQL_TCP_YAML" --disable-hot-restart \
                 --concurrency 1 --use-dynamic-base-id --log-level warn
@@ -2017,10 +2017,14 @@ fi
 
 if has_target envoy; then
     if [[ -z "${ENVOY_BIN:-}" ]]; then
-        ENVOY_BIN=$("$repo_root/tests/envoy/fetch.sh") || { log "fetching Envoy failed"; ENVOY_BIN=; }
+        ENVOY_BIN=$("$repo_root/tests/envoy/fetch.sh") || { log "fetching Envoy failed"; ENVOY_NA="tests/envoy/fetch.sh failed"; ENVOY_BIN=; }
     fi
-    if [[ -n "$ENVOY_BIN" ]]; then
-        ENVOY_VERSION_STR=$("$ENVOY_BIN" --version 2>/dev/null | awk '/version:/ {print $NF}')
+    # A binary that does not run leaves its rows "not available" (set -e would
+    # otherwise end the whole run here).
+    if [[ -n "$ENVOY_BIN" ]] && ! ENVOY_VERSION_STR=$("$ENVOY_BIN" --version 2>/dev/null | awk '/version:/ {print $NF}'); then
+        log "$ENVOY_BIN --version failed; the Envoy rows are skipped"
+        ENVOY_NA="$ENVOY_BIN does not run"
+        ENVOY_BIN=
     fi
 fi
 
