@@ -754,6 +754,30 @@ async fn grpc_callout_streams_messages_both_ways() {
     }
 }
 
+/// A response-headers pause waits for the whole response body, and the body
+/// callback can still change the response headers; the body goes on intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_headers_pause_waits_for_the_body() {
+    let up = echo_upstream("up").await;
+    let l = Legate::start_with(&fault_config(up, "", ""), &["--concurrency", "1"]).await;
+    let a = l.listener("ingress").await;
+    let (status, head, body) = curl_get(&["-H", "x-hold-response: 1", &url(a, "/held")]);
+    assert_eq!(status, 200, "{head}");
+    let want = format!("x-response-body-bytes: {}", body.len());
+    assert!(head.contains(&want), "{want:?} in {head}");
+    assert!(head.contains("x-misbehave: ok"), "{head}");
+    assert!(body.contains("\"upstream\":\"up\""), "{body}");
+    let length = format!("content-length: {}", body.len());
+    assert!(
+        !head.contains("content-length") || head.contains(&length),
+        "{head}"
+    );
+    // Without the pause, the response is as before.
+    let (status, head, _) = curl_get(&[&url(a, "/plain")]);
+    assert_eq!(status, 200);
+    assert!(!head.contains("x-response-body-bytes"), "{head}");
+}
+
 /// A filter that changes `:authority` or `:path` sends the request down the
 /// route of the new values (Envoy's clearRouteCache); other header changes keep
 /// the route.

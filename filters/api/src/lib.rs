@@ -91,10 +91,12 @@ pub enum HeadersAction {
     /// Stop the chain and answer with a local reply (boxed: rare, and it keeps
     /// the action, moved on every hook, small).
     Respond(Box<LocalReply>),
-    /// Request headers only: hold the request until its whole body has arrived (at
-    /// most `limit` bytes, or the stream gets 413), then call
-    /// [`HttpFilter::on_request_buffered`] with headers, body and trailers, all
-    /// still changeable. Envoy's `StopIteration` for filters that decide on the body.
+    /// Hold the message until its whole body has arrived (at most `limit`
+    /// bytes, or the stream gets 413 for a request, 500 for a response), then
+    /// call [`HttpFilter::on_request_buffered`] or
+    /// [`HttpFilter::on_response_buffered`] with headers, body and trailers,
+    /// all still changeable. Envoy's `StopIteration` for filters that decide on
+    /// the body.
     WaitForBody {
         /// The most body bytes to buffer.
         limit: usize,
@@ -571,6 +573,21 @@ pub trait HttpFilter {
         &'a mut self,
         _head: &'a mut ResponseHead,
         _end_of_stream: bool,
+        _info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        Step::Done(HeadersAction::Continue)
+    }
+
+    /// The whole response, after this filter answered its headers with
+    /// [`HeadersAction::WaitForBody`]. The headers have not gone on yet; the
+    /// body and trailers replace the response's. The filters after it in
+    /// response order see the headers next, and every filter's body hooks then
+    /// run with the body as one chunk.
+    fn on_response_buffered<'a>(
+        &'a mut self,
+        _head: &'a mut ResponseHead,
+        _body: &'a mut Bytes,
+        _trailers: &'a mut Option<http::HeaderMap>,
         _info: &'a mut StreamInfo,
     ) -> Step<'a, HeadersAction> {
         Step::Done(HeadersAction::Continue)

@@ -436,9 +436,25 @@ impl Stream {
             let eos = body.is_end_stream();
             let mut c = chain.lock().await;
             let c = &mut *c;
-            let reply = run_response_headers(&mut c.filters, &mut head, eos, &mut c.info).await;
+            let (mut body, mut buffered) = (Some(body), None);
+            let reply = run_response_headers(
+                &mut c.filters,
+                &mut head,
+                eos,
+                &mut c.info,
+                &mut body,
+                &mut buffered,
+            )
+            .await;
             self.info.response_flags = c.info.response_flags;
-            let body = if eos {
+            let body = match buffered {
+                Some((data, trailers)) => {
+                    fix_content_length(&mut head.headers, data.len());
+                    Body::Buffered(Some(data), trailers)
+                }
+                None => body.unwrap_or(Body::Empty),
+            };
+            let body = if body.is_end_stream() {
                 body
             } else {
                 filtered(body, chain.clone(), false)
@@ -461,7 +477,23 @@ impl Stream {
                 headers: parts.headers,
             };
             let eos = body.is_end_stream();
-            let reply = run_response_headers(filters, &mut head, eos, &mut self.info).await;
+            let (mut body, mut buffered) = (Some(body), None);
+            let reply = run_response_headers(
+                filters,
+                &mut head,
+                eos,
+                &mut self.info,
+                &mut body,
+                &mut buffered,
+            )
+            .await;
+            let body = match buffered {
+                Some((data, trailers)) => {
+                    fix_content_length(&mut head.headers, data.len());
+                    Body::Buffered(Some(data), trailers)
+                }
+                None => body.unwrap_or(Body::Empty),
+            };
             let mut r = Response::from_parts(parts_from(head), body);
             if let Some(reply) = reply {
                 r = local_reply::build(
@@ -601,18 +633,88 @@ async fn chain_reply(chain: &Option<SharedChain>) -> Option<LocalReply> {
 }
 
 /// Runs response-header hooks in reverse order; stops at the first local reply.
+/// Runs response-header hooks in reverse order; stops at the first local reply.
+/// A filter that waits for the body gets it here, read from `body` into
+/// `buffered` (`body` is then gone).
 pub(crate) async fn run_response_headers(
     filters: &mut [Box<dyn HttpFilter>],
     head: &mut ResponseHead,
     eos: bool,
     info: &mut StreamInfo,
+    body: &mut Option<Body>,
+    buffered: &mut Option<(Bytes, Option<HeaderMap>)>,
 ) -> Option<LocalReply> {
     for f in filters.iter_mut().rev() {
-        if let HeadersAction::Respond(r) = f.on_response_headers(head, eos, info).action().await {
-            return Some(*r);
+        let eos = eos
+            || buffered
+                .as_ref()
+                .is_some_and(|(b, t)| b.is_empty() && t.is_none());
+        match f.on_response_headers(head, eos, info).action().await {
+            HeadersAction::Continue => {}
+            HeadersAction::Respond(r) => return Some(*r),
+            HeadersAction::WaitForBody { limit } => {
+                if buffered.is_none() {
+                    match read_response(body.take(), limit).await {
+                        Ok(b) => *buffered = Some(b),
+                        Err(r) => return Some(*r),
+                    }
+                }
+                let Some((data, trailers)) = buffered.as_mut() else {
+                    continue;
+                };
+                if let HeadersAction::Respond(r) = f
+                    .on_response_buffered(head, data, trailers, info)
+                    .action()
+                    .await
+                {
+                    return Some(*r);
+                }
+            }
         }
     }
     None
+}
+
+/// A filter may have changed a body it waited for: a stated length follows it.
+fn fix_content_length(headers: &mut HeaderMap, len: usize) {
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// The whole upstream response body, for a filter that waits for it.
+async fn read_response(
+    body: Option<Body>,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
+    use http_body_util::BodyExt;
+    let Some(mut body) = body else {
+        return Ok((Bytes::new(), None));
+    };
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            // The headers have not gone on: the client gets a reply, not a reset.
+            let mut r = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "upstream reset");
+            r.details = "upstream_reset_after_response_started";
+            return Err(Box::new(r));
+        };
+        match frame.into_data() {
+            Ok(d) => {
+                if data.len() + d.len() > limit {
+                    // Envoy's answer when a buffering filter overflows.
+                    let mut r =
+                        LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+                    r.details = "response_payload_too_large";
+                    return Err(Box::new(r));
+                }
+                data.extend_from_slice(&d);
+            }
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
 }
 
 /// Runs request-header hooks in order; stops at the first local reply. A filter
@@ -1662,7 +1764,7 @@ mod tests {
             headers: HeaderMap::new(),
         };
         assert!(
-            run_response_headers(&mut filters, &mut resp, true, &mut i)
+            run_response_headers(&mut filters, &mut resp, true, &mut i, &mut None, &mut None)
                 .await
                 .is_none()
         );

@@ -40,6 +40,7 @@ impl HttpFilterFactory for WasmHttpFactory {
             req_buf: BytesMut::new(),
             resp_buf: BytesMut::new(),
             request_buffered: false,
+            response_buffered: false,
         })
     }
 }
@@ -61,6 +62,8 @@ pub struct WasmHttpFilter {
     resp_buf: BytesMut,
     /// The request body went through `on_request_buffered`: the body hooks pass.
     request_buffered: bool,
+    /// The same for the response and `on_response_buffered`.
+    response_buffered: bool,
 }
 
 /// How a callback (and whatever it waited for) ended.
@@ -479,9 +482,11 @@ impl HttpFilter for WasmHttpFilter {
             },
         ));
         self.data.info = Some(info.take());
+        // A pause with nothing pending waits for the body, as Envoy's
+        // StopIteration holds the headers; the body callback may still change them.
         self.step(
             true,
-            false,
+            !eos,
             |vm, id, d| vm.headers(id, false, n, eos, d),
             move |this, r| {
                 if let Some(h) = this.data.resp.take() {
@@ -496,12 +501,64 @@ impl HttpFilter for WasmHttpFilter {
         )
     }
 
+    fn on_response_buffered<'a>(
+        &'a mut self,
+        head: &'a mut ResponseHead,
+        body: &'a mut Bytes,
+        trailers: &'a mut Option<http::HeaderMap>,
+        info: &'a mut StreamInfo,
+    ) -> Step<'a, HeadersAction> {
+        self.response_buffered = true;
+        if self.bypass {
+            return Step::Done(HeadersAction::Continue);
+        }
+        // Rare, as for requests: one future for both callbacks, with the
+        // headers still lent, so the body callback can change them.
+        Step::wait(async move {
+            let eos = trailers.is_none();
+            let size = body.len();
+            let status = head.status;
+            self.data.resp = Some(std::mem::replace(
+                head,
+                ResponseHead {
+                    status,
+                    headers: http::HeaderMap::new(),
+                },
+            ));
+            self.data.info = Some(info.take());
+            self.data.body = Some((1, body.clone()));
+            self.data.resp_trailers = trailers.take();
+            let p = self.call(true, false, |vm, id, d| vm.body(id, false, size, eos, d));
+            let mut r = self.wait(p, false).await;
+            if let (Ok(Done::Continue), Some(t)) = (&r, &self.data.resp_trailers) {
+                let n = t.len();
+                let p = self.call(true, false, |vm, id, d| vm.trailers(id, false, n, d));
+                r = self.wait(p, false).await;
+            }
+            if let Some(h) = self.data.resp.take() {
+                *head = h;
+            }
+            if let Some(i) = self.data.info.take() {
+                *info = i;
+            }
+            if let Some((_, b)) = self.data.body.take() {
+                *body = b;
+            }
+            *trailers = self.data.resp_trailers.take();
+            self.data.resp_seen.set_response(head);
+            self.headers_action(r)
+        })
+    }
+
     fn on_response_body<'a>(
         &'a mut self,
         chunk: &'a mut Bytes,
         eos: bool,
         info: &'a mut StreamInfo,
     ) -> Step<'a, DataAction> {
+        if self.response_buffered {
+            return Step::Done(DataAction::Continue);
+        }
         self.body(false, chunk, eos, info)
     }
 
@@ -510,6 +567,9 @@ impl HttpFilter for WasmHttpFilter {
         trailers: &'a mut http::HeaderMap,
         info: &'a mut StreamInfo,
     ) -> Step<'a, DataAction> {
+        if self.response_buffered {
+            return Step::Done(DataAction::Continue);
+        }
         self.trailers(false, trailers, info)
     }
 

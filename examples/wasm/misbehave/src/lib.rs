@@ -7,6 +7,8 @@
 //! * `x-hog`: allocates (and touches) 1 MiB chunks until memory runs out, which traps;
 //! * `x-bad-status`: does nothing and continues (no `x-misbehave` header);
 //! * `x-set-authority` / `x-set-path`: sets `:authority` / `:path` to the value;
+//! * `x-hold-response`: pauses the response headers until the whole response
+//!   body has arrived, then adds the response header `x-response-body-bytes: <size>`;
 //! * `x-hold`: pauses the request headers until the whole body has arrived; then
 //!   adds the request header `x-held-body-bytes: <size>`, or answers 403
 //!   `denied by body` if the body contains `deny`;
@@ -28,7 +30,12 @@ use proxy_wasm::types::{Action, LogLevel, MetricType};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
-        Box::new(Misbehave { mark_response: false, props: false, hold: false })
+        Box::new(Misbehave {
+            mark_response: false,
+            props: false,
+            hold: false,
+            hold_response: false,
+        })
     });
 }}
 
@@ -39,6 +46,7 @@ struct Misbehave {
     mark_response: bool,
     props: bool,
     hold: bool,
+    hold_response: bool,
 }
 
 /// Properties reported under `x-props`: (header suffix, path, is an integer).
@@ -99,8 +107,9 @@ impl HttpContext for Misbehave {
         if let Some(p) = self.get_http_request_header("x-set-path") {
             self.set_http_request_header(":path", Some(&p));
         }
-        let (props, hold) = (has("x-props"), has("x-hold"));
+        let (props, hold, hold_response) = (has("x-props"), has("x-hold"), has("x-hold-response"));
         self.props = props;
+        self.hold_response = hold_response;
         if hold {
             self.hold = true;
             self.mark_response = true;
@@ -131,6 +140,21 @@ impl HttpContext for Misbehave {
             let env = std::env::var("MISBEHAVE_ENV").unwrap_or_default();
             self.add_http_response_header("x-prop-env", &env);
         }
+        if self.hold_response {
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.hold_response {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        // The headers were held: they can still change.
+        self.set_http_response_header("x-response-body-bytes", Some(&body_size.to_string()));
         Action::Continue
     }
 
