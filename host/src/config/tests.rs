@@ -195,7 +195,7 @@ fn truncated_and_mangled_configs_never_panic() {
         if load_str(&text[..i], "t").is_err() {
             refused += 1;
         }
-        let mangled = format!("{}{}", &text[..i], &text[i..].replacen(':', "", 1));
+        let mangled = format!("{}{}", &text[..i], text[i..].replacen(':', "", 1));
         let _ = load_str(&mangled, "t");
     }
     assert!(
