@@ -638,6 +638,26 @@ start_failure() {
     START_NA="failed to start ($why)${tailtxt:+: $tailtxt}"
 }
 
+# start_na YAML_BASE: after start_failure, the row's note in START_NOTE: "n/a
+# (refused config)" when the proxy exited naming fields of YAML_BASE (legate says
+# FILE:LINE:COL:, Envoy-style), with those fields in REFUSED_WHY; otherwise
+# "n/a (why it did not start)".
+START_NOTE=
+REFUSED_WHY=
+start_na() {
+    local base="$1"
+    REFUSED_WHY=
+    if [[ -n "$base" && -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
+            && grep -qE "${base//./\\.}:[0-9]+:[0-9]+: " "$CUR_LOG" 2>/dev/null; then
+        REFUSED_WHY=$(grep -oE "${base//./\\.}:[0-9]+:[0-9]+: .*" "$CUR_LOG" | sort -u | head -5 | tr '|`' "/'" | paste -sd';' | sed 's/;/; /g')
+        START_NOTE="n/a (refused config)"
+    else
+        # "not available (why)" -> "n/a (why)"
+        START_NOTE="n/a ($START_NA)"
+        [[ "$START_NA" != "not available ("* ]] || START_NOTE="n/a (${START_NA#not available (}"
+    fi
+}
+
 bench_target() {
     local name="$1" proto url
     log "=== $name"
@@ -1080,24 +1100,18 @@ run_redis_benchmark() {
 
 # bench_redis_row NAME ROUND: one row of one round, in a fresh process.
 bench_redis_row() {
-    local name="$1" r="$2" p why
+    local name="$1" r="$2" p
     log "=== $name (redis suite, round $r of $REDIS_ROUNDS)"
     if [[ -n "$REDIS_NA" ]]; then RNOTE[$r,$name]="n/a ($REDIS_NA)"; return 0; fi
     # The same binary refuses the same file every round: say so once.
     if [[ -n "${REDIS_SKIP[$name]:-}" ]]; then RNOTE[$r,$name]=${REDIS_SKIP[$name]}; return 0; fi
     if ! start_redis_target "$name" "redis-$name-r$r"; then
         start_failure
-        # legate names the refused field as FILE:LINE:COL: (Envoy-style).
-        if [[ -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
-                && grep -qE 'proxy-redis\.yaml:[0-9]+:[0-9]+: ' "$CUR_LOG" 2>/dev/null; then
-            why=$(grep -oE 'proxy-redis\.yaml:[0-9]+:[0-9]+: .*' "$CUR_LOG" | sort -u | head -5 | tr '|`' "/'" | paste -sd';' | sed 's/;/; /g')
-            REDIS_SKIP[$name]="n/a (refused config)"
-            NOTES_REDIS+=("$name refused bench/proxy-redis.yaml: $why")
-            RNOTE[$r,$name]=${REDIS_SKIP[$name]}
-        else
-            RNOTE[$r,$name]="n/a ($START_NA)"
-            # "not available (why)" -> "n/a (why)"
-            [[ "$START_NA" != "not available ("* ]] || RNOTE[$r,$name]="n/a (${START_NA#not available (}"
+        start_na proxy-redis.yaml
+        RNOTE[$r,$name]=$START_NOTE
+        if [[ -n "$REFUSED_WHY" ]]; then
+            REDIS_SKIP[$name]=$START_NOTE
+            NOTES_REDIS+=("$name refused bench/proxy-redis.yaml: $REFUSED_WHY")
         fi
         log "$name: ${RNOTE[$r,$name]}"
         stop_target
@@ -1448,7 +1462,7 @@ mysql_filter_stats() {
 
 # bench_mysql_row ROW ROUND: one row of one round, a proxy in a fresh process.
 bench_mysql_row() {
-    local name="$1" r="$2" why out yaml yaml_base label
+    local name="$1" r="$2" out yaml yaml_base label
     label=$(mysql_label "$name")
     yaml=$(mysql_row_yaml "$name")
     yaml_base=$(basename "${yaml:-none}")
@@ -1457,17 +1471,12 @@ bench_mysql_row() {
     if [[ -n "${MYSQL_SKIP[$name]:-}" ]]; then MNOTE[$r,$name]=${MYSQL_SKIP[$name]}; return 0; fi
     if ! start_mysql_target "$name" "mysql-$name-r$r"; then
         start_failure
-        # legate names the refused field as FILE:LINE:COL: (Envoy-style), e.g. a
-        # binary without the mysql_proxy filter.
-        if [[ -n "$yaml" && -n "$CUR_PID" ]] && ! kill -0 "$CUR_PID" 2>/dev/null \
-                && grep -qE "$yaml_base:[0-9]+:[0-9]+: " "$CUR_LOG" 2>/dev/null; then
-            why=$(grep -oE "$yaml_base:[0-9]+:[0-9]+: .*" "$CUR_LOG" | sort -u | head -5 | tr '|`' "/'" | paste -sd';' | sed 's/;/; /g')
-            MYSQL_SKIP[$name]="n/a (refused config)"
-            NOTES_MYSQL+=("$label refused $yaml_base: $why")
-            MNOTE[$r,$name]=${MYSQL_SKIP[$name]}
-        else
-            MNOTE[$r,$name]="n/a ($START_NA)"
-            [[ "$START_NA" != "not available ("* ]] || MNOTE[$r,$name]="n/a (${START_NA#not available (}"
+        # e.g. a binary without the mysql_proxy filter refuses its config.
+        start_na "${yaml:+$yaml_base}"
+        MNOTE[$r,$name]=$START_NOTE
+        if [[ -n "$REFUSED_WHY" ]]; then
+            MYSQL_SKIP[$name]=$START_NOTE
+            NOTES_MYSQL+=("$label refused $yaml_base: $REFUSED_WHY")
         fi
         log "$label: ${MNOTE[$r,$name]}"
         stop_target
