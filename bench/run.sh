@@ -550,6 +550,24 @@ run_h2load() {
 }
 
 # ---------------------------------------------------------------- targets
+# start_envoy YAML WORKERS PORT / start_legate YAML WORKERS PORT: the proxy on
+# YAML, logging to CUR_LOG, ready once PORT and the admin port accept. Set
+# START_NA and fail when there is no binary.
+start_envoy() {
+    [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
+    start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$1" --disable-hot-restart \
+        --concurrency "$2" --use-dynamic-base-id --log-level warn
+    CUR_PID=$BG_PID
+    wait_ready "$CUR_PID" "$3" "$EL_ADMIN_PORT"
+}
+
+start_legate() {
+    [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
+    start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$1" --concurrency "$2"
+    CUR_PID=$BG_PID
+    wait_ready "$CUR_PID" "$3" "$EL_ADMIN_PORT"
+}
+
 # start_target NAME [YAML [WORKERS [TAG]]]: YAML and WORKERS (default
 # bench/proxy.yaml, 1) apply to envoy and legate; TAG names the log directory
 # (default NAME). Sets CUR_PID (empty for direct) and CUR_LOG.
@@ -583,23 +601,11 @@ start_target() {
             URL_H1[$name]="http://127.0.0.1:$HAPROXY_PORT/"
             URL_H2[$name]="http://127.0.0.1:$HAPROXY_PORT/"
             wait_ready "$CUR_PID" "$HAPROXY_PORT" ;;
-        envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
+        envoy|legate)
             mkdir -p "$work/$tag"
-            start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$yaml" --disable-hot-restart \
-                --concurrency "$workers" --use-dynamic-base-id --log-level warn
-            CUR_PID=$BG_PID
             URL_H1[$name]="http://127.0.0.1:$EL_PORT/"
             URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
-            wait_ready "$CUR_PID" "$EL_PORT" "$EL_ADMIN_PORT" ;;
-        legate)
-            [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
-            mkdir -p "$work/$tag"
-            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$yaml" --concurrency "$workers"
-            CUR_PID=$BG_PID
-            URL_H1[$name]="http://127.0.0.1:$EL_PORT/"
-            URL_H2[$name]="http://127.0.0.1:$EL_PORT/"
-            wait_ready "$CUR_PID" "$EL_PORT" "$EL_ADMIN_PORT" ;;
+            "start_$name" "$yaml" "$workers" "$EL_PORT" ;;
     esac
 }
 
@@ -1026,19 +1032,9 @@ start_redis_target() {
                 -s "$TWEM_STATS_PORT" -a 127.0.0.1 -p "$work/$tag/nutcracker.pid"
             CUR_PID=$BG_PID
             wait_ready "$CUR_PID" "$TWEM_PORT" ;;
-        envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
+        envoy|legate)
             REDIS_TARGET_PORT=$EL_REDIS_PORT
-            start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$REDIS_YAML" --disable-hot-restart \
-                --concurrency 1 --use-dynamic-base-id --log-level warn
-            CUR_PID=$BG_PID
-            wait_ready "$CUR_PID" "$EL_REDIS_PORT" "$EL_ADMIN_PORT" ;;
-        legate)
-            [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
-            REDIS_TARGET_PORT=$EL_REDIS_PORT
-            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$REDIS_YAML" --concurrency 1
-            CUR_PID=$BG_PID
-            wait_ready "$CUR_PID" "$EL_REDIS_PORT" "$EL_ADMIN_PORT" ;;
+            "start_$name" "$REDIS_YAML" 1 "$EL_REDIS_PORT" ;;
     esac
 }
 
@@ -1410,18 +1406,11 @@ start_mysql_target() {
             CUR_PID=$BG_PID
             wait_ready "$CUR_PID" "$HAPROXY_MYSQL_PORT" ;;
         envoy)
-            [[ -n "${ENVOY_BIN:-}" ]] || { START_NA="not available (${ENVOY_NA:-no Envoy binary})"; return 1; }
             MYSQL_TARGET_PORT=$EL_MYSQL_PORT
-            start_bg "$CUR_LOG" "$ENVOY_BIN" -c "$MYSQL_TCP_YAML" --disable-hot-restart \
-                --concurrency 1 --use-dynamic-base-id --log-level warn
-            CUR_PID=$BG_PID
-            wait_ready "$CUR_PID" "$EL_MYSQL_PORT" "$EL_ADMIN_PORT" ;;
+            start_envoy "$MYSQL_TCP_YAML" 1 "$EL_MYSQL_PORT" ;;
         legate-tcp|legate-mysql)
-            [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
             MYSQL_TARGET_PORT=$EL_MYSQL_PORT
-            start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$(mysql_row_yaml "$name")" --concurrency 1
-            CUR_PID=$BG_PID
-            wait_ready "$CUR_PID" "$EL_MYSQL_PORT" "$EL_ADMIN_PORT" ;;
+            start_legate "$(mysql_row_yaml "$name")" 1 "$EL_MYSQL_PORT" ;;
     esac
 }
 
