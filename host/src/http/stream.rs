@@ -682,32 +682,26 @@ fn fix_content_length(headers: &mut HeaderMap, len: usize) {
     }
 }
 
-/// The whole upstream response body, for a filter that waits for it.
-async fn read_response(
-    body: Option<Body>,
-    limit: usize,
-) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
+/// Why a whole body could not be read.
+enum ReadAll {
+    TooLarge,
+    Broken,
+}
+
+/// A whole body, data and trailers, for a filter that waits for it.
+async fn read_all<B>(mut body: B, limit: usize) -> Result<(Bytes, Option<HeaderMap>), ReadAll>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     use http_body_util::BodyExt;
-    let Some(mut body) = body else {
-        return Ok((Bytes::new(), None));
-    };
     let mut data = bytes::BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            // The headers have not gone on: the client gets a reply, not a reset.
-            let mut r = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "upstream reset");
-            r.details = "upstream_reset_after_response_started";
-            return Err(Box::new(r));
-        };
+        let frame = frame.map_err(|_| ReadAll::Broken)?;
         match frame.into_data() {
             Ok(d) => {
                 if data.len() + d.len() > limit {
-                    // Envoy's answer when a buffering filter overflows.
-                    let mut r =
-                        LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
-                    r.details = "response_payload_too_large";
-                    return Err(Box::new(r));
+                    return Err(ReadAll::TooLarge);
                 }
                 data.extend_from_slice(&d);
             }
@@ -715,6 +709,35 @@ async fn read_response(
         }
     }
     Ok((data.freeze(), trailers))
+}
+
+/// The whole upstream response body, for a filter that waits for it.
+async fn read_response(
+    body: Option<Body>,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
+    let Some(body) = body else {
+        return Ok((Bytes::new(), None));
+    };
+    read_all(body, limit).await.map_err(|e| {
+        let (status, text, details) = match e {
+            // Envoy's answer when a buffering filter overflows.
+            ReadAll::TooLarge => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                "response_payload_too_large",
+            ),
+            // The headers have not gone on: the client gets a reply, not a reset.
+            ReadAll::Broken => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream reset",
+                "upstream_reset_after_response_started",
+            ),
+        };
+        let mut r = LocalReply::new(status, text);
+        r.details = details;
+        Box::new(r)
+    })
 }
 
 /// Runs request-header hooks in order; stops at the first local reply. A filter
@@ -774,33 +797,27 @@ async fn read_whole(
     limit: usize,
     within: Option<Duration>,
 ) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
-    use http_body_util::BodyExt;
-    let Some(mut body) = body else {
+    let Some(body) = body else {
         return Ok((Bytes::new(), None));
     };
     let read = async {
-        let mut data = bytes::BytesMut::new();
-        let mut trailers = None;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else {
-                let mut r = LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request");
-                r.details = "downstream_remote_disconnect";
-                return Err(Box::new(r));
+        read_all(body, limit).await.map_err(|e| {
+            let (status, text, details) = match e {
+                ReadAll::TooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload Too Large",
+                    "request_payload_too_large",
+                ),
+                ReadAll::Broken => (
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "downstream_remote_disconnect",
+                ),
             };
-            match frame.into_data() {
-                Ok(d) => {
-                    if data.len() + d.len() > limit {
-                        let mut r =
-                            LocalReply::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
-                        r.details = "request_payload_too_large";
-                        return Err(Box::new(r));
-                    }
-                    data.extend_from_slice(&d);
-                }
-                Err(f) => trailers = f.into_trailers().ok(),
-            }
-        }
-        Ok((data.freeze(), trailers))
+            let mut r = LocalReply::new(status, text);
+            r.details = details;
+            Box::new(r)
+        })
     };
     match within {
         Some(t) => tokio::time::timeout(t, read).await.unwrap_or_else(|_| {

@@ -315,6 +315,46 @@ impl WasmHttpFilter {
         )
     }
 
+    /// For a filter that waited for a whole message (its head already lent):
+    /// the body callback with all of the body, then the trailers callback.
+    async fn whole_body(
+        &mut self,
+        request: bool,
+        body: &mut Bytes,
+        trailers: &mut Option<http::HeaderMap>,
+        info: &mut StreamInfo,
+    ) -> Result<Done, Failed> {
+        let eos = trailers.is_none();
+        let size = body.len();
+        let lent = trailers.take();
+        let n = lent.as_ref().map(http::HeaderMap::len);
+        if request {
+            self.data.req_trailers = lent;
+        } else {
+            self.data.resp_trailers = lent;
+        }
+        self.data.info = Some(info.take());
+        self.data.body = Some((u32::from(!request), body.clone()));
+        let p = self.call(true, false, |vm, id, d| vm.body(id, request, size, eos, d));
+        let mut r = self.wait(p, false).await;
+        if let (Ok(Done::Continue), Some(n)) = (&r, n) {
+            let p = self.call(true, false, |vm, id, d| vm.trailers(id, request, n, d));
+            r = self.wait(p, false).await;
+        }
+        if let Some(i) = self.data.info.take() {
+            *info = i;
+        }
+        if let Some((_, b)) = self.data.body.take() {
+            *body = b;
+        }
+        *trailers = if request {
+            self.data.req_trailers.take()
+        } else {
+            self.data.resp_trailers.take()
+        };
+        r
+    }
+
     fn trailers<'a>(
         &'a mut self,
         request: bool,
@@ -403,29 +443,11 @@ impl HttpFilter for WasmHttpFilter {
         // Rare (a filter waited for the whole request): one future for both
         // callbacks.
         Step::wait(async move {
-            let eos = trailers.is_none();
-            let size = body.len();
             self.data.req = Some(std::mem::replace(head, placeholder_request()));
-            self.data.info = Some(info.take());
-            self.data.body = Some((0, body.clone()));
-            self.data.req_trailers = trailers.take();
-            let p = self.call(true, false, |vm, id, d| vm.body(id, true, size, eos, d));
-            let mut r = self.wait(p, false).await;
-            if let (Ok(Done::Continue), Some(t)) = (&r, &self.data.req_trailers) {
-                let n = t.len();
-                let p = self.call(true, false, |vm, id, d| vm.trailers(id, true, n, d));
-                r = self.wait(p, false).await;
-            }
+            let r = self.whole_body(true, body, trailers, info).await;
             if let Some(h) = self.data.req.take() {
                 *head = h;
             }
-            if let Some(i) = self.data.info.take() {
-                *info = i;
-            }
-            if let Some((_, b)) = self.data.body.take() {
-                *body = b;
-            }
-            *trailers = self.data.req_trailers.take();
             self.data.req_seen.set_request(head);
             self.headers_action(r)
         })
@@ -515,36 +537,15 @@ impl HttpFilter for WasmHttpFilter {
         // Rare, as for requests: one future for both callbacks, with the
         // headers still lent, so the body callback can change them.
         Step::wait(async move {
-            let eos = trailers.is_none();
-            let size = body.len();
-            let status = head.status;
-            self.data.resp = Some(std::mem::replace(
-                head,
-                ResponseHead {
-                    status,
-                    headers: http::HeaderMap::new(),
-                },
-            ));
-            self.data.info = Some(info.take());
-            self.data.body = Some((1, body.clone()));
-            self.data.resp_trailers = trailers.take();
-            let p = self.call(true, false, |vm, id, d| vm.body(id, false, size, eos, d));
-            let mut r = self.wait(p, false).await;
-            if let (Ok(Done::Continue), Some(t)) = (&r, &self.data.resp_trailers) {
-                let n = t.len();
-                let p = self.call(true, false, |vm, id, d| vm.trailers(id, false, n, d));
-                r = self.wait(p, false).await;
-            }
+            let empty = ResponseHead {
+                status: head.status,
+                headers: http::HeaderMap::new(),
+            };
+            self.data.resp = Some(std::mem::replace(head, empty));
+            let r = self.whole_body(false, body, trailers, info).await;
             if let Some(h) = self.data.resp.take() {
                 *head = h;
             }
-            if let Some(i) = self.data.info.take() {
-                *info = i;
-            }
-            if let Some((_, b)) = self.data.body.take() {
-                *body = b;
-            }
-            *trailers = self.data.resp_trailers.take();
             self.data.resp_seen.set_response(head);
             self.headers_action(r)
         })
