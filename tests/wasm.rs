@@ -1002,3 +1002,81 @@ async fn a_headers_pause_waits_for_the_body_and_may_still_change_headers() {
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["headers"]["x-held-body-bytes"], "3", "{body}");
 }
+
+/// The cache entry of `wasm` in `dir`: `<sha256 of the file>-<engine>.cwasm`.
+fn cache_entry(dir: &std::path::Path, wasm: &std::path::Path) -> Option<std::path::PathBuf> {
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(std::fs::read(wasm).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&format!("{sha}-")) && name.ends_with(".cwasm")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_code_is_kept_on_disk_and_reused() {
+    let up = echo_upstream("up").await;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("wasm-cache");
+    let flags = [
+        "--concurrency",
+        "2",
+        "--wasm-cache-dir",
+        dir.to_str().unwrap(),
+    ];
+    let examples = [
+        ("header_filter", wasm_example("header_filter")),
+        ("sdk_header_filter", component_example("sdk_header_filter")),
+    ];
+    for (name, wasm) in &examples {
+        let yaml = filtered_config(&wasm_http_filter(name, wasm, "", ""), up, "");
+        // First start: compiled and saved under the code's digest.
+        let l = Legate::start_with(&yaml, &flags).await;
+        assert_header_filter(l.listener("ingress").await, name);
+        let log = l.stderr_text();
+        assert!(log.contains("compiled in"), "{name}: {log}");
+        assert!(!log.contains("loaded from the cache"), "{name}: {log}");
+        let entry = cache_entry(&dir, wasm).unwrap_or_else(|| panic!("{name}: no cache entry"));
+        drop(l);
+
+        // Second start: mapped in from the cache, not compiled.
+        let l = Legate::start_with(&yaml, &flags).await;
+        assert_header_filter(l.listener("ingress").await, name);
+        let log = l.stderr_text();
+        assert!(log.contains("loaded from the cache"), "{name}: {log}");
+        assert!(!log.contains("compiled in"), "{name}: {log}");
+        drop(l);
+
+        // A damaged entry is compiled again and replaced; nothing fails.
+        std::fs::write(&entry, b"\x7fELF not machine code").unwrap();
+        let l = Legate::start_with(&yaml, &flags).await;
+        assert_header_filter(l.listener("ingress").await, name);
+        let log = l.stderr_text();
+        assert!(
+            log.contains("ignoring the cached Wasm code"),
+            "{name}: {log}"
+        );
+        assert!(log.contains("compiled in"), "{name}: {log}");
+        drop(l);
+        let l = Legate::start_with(&yaml, &flags).await;
+        assert!(
+            l.stderr_text().contains("loaded from the cache"),
+            "{name}: {}",
+            l.stderr_text()
+        );
+    }
+    // Only the proxy's user may write code the proxy will run.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let yaml = filtered_config(&wasm_http_filter("h", &examples[0].1, "", ""), up, "");
+    let err = Legate::try_start_with(&yaml, &flags).await.err().unwrap();
+    assert!(
+        err.contains("is writable by other users (mode 0777)"),
+        "{err}"
+    );
+}

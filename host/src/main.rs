@@ -64,6 +64,12 @@ struct Cli {
     /// Node cluster (`node.cluster`), as Envoy's --service-cluster.
     #[arg(long = "service-cluster")]
     service_cluster: Option<String>,
+
+    /// Keeps the machine code of compiled Wasm filters in DIR (made if
+    /// missing; writable by this user only) and reuses it on later starts and
+    /// reloads instead of compiling again. Legate's own flag.
+    #[arg(long = "wasm-cache-dir", value_name = "DIR")]
+    wasm_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Envoy's level names to tracing's.
@@ -172,6 +178,12 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
 
+    if let Some(dir) = &cli.wasm_cache_dir
+        && let Err(e) = legate::wasm::cache::set_dir(dir)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let mut bootstrap = match load(&cli) {
         Ok(b) => b,
         Err(e) => {

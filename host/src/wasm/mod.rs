@@ -8,6 +8,7 @@
 //!   every worker sees.
 
 mod abi;
+pub mod cache;
 mod calls;
 pub mod component;
 pub mod http;
@@ -124,7 +125,7 @@ impl Code {
         let kind = if is_component(bytes) {
             CodeKind::Component(Box::new(component::Compiled::new(bytes)?))
         } else {
-            let module = Module::new(engine()?, bytes).map_err(|e| {
+            let module = cache::module(engine()?, bytes).map_err(|e| {
                 format!(
                     "invalid Wasm module: {}",
                     e.root_cause().to_string().lines().next().unwrap_or("")

@@ -94,7 +94,7 @@ fn legate_name(name: &str) -> Option<(&str, &str)> {
 impl Compiled {
     pub fn new(bytes: &[u8]) -> Result<Compiled, String> {
         let engine = super::engine()?;
-        let component = Component::new(engine, bytes).map_err(|e| {
+        let component = super::cache::component(engine, bytes).map_err(|e| {
             format!(
                 "invalid Wasm component: {}",
                 e.root_cause().to_string().lines().next().unwrap_or("")

@@ -1,0 +1,151 @@
+//! The on-disk cache of compiled Wasm code, Legate's own (`--wasm-cache-dir`).
+//! Compiling a large filter takes seconds; a start or reload that finds the
+//! machine code of the same bytes, made by the same wasmtime with the same
+//! settings, maps it in instead of compiling again.
+//!
+//! A file is named `<sha256 of the .wasm>-<engine>.cwasm`, so `sha256sum`
+//! finds a filter's entry and builds with other settings never share one.
+//! Files are written whole and renamed into place: a file in use is never
+//! changed, and a reader never sees half of one.
+
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+static DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Turns the cache on, in `dir` (made with mode 0700 if missing). Loading
+/// machine code runs it in the proxy, so the directory must be writable by the
+/// proxy's user only.
+pub fn set_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the Wasm cache directory {shown}: {e}"))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read the Wasm cache directory {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("the Wasm cache path {shown} is not a directory"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "the Wasm cache directory {shown} is writable by other users (mode {mode:04o}); \
+             code loaded from it runs in the proxy, so only the proxy's user may write it (chmod go-w)"
+        ));
+    }
+    // A file made here is ours: its owner tells whether the directory is too.
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("cannot write to the Wasm cache directory {shown}: {e}"))?;
+    let ours = std::fs::metadata(&probe).map(|m| m.uid());
+    let _ = std::fs::remove_file(&probe);
+    if ours.ok() != Some(meta.uid()) {
+        return Err(format!(
+            "the Wasm cache directory {shown} belongs to another user (uid {}); \
+             code loaded from it runs in the proxy, so it must be the proxy's own",
+            meta.uid()
+        ));
+    }
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    DIR.set(dir)
+        .map_err(|_| "the Wasm cache directory is already set".to_string())
+}
+
+/// Where the compiled form of `bytes` lives, if the cache is on.
+fn entry(engine: &Engine, bytes: &[u8]) -> Option<PathBuf> {
+    let dir = DIR.get()?;
+    let mut settings = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut settings);
+    let sha: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(dir.join(format!("{sha}-{:016x}.cwasm", settings.finish())))
+}
+
+/// The compiled module of `bytes`: from the cache, or compiled (and saved).
+#[allow(unsafe_code)]
+pub(super) fn module(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Module> {
+    cached(
+        entry(engine, bytes),
+        // SAFETY: the file is one this cache wrote (set_dir refuses a
+        // directory anyone else may write) and is never changed in place;
+        // wasmtime checks that it was made by this version with these settings.
+        |p| unsafe { Module::deserialize_file(engine, p) },
+        || Module::new(engine, bytes),
+        Module::serialize,
+    )
+}
+
+/// The compiled component of `bytes`: from the cache, or compiled (and saved).
+#[allow(unsafe_code)]
+pub(super) fn component(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    cached(
+        entry(engine, bytes),
+        // SAFETY: as for `module`.
+        |p| unsafe { Component::deserialize_file(engine, p) },
+        || Component::new(engine, bytes),
+        Component::serialize,
+    )
+}
+
+fn cached<T>(
+    path: Option<PathBuf>,
+    load: impl FnOnce(&Path) -> wasmtime::Result<T>,
+    compile: impl FnOnce() -> wasmtime::Result<T>,
+    serialize: impl FnOnce(&T) -> wasmtime::Result<Vec<u8>>,
+) -> wasmtime::Result<T> {
+    let Some(path) = path else {
+        return compile();
+    };
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    if path.exists() {
+        let start = Instant::now();
+        match load(&path) {
+            Ok(code) => {
+                tracing::info!(
+                    "Wasm code loaded from the cache in {:.1} ms: {}",
+                    ms(start),
+                    path.display()
+                );
+                return Ok(code);
+            }
+            Err(e) => tracing::warn!(
+                "ignoring the cached Wasm code {} ({}); compiling again",
+                path.display(),
+                e.root_cause()
+            ),
+        }
+    }
+    let start = Instant::now();
+    let code = compile()?;
+    let compiled_ms = ms(start);
+    match serialize(&code).map_err(|e| e.to_string()).and_then(|b| {
+        // Unique per writer, so that concurrent writers each rename whole files.
+        let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), fastrand::u64(..)));
+        let written = std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(|e| e.to_string())
+    }) {
+        Ok(()) => tracing::info!(
+            "Wasm code compiled in {compiled_ms:.0} ms, saved to the cache: {}",
+            path.display()
+        ),
+        Err(e) => tracing::warn!(
+            "Wasm code compiled in {compiled_ms:.0} ms; cannot save it to the cache at {}: {e}",
+            path.display()
+        ),
+    }
+    Ok(code)
+}
