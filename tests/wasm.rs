@@ -864,6 +864,7 @@ async fn properties_environment_and_on_log_reach_the_filter() {
         "x-prop-request-method: get".to_string(),
         "x-prop-request-protocol: http/1.1".to_string(),
         "x-prop-response-code: 200".to_string(),
+        "x-prop-response-code-details: via_upstream".to_string(),
         "x-prop-cluster-name: up".to_string(),
         "x-prop-route-name: main-route".to_string(),
         format!("x-prop-upstream-address: {up}"),

@@ -293,6 +293,9 @@ pub struct StreamInfo {
     pub upstream_host: Option<SocketAddr>,
     /// Response flags for the access log.
     pub response_flags: ResponseFlags,
+    /// Why the response is what it is, in Envoy's words (`via_upstream`,
+    /// `direct_response`, `route_not_found`, ...), once the response starts.
+    pub response_code_details: Option<&'static str>,
     /// Metadata set by filters, per filter namespace.
     pub dynamic_metadata: DynamicMetadata,
     /// The matched route's `typed_per_filter_config`, once routed.
@@ -337,6 +340,7 @@ impl StreamInfo {
             upstream_cluster: None,
             upstream_host: None,
             response_flags: ResponseFlags::default(),
+            response_code_details: None,
             dynamic_metadata: DynamicMetadata::new(),
             per_filter_config: None,
             filter_state: Vec::new(),
@@ -374,8 +378,8 @@ impl StreamInfo {
     }
 
     /// Moves the info out, leaving behind only its plain facts (start time,
-    /// addresses, connection id, response flags, HTTP client): a cheap way to
-    /// lend it.
+    /// addresses, connection id, response flags and details, HTTP client): a
+    /// cheap way to lend it.
     pub fn take(&mut self) -> StreamInfo {
         let mut rest = StreamInfo::new(
             self.start_time,
@@ -385,6 +389,7 @@ impl StreamInfo {
         )
         .with_direct_remote(self.downstream_direct_remote_address);
         rest.response_flags = self.response_flags;
+        rest.response_code_details = self.response_code_details;
         rest.http_client = self.http_client.clone();
         std::mem::replace(self, rest)
     }

@@ -61,10 +61,11 @@ struct Finished;
 impl HttpFilter for Finished {}
 
 impl Finishers {
-    fn complete(&mut self, flags: ResponseFlags) {
+    fn complete(&mut self, flags: ResponseFlags, details: &'static str) {
         match self {
             Finishers::Owned(filters, info) => {
                 info.response_flags = flags;
+                info.response_code_details = Some(details);
                 for f in filters.iter_mut() {
                     f.on_stream_complete(info);
                 }
@@ -74,6 +75,7 @@ impl Finishers {
                 if let Some(mut c) = chain.try_lock() {
                     let c = &mut *c;
                     c.info.response_flags = flags;
+                    c.info.response_code_details = Some(details);
                     for f in &mut c.filters {
                         f.on_stream_complete(&c.info);
                     }
@@ -121,7 +123,7 @@ impl Tail {
             c.stats().upstream_rq_completed.inc();
         }
         if let Some(f) = &mut finishers {
-            f.complete(flags);
+            f.complete(flags, self.details);
         }
         let logs = &self.cx.hcm.access_logs;
         if logs.is_empty() {
@@ -434,8 +436,10 @@ impl Stream {
                 headers: parts.headers,
             };
             let eos = body.is_end_stream();
+            let details = self.tr().details;
             let mut c = chain.lock().await;
             let c = &mut *c;
+            c.info.response_code_details = Some(details);
             let (mut body, mut buffered) = (Some(body), None);
             let reply = run_response_headers(
                 &mut c.filters,
@@ -477,6 +481,7 @@ impl Stream {
                 headers: parts.headers,
             };
             let eos = body.is_end_stream();
+            self.info.response_code_details = Some(self.tr().details);
             let (mut body, mut buffered) = (Some(body), None);
             let reply = run_response_headers(
                 filters,

@@ -87,6 +87,7 @@ pub fn get(plugin: &WasmPlugin, d: &StreamData, path: &[u8]) -> Option<Vec<u8>> 
                 .ok()?;
             int(code)
         }
+        ["response", "code_details"] => text(d.info.as_ref()?.response_code_details?),
         ["response", "headers", name] => header(resp, name)?,
         ["upstream", "address"] => text(&d.info.as_ref()?.upstream_host?.to_string()),
         ["upstream", "port"] => int(d.info.as_ref()?.upstream_host?.port() as i64),

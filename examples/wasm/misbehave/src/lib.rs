@@ -59,6 +59,7 @@ const PROPS: &[(&str, &[&str], bool)] = &[
     ("request-method", &["request", "method"], false),
     ("request-protocol", &["request", "protocol"], false),
     ("response-code", &["response", "code"], true),
+    ("response-code-details", &["response", "code_details"], false),
     ("cluster-name", &["xds", "cluster_name"], false),
     ("route-name", &["xds", "route_name"], false),
     ("upstream-address", &["upstream", "address"], false),
