@@ -77,6 +77,13 @@ async fn sighup_and_file_edits_reload() {
     assert_eq!(v["config_version"], 3);
     assert_eq!(l.stat("server.config_reload").await, 2);
     assert_eq!(l.stat("server.config_version").await, 3);
+
+    // The same bytes written again change the file's times, not the config:
+    // no reload.
+    write_config(&l, &config(up, "v3", ""));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(l.stat("server.config_reload").await, 2);
+    assert_eq!(l.stat("server.config_version").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

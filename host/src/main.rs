@@ -115,6 +115,61 @@ fn apply_node_flags(cli: &Cli, b: &mut config::Bootstrap) {
 /// A hash of the config file's contents and of the `.wasm` files the config in
 /// force loads, to notice edits. Timestamps and sizes miss same-size edits made
 /// within one filesystem clock tick.
+/// The watched files (the config and the `.wasm` files it loads) as the poll
+/// last saw them. Their metadata is read every second; their contents only
+/// when it changed, so a large filter is not read and hashed while idle, and
+/// a file touched but not changed does not reload.
+struct Watched {
+    meta: Vec<Option<FileMeta>>,
+    contents: Option<u64>,
+}
+
+/// Size, modification and change times, inode.
+type FileMeta = (u64, i64, i64, i64, i64, u64);
+
+impl Watched {
+    fn now(cli: &Cli, shared: &server::Shared) -> Watched {
+        Watched {
+            meta: file_meta(cli, shared),
+            contents: config_stamp(cli, shared),
+        }
+    }
+
+    /// Whether the files changed since the last look.
+    fn changed(&mut self, cli: &Cli, shared: &server::Shared) -> bool {
+        let meta = file_meta(cli, shared);
+        if meta == self.meta {
+            return false;
+        }
+        self.meta = meta;
+        let contents = config_stamp(cli, shared);
+        if contents == self.contents {
+            return false;
+        }
+        self.contents = contents;
+        true
+    }
+}
+
+fn file_meta(cli: &Cli, shared: &server::Shared) -> Vec<Option<FileMeta>> {
+    use std::os::unix::fs::MetadataExt;
+    let config = cli.config_path.iter().map(std::path::PathBuf::from);
+    config
+        .chain(shared.config().bootstrap.wasm_files())
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.ino(),
+            ))
+        })
+        .collect()
+}
+
 fn config_stamp(cli: &Cli, shared: &server::Shared) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -123,6 +178,17 @@ fn config_stamp(cli: &Cli, shared: &server::Shared) -> Option<u64> {
         std::fs::read(&f).ok().hash(&mut h);
     }
     Some(h.finish())
+}
+
+/// Reloads. `seen` holds the files as read before, so a change made while the
+/// reload runs is caught by the next poll; only when the new config loads other
+/// `.wasm` files is it taken again, for those.
+async fn reload_watched(cli: &Cli, shared: &server::Shared, seen: &mut Watched) {
+    let files = shared.config().bootstrap.wasm_files();
+    reload(cli, shared).await;
+    if shared.config().bootstrap.wasm_files() != files {
+        *seen = Watched::now(cli, shared);
+    }
 }
 
 /// Loads and validates the config again. A bad config is logged and the current
@@ -282,7 +348,7 @@ fn main() -> ExitCode {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         // The config file is polled for changes; SIGHUP reloads at once.
-        let mut seen = config_stamp(&cli, &shared);
+        let mut seen = Watched::now(&cli, &shared);
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -294,15 +360,13 @@ fn main() -> ExitCode {
                 _ = drain.wait_for(|d| *d) => { tracing::info!("admin quit: draining"); break; }
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
                     tracing::info!("SIGHUP: reloading the config");
-                    seen = config_stamp(&cli, &shared);
-                    reload(&cli, &shared).await;
+                    seen = Watched::now(&cli, &shared);
+                    reload_watched(&cli, &shared, &mut seen).await;
                 }
                 _ = poll.tick() => {
-                    let now = config_stamp(&cli, &shared);
-                    if now != seen {
-                        seen = now;
+                    if seen.changed(&cli, &shared) {
                         tracing::info!("config or Wasm file changed: reloading");
-                        reload(&cli, &shared).await;
+                        reload_watched(&cli, &shared, &mut seen).await;
                     }
                 }
             }
