@@ -8,7 +8,8 @@
 #          header_filter.wasm in Envoy/V8 and in legate/wasmtime): wrk HTTP/1.1
 #          with ONE worker, each proxy with bench/proxy.yaml and with
 #          bench/proxy-wasm.yaml; then the resident memory (VmRSS) of Envoy and
-#          legate with 1 and 2 workers, with and without the filter;
+#          legate with 1 and 2 workers, with and without the filter (and
+#          legate with the filter's code from --wasm-cache-dir);
 #   filters: the cost of a chain of built-in filters (fault at 0%, RBAC, JWT
 #          with an HS256 token) in Envoy and legate, one worker, wrk HTTP/1.1,
 #          bench/proxy.yaml against bench/proxy-filters.yaml;
@@ -561,9 +562,11 @@ start_envoy() {
     wait_ready "$CUR_PID" "$3" "$EL_ADMIN_PORT"
 }
 
+# Extra legate flags for the next starts (the memory table's cached-code rows).
+LEGATE_EXTRA=()
 start_legate() {
     [[ -x "$LEGATE_BIN" ]] || { START_NA="not available (${LEGATE_NA:-no binary at ${LEGATE_BIN#"$repo_root"/}})"; return 1; }
-    start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$1" --concurrency "$2"
+    start_bg "$CUR_LOG" "$LEGATE_BIN" -c "$1" --concurrency "$2" "${LEGATE_EXTRA[@]}"
     CUR_PID=$BG_PID
     wait_ready "$CUR_PID" "$3" "$EL_ADMIN_PORT"
 }
@@ -926,17 +929,26 @@ wasm_vms() {
         | awk -F': ' '$1 ~ /^wasm\.envoy\.wasm\.runtime\.[A-Za-z0-9_]+\.active$/ { n += $2; found = 1 } END { if (found) print n }'
 }
 
-# measure_rss PROXY WORKERS yes|no: VmRSS 1 s after the proxy is ready (before
-# any request), then VmRSS and VmHWM right after a RSS_LOAD_SECS wrk load.
+# measure_rss PROXY WORKERS yes|no|cached: VmRSS 1 s after the proxy is ready
+# (before any request), then VmRSS and VmHWM right after a RSS_LOAD_SECS wrk
+# load. "cached" (legate only) is the filter with its compiled code mapped in
+# from a --wasm-cache-dir that a --mode validate run filled first.
 measure_rss() {
     local proxy="$1" workers="$2" filter="$3" key="$1,$2,$3" yaml="$PROXY_YAML"
-    local tag="rss-$1-w$2-$3" url="http://127.0.0.1:$EL_PORT/" out non2xx
-    if [[ "$filter" == yes ]]; then
+    local tag="rss-$1-w$2-$3" url="http://127.0.0.1:$EL_PORT/" out non2xx started
+    if [[ "$filter" != no ]]; then
         [[ -z "$WASM_NA" ]] || { RSS_NOTE[$key]="not available ($WASM_NA)"; return 0; }
         yaml="$WASM_YAML"
     fi
+    LEGATE_EXTRA=()
+    if [[ "$filter" == cached ]]; then
+        LEGATE_EXTRA=(--wasm-cache-dir "$work/wasm-cache")
+        "$LEGATE_BIN" --mode validate -c "$yaml" "${LEGATE_EXTRA[@]}" >/dev/null 2>&1 || true
+    fi
     log "=== memory: $proxy, $workers worker(s), filter: $filter"
-    if ! start_target "$proxy" "$yaml" "$workers" "$tag"; then
+    start_target "$proxy" "$yaml" "$workers" "$tag" && started=1 || started=
+    LEGATE_EXTRA=()
+    if [[ -z "$started" ]]; then
         start_failure
         RSS_NOTE[$key]=$START_NA
         log "$tag: ${RSS_NOTE[$key]}"
@@ -1730,24 +1742,28 @@ wasm_target_line() {
 }
 
 write_rss_table() {
-    local proxy w f key note delta
+    local proxy w f key note delta label kinds
     echo "| proxy | workers | wasm filter | idle RSS (MiB) | RSS after load (MiB) | peak RSS, VmHWM (MiB) | filter's cost after load (MiB) | Wasm VMs after load |"
     echo "|---|---:|---|---:|---:|---:|---:|---:|"
     for proxy in envoy legate; do
         has_target "$proxy" || continue
+        kinds="no yes"
+        [[ "$proxy" != legate ]] || kinds="no yes cached"
         for w in $RSS_WORKERS; do
-            for f in no yes; do
+            for f in $kinds; do
                 key="$proxy,$w,$f"
                 note=${RSS_NOTE[$key]:-}
+                label=$f
+                [[ "$f" != cached ]] || label="yes, code from --wasm-cache-dir"
                 if [[ -z "${RSS_IDLE[$key]:-}" && -z "${RSS_LOAD[$key]:-}" ]]; then
-                    echo "| $proxy | $w | $f | ${note:-not run} | | | | |"
+                    echo "| $proxy | $w | $label | ${note:-not run} | | | | |"
                     continue
                 fi
                 delta="-"
-                if [[ "$f" == yes && -n "${RSS_LOAD[$key]:-}" && -n "${RSS_LOAD[$proxy,$w,no]:-}" ]]; then
+                if [[ "$f" != no && -n "${RSS_LOAD[$key]:-}" && -n "${RSS_LOAD[$proxy,$w,no]:-}" ]]; then
                     delta=$(awk -v a="${RSS_LOAD[$key]}" -v b="${RSS_LOAD[$proxy,$w,no]}" 'BEGIN { printf "%+.1f", a - b }')
                 fi
-                printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$proxy" "$w" "$f" \
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$proxy" "$w" "$label" \
                     "${RSS_IDLE[$key]:--}" "${RSS_LOAD[$key]:-${note:--}}" "${RSS_HWM[$key]:--}" "$delta" "${RSS_VMS[$key]:--}"
                 [[ -z "$note" || -z "${RSS_LOAD[$key]:-}" ]] || NOTES_OUT+=("$proxy, $w worker(s), filter $f: $note")
             done
@@ -1896,7 +1912,7 @@ write_report() {
             echo
             echo "## Resident memory (VmRSS), Envoy and legate, with and without the filter"
             echo
-            echo "From \`/proc/<pid>/status\` of the proxy process (all its threads): \"idle\" is VmRSS 1 s after the proxy is ready, before any request; \"after load\" is VmRSS right after a ${RSS_LOAD_SECS}s \`wrk -t$WRK_THREADS -c$CONNS\` load (it follows the two sanity requests); \"peak\" is VmHWM at that point. Same bootstraps as above, \`--concurrency N\` for N workers. \"Filter's cost\" is \"after load\" with the filter minus without, same proxy and workers. \"Wasm VMs\" is the admin stat \`wasm.envoy.wasm.runtime.v8.active\` after the load (both proxies keep it; \"-\" when there is no filter). Envoy makes its VMs at start-up, one per worker plus some on the main thread. legate makes a worker's VM on that worker's first stream, so its \"idle\" column has none of them. 1 MiB = 1024 KiB."
+            echo "From \`/proc/<pid>/status\` of the proxy process (all its threads): \"idle\" is VmRSS 1 s after the proxy is ready, before any request; \"after load\" is VmRSS right after a ${RSS_LOAD_SECS}s \`wrk -t$WRK_THREADS -c$CONNS\` load (it follows the two sanity requests); \"peak\" is VmHWM at that point. Same bootstraps as above, \`--concurrency N\` for N workers. \"Filter's cost\" is \"after load\" with the filter minus without, same proxy and workers. \"Wasm VMs\" is the admin stat \`wasm.envoy.wasm.runtime.v8.active\` after the load (both proxies keep it; \"-\" when there is no filter). Envoy makes its VMs at start-up, one per worker plus some on the main thread. legate makes a worker's VM on that worker's first stream, so its \"idle\" column has none of them. In legate's \"code from --wasm-cache-dir\" rows, a \`legate --mode validate\` run first saved the compiled filter to a cache directory, and the measured process maps that code in instead of compiling the module, which otherwise leaves the compiler's memory in the process. 1 MiB = 1024 KiB."
             echo
             NOTES_OUT=()
             write_rss_table
@@ -2176,6 +2192,7 @@ if has_suite wasm; then
         for w in $RSS_WORKERS; do
             measure_rss "$t" "$w" no
             measure_rss "$t" "$w" yes
+            [[ "$t" != legate ]] || measure_rss legate "$w" cached
         done
     done
 fi
