@@ -112,25 +112,30 @@ fn apply_node_flags(cli: &Cli, b: &mut config::Bootstrap) {
     }
 }
 
-/// A hash of the config file's contents and of the `.wasm` files the config in
-/// force loads, to notice edits. Timestamps and sizes miss same-size edits made
-/// within one filesystem clock tick.
 /// The watched files (the config and the `.wasm` files it loads) as the poll
 /// last saw them. Their metadata is read every second; their contents only
-/// when it changed, so a large filter is not read and hashed while idle, and
-/// a file touched but not changed does not reload.
+/// when it changed, or while a file is fresh: metadata misses a same-size edit
+/// made within one filesystem clock tick. So a large filter is not read and
+/// hashed while idle, and a file touched but not changed does not reload.
 struct Watched {
     meta: Vec<Option<FileMeta>>,
     contents: Option<u64>,
+    /// Some file was modified within the last [`FRESH`].
+    fresh: bool,
 }
+
+/// How long after its last change a file's contents are compared on every poll.
+const FRESH: Duration = Duration::from_secs(3);
 
 /// Size, modification and change times, inode.
 type FileMeta = (u64, i64, i64, i64, i64, u64);
 
 impl Watched {
     fn now(cli: &Cli, shared: &server::Shared) -> Watched {
+        let meta = file_meta(cli, shared);
         Watched {
-            meta: file_meta(cli, shared),
+            fresh: fresh(&meta),
+            meta,
             contents: config_stamp(cli, shared),
         }
     }
@@ -138,9 +143,10 @@ impl Watched {
     /// Whether the files changed since the last look.
     fn changed(&mut self, cli: &Cli, shared: &server::Shared) -> bool {
         let meta = file_meta(cli, shared);
-        if meta == self.meta {
+        if meta == self.meta && !self.fresh {
             return false;
         }
+        self.fresh = fresh(&meta);
         self.meta = meta;
         let contents = config_stamp(cli, shared);
         if contents == self.contents {
@@ -170,6 +176,18 @@ fn file_meta(cli: &Cli, shared: &server::Shared) -> Vec<Option<FileMeta>> {
         .collect()
 }
 
+/// Whether a file was modified within the last [`FRESH`].
+fn fresh(meta: &[Option<FileMeta>]) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    meta.iter()
+        .flatten()
+        .any(|m| now - m.1 <= FRESH.as_secs() as i64)
+}
+
+/// A hash of the config file's contents and of the `.wasm` files the config in
+/// force loads.
 fn config_stamp(cli: &Cli, shared: &server::Shared) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
