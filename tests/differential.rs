@@ -2468,6 +2468,10 @@ fn wasm_cases(u: &Ups) -> Vec<Case> {
             vec![
                 get("/p/q?x=1").hdr("x-props", "1"),
                 get("/h2?y").hdr("x-props", "1").h2(),
+                // Foreign functions: compress, uncompress, clear_route_cache,
+                // an unknown name, and uncompress on bytes that are not zlib.
+                get("/foreign").hdr("x-foreign", "hello hello hello foreign"),
+                get("/foreign").hdr("x-foreign", "").h2(),
             ],
         ),
         // A changed :authority or :path routes the request again (clearRouteCache).

@@ -876,6 +876,29 @@ async fn properties_environment_and_on_log_reach_the_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_functions_answer_as_envoys() {
+    let up = echo_upstream("up").await;
+    let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", "");
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, head, _) =
+            curl_get(&[proto, "-H", "x-foreign: some text, some text", &url(a, "/")]);
+        assert_eq!(status, 200, "{head}");
+        for want in [
+            // A zlib stream at the default level, which uncompress reverses.
+            "x-foreign-zlib-header: [78, 9c]",
+            "x-foreign-roundtrip: ok some text, some text",
+            "x-foreign-garbage: serializationfailure",
+            "x-foreign-clear-route-cache: ok",
+            "x-foreign-unknown: notfound",
+        ] {
+            assert!(head.contains(want), "{proto}: missing {want:?} in {head}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_struct_wrapping_and_deprecated_fail_open() {
     let up = echo_upstream("up").await;
     // As Istio and many examples write it: a TypedStruct around the Wasm message,

@@ -21,6 +21,7 @@ const BAD_ARGUMENT: i32 = 2;
 const INVALID_MEMORY_ACCESS: i32 = 6;
 const EMPTY: i32 = 7;
 const CAS_MISMATCH: i32 = 8;
+const SERIALIZATION_FAILURE: i32 = 3;
 
 // WASI errnos.
 const ERRNO_SUCCESS: i32 = 0;
@@ -105,6 +106,24 @@ fn give(c: &mut C, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R {
         && write_u32(c, ptr_ptr, p as u32)
         && write_u32(c, size_ptr, bytes.len() as u32);
     Ok(if ok { OK } else { INVALID_MEMORY_ACCESS })
+}
+
+/// The foreign functions of Envoy's that take no protobuf arguments. The
+/// others (`declare_property`, `set_envoy_filter_state`, `sign`,
+/// `verify_signature`, CEL's `expr_*`) answer NOT_FOUND.
+fn foreign(name: &[u8], args: &[u8], max_out: usize) -> Result<Vec<u8>, i32> {
+    match name {
+        // zlib format at zlib's default level, as Envoy's zlib `compress`.
+        b"compress" => Ok(miniz_oxide::deflate::compress_to_vec_zlib(args, 6)),
+        // Bounded by the VM's memory, which the result must fit in; Envoy
+        // grows its buffer without a bound.
+        b"uncompress" => miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(args, max_out)
+            .map_err(|_| SERIALIZATION_FAILURE),
+        // The route is matched again whenever a filter changed what it
+        // depends on, so there is nothing to clear.
+        b"clear_route_cache" => Ok(Vec::new()),
+        _ => Err(NOT_FOUND),
+    }
 }
 
 fn deserialize(b: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
@@ -1224,7 +1243,15 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         E,
         "proxy_call_foreign_function",
-        |_c: C, _np: i32, _nl: i32, _ap: i32, _al: i32, _rp: i32, _rl: i32| -> R { Ok(NOT_FOUND) },
+        |mut c: C, np: i32, nl: i32, ap: i32, al: i32, rp: i32, rl: i32| -> R {
+            let name = try_mem!(read(&c, np, nl));
+            let args = try_mem!(read(&c, ap, al));
+            let limit = c.data().plugin.limits.max_memory_bytes;
+            match foreign(&name, &args, limit) {
+                Ok(out) => give(&mut c, &out, rp, rl),
+                Err(status) => Ok(status),
+            }
+        },
     )?;
     l.func_wrap(
         E,

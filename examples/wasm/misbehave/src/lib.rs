@@ -9,6 +9,10 @@
 //! * `x-set-authority` / `x-set-path`: sets `:authority` / `:path` to the value;
 //! * `x-hold-response`: pauses the response headers until the whole response
 //!   body has arrived, then adds the response header `x-response-body-bytes: <size>`;
+//! * `x-foreign: <text>`: calls the foreign functions `compress` and
+//!   `uncompress` on the text, `clear_route_cache`, an unknown one, and
+//!   `uncompress` on bytes that are not zlib, and reports each outcome in an
+//!   `x-foreign-*` response header;
 //! * `x-hold`: pauses the request headers until the whole body has arrived; then
 //!   adds the request header `x-held-body-bytes: <size>`, or answers 403
 //!   `denied by body` if the body contains `deny`;
@@ -24,6 +28,7 @@
 use std::hint::black_box;
 
 use log::{error, info};
+use proxy_wasm::hostcalls::call_foreign_function;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MetricType};
 
@@ -35,6 +40,7 @@ proxy_wasm::main! {{
             props: false,
             hold: false,
             hold_response: false,
+            foreign: Vec::new(),
         })
     });
 }}
@@ -47,6 +53,16 @@ struct Misbehave {
     props: bool,
     hold: bool,
     hold_response: bool,
+    /// `x-foreign-*` response headers.
+    foreign: Vec<(&'static str, String)>,
+}
+
+/// The outcome of a foreign function call, as a header value.
+fn outcome(r: Result<Option<Vec<u8>>, proxy_wasm::types::Status>) -> String {
+    match r {
+        Ok(v) => format!("ok {}", String::from_utf8_lossy(&v.unwrap_or_default())),
+        Err(s) => format!("{s:?}"),
+    }
 }
 
 /// Properties reported under `x-props`: (header suffix, path, is an integer).
@@ -108,7 +124,25 @@ impl HttpContext for Misbehave {
         if let Some(p) = self.get_http_request_header("x-set-path") {
             self.set_http_request_header(":path", Some(&p));
         }
+        let mut foreign = Vec::new();
+        if let Some(text) = self.get_http_request_header("x-foreign") {
+            let packed = call_foreign_function("compress", Some(text.as_bytes()));
+            let head = match &packed {
+                Ok(Some(p)) => format!("{:02x?}", &p[..2.min(p.len())]),
+                _ => String::new(),
+            };
+            foreign.push(("x-foreign-zlib-header", head));
+            let unpacked = packed.and_then(|p| call_foreign_function("uncompress", p.as_deref()));
+            foreign.push(("x-foreign-roundtrip", outcome(unpacked)));
+            let garbage = call_foreign_function("uncompress", Some(b"not zlib"));
+            foreign.push(("x-foreign-garbage", outcome(garbage)));
+            let clear = call_foreign_function("clear_route_cache", None);
+            foreign.push(("x-foreign-clear-route-cache", outcome(clear)));
+            let unknown = call_foreign_function("no_such_function", None);
+            foreign.push(("x-foreign-unknown", outcome(unknown)));
+        }
         let (props, hold, hold_response) = (has("x-props"), has("x-hold"), has("x-hold-response"));
+        self.foreign = foreign;
         self.props = props;
         self.hold_response = hold_response;
         if hold {
@@ -123,6 +157,9 @@ impl HttpContext for Misbehave {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.mark_response {
             self.add_http_response_header("x-misbehave", "ok");
+        }
+        for (name, value) in std::mem::take(&mut self.foreign) {
+            self.add_http_response_header(name, &value);
         }
         if self.props {
             for (name, path, int) in PROPS {
