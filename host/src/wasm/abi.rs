@@ -18,10 +18,10 @@ type R = wasmtime::Result<i32>;
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
 const BAD_ARGUMENT: i32 = 2;
+const SERIALIZATION_FAILURE: i32 = 3;
 const INVALID_MEMORY_ACCESS: i32 = 6;
 const EMPTY: i32 = 7;
 const CAS_MISMATCH: i32 = 8;
-const SERIALIZATION_FAILURE: i32 = 3;
 
 // WASI errnos.
 const ERRNO_SUCCESS: i32 = 0;
