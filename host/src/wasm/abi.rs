@@ -413,16 +413,22 @@ pub(super) fn edit(
     }
 }
 
+/// A header name as edits match it: pseudo-headers lowercase. Other names
+/// are left as they are, since `HeaderName` parsing and lookups by `&str`
+/// ignore case, and the name cache only keeps lowercase names.
+pub(super) fn edit_key(key: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if key.first() == Some(&b':') && key.iter().any(u8::is_ascii_uppercase) {
+        key.to_ascii_lowercase().into()
+    } else {
+        key.into()
+    }
+}
+
 /// Edits a live header map; `None` when this callback cannot write it.
 fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Option<bool> {
     let d = &mut st.stream;
     let names = &mut st.header_scratch;
-    // HeaderName parsing lowercases; only pseudo-header matching needs it here.
-    let key: std::borrow::Cow<[u8]> = if key.iter().any(u8::is_ascii_uppercase) {
-        key.to_ascii_lowercase().into()
-    } else {
-        key.into()
-    };
+    let key = edit_key(key);
     Some(match t {
         0 => {
             let h = d.req.as_mut()?;
@@ -1479,4 +1485,34 @@ fn wasi(l: &mut Linker<HostState>, ns: &str) -> wasmtime::Result<()> {
         |_c: C, _a: i32, _b: i32, _n: i32, _p: i32| -> R { Ok(ERRNO_NOSYS) },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_match_names_in_any_case() {
+        let mut h = HeaderMap::new();
+        let mut names = HeaderScratch::default();
+        for (key, op) in [
+            (&b"X-Up"[..], Op::Replace),
+            (b"x-up", Op::Add),
+            (b"X-UP", Op::Add),
+        ] {
+            assert!(edit(&mut h, &mut names, &edit_key(key), b"v", op));
+        }
+        assert_eq!(h.get_all("x-up").iter().count(), 3);
+        assert!(edit(
+            &mut h,
+            &mut names,
+            &edit_key(b"x-UP"),
+            b"",
+            Op::Remove
+        ));
+        assert!(h.is_empty());
+        // Pseudo-headers are compared lowercase, so only they are copied.
+        assert_eq!(&*edit_key(b":PATH"), b":path");
+        assert!(matches!(edit_key(b"X-Up"), std::borrow::Cow::Borrowed(_)));
+    }
 }

@@ -5,7 +5,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{WasmList, WasmStr};
 
 use super::*;
-use crate::wasm::abi::{Op, edit, request_pseudo, set_request_pseudo};
+use crate::wasm::abi::{Op, edit, edit_key, request_pseudo, set_request_pseudo};
 use crate::wasm::vm::StreamData;
 
 /// Only ever lifted from the guest, never built here.
@@ -145,14 +145,7 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
 fn map_edit(st: &mut CState, map: MapKind, name: &[u8], value: &[u8], op: Op) -> bool {
     let names = &mut st.header_scratch;
     let d = &mut st.stream;
-    // Header names are matched lowercase; copy only when the guest did not.
-    let lower;
-    let key = if name.iter().any(u8::is_ascii_uppercase) {
-        lower = name.to_ascii_lowercase();
-        &lower[..]
-    } else {
-        name
-    };
+    let key = &*edit_key(name);
     match map {
         MapKind::RequestHeaders => match d.req.as_mut() {
             Some(h) if key.starts_with(b":") => set_request_pseudo(h, key, value, op),
