@@ -1103,4 +1103,10 @@ async fn compiled_code_is_kept_on_disk_and_reused() {
         err.contains("is writable by other users (mode 0777)"),
         "{err}"
     );
+    // Nor one another user owns (only root can hand it over; CI runs as root).
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    if std::os::unix::fs::chown(&dir, Some(65534), None).is_ok() {
+        let err = Legate::try_start_with(&yaml, &flags).await.err().unwrap();
+        assert!(err.contains("belongs to another user (uid 65534)"), "{err}");
+    }
 }

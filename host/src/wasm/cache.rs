@@ -18,11 +18,18 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
-static DIR: OnceLock<PathBuf> = OnceLock::new();
+/// The cache's directory, and whether entries are saved there too.
+struct Cache {
+    dir: PathBuf,
+    writable: bool,
+}
+
+static CACHE: OnceLock<Cache> = OnceLock::new();
 
 /// Turns the cache on, in `dir` (made with mode 0700 if missing). Loading
-/// machine code runs it in the proxy, so the directory must be writable by the
-/// proxy's user only.
+/// machine code runs it in the proxy, so only the proxy's user (or root) may
+/// own the directory and write to it. A directory the proxy cannot write, say
+/// one filled when a read-only image was built, is only read.
 pub fn set_dir(dir: &Path) -> Result<(), String> {
     let shown = dir.display();
     std::fs::DirBuilder::new()
@@ -42,34 +49,42 @@ pub fn set_dir(dir: &Path) -> Result<(), String> {
              code loaded from it runs in the proxy, so only the proxy's user may write it (chmod go-w)"
         ));
     }
-    // A file made here is ours: its owner tells whether the directory is too.
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .map_err(|e| format!("cannot write to the Wasm cache directory {shown}: {e}"))?;
-    let ours = std::fs::metadata(&probe).map(|m| m.uid());
-    let _ = std::fs::remove_file(&probe);
-    if ours.ok() != Some(meta.uid()) {
+    // /proc/self belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid());
+    let owner = meta.uid();
+    if owner != 0 && me.as_ref().ok() != Some(&owner) {
         return Err(format!(
-            "the Wasm cache directory {shown} belongs to another user (uid {}); \
-             code loaded from it runs in the proxy, so it must be the proxy's own",
-            meta.uid()
+            "the Wasm cache directory {shown} belongs to another user (uid {owner}); \
+             code loaded from it runs in the proxy, so it must be the proxy's own (or root's)"
         ));
     }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let writable = std::fs::write(&probe, b"").is_ok();
+    if writable {
+        let _ = std::fs::remove_file(&probe);
+    } else {
+        tracing::info!(
+            "the Wasm cache directory {shown} is read-only: compiled code is loaded from it, not saved"
+        );
+    }
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    DIR.set(dir)
+    CACHE
+        .set(Cache { dir, writable })
         .map_err(|_| "the Wasm cache directory is already set".to_string())
 }
 
-/// Where the compiled form of `bytes` lives, if the cache is on.
-fn entry(engine: &Engine, bytes: &[u8]) -> Option<PathBuf> {
-    let dir = DIR.get()?;
+/// Where the compiled form of `bytes` lives, and whether to save it there,
+/// if the cache is on.
+fn entry(engine: &Engine, bytes: &[u8]) -> Option<(PathBuf, bool)> {
+    let cache = CACHE.get()?;
     let mut settings = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut settings);
     let sha: String = Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Some(dir.join(format!("{sha}-{:016x}.cwasm", settings.finish())))
+    let name = format!("{sha}-{:016x}.cwasm", settings.finish());
+    Some((cache.dir.join(name), cache.writable))
 }
 
 /// The compiled module of `bytes`: from the cache, or compiled (and saved).
@@ -99,12 +114,12 @@ pub(super) fn component(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Compo
 }
 
 fn cached<T>(
-    path: Option<PathBuf>,
+    entry: Option<(PathBuf, bool)>,
     load: impl FnOnce(&Path) -> wasmtime::Result<T>,
     compile: impl FnOnce() -> wasmtime::Result<T>,
     serialize: impl FnOnce(&T) -> wasmtime::Result<Vec<u8>>,
 ) -> wasmtime::Result<T> {
-    let Some(path) = path else {
+    let Some((path, save)) = entry else {
         return compile();
     };
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
@@ -129,6 +144,10 @@ fn cached<T>(
     let start = Instant::now();
     let code = compile()?;
     let compiled_ms = ms(start);
+    if !save {
+        tracing::info!("Wasm code compiled in {compiled_ms:.0} ms; not in the read-only cache");
+        return Ok(code);
+    }
     match serialize(&code).map_err(|e| e.to_string()).and_then(|b| {
         // Unique per writer, so that concurrent writers each rename whole files.
         let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), fastrand::u64(..)));
@@ -148,4 +167,33 @@ fn cached<T>(
         ),
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_cache_loads_but_never_saves() {
+        let dir = std::env::temp_dir().join(format!("legate-cache-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("entry.cwasm");
+        let compiled = cached(
+            Some((path.clone(), false)),
+            |_| panic!("nothing to load yet"),
+            || Ok(7),
+            |_| panic!("a read-only cache saves nothing"),
+        );
+        assert_eq!(compiled.unwrap(), 7);
+        assert!(!path.exists());
+        std::fs::write(&path, b"entry").unwrap();
+        let loaded = cached(
+            Some((path.clone(), false)),
+            |p| Ok(std::fs::read(p).unwrap().len()),
+            || panic!("the entry is there"),
+            |_| panic!("a read-only cache saves nothing"),
+        );
+        assert_eq!(loaded.unwrap(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
