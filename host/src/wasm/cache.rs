@@ -62,6 +62,7 @@ pub fn set_dir(dir: &Path) -> Result<(), String> {
     let writable = std::fs::write(&probe, b"").is_ok();
     if writable {
         let _ = std::fs::remove_file(&probe);
+        sweep(dir, STALE);
     } else {
         tracing::info!(
             "the Wasm cache directory {shown} is read-only: compiled code is loaded from it, not saved"
@@ -71,6 +72,29 @@ pub fn set_dir(dir: &Path) -> Result<(), String> {
     CACHE
         .set(Cache { dir, writable })
         .map_err(|_| "the Wasm cache directory is already set".to_string())
+}
+
+/// How old a half-written entry must be before a start removes it: writers
+/// rename theirs into place within seconds.
+const STALE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the half-written entries (`*.tmp-*`) of writers that died before
+/// renaming them, once they are older than `age`.
+fn sweep(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|a| a >= age);
+        if stale && e.file_name().to_string_lossy().contains(".tmp-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Where the compiled form of `bytes` lives, and whether to save it there,
@@ -194,6 +218,23 @@ mod tests {
             |_| panic!("a read-only cache saves nothing"),
         );
         assert_eq!(loaded.unwrap(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn half_written_entries_are_swept_once_stale() {
+        let dir = std::env::temp_dir().join(format!("legate-sweep-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join("abc-0123.tmp-42-7");
+        let entry = dir.join("abc-0123.cwasm");
+        std::fs::write(&tmp, b"half").unwrap();
+        std::fs::write(&entry, b"whole").unwrap();
+        // A writer may still be at work on a fresh one.
+        sweep(&dir, STALE);
+        assert!(tmp.exists());
+        sweep(&dir, std::time::Duration::ZERO);
+        assert!(!tmp.exists());
+        assert!(entry.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
