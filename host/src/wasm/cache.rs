@@ -9,7 +9,7 @@
 //! changed, and a reader never sees half of one.
 
 use std::hash::{Hash, Hasher};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -74,6 +74,20 @@ pub fn set_dir(dir: &Path) -> Result<(), String> {
         .map_err(|_| "the Wasm cache directory is already set".to_string())
 }
 
+/// Whether an entry may be loaded: like its directory, writable only by the
+/// proxy's user, and owned by that user or root.
+fn trusted_file(m: &std::fs::Metadata) -> Result<(), String> {
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!("writable by other users, mode {mode:04o}"));
+    }
+    let me = std::fs::metadata("/proc/self").map(|p| p.uid()).ok();
+    if m.uid() != 0 && Some(m.uid()) != me {
+        return Err(format!("owned by uid {}", m.uid()));
+    }
+    Ok(())
+}
+
 /// How old a half-written entry must be before a start removes it: writers
 /// rename theirs into place within seconds.
 const STALE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -116,8 +130,9 @@ fn entry(engine: &Engine, bytes: &[u8]) -> Option<(PathBuf, bool)> {
 pub(super) fn module(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Module> {
     cached(
         entry(engine, bytes),
-        // SAFETY: the file is one this cache wrote (set_dir refuses a
-        // directory anyone else may write) and is never changed in place;
+        // SAFETY: only the proxy's user or root can have written the file
+        // (set_dir and trusted_file check the directory's and the file's
+        // owner and mode), and legate never changes an entry in place;
         // wasmtime checks that it was made by this version with these settings.
         |p| unsafe { Module::deserialize_file(engine, p) },
         || Module::new(engine, bytes),
@@ -147,7 +162,14 @@ fn cached<T>(
         return compile();
     };
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
-    if path.exists() {
+    let trusted = std::fs::metadata(&path).map(|m| trusted_file(&m));
+    if let Ok(Err(why)) = &trusted {
+        tracing::warn!(
+            "ignoring the cached Wasm code {} ({why}); compiling again",
+            path.display()
+        );
+    }
+    if let Ok(Ok(())) = trusted {
         let start = Instant::now();
         match load(&path) {
             Ok(code) => {
@@ -175,7 +197,15 @@ fn cached<T>(
     match serialize(&code).map_err(|e| e.to_string()).and_then(|b| {
         // Unique per writer, so that concurrent writers each rename whole files.
         let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), fastrand::u64(..)));
-        let written = std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &path));
+        // Mode 0644 at most, whatever the umask: an entry others may write is
+        // not loaded.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -211,6 +241,7 @@ mod tests {
         assert_eq!(compiled.unwrap(), 7);
         assert!(!path.exists());
         std::fs::write(&path, b"entry").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let loaded = cached(
             Some((path.clone(), false)),
             |p| Ok(std::fs::read(p).unwrap().len()),
@@ -218,6 +249,15 @@ mod tests {
             |_| panic!("a read-only cache saves nothing"),
         );
         assert_eq!(loaded.unwrap(), 5);
+        // An entry others may write is compiled again, not loaded.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let compiled = cached(
+            Some((path.clone(), false)),
+            |_| panic!("others may write this entry"),
+            || Ok(9),
+            |_| panic!("a read-only cache saves nothing"),
+        );
+        assert_eq!(compiled.unwrap(), 9);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
