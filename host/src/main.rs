@@ -120,8 +120,6 @@ fn apply_node_flags(cli: &Cli, b: &mut config::Bootstrap) {
 struct Watched {
     meta: Vec<Option<FileMeta>>,
     contents: Option<u64>,
-    /// Some file was modified within the last [`FRESH`].
-    fresh: bool,
 }
 
 /// How long after its last change a file's contents are compared on every poll.
@@ -132,10 +130,8 @@ type FileMeta = (u64, i64, i64, i64, i64, u64);
 
 impl Watched {
     fn now(cli: &Cli, shared: &server::Shared) -> Watched {
-        let meta = file_meta(cli, shared);
         Watched {
-            fresh: fresh(&meta),
-            meta,
+            meta: file_meta(cli, shared),
             contents: config_stamp(cli, shared),
         }
     }
@@ -143,10 +139,9 @@ impl Watched {
     /// Whether the files changed since the last look.
     fn changed(&mut self, cli: &Cli, shared: &server::Shared) -> bool {
         let meta = file_meta(cli, shared);
-        if meta == self.meta && !self.fresh {
+        if meta == self.meta && !fresh(&meta) {
             return false;
         }
-        self.fresh = fresh(&meta);
         self.meta = meta;
         let contents = config_stamp(cli, shared);
         if contents == self.contents {

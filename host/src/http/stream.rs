@@ -451,13 +451,7 @@ impl Stream {
             )
             .await;
             self.info.response_flags = c.info.response_flags;
-            let body = match buffered {
-                Some((data, trailers)) => {
-                    fix_content_length(&mut head.headers, data.len());
-                    Body::Buffered(Some(data), trailers)
-                }
-                None => body.unwrap_or(Body::Empty),
-            };
+            let body = response_body(&mut head, body, buffered);
             let body = if body.is_end_stream() {
                 body
             } else {
@@ -492,13 +486,7 @@ impl Stream {
                 &mut buffered,
             )
             .await;
-            let body = match buffered {
-                Some((data, trailers)) => {
-                    fix_content_length(&mut head.headers, data.len());
-                    Body::Buffered(Some(data), trailers)
-                }
-                None => body.unwrap_or(Body::Empty),
-            };
+            let body = response_body(&mut head, body, buffered);
             let mut r = Response::from_parts(parts_from(head), body);
             if let Some(reply) = reply {
                 r = local_reply::build(
@@ -638,7 +626,6 @@ async fn chain_reply(chain: &Option<SharedChain>) -> Option<LocalReply> {
 }
 
 /// Runs response-header hooks in reverse order; stops at the first local reply.
-/// Runs response-header hooks in reverse order; stops at the first local reply.
 /// A filter that waits for the body gets it here, read from `body` into
 /// `buffered` (`body` is then gone).
 pub(crate) async fn run_response_headers(
@@ -681,10 +668,33 @@ pub(crate) async fn run_response_headers(
 }
 
 /// A filter may have changed a body it waited for: a stated length follows it.
-fn fix_content_length(headers: &mut HeaderMap, len: usize) {
+fn follow_length(headers: &mut HeaderMap, len: usize) {
     if headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+}
+
+/// The response body after the header hooks: the one a filter waited for, or
+/// the upstream's.
+fn response_body(
+    head: &mut ResponseHead,
+    body: Option<Body>,
+    buffered: Option<(Bytes, Option<HeaderMap>)>,
+) -> Body {
+    match buffered {
+        Some((data, trailers)) => {
+            follow_length(&mut head.headers, data.len());
+            Body::Buffered(Some(data), trailers)
+        }
+        None => body.unwrap_or(Body::Empty),
+    }
+}
+
+/// A local reply with Envoy's response code details.
+fn reply(status: StatusCode, text: &'static str, details: &'static str) -> Box<LocalReply> {
+    let mut r = LocalReply::new(status, text);
+    r.details = details;
+    Box::new(r)
 }
 
 /// Why a whole body could not be read.
@@ -693,12 +703,16 @@ enum ReadAll {
     Broken,
 }
 
-/// A whole body, data and trailers, for a filter that waits for it.
-async fn read_all<B>(mut body: B, limit: usize) -> Result<(Bytes, Option<HeaderMap>), ReadAll>
+/// A whole body, data and trailers, for a filter that waits for it (none when
+/// there is no body).
+async fn read_all<B>(body: Option<B>, limit: usize) -> Result<(Bytes, Option<HeaderMap>), ReadAll>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     use http_body_util::BodyExt;
+    let Some(mut body) = body else {
+        return Ok((Bytes::new(), None));
+    };
     let mut data = bytes::BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
@@ -721,27 +735,19 @@ async fn read_response(
     body: Option<Body>,
     limit: usize,
 ) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
-    let Some(body) = body else {
-        return Ok((Bytes::new(), None));
-    };
-    read_all(body, limit).await.map_err(|e| {
-        let (status, text, details) = match e {
-            // Envoy's answer when a buffering filter overflows.
-            ReadAll::TooLarge => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                "response_payload_too_large",
-            ),
-            // The headers have not gone on: the client gets a reply, not a reset.
-            ReadAll::Broken => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream reset",
-                "upstream_reset_after_response_started",
-            ),
-        };
-        let mut r = LocalReply::new(status, text);
-        r.details = details;
-        Box::new(r)
+    read_all(body, limit).await.map_err(|e| match e {
+        // Envoy's answer when a buffering filter overflows.
+        ReadAll::TooLarge => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "response_payload_too_large",
+        ),
+        // The headers have not gone on: the client gets a reply, not a reset.
+        ReadAll::Broken => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream reset",
+            "upstream_reset_after_response_started",
+        ),
     })
 }
 
@@ -802,33 +808,27 @@ async fn read_whole(
     limit: usize,
     within: Option<Duration>,
 ) -> Result<(Bytes, Option<HeaderMap>), Box<LocalReply>> {
-    let Some(body) = body else {
-        return Ok((Bytes::new(), None));
-    };
     let read = async {
-        read_all(body, limit).await.map_err(|e| {
-            let (status, text, details) = match e {
-                ReadAll::TooLarge => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Payload Too Large",
-                    "request_payload_too_large",
-                ),
-                ReadAll::Broken => (
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    "downstream_remote_disconnect",
-                ),
-            };
-            let mut r = LocalReply::new(status, text);
-            r.details = details;
-            Box::new(r)
+        read_all(body, limit).await.map_err(|e| match e {
+            ReadAll::TooLarge => reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                "request_payload_too_large",
+            ),
+            ReadAll::Broken => reply(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "downstream_remote_disconnect",
+            ),
         })
     };
     match within {
         Some(t) => tokio::time::timeout(t, read).await.unwrap_or_else(|_| {
-            let mut r = LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout");
-            r.details = "request_overall_timeout";
-            Err(Box::new(r))
+            Err(reply(
+                StatusCode::REQUEST_TIMEOUT,
+                "request timeout",
+                "request_overall_timeout",
+            ))
         }),
         None => read.await,
     }
@@ -1048,11 +1048,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         if let Some((b, _)) = &buffered {
             progress.bytes.set(b.len() as u64);
             progress.complete.set(true);
-            // The filter may have changed the body.
-            if head.headers.contains_key(header::CONTENT_LENGTH) {
-                head.headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-            }
+            follow_length(&mut head.headers, b.len());
         }
         parts.method = head.method;
         parts.uri = head.uri;

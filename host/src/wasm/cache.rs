@@ -42,22 +42,12 @@ pub fn set_dir(dir: &Path) -> Result<(), String> {
     if !meta.is_dir() {
         return Err(format!("the Wasm cache path {shown} is not a directory"));
     }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "the Wasm cache directory {shown} is writable by other users (mode {mode:04o}); \
-             code loaded from it runs in the proxy, so only the proxy's user may write it (chmod go-w)"
-        ));
-    }
-    // /proc/self belongs to the process's effective user.
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid());
-    let owner = meta.uid();
-    if owner != 0 && me.as_ref().ok() != Some(&owner) {
-        return Err(format!(
-            "the Wasm cache directory {shown} belongs to another user (uid {owner}); \
-             code loaded from it runs in the proxy, so it must be the proxy's own (or root's)"
-        ));
-    }
+    trusted(&meta).map_err(|why| {
+        format!(
+            "the Wasm cache directory {shown} {why}; code loaded from it runs in the proxy, \
+             so only the proxy's user or root may own and write it"
+        )
+    })?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     let writable = std::fs::write(&probe, b"").is_ok();
     if writable {
@@ -74,16 +64,21 @@ pub fn set_dir(dir: &Path) -> Result<(), String> {
         .map_err(|_| "the Wasm cache directory is already set".to_string())
 }
 
-/// Whether an entry may be loaded: like its directory, writable only by the
-/// proxy's user, and owned by that user or root.
-fn trusted_file(m: &std::fs::Metadata) -> Result<(), String> {
+/// The process's effective user: the owner of /proc/self.
+fn my_uid() -> Option<u32> {
+    static UID: OnceLock<Option<u32>> = OnceLock::new();
+    *UID.get_or_init(|| std::fs::metadata("/proc/self").map(|m| m.uid()).ok())
+}
+
+/// Whether the code in a directory or entry may run in the proxy: only its
+/// owner may write it, and that is the proxy's user or root. If not, why.
+fn trusted(m: &std::fs::Metadata) -> Result<(), String> {
     let mode = m.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {
-        return Err(format!("writable by other users, mode {mode:04o}"));
+        return Err(format!("is writable by other users (mode {mode:04o})"));
     }
-    let me = std::fs::metadata("/proc/self").map(|p| p.uid()).ok();
-    if m.uid() != 0 && Some(m.uid()) != me {
-        return Err(format!("owned by uid {}", m.uid()));
+    if m.uid() != 0 && Some(m.uid()) != my_uid() {
+        return Err(format!("belongs to another user (uid {})", m.uid()));
     }
     Ok(())
 }
@@ -131,8 +126,8 @@ pub(super) fn module(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Module> 
     cached(
         entry(engine, bytes),
         // SAFETY: only the proxy's user or root can have written the file
-        // (set_dir and trusted_file check the directory's and the file's
-        // owner and mode), and legate never changes an entry in place;
+        // (`trusted` checks the directory's and the file's owner and mode),
+        // and legate never changes an entry in place;
         // wasmtime checks that it was made by this version with these settings.
         |p| unsafe { Module::deserialize_file(engine, p) },
         || Module::new(engine, bytes),
@@ -162,14 +157,14 @@ fn cached<T>(
         return compile();
     };
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
-    let trusted = std::fs::metadata(&path).map(|m| trusted_file(&m));
-    if let Ok(Err(why)) = &trusted {
+    let found = std::fs::metadata(&path).map(|m| trusted(&m));
+    if let Ok(Err(why)) = &found {
         tracing::warn!(
-            "ignoring the cached Wasm code {} ({why}); compiling again",
+            "ignoring the cached Wasm code {}: it {why}; compiling again",
             path.display()
         );
     }
-    if let Ok(Ok(())) = trusted {
+    if let Ok(Ok(())) = found {
         let start = Instant::now();
         match load(&path) {
             Ok(code) => {
