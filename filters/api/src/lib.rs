@@ -103,6 +103,16 @@ pub enum HeadersAction {
     },
 }
 
+/// A body about to pass the filter chain, as [`HttpFilter::wants_body`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyShape {
+    /// The request body; false for the response body.
+    pub request: bool,
+    /// The body may end in trailers: HTTP/2, or HTTP/1.1 `chunked`. A body
+    /// framed by `content-length`, or known whole without trailers, cannot.
+    pub trailers: bool,
+}
+
 /// What an HTTP filter wants after a body or trailers hook.
 #[derive(Debug)]
 pub enum DataAction {
@@ -617,9 +627,12 @@ pub trait HttpFilter {
         Step::Done(DataAction::Continue)
     }
 
-    /// Whether this filter needs the body hooks. Streams whose filters all say no
-    /// pass bodies through without copying.
-    fn wants_body(&self) -> bool {
+    /// Whether this filter needs the hooks of `body`, asked when the body
+    /// starts (the request body after the request headers hooks, the response
+    /// body after the response headers hooks). Bodies that no filter of the
+    /// stream wants pass through without copying, and an empty body is never
+    /// asked about.
+    fn wants_body(&self, _body: BodyShape) -> bool {
         false
     }
 

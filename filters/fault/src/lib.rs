@@ -23,7 +23,7 @@ use legate_filter_api::http::{HeaderMap, StatusCode};
 use legate_filter_api::matcher::{RequestView, header_matches};
 use legate_filter_api::stats::{Counter, Gauge, Store};
 use legate_filter_api::{
-    DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
+    BodyShape, DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
     ResponseFlag, Step, StreamInfo, random,
 };
 
@@ -299,8 +299,9 @@ impl HttpFilter for FaultFilter {
         })
     }
 
-    fn wants_body(&self) -> bool {
-        self.pacer.is_some()
+    /// Only the response is paced.
+    fn wants_body(&self, body: BodyShape) -> bool {
+        !body.request && self.pacer.is_some()
     }
 
     fn max_response_chunk(&self) -> Option<usize> {

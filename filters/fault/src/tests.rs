@@ -308,7 +308,12 @@ async fn a_throttled_response_takes_its_time() {
     let mut f = fac.create();
     let mut i = info();
     assert!(run(&mut f, &mut head(&[]), &mut i).await.is_none());
-    assert!(f.wants_body());
+    let body = |request| BodyShape {
+        request,
+        trailers: false,
+    };
+    assert!(f.wants_body(body(false)));
+    assert!(!f.wants_body(body(true)), "only the response is paced");
     let slice = f.max_response_chunk().unwrap();
     assert_eq!(slice, 204);
     let t0 = tokio::time::Instant::now();

@@ -27,8 +27,8 @@ use legate_filter_api::http::{HeaderMap, HeaderValue, StatusCode};
 use legate_filter_api::matcher::{is_grpc, split_query};
 use legate_filter_api::stats::{Counter, Histogram, Store};
 use legate_filter_api::{
-    DataAction, FilterStateObject, HeadersAction, HttpFilter, HttpFilterFactory, RequestHead,
-    ResponseHead, Step, StreamInfo,
+    BodyShape, DataAction, FilterStateObject, HeadersAction, HttpFilter, HttpFilterFactory,
+    RequestHead, ResponseHead, Step, StreamInfo,
 };
 
 pub use frames::FrameCounter;
@@ -402,7 +402,7 @@ impl HttpFilter for GrpcStatsFilter {
         Step::Done(DataAction::Continue)
     }
 
-    fn wants_body(&self) -> bool {
+    fn wants_body(&self, _body: BodyShape) -> bool {
         self.grpc_request && (self.names.is_some() || self.shared.config.emit_filter_state)
     }
 }

@@ -184,7 +184,10 @@ async fn untracked_calls_count_nothing() {
     f.on_request_headers(&mut head, true, &mut info(Some("up")))
         .action()
         .await;
-    assert!(!f.wants_body());
+    assert!(!f.wants_body(BodyShape {
+        request: false,
+        trailers: true
+    }));
     assert!(s.snapshot().is_empty(), "{:?}", s.snapshot());
 }
 

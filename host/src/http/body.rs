@@ -47,6 +47,22 @@ impl Body {
     }
 }
 
+impl Body {
+    /// Whether the body may end in trailers; `http2` for a body received over
+    /// HTTP/2. An HTTP/1 body framed by `content-length` cannot (only
+    /// `chunked` carries them), nor can one already whole.
+    pub fn may_have_trailers(&self, http2: bool) -> bool {
+        match self {
+            Body::Empty | Body::Full(_) => false,
+            Body::Buffered(_, trailers) => trailers.is_some(),
+            Body::Incoming(i) | Body::Counted(i, _) => {
+                http2 || http_body::Body::size_hint(i).exact().is_none()
+            }
+            Body::Stream(_) | Body::Filtered(_) => true,
+        }
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;

@@ -331,7 +331,7 @@ mod tests {
             Step::Done(DataAction::Continue)
         }
 
-        fn wants_body(&self) -> bool {
+        fn wants_body(&self, _body: legate_filter_api::BodyShape) -> bool {
             true
         }
     }
@@ -423,7 +423,7 @@ mod tests {
             Step::Done(DataAction::Continue)
         }
 
-        fn wants_body(&self) -> bool {
+        fn wants_body(&self, _body: legate_filter_api::BodyShape) -> bool {
             true
         }
 

@@ -390,7 +390,7 @@ mod tests {
             *chunk = Bytes::from(v);
             Step::Done(DataAction::Continue)
         }
-        fn wants_body(&self) -> bool {
+        fn wants_body(&self, _body: legate_filter_api::BodyShape) -> bool {
             true
         }
     }
@@ -522,7 +522,7 @@ mod tests {
             r.details = "test_refused";
             Step::Done(DataAction::Respond(Box::new(r)))
         }
-        fn wants_body(&self) -> bool {
+        fn wants_body(&self, _body: legate_filter_api::BodyShape) -> bool {
             true
         }
     }
@@ -600,7 +600,7 @@ mod tests {
     struct Completes(Arc<std::sync::Mutex<Vec<String>>>, bool);
 
     impl HttpFilter for Completes {
-        fn wants_body(&self) -> bool {
+        fn wants_body(&self, _body: legate_filter_api::BodyShape) -> bool {
             self.1
         }
         fn on_stream_complete(&mut self, info: &StreamInfo) {

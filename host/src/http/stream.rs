@@ -13,8 +13,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use legate_filter_api::{
-    HeadersAction, HttpFilter, LocalReply, RequestHead, ResponseFlag, ResponseFlags, ResponseHead,
-    StreamInfo,
+    BodyShape, HeadersAction, HttpFilter, LocalReply, RequestHead, ResponseFlag, ResponseFlags,
+    ResponseHead, StreamInfo,
 };
 
 use super::body::{Body, BoxError, RequestProgress};
@@ -59,6 +59,11 @@ enum Finishers {
 /// Takes a finished filter's place in its chain.
 struct Finished;
 impl HttpFilter for Finished {}
+
+/// Moves a filter out of the stream's list, for the chain or the finishers.
+fn take_filter(f: &mut Box<dyn HttpFilter>) -> Box<dyn HttpFilter> {
+    std::mem::replace(f, Box::new(Finished))
+}
 
 impl Finishers {
     fn complete(&mut self, flags: ResponseFlags, details: &'static str) {
@@ -394,6 +399,7 @@ impl Stream {
         filters: &mut [Box<dyn HttpFilter>],
     ) -> Response<ProxyBody> {
         let cfg = &self.cx.hcm.config;
+        let version = resp.version();
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         hdr::strip_hop_by_hop_response(resp.headers_mut(), upgraded);
         if !levels.is_empty() {
@@ -486,7 +492,24 @@ impl Stream {
                 &mut buffered,
             )
             .await;
-            let body = response_body(&mut head, body, buffered);
+            let mut body = response_body(&mut head, body, buffered);
+            let shape = BodyShape {
+                request: false,
+                trailers: body.may_have_trailers(version == Version::HTTP_2),
+            };
+            if reply.is_none()
+                && !body.is_end_stream()
+                && filters.iter().any(|f| f.wants_body(shape))
+            {
+                // Filters that want the response body take it from here.
+                let chain = SharedChain::new(Chain {
+                    filters: filters.iter_mut().map(take_filter).collect(),
+                    info: self.info.take(),
+                    local_reply: None,
+                });
+                body = filtered(body, chain.clone(), false);
+                self.chain = Some(chain);
+            }
             let mut r = Response::from_parts(parts_from(head), body);
             if let Some(reply) = reply {
                 r = local_reply::build(
@@ -509,10 +532,7 @@ impl Stream {
         let finishers = match &self.chain {
             Some(chain) => Some(Finishers::Shared(chain.clone())),
             None if !filters.is_empty() => {
-                let owned = filters
-                    .iter_mut()
-                    .map(|f| std::mem::replace(f, Box::new(Finished) as Box<dyn HttpFilter>))
-                    .collect();
+                let owned = filters.iter_mut().map(take_filter).collect();
                 Some(Finishers::Owned(owned, Box::new(self.info.take())))
             }
             None => None,
@@ -1338,19 +1358,25 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     }
     st.unread_body = false;
     let body_was_empty = body_empty(&body, &buffered);
-    if filters.iter().any(|f| f.wants_body()) {
-        st.chain = Some(SharedChain::new(Chain {
-            filters: std::mem::take(&mut filters),
-            // The chain's info is the stream's from here on.
-            info: st.info.take(),
-            local_reply: None,
-        }));
-    }
     let source = match (buffered, body) {
         (Some((data, trailers)), _) => Some(Body::Buffered(Some(data), trailers)),
         (None, Some(b)) => Some(Body::Counted(b, progress.clone())),
         (None, None) => None,
     };
+    if let Some(b) = source.as_ref().filter(|_| !body_was_empty) {
+        let shape = BodyShape {
+            request: true,
+            trailers: b.may_have_trailers(st.cx.http2),
+        };
+        if filters.iter().any(|f| f.wants_body(shape)) {
+            st.chain = Some(SharedChain::new(Chain {
+                filters: std::mem::take(&mut filters),
+                // The chain's info is the stream's from here on.
+                info: st.info.take(),
+                local_reply: None,
+            }));
+        }
+    }
     let req_body = match (source, &st.chain) {
         (None, _) => Body::Empty,
         _ if body_was_empty => Body::Empty,

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use legate_filter_api::{
-    DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
+    BodyShape, DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
     ResponseHead, Step, StreamInfo,
 };
 
 use super::Plugin;
-use super::slot::{Slot, slot};
+use super::slot::{Lent, Slot, slot};
 use super::vm::{Data, Failed, Inbox, Outcome, Vm};
 
 /// Builds the per-stream filters of one plugin.
@@ -57,7 +57,7 @@ pub struct WasmHttpFilter {
     cx: Option<Cx>,
     /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
     bypass: bool,
-    data: Data,
+    data: Lent,
     req_buf: BytesMut,
     resp_buf: BytesMut,
     /// The request body went through `on_request_buffered`: the body hooks pass.
@@ -574,7 +574,7 @@ impl HttpFilter for WasmHttpFilter {
         self.trailers(false, trailers, info)
     }
 
-    fn wants_body(&self) -> bool {
+    fn wants_body(&self, _body: BodyShape) -> bool {
         true
     }
 
@@ -597,6 +597,6 @@ impl WasmHttpFilter {
 impl Drop for WasmHttpFilter {
     fn drop(&mut self) {
         self.finish();
-        self.slot.give_back(std::mem::take(&mut self.data));
+        self.slot.give_back(&mut self.data);
     }
 }

@@ -37,14 +37,34 @@ pub struct Slot<V> {
 /// Spare stream data kept per worker and plugin.
 const SPARE_DATA: usize = 64;
 
+/// A stream's data, lent by its slot. The `Option` lets the stream's `Drop`
+/// hand it back without allocating a replacement.
+pub struct Lent(Option<Data>);
+
+impl std::ops::Deref for Lent {
+    type Target = Data;
+    fn deref(&self) -> &Data {
+        self.0.as_ref().expect("stream data is only given back on drop")
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Data {
+        self.0.as_mut().expect("stream data is only given back on drop")
+    }
+}
+
 impl<V> Slot<V> {
     /// Stream data for a new stream, reused when one ended.
-    pub fn take_data(&self) -> Data {
-        self.spare.borrow_mut().pop().unwrap_or_default()
+    pub fn take_data(&self) -> Lent {
+        Lent(Some(self.spare.borrow_mut().pop().unwrap_or_default()))
     }
 
     /// Takes back an ended stream's data.
-    pub fn give_back(&self, mut data: Data) {
+    pub fn give_back(&self, lent: &mut Lent) {
+        let Some(mut data) = lent.0.take() else {
+            return;
+        };
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_DATA {
             data.reset();

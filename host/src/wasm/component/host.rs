@@ -62,35 +62,44 @@ enum MapKind {
     ResponseTrailers,
 }
 
-/// Values of `name` in a map of the running hook, first only or all.
-fn map_get(d: &StreamData, map: MapKind, name: &str, all: bool) -> Vec<Vec<u8>> {
-    let take = if all { usize::MAX } else { 1 };
-    let values = |h: &::http::HeaderMap| -> Vec<Vec<u8>> {
-        h.get_all(name)
-            .iter()
-            .take(take)
-            .map(|v| v.as_bytes().to_vec())
-            .collect()
+/// Passes the values of `name` in a map of the running hook to `each`, in
+/// order, until it returns false.
+fn map_get(d: &StreamData, map: MapKind, name: &str, each: &mut dyn FnMut(&[u8]) -> bool) {
+    let values = |h: &::http::HeaderMap, each: &mut dyn FnMut(&[u8]) -> bool| {
+        for v in h.get_all(name) {
+            if !each(v.as_bytes()) {
+                return;
+            }
+        }
     };
     match map {
         MapKind::RequestHeaders => match &d.req {
-            Some(h) if name.starts_with(':') => request_pseudo(h, name.as_bytes())
-                .map(<[u8]>::to_vec)
-                .into_iter()
-                .collect(),
-            Some(h) => values(&h.headers),
-            None => Vec::new(),
+            Some(h) if name.starts_with(':') => {
+                if let Some(v) = request_pseudo(h, name.as_bytes()) {
+                    each(v);
+                }
+            }
+            Some(h) => values(&h.headers, each),
+            None => {}
         },
         MapKind::ResponseHeaders => match &d.resp {
             Some(h) if name.eq_ignore_ascii_case(":status") => {
-                vec![h.status.as_str().as_bytes().to_vec()]
+                each(h.status.as_str().as_bytes());
             }
-            Some(h) if name.starts_with(':') => Vec::new(),
-            Some(h) => values(&h.headers),
-            None => Vec::new(),
+            Some(h) if name.starts_with(':') => {}
+            Some(h) => values(&h.headers, each),
+            None => {}
         },
-        MapKind::RequestTrailers => d.req_trailers.as_ref().map(values).unwrap_or_default(),
-        MapKind::ResponseTrailers => d.resp_trailers.as_ref().map(values).unwrap_or_default(),
+        MapKind::RequestTrailers => {
+            if let Some(t) = &d.req_trailers {
+                values(t, each)
+            }
+        }
+        MapKind::ResponseTrailers => {
+            if let Some(t) = &d.resp_trailers {
+                values(t, each)
+            }
+        }
     }
 }
 
@@ -309,11 +318,21 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
         "message" => {
             i.func_wrap("get", |c, (map, name): (MapKind, WasmStr)| {
                 let name = name.to_str(&c)?;
-                Ok((map_get(&c.data().stream, map, &name, false).pop(),))
+                let mut first = None;
+                map_get(&c.data().stream, map, &name, &mut |v| {
+                    first = Some(v.to_vec());
+                    false
+                });
+                Ok((first,))
             })?;
             i.func_wrap("get-all", |c, (map, name): (MapKind, WasmStr)| {
                 let name = name.to_str(&c)?;
-                Ok((map_get(&c.data().stream, map, &name, true),))
+                let mut all = Vec::new();
+                map_get(&c.data().stream, map, &name, &mut |v| {
+                    all.push(v.to_vec());
+                    true
+                });
+                Ok((all,))
             })?;
             i.func_wrap("entries", |c, (map,): (MapKind,)| {
                 Ok((map_entries(&c.data().stream, map),))

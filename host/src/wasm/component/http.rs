@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use legate_filter_api::{
-    DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
+    BodyShape, DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
     ResponseHead, Step, StreamInfo,
 };
 use wasmtime::component::ResourceAny;
@@ -16,8 +16,7 @@ use super::super::Plugin;
 use super::super::abi::{HeaderScratch, Op, edit};
 use super::super::calls::OutCall;
 use super::super::http::placeholder_request;
-use super::super::slot::{Slot, slot};
-use super::super::vm::Data;
+use super::super::slot::{Lent, Slot, slot};
 use super::{CVm, Failed, Inbox, WAction, WLocalReply, WPoll, call_result, start_calls};
 
 /// Builds the per-stream filters of a component plugin.
@@ -56,7 +55,7 @@ pub struct ComponentHttpFilter {
     /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
     bypass: bool,
     /// What the running hook may read and change, lent to the store.
-    data: Data,
+    data: Lent,
     /// The request body went through `on_request_buffered`: the body hooks pass.
     request_buffered: bool,
 }
@@ -78,10 +77,6 @@ enum Hook {
     ResponseBody(u64, bool),
     ResponseTrailers,
 }
-
-/// The bits of the body and trailers hooks in `CVm::unimplemented`: the
-/// chain wraps bodies for both.
-const BODY_HOOKS: u8 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5;
 
 impl Hook {
     fn bit(self) -> u8 {
@@ -465,14 +460,20 @@ impl HttpFilter for ComponentHttpFilter {
         self.trailers(false, trailers, info)
     }
 
-    /// Bodies pass by untouched once the filter said it implements none of
-    /// the body and trailers hooks.
-    fn wants_body(&self) -> bool {
+    /// A body passes by untouched once the filter said it implements neither
+    /// its body hook nor, when it may end in trailers, its trailers hook.
+    fn wants_body(&self, body: BodyShape) -> bool {
+        let (data, trailers) = if body.request {
+            (Hook::RequestBody(0, false), Hook::RequestTrailers)
+        } else {
+            (Hook::ResponseBody(0, false), Hook::ResponseTrailers)
+        };
+        let hooks = data.bit() | if body.trailers { trailers.bit() } else { 0 };
         let vm = match &self.cx {
             Some((vm, _)) => Some(vm.clone()),
             None => self.slot.current(),
         };
-        vm.is_none_or(|vm| vm.unimplemented.get() & BODY_HOOKS != BODY_HOOKS)
+        vm.is_none_or(|vm| vm.unimplemented.get() & hooks != hooks)
     }
 
     fn on_stream_complete(&mut self, _info: &StreamInfo) {
@@ -483,6 +484,6 @@ impl HttpFilter for ComponentHttpFilter {
 impl Drop for ComponentHttpFilter {
     fn drop(&mut self) {
         self.finish();
-        self.slot.give_back(std::mem::take(&mut self.data));
+        self.slot.give_back(&mut self.data);
     }
 }
