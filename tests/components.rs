@@ -508,6 +508,10 @@ async fn component_properties_and_shared_data_across_workers() {
     }
     let (_, _, body) = curl_get(&["-H", "x-count: 1", &url(a, "/")]);
     assert_eq!(body, "101\n");
+    // Every stream ended in the filter too: `on_done` ran 102 times (the
+    // guest numbers streams itself and must drop each one it was given).
+    let done = "wasmcustom.sdk_misbehave_streams_done";
+    assert_eq!(l.wait_stat(done, 102).await, 102);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

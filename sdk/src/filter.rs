@@ -458,10 +458,6 @@ impl<F: HttpFilter> Drop for Stream<F> {
 #[doc(hidden)]
 pub struct __HttpExport<P>(PhantomData<P>);
 
-/// The exported `http-stream` resource.
-#[doc(hidden)]
-pub struct HttpStreamExport<P: HttpPlugin>(Stream<P::Filter>);
-
 fn poll(out: Option<Done>) -> wit::Poll {
     match out {
         Some(Done::Action(a)) => wit::Poll::Ready(a.into_wit()),
@@ -470,55 +466,60 @@ fn poll(out: Option<Done>) -> wit::Poll {
     }
 }
 
-impl<P: HttpPlugin> wit_handler::Guest for __HttpExport<P> {
-    type HttpStream = HttpStreamExport<P>;
+/// Runs a hook of the live stream numbered `n`.
+fn run<P: HttpPlugin>(n: u32, hook: Hook) -> wit::Poll {
+    poll(crate::live::with(|live: &mut Live<P::Filter>| {
+        live.get(n).run(hook)
+    }))
+}
 
+type Live<F> = crate::live::Live<Stream<F>>;
+
+impl<P: HttpPlugin> wit_handler::Guest for __HttpExport<P> {
     fn configure(configuration: Vec<u8>) -> Result<(), String> {
         configure(|| P::configure(&configuration))
     }
-}
 
-fn size(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
-}
-
-impl<P: HttpPlugin> wit_handler::GuestHttpStream for HttpStreamExport<P> {
-    fn new() -> Self {
-        HttpStreamExport(Stream::new(root(|| P::configure(b"")).new_filter()))
+    fn new_stream() -> u32 {
+        let stream = Stream::new(root(|| P::configure(b"")).new_filter());
+        crate::live::with(|live: &mut Live<P::Filter>| live.insert(stream))
     }
 
-    fn start(end_of_stream: bool) -> (wit_handler::HttpStream, wit::Poll) {
-        let stream = <Self as wit_handler::GuestHttpStream>::new();
-        let poll = poll(stream.0.run(Hook::RequestHeaders(end_of_stream)));
-        (wit_handler::HttpStream::new(stream), poll)
+    fn start(end_of_stream: bool) -> (u32, wit::Poll) {
+        let stream = Stream::new(root(|| P::configure(b"")).new_filter());
+        let out = crate::live::with(|live: &mut Live<P::Filter>| {
+            let n = live.insert(stream);
+            (n, live.get(n).run(Hook::RequestHeaders(end_of_stream)))
+        });
+        (out.0, poll(out.1))
     }
 
-    fn on_request_headers(&self, end_of_stream: bool) -> wit::Poll {
-        poll(self.0.run(Hook::RequestHeaders(end_of_stream)))
+    fn on_request_headers(stream: u32, end_of_stream: bool) -> wit::Poll {
+        run::<P>(stream, Hook::RequestHeaders(end_of_stream))
     }
 
-    fn on_request_body(&self, len: u64, end_of_stream: bool) -> wit::Poll {
-        poll(self.0.run(Hook::RequestBody(size(len), end_of_stream)))
+    fn on_request_body(stream: u32, len: u64, end_of_stream: bool) -> wit::Poll {
+        run::<P>(stream, Hook::RequestBody(size(len), end_of_stream))
     }
 
-    fn on_request_trailers(&self) -> wit::Poll {
-        poll(self.0.run(Hook::RequestTrailers))
+    fn on_request_trailers(stream: u32) -> wit::Poll {
+        run::<P>(stream, Hook::RequestTrailers)
     }
 
-    fn on_response_headers(&self, end_of_stream: bool) -> wit::Poll {
-        poll(self.0.run(Hook::ResponseHeaders(end_of_stream)))
+    fn on_response_headers(stream: u32, end_of_stream: bool) -> wit::Poll {
+        run::<P>(stream, Hook::ResponseHeaders(end_of_stream))
     }
 
-    fn on_response_body(&self, len: u64, end_of_stream: bool) -> wit::Poll {
-        poll(self.0.run(Hook::ResponseBody(size(len), end_of_stream)))
+    fn on_response_body(stream: u32, len: u64, end_of_stream: bool) -> wit::Poll {
+        run::<P>(stream, Hook::ResponseBody(size(len), end_of_stream))
     }
 
-    fn on_response_trailers(&self) -> wit::Poll {
-        poll(self.0.run(Hook::ResponseTrailers))
+    fn on_response_trailers(stream: u32) -> wit::Poll {
+        run::<P>(stream, Hook::ResponseTrailers)
     }
 
     fn resume(
-        &self,
+        stream: u32,
         call: u32,
         outcome: Result<
             crate::bindings::http::legate::filter::http_client::Response,
@@ -526,6 +527,18 @@ impl<P: HttpPlugin> wit_handler::GuestHttpStream for HttpStreamExport<P> {
         >,
     ) -> wit::Poll {
         let result = outcome.map(Response::from_wit).map_err(CallError::from_wit);
-        poll(self.0.resume(call, result))
+        poll(crate::live::with(|live: &mut Live<P::Filter>| {
+            live.get(stream).resume(call, result)
+        }))
     }
+
+    fn drop_stream(stream: u32) {
+        // Dropped outside the table: `on_done` is the filter's code.
+        let ended = crate::live::with(|live: &mut Live<P::Filter>| live.remove(stream));
+        drop(ended);
+    }
+}
+
+fn size(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }

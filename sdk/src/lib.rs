@@ -34,6 +34,7 @@ mod exec;
 mod filter;
 mod host;
 pub mod http;
+mod live;
 pub mod log;
 mod message;
 pub mod metrics;

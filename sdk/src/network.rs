@@ -1,6 +1,5 @@
 //! Network (L4) filters and their export as the `network-handler` interface.
 
-use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use crate::bindings::network::exports::legate::filter::network_handler as wit;
@@ -146,44 +145,48 @@ pub(crate) fn data_hook(
 #[doc(hidden)]
 pub struct __NetworkExport<P>(PhantomData<P>);
 
-/// The exported `connection` resource.
-#[doc(hidden)]
-pub struct ConnectionExport<P: NetworkPlugin>(RefCell<P::Filter>);
+/// Runs `f` on the filter of the live connection numbered `n`.
+fn with_filter<P: NetworkPlugin, R>(n: u32, f: impl FnOnce(&mut P::Filter) -> R) -> R {
+    crate::live::with(|live: &mut Live<P::Filter>| f(live.get(n)))
+}
+
+type Live<F> = crate::live::Live<F>;
 
 impl<P: NetworkPlugin> wit::Guest for __NetworkExport<P> {
-    type Connection = ConnectionExport<P>;
-
     fn configure(configuration: Vec<u8>) -> Result<(), String> {
         configure(|| P::configure(&configuration))
     }
-}
 
-impl<P: NetworkPlugin> wit::GuestConnection for ConnectionExport<P> {
-    fn new() -> Self {
-        ConnectionExport(RefCell::new(root(|| P::configure(b"")).new_filter()))
+    fn new_connection() -> u32 {
+        let filter = root(|| P::configure(b"")).new_filter();
+        crate::live::with(|live: &mut Live<P::Filter>| live.insert(filter))
     }
 
-    fn on_new_connection(&self) -> bool {
-        self.0.borrow_mut().on_new_connection() == NetworkAction::Continue
+    fn on_new_connection(connection: u32) -> bool {
+        with_filter::<P, _>(connection, |f| f.on_new_connection()) == NetworkAction::Continue
     }
 
-    fn on_downstream_data(&self, data: Vec<u8>, end_of_stream: bool) -> wit::DataOutcome {
-        let (data, close) = data_hook(
-            |b| self.0.borrow_mut().on_downstream_data(b, end_of_stream),
-            data,
-        );
+    fn on_downstream_data(connection: u32, data: Vec<u8>, end_of_stream: bool) -> wit::DataOutcome {
+        let (data, close) = with_filter::<P, _>(connection, |f| {
+            data_hook(|b| f.on_downstream_data(b, end_of_stream), data)
+        });
         wit::DataOutcome { data, close }
     }
 
-    fn on_upstream_data(&self, data: Vec<u8>, end_of_stream: bool) -> wit::DataOutcome {
-        let (data, close) = data_hook(
-            |b| self.0.borrow_mut().on_upstream_data(b, end_of_stream),
-            data,
-        );
+    fn on_upstream_data(connection: u32, data: Vec<u8>, end_of_stream: bool) -> wit::DataOutcome {
+        let (data, close) = with_filter::<P, _>(connection, |f| {
+            data_hook(|b| f.on_upstream_data(b, end_of_stream), data)
+        });
         wit::DataOutcome { data, close }
     }
 
-    fn on_close(&self) {
-        self.0.borrow_mut().on_close();
+    fn on_close(connection: u32) {
+        with_filter::<P, _>(connection, |f| f.on_close());
+    }
+
+    fn drop_connection(connection: u32) {
+        // Dropped outside the table: `Drop` may be the filter's code.
+        let ended = crate::live::with(|live: &mut Live<P::Filter>| live.remove(connection));
+        drop(ended);
     }
 }

@@ -44,13 +44,17 @@ pub struct Lent(Option<Data>);
 impl std::ops::Deref for Lent {
     type Target = Data;
     fn deref(&self) -> &Data {
-        self.0.as_ref().expect("stream data is only given back on drop")
+        self.0
+            .as_ref()
+            .expect("stream data is only given back on drop")
     }
 }
 
 impl std::ops::DerefMut for Lent {
     fn deref_mut(&mut self) -> &mut Data {
-        self.0.as_mut().expect("stream data is only given back on drop")
+        self.0
+            .as_mut()
+            .expect("stream data is only given back on drop")
     }
 }
 

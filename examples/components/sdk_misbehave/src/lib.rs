@@ -12,8 +12,10 @@
 //! * `x-count`: adds one to the shared key `count` with compare-and-swap and
 //!   answers the new value;
 //! * otherwise the response gets `x-misbehave: ok`.
+//!
+//! Every stream that ends adds one to the counter `sdk_misbehave_streams_done`.
 
-use legate_sdk::{Action, Headers, HttpFilter, LocalReply, properties, shared};
+use legate_sdk::{Action, Headers, HttpFilter, LocalReply, metrics, properties, shared};
 
 #[derive(Default)]
 pub struct Misbehave;
@@ -77,6 +79,10 @@ impl HttpFilter for Misbehave {
     async fn on_response_headers(&mut self, headers: &mut Headers, _eos: bool) -> Action {
         headers.set("x-misbehave", "ok");
         Action::Continue
+    }
+
+    fn on_done(&mut self) {
+        metrics::Counter::new("sdk_misbehave_streams_done").increment(1);
     }
 }
 

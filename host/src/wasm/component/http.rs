@@ -10,7 +10,6 @@ use legate_filter_api::{
     BodyShape, DataAction, HeadersAction, HttpFilter, HttpFilterFactory, LocalReply, RequestHead,
     ResponseHead, Step, StreamInfo,
 };
-use wasmtime::component::ResourceAny;
 
 use super::super::Plugin;
 use super::super::abi::{HeaderScratch, Op, edit};
@@ -48,8 +47,8 @@ impl HttpFilterFactory for ComponentHttpFactory {
 pub struct ComponentHttpFilter {
     slot: Rc<Slot<CVm>>,
     plugin: Arc<Plugin>,
-    /// The instance and the stream's `http-stream` resource in it.
-    cx: Option<(Rc<CVm>, ResourceAny)>,
+    /// The instance and the number it gave the stream.
+    cx: Option<(Rc<CVm>, u32)>,
     /// Made when the stream first calls out.
     inbox: Option<Rc<Inbox>>,
     /// FAIL_OPEN after a failure: the filter steps aside for the rest of the stream.
@@ -63,8 +62,8 @@ pub struct ComponentHttpFilter {
 /// Where a hook stands.
 enum Progress {
     Ended(WAction),
-    /// Awaiting calls, in this instance, on this stream resource.
-    Pending(Rc<CVm>, ResourceAny),
+    /// Awaiting calls, in this instance, on the stream with this number.
+    Pending(Rc<CVm>, u32),
 }
 
 /// Which hook runs.
@@ -103,22 +102,22 @@ impl Hook {
 }
 
 impl ComponentHttpFilter {
-    fn context(&mut self) -> Result<(Rc<CVm>, ResourceAny), Failed> {
-        if let Some((vm, r)) = &self.cx {
-            return Ok((vm.clone(), *r));
+    fn context(&mut self) -> Result<(Rc<CVm>, u32), Failed> {
+        if let Some((vm, id)) = &self.cx {
+            return Ok((vm.clone(), *id));
         }
         let vm = self.slot.vm().map_err(Failed)?;
-        let ((r,), _) = vm.call("constructor", &mut self.data, false, |vm, s| {
+        let ((id,), _) = vm.call("new-stream", &mut self.data, false, |vm, s| {
             vm.http()?.new.call(s, ())
         })?;
-        self.cx = Some((vm.clone(), r));
-        Ok((vm, r))
+        self.cx = Some((vm.clone(), id));
+        Ok((vm, id))
     }
 
     /// Calls a hook. It ends now, or is pending on the calls it made (they
     /// have been started).
     fn call(&mut self, hook: Hook) -> Result<Progress, Failed> {
-        let (vm, r, poll, calls) = match (&self.cx, hook) {
+        let (vm, id, poll, calls) = match (&self.cx, hook) {
             // The usual start: make the stream and run its first hook in one call.
             (None, Hook::RequestHeaders(eos))
                 if self
@@ -127,33 +126,33 @@ impl ComponentHttpFilter {
                     .is_none_or(|vm| vm.unimplemented.get() & hook.bit() == 0) =>
             {
                 let vm = self.slot.vm().map_err(Failed)?;
-                let (((r, poll),), calls) =
+                let (((id, poll),), calls) =
                     vm.call(hook.name(), &mut self.data, true, |vm, s| {
                         vm.http()?.start.call(s, (eos,))
                     })?;
-                self.cx = Some((vm.clone(), r));
-                (vm, r, poll, calls)
+                self.cx = Some((vm.clone(), id));
+                (vm, id, poll, calls)
             }
             _ => {
-                let (vm, r) = self.context()?;
+                let (vm, id) = self.context()?;
                 if vm.unimplemented.get() & hook.bit() != 0 {
                     return Ok(Progress::Ended(WAction::Continue));
                 }
                 let ((poll,), calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
                     let f = vm.http()?;
                     match hook {
-                        Hook::RequestHeaders(eos) => f.request_headers.call(s, (r, eos)),
-                        Hook::RequestBody(n, eos) => f.request_body.call(s, (r, n, eos)),
-                        Hook::RequestTrailers => f.request_trailers.call(s, (r,)),
-                        Hook::ResponseHeaders(eos) => f.response_headers.call(s, (r, eos)),
-                        Hook::ResponseBody(n, eos) => f.response_body.call(s, (r, n, eos)),
-                        Hook::ResponseTrailers => f.response_trailers.call(s, (r,)),
+                        Hook::RequestHeaders(eos) => f.request_headers.call(s, (id, eos)),
+                        Hook::RequestBody(n, eos) => f.request_body.call(s, (id, n, eos)),
+                        Hook::RequestTrailers => f.request_trailers.call(s, (id,)),
+                        Hook::ResponseHeaders(eos) => f.response_headers.call(s, (id, eos)),
+                        Hook::ResponseBody(n, eos) => f.response_body.call(s, (id, n, eos)),
+                        Hook::ResponseTrailers => f.response_trailers.call(s, (id,)),
                     }
                 })?;
-                (vm, r, poll, calls)
+                (vm, id, poll, calls)
             }
         };
-        self.progress(hook, vm, r, poll, calls)
+        self.progress(hook, vm, id, poll, calls)
     }
 
     /// Where a hook stands after a guest call.
@@ -161,7 +160,7 @@ impl ComponentHttpFilter {
         &mut self,
         hook: Hook,
         vm: Rc<CVm>,
-        r: ResourceAny,
+        id: u32,
         poll: WPoll,
         calls: Vec<OutCall>,
     ) -> Result<Progress, Failed> {
@@ -175,17 +174,12 @@ impl ComponentHttpFilter {
                 vm.unimplemented.set(vm.unimplemented.get() | hook.bit());
                 Ok(Progress::Ended(WAction::Continue))
             }
-            WPoll::Pending => Ok(Progress::Pending(vm, r)),
+            WPoll::Pending => Ok(Progress::Pending(vm, id)),
         }
     }
 
     /// Feeds a pending hook the results of the calls it awaits until it ends.
-    async fn wait(
-        &mut self,
-        hook: Hook,
-        mut vm: Rc<CVm>,
-        mut r: ResourceAny,
-    ) -> Result<WAction, Failed> {
+    async fn wait(&mut self, hook: Hook, mut vm: Rc<CVm>, mut id: u32) -> Result<WAction, Failed> {
         loop {
             let next = match self.inbox.clone() {
                 Some(inbox) => inbox.next().await,
@@ -202,11 +196,11 @@ impl ComponentHttpFilter {
                 return Err(Failed(why));
             };
             let ((poll,), calls) = vm.call("resume", &mut self.data, true, |vm, s| {
-                vm.http()?.resume.call(s, (r, token, call_result(&resp)))
+                vm.http()?.resume.call(s, (id, token, call_result(&resp)))
             })?;
-            match self.progress(hook, vm, r, poll, calls)? {
+            match self.progress(hook, vm, id, poll, calls)? {
                 Progress::Ended(action) => return Ok(action),
-                Progress::Pending(v, h) => (vm, r) = (v, h),
+                Progress::Pending(v, i) => (vm, id) = (v, i),
             }
         }
     }
@@ -231,8 +225,8 @@ impl ComponentHttpFilter {
         match progress {
             Ok(Progress::Ended(a)) => Step::Done(ended(self, info, Ok(a))),
             Err(e) => Step::Done(ended(self, info, Err(e))),
-            Ok(Progress::Pending(vm, r)) => Step::wait(async move {
-                let r = self.wait(hook, vm, r).await;
+            Ok(Progress::Pending(vm, id)) => Step::wait(async move {
+                let r = self.wait(hook, vm, id).await;
                 ended(self, info, r)
             }),
         }
@@ -324,11 +318,10 @@ impl ComponentHttpFilter {
         })
     }
 
-    /// Drops the stream's resource: the guest's `on_done` runs in its
-    /// destructor.
+    /// Ends the stream in the guest, which runs `on_done` and drops it.
     fn finish(&mut self) {
-        if let Some((vm, r)) = self.cx.take() {
-            vm.drop_resource(r, &mut self.data);
+        if let Some((vm, n)) = self.cx.take() {
+            vm.drop_item(n, &mut self.data);
         }
     }
 }

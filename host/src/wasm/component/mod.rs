@@ -19,8 +19,8 @@ use legate_filter_api::network::{
     ConnectionInfo, NetworkAction, NetworkFilter, NetworkFilterFactory,
 };
 use wasmtime::component::{
-    Component, ComponentType, Instance as CInstance, Lift, Linker, Lower, Resource, ResourceAny,
-    ResourceType, TypedFunc,
+    Component, ComponentType, Instance as CInstance, Lift, Linker, Lower, Resource, ResourceType,
+    TypedFunc,
 };
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 
@@ -280,26 +280,29 @@ struct WDataOutcome {
     close: bool,
 }
 
-/// The typed exports of an `http-handler`.
+/// The typed exports of an `http-handler`. Streams are named by the numbers
+/// the guest gives them.
 struct HttpFns {
-    new: TypedFunc<(), (ResourceAny,)>,
-    start: TypedFunc<(bool,), ((ResourceAny, WPoll),)>,
-    request_headers: TypedFunc<(ResourceAny, bool), (WPoll,)>,
-    request_body: TypedFunc<(ResourceAny, u64, bool), (WPoll,)>,
-    request_trailers: TypedFunc<(ResourceAny,), (WPoll,)>,
-    response_headers: TypedFunc<(ResourceAny, bool), (WPoll,)>,
-    response_body: TypedFunc<(ResourceAny, u64, bool), (WPoll,)>,
-    response_trailers: TypedFunc<(ResourceAny,), (WPoll,)>,
-    resume: TypedFunc<(ResourceAny, u32, Result<WResponse<'static>, WCallError>), (WPoll,)>,
+    new: TypedFunc<(), (u32,)>,
+    start: TypedFunc<(bool,), ((u32, WPoll),)>,
+    request_headers: TypedFunc<(u32, bool), (WPoll,)>,
+    request_body: TypedFunc<(u32, u64, bool), (WPoll,)>,
+    request_trailers: TypedFunc<(u32,), (WPoll,)>,
+    response_headers: TypedFunc<(u32, bool), (WPoll,)>,
+    response_body: TypedFunc<(u32, u64, bool), (WPoll,)>,
+    response_trailers: TypedFunc<(u32,), (WPoll,)>,
+    resume: TypedFunc<(u32, u32, Result<WResponse<'static>, WCallError>), (WPoll,)>,
+    drop: TypedFunc<(u32,), ()>,
 }
 
-/// The typed exports of a `network-handler`.
+/// The typed exports of a `network-handler`, connections named as streams are.
 struct NetFns {
-    new: TypedFunc<(), (ResourceAny,)>,
-    new_connection: TypedFunc<(ResourceAny,), (bool,)>,
-    downstream: TypedFunc<(ResourceAny, &'static [u8], bool), (WDataOutcome,)>,
-    upstream: TypedFunc<(ResourceAny, &'static [u8], bool), (WDataOutcome,)>,
-    close: TypedFunc<(ResourceAny,), ()>,
+    new: TypedFunc<(), (u32,)>,
+    new_connection: TypedFunc<(u32,), (bool,)>,
+    downstream: TypedFunc<(u32, &'static [u8], bool), (WDataOutcome,)>,
+    upstream: TypedFunc<(u32, &'static [u8], bool), (WDataOutcome,)>,
+    close: TypedFunc<(u32,), ()>,
+    drop: TypedFunc<(u32,), ()>,
 }
 
 enum Fns {
@@ -398,52 +401,24 @@ impl CVm {
             typed(s, &instance, &iface, "configure")?;
         let fns = match compiled.world {
             World::HttpFilter => Fns::Http(HttpFns {
-                new: typed(s, &instance, &iface, "[constructor]http-stream")?,
-                start: typed(s, &instance, &iface, "[static]http-stream.start")?,
-                request_headers: typed(
-                    s,
-                    &instance,
-                    &iface,
-                    "[method]http-stream.on-request-headers",
-                )?,
-                request_body: typed(s, &instance, &iface, "[method]http-stream.on-request-body")?,
-                request_trailers: typed(
-                    s,
-                    &instance,
-                    &iface,
-                    "[method]http-stream.on-request-trailers",
-                )?,
-                response_headers: typed(
-                    s,
-                    &instance,
-                    &iface,
-                    "[method]http-stream.on-response-headers",
-                )?,
-                response_body: typed(s, &instance, &iface, "[method]http-stream.on-response-body")?,
-                response_trailers: typed(
-                    s,
-                    &instance,
-                    &iface,
-                    "[method]http-stream.on-response-trailers",
-                )?,
-                resume: typed(s, &instance, &iface, "[method]http-stream.resume")?,
+                new: typed(s, &instance, &iface, "new-stream")?,
+                start: typed(s, &instance, &iface, "start")?,
+                request_headers: typed(s, &instance, &iface, "on-request-headers")?,
+                request_body: typed(s, &instance, &iface, "on-request-body")?,
+                request_trailers: typed(s, &instance, &iface, "on-request-trailers")?,
+                response_headers: typed(s, &instance, &iface, "on-response-headers")?,
+                response_body: typed(s, &instance, &iface, "on-response-body")?,
+                response_trailers: typed(s, &instance, &iface, "on-response-trailers")?,
+                resume: typed(s, &instance, &iface, "resume")?,
+                drop: typed(s, &instance, &iface, "drop-stream")?,
             }),
             World::NetworkFilter => Fns::Network(NetFns {
-                new: typed(s, &instance, &iface, "[constructor]connection")?,
-                new_connection: typed(
-                    s,
-                    &instance,
-                    &iface,
-                    "[method]connection.on-new-connection",
-                )?,
-                downstream: typed(
-                    s,
-                    &instance,
-                    &iface,
-                    "[method]connection.on-downstream-data",
-                )?,
-                upstream: typed(s, &instance, &iface, "[method]connection.on-upstream-data")?,
-                close: typed(s, &instance, &iface, "[method]connection.on-close")?,
+                new: typed(s, &instance, &iface, "new-connection")?,
+                new_connection: typed(s, &instance, &iface, "on-new-connection")?,
+                downstream: typed(s, &instance, &iface, "on-downstream-data")?,
+                upstream: typed(s, &instance, &iface, "on-upstream-data")?,
+                close: typed(s, &instance, &iface, "on-close")?,
+                drop: typed(s, &instance, &iface, "drop-connection")?,
             }),
         };
         let configured = configure
@@ -517,7 +492,6 @@ impl CVm {
         }
     }
 
-    /// Drops a guest resource (best effort: a failed instance is discarded anyway).
     /// What a hook that returned `kind` decided; `respond` takes the reply it
     /// passed to `message.respond` (a 500 if it passed none).
     fn decide(&self, kind: WActionKind) -> WAction {
@@ -534,13 +508,16 @@ impl CVm {
         }
     }
 
-    /// Drops a guest resource, running its destructor (where the SDK calls
-    /// `on_done` / `on_close`). A failed instance is discarded anyway.
-    fn drop_resource(&self, r: ResourceAny, data: &mut Data) {
+    /// Tells the guest a stream or connection ended, so that it drops it
+    /// (`on_done` / `Drop` run there). A failed instance is discarded anyway.
+    fn drop_item(&self, n: u32, data: &mut Data) {
         if self.failed.get() {
             return;
         }
-        let _ = self.call("drop", data, false, |_, s| r.resource_drop(s));
+        let _ = self.call("drop", data, false, |vm, s| match &vm.fns {
+            Fns::Http(f) => f.drop.call(s, (n,)),
+            Fns::Network(f) => f.drop.call(s, (n,)),
+        });
     }
 }
 
@@ -649,7 +626,7 @@ impl NetworkFilterFactory for ComponentNetworkFactory {
 pub struct ComponentNetworkFilter {
     slot: Rc<Slot<CVm>>,
     plugin: Arc<Plugin>,
-    cx: Option<(Rc<CVm>, ResourceAny)>,
+    cx: Option<(Rc<CVm>, u32)>,
     bypass: bool,
     data: Data,
 }
@@ -673,7 +650,7 @@ impl ComponentNetworkFilter {
         if self.bypass {
             return NetworkAction::Continue;
         }
-        let Some((vm, r)) = self.cx.clone() else {
+        let Some((vm, id)) = self.cx.clone() else {
             return NetworkAction::Continue;
         };
         let name = if downstream {
@@ -684,9 +661,9 @@ impl ComponentNetworkFilter {
         let res = vm.call(name, &mut self.data, false, |vm, s| {
             let f = vm.net()?;
             if downstream {
-                f.downstream.call(s, (r, &data[..], eos))
+                f.downstream.call(s, (id, &data[..], eos))
             } else {
-                f.upstream.call(s, (r, &data[..], eos))
+                f.upstream.call(s, (id, &data[..], eos))
             }
         });
         match res {
@@ -719,13 +696,13 @@ impl NetworkFilter for ComponentNetworkFilter {
         };
         let res = vm.call("on-new-connection", &mut self.data, false, |vm, s| {
             let f = vm.net()?;
-            let (r,) = f.new.call(&mut *s, ())?;
-            let (keep,) = f.new_connection.call(&mut *s, (r,))?;
-            Ok((r, keep))
+            let (id,) = f.new.call(&mut *s, ())?;
+            let (keep,) = f.new_connection.call(&mut *s, (id,))?;
+            Ok((id, keep))
         });
         match res {
-            Ok(((r, keep), _)) => {
-                self.cx = Some((vm, r));
+            Ok(((id, keep), _)) => {
+                self.cx = Some((vm, id));
                 if keep {
                     NetworkAction::Continue
                 } else {
@@ -755,21 +732,21 @@ impl NetworkFilter for ComponentNetworkFilter {
     }
 
     fn on_close(&mut self, _info: &ConnectionInfo) {
-        if let Some((vm, r)) = self.cx.take() {
+        if let Some((vm, id)) = self.cx.take() {
             if !self.bypass {
                 let _ = vm.call("on-close", &mut self.data, false, |vm, s| {
-                    vm.net()?.close.call(s, (r,))
+                    vm.net()?.close.call(s, (id,))
                 });
             }
-            vm.drop_resource(r, &mut self.data);
+            vm.drop_item(id, &mut self.data);
         }
     }
 }
 
 impl Drop for ComponentNetworkFilter {
     fn drop(&mut self) {
-        if let Some((vm, r)) = self.cx.take() {
-            vm.drop_resource(r, &mut self.data);
+        if let Some((vm, id)) = self.cx.take() {
+            vm.drop_item(id, &mut self.data);
         }
     }
 }
