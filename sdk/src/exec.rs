@@ -28,40 +28,56 @@ pub(crate) fn take(call: u32) -> Option<Result<Response, CallError>> {
     })
 }
 
-/// A boxed hook future; it gives back the filter it borrowed when done.
-pub(crate) type Task<F, T> = Pin<Box<dyn Future<Output = (F, T)>>>;
-
-/// Polls a hook once. Nothing needs waking: the host calls in again when a
-/// call completes.
-pub(crate) fn poll<F, T>(task: &mut Task<F, T>) -> Poll<(F, T)> {
-    task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-}
-
-/// The filter of a stream, or the hook that has it while it awaits a call.
-pub(crate) enum Slot<F, T> {
+/// The filter of a stream, or the hook future that has it while it runs or
+/// awaits a call. A hook future gives the filter back when done.
+pub(crate) enum Slot<F, Fut> {
     Idle(F),
-    Busy(Task<F, T>),
+    Busy(Pin<Box<Fut>>),
     /// Only while a hook runs, or after a filter panicked.
     Empty,
 }
 
-impl<F: 'static, T: 'static> Slot<F, T> {
+/// Boxes of finished hook futures, for the next hooks: a hook that finishes
+/// at once then allocates nothing.
+pub(crate) struct Spare<Fut>(Vec<Pin<Box<Fut>>>);
+
+/// Boxes kept; more are only needed while many hooks await calls.
+const SPARE_BOXES: usize = 8;
+
+impl<Fut> Default for Spare<Fut> {
+    fn default() -> Self {
+        Spare(Vec::new())
+    }
+}
+
+impl<F, T, Fut: Future<Output = (F, T)>> Slot<F, Fut> {
     /// Starts a hook: `hook` gets the filter and returns a future that gives it back.
-    pub(crate) fn start<Fut>(&mut self, hook: impl FnOnce(F) -> Fut) -> Option<T>
-    where
-        Fut: Future<Output = (F, T)> + 'static,
-    {
+    pub(crate) fn start(
+        &mut self,
+        hook: impl FnOnce(F) -> Fut,
+        spare: &mut Spare<Fut>,
+    ) -> Option<T> {
         let Slot::Idle(f) = std::mem::replace(self, Slot::Empty) else {
             // A hook called while another awaits: the host never does this.
             panic!("legate-sdk: a hook was called while another one is pending");
         };
-        self.run(Box::pin(hook(f)))
+        let future = hook(f);
+        let task = match spare.0.pop() {
+            Some(mut task) => {
+                // The finished future is dropped in place and the new one
+                // takes its box.
+                task.as_mut().set(future);
+                task
+            }
+            None => Box::pin(future),
+        };
+        self.run(task, spare)
     }
 
     /// Polls the pending hook again after a call result was delivered.
-    pub(crate) fn resume(&mut self) -> Option<T> {
+    pub(crate) fn resume(&mut self, spare: &mut Spare<Fut>) -> Option<T> {
         match std::mem::replace(self, Slot::Empty) {
-            Slot::Busy(task) => self.run(task),
+            Slot::Busy(task) => self.run(task, spare),
             other => {
                 *self = other;
                 None
@@ -69,10 +85,15 @@ impl<F: 'static, T: 'static> Slot<F, T> {
         }
     }
 
-    fn run(&mut self, mut task: Task<F, T>) -> Option<T> {
-        match poll(&mut task) {
+    /// Polls once. Nothing needs waking: the host calls in again when a call
+    /// completes.
+    fn run(&mut self, mut task: Pin<Box<Fut>>, spare: &mut Spare<Fut>) -> Option<T> {
+        match task.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready((f, out)) => {
                 *self = Slot::Idle(f);
+                if spare.0.len() < SPARE_BOXES {
+                    spare.0.push(task);
+                }
                 Some(out)
             }
             Poll::Pending => {
@@ -81,12 +102,54 @@ impl<F: 'static, T: 'static> Slot<F, T> {
             }
         }
     }
+}
 
-    /// The filter, when no hook has it.
-    pub(crate) fn idle(&mut self) -> Option<&mut F> {
-        match self {
-            Slot::Idle(f) => Some(f),
-            _ => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// Pending while `hold` is set.
+    struct Gate(Rc<Cell<bool>>);
+
+    impl Future for Gate {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if self.0.get() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
         }
+    }
+
+    async fn hook(f: u32, hold: Rc<Cell<bool>>) -> (u32, u32) {
+        Gate(hold).await;
+        (f + 1, f * 10)
+    }
+
+    #[test]
+    fn finished_hooks_give_their_box_to_the_next() {
+        let hold = Rc::new(Cell::new(false));
+        let mut spare = Spare::default();
+        let mut slot = Slot::Idle(1);
+        assert_eq!(slot.start(|f| hook(f, hold.clone()), &mut spare), Some(10));
+        assert_eq!(spare.0.len(), 1);
+        let first: *const _ = &*spare.0[0];
+        // The next hook runs in the same box, and it goes back again.
+        assert_eq!(slot.start(|f| hook(f, hold.clone()), &mut spare), Some(20));
+        assert_eq!(spare.0.len(), 1);
+        assert!(std::ptr::eq(first, &*spare.0[0]));
+        // A pending hook keeps its box until it finishes.
+        hold.set(true);
+        assert_eq!(slot.start(|f| hook(f, hold.clone()), &mut spare), None);
+        assert!(spare.0.is_empty());
+        assert!(matches!(slot, Slot::Busy(_)));
+        assert_eq!(slot.resume(&mut spare), None);
+        hold.set(false);
+        assert_eq!(slot.resume(&mut spare), Some(30));
+        assert_eq!(spare.0.len(), 1);
+        assert!(matches!(slot, Slot::Idle(4)));
     }
 }

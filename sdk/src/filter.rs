@@ -3,13 +3,15 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::bindings::http::exports::legate::filter::http_handler as wit_handler;
 use crate::bindings::http::legate::filter::types as wit;
-use crate::exec::Slot;
+use crate::exec::{Slot, Spare};
 use crate::http::{CallError, Response};
+use crate::live::Live;
 use crate::message::{Body, Headers, Map};
 
 /// A response the filter makes instead of the upstream's.
@@ -382,12 +384,6 @@ pub(crate) fn root<P: 'static>(configure_empty: impl FnOnce() -> Result<P, Strin
     p
 }
 
-/// One stream's filter and its pending hook; used by the export and by
-/// [`crate::testing`].
-pub(crate) struct Stream<F: HttpFilter> {
-    slot: RefCell<Slot<F, Done>>,
-}
-
 /// Which hook to run.
 #[derive(Clone, Copy)]
 pub(crate) enum Hook {
@@ -399,59 +395,112 @@ pub(crate) enum Hook {
     ResponseTrailers,
 }
 
-impl<F: HttpFilter> Stream<F> {
-    pub(crate) fn new(f: F) -> Self {
-        Stream {
-            slot: RefCell::new(Slot::Idle(f)),
+/// One hook run on a stream's filter. Every hook of a filter type runs as this
+/// one future type, so finished futures' boxes can take the next ones.
+pub(crate) async fn hook<F: HttpFilter>(mut f: F, hook: Hook) -> (F, Done) {
+    let action = match hook {
+        Hook::RequestHeaders(eos) => {
+            let mut h = Headers::live(Map::RequestHeaders);
+            f.on_request_headers(&mut h, eos).await
         }
-    }
-
-    /// Runs a hook; `None` while it awaits calls.
-    pub(crate) fn run(&self, hook: Hook) -> Option<Done> {
-        UNIMPLEMENTED.with(|u| u.set(false));
-        self.slot.borrow_mut().start(|mut f| async move {
-            let action = match hook {
-                Hook::RequestHeaders(eos) => {
-                    let mut h = Headers::live(Map::RequestHeaders);
-                    f.on_request_headers(&mut h, eos).await
-                }
-                Hook::RequestBody(len, eos) => f.on_request_body(&mut Body::live(len), eos).await,
-                Hook::RequestTrailers => {
-                    let mut t = Headers::live(Map::RequestTrailers);
-                    f.on_request_trailers(&mut t).await
-                }
-                Hook::ResponseHeaders(eos) => {
-                    let mut h = Headers::live(Map::ResponseHeaders);
-                    f.on_response_headers(&mut h, eos).await
-                }
-                Hook::ResponseBody(len, eos) => f.on_response_body(&mut Body::live(len), eos).await,
-                Hook::ResponseTrailers => {
-                    let mut t = Headers::live(Map::ResponseTrailers);
-                    f.on_response_trailers(&mut t).await
-                }
-            };
-            let done = if UNIMPLEMENTED.with(|u| u.replace(false)) {
-                Done::Unimplemented
-            } else {
-                Done::Action(action)
-            };
-            (f, done)
-        })
-    }
-
-    /// Delivers a call's result and continues the pending hook.
-    pub(crate) fn resume(&self, call: u32, result: Result<Response, CallError>) -> Option<Done> {
-        crate::exec::deliver(call, result);
-        self.slot.borrow_mut().resume()
-    }
+        Hook::RequestBody(len, eos) => f.on_request_body(&mut Body::live(len), eos).await,
+        Hook::RequestTrailers => {
+            let mut t = Headers::live(Map::RequestTrailers);
+            f.on_request_trailers(&mut t).await
+        }
+        Hook::ResponseHeaders(eos) => {
+            let mut h = Headers::live(Map::ResponseHeaders);
+            f.on_response_headers(&mut h, eos).await
+        }
+        Hook::ResponseBody(len, eos) => f.on_response_body(&mut Body::live(len), eos).await,
+        Hook::ResponseTrailers => {
+            let mut t = Headers::live(Map::ResponseTrailers);
+            f.on_response_trailers(&mut t).await
+        }
+    };
+    let done = if UNIMPLEMENTED.with(|u| u.replace(false)) {
+        Done::Unimplemented
+    } else {
+        Done::Action(action)
+    };
+    (f, done)
 }
 
-impl<F: HttpFilter> Drop for Stream<F> {
+/// One stream's filter and its pending hook.
+struct Stream<F: HttpFilter, Fut>(Slot<F, Fut>);
+
+impl<F: HttpFilter, Fut> Drop for Stream<F, Fut> {
     fn drop(&mut self) {
-        if let Some(f) = self.slot.get_mut().idle() {
+        if let Slot::Idle(f) = &mut self.0 {
             f.on_done();
         }
     }
+}
+
+/// The live streams of an instance (or of a test stream), and the boxes their
+/// hooks run in.
+struct Streams<F: HttpFilter, Fut> {
+    live: Live<Stream<F, Fut>>,
+    spare: Spare<Fut>,
+    /// [`hook`] for `F`, whose future type is `Fut`.
+    make: fn(F, Hook) -> Fut,
+}
+
+/// What the export and [`crate::testing`] do with streams of filter type `F`.
+pub(crate) trait StreamTable<F> {
+    /// Keeps a new stream with filter `f`; returns its number.
+    fn insert(&mut self, f: F) -> u32;
+    /// Runs a hook of stream `n`; `None` while it awaits calls.
+    fn run(&mut self, n: u32, hook: Hook) -> Option<Done>;
+    /// Delivers a call's result and continues stream `n`'s pending hook.
+    fn resume(&mut self, n: u32, call: u32, result: Result<Response, CallError>) -> Option<Done>;
+    /// Ends stream `n`: the filter's `on_done` runs (unless a hook still had
+    /// it) and its number may be given again.
+    fn remove(&mut self, n: u32);
+}
+
+impl<F: HttpFilter, Fut: Future<Output = (F, Done)>> StreamTable<F> for Streams<F, Fut> {
+    fn insert(&mut self, f: F) -> u32 {
+        self.live.insert(Stream(Slot::Idle(f)))
+    }
+
+    fn run(&mut self, n: u32, hook: Hook) -> Option<Done> {
+        UNIMPLEMENTED.with(|u| u.set(false));
+        let make = self.make;
+        self.live.get(n).0.start(|f| make(f, hook), &mut self.spare)
+    }
+
+    fn resume(&mut self, n: u32, call: u32, result: Result<Response, CallError>) -> Option<Done> {
+        crate::exec::deliver(call, result);
+        self.live.get(n).0.resume(&mut self.spare)
+    }
+
+    fn remove(&mut self, n: u32) {
+        self.live.remove(n);
+    }
+}
+
+/// Runs `f` on the streams of filter type `F` kept in `cell`.
+pub(crate) fn with_streams<F: HttpFilter, R>(
+    cell: &crate::live::Cell,
+    f: impl FnOnce(&mut dyn StreamTable<F>) -> R,
+) -> R {
+    typed(cell, hook::<F>, |s| f(s))
+}
+
+/// [`with_streams`] with the future type, which has no name: passing
+/// `hook::<F>` lets the compiler infer it.
+fn typed<F: HttpFilter, Fut: Future<Output = (F, Done)> + 'static, R>(
+    cell: &crate::live::Cell,
+    make: fn(F, Hook) -> Fut,
+    f: impl FnOnce(&mut Streams<F, Fut>) -> R,
+) -> R {
+    let new = || Streams {
+        live: Live::default(),
+        spare: Spare::default(),
+        make,
+    };
+    crate::live::with(cell, new, f)
 }
 
 /// The `http-handler` export of plugin `P`; made by [`crate::export_http_filter`].
@@ -466,14 +515,15 @@ fn poll(out: Option<Done>) -> wit::Poll {
     }
 }
 
-/// Runs a hook of the live stream numbered `n`.
-fn run<P: HttpPlugin>(n: u32, hook: Hook) -> wit::Poll {
-    poll(crate::live::with(|live: &mut Live<P::Filter>| {
-        live.get(n).run(hook)
-    }))
+/// Runs `f` on the instance's streams of plugin `P`.
+fn streams<P: HttpPlugin, R>(f: impl FnOnce(&mut dyn StreamTable<P::Filter>) -> R) -> R {
+    crate::live::instance(|cell| with_streams(cell, f))
 }
 
-type Live<F> = crate::live::Live<Stream<F>>;
+/// A new filter of plugin `P`.
+fn new_filter<P: HttpPlugin>() -> P::Filter {
+    root(|| P::configure(b"")).new_filter()
+}
 
 impl<P: HttpPlugin> wit_handler::Guest for __HttpExport<P> {
     fn configure(configuration: Vec<u8>) -> Result<(), String> {
@@ -481,41 +531,49 @@ impl<P: HttpPlugin> wit_handler::Guest for __HttpExport<P> {
     }
 
     fn new_stream() -> u32 {
-        let stream = Stream::new(root(|| P::configure(b"")).new_filter());
-        crate::live::with(|live: &mut Live<P::Filter>| live.insert(stream))
+        let f = new_filter::<P>();
+        streams::<P, _>(|s| s.insert(f))
     }
 
     fn start(end_of_stream: bool) -> (u32, wit::Poll) {
-        let stream = Stream::new(root(|| P::configure(b"")).new_filter());
-        let out = crate::live::with(|live: &mut Live<P::Filter>| {
-            let n = live.insert(stream);
-            (n, live.get(n).run(Hook::RequestHeaders(end_of_stream)))
+        let f = new_filter::<P>();
+        let (n, out) = streams::<P, _>(|s| {
+            let n = s.insert(f);
+            (n, s.run(n, Hook::RequestHeaders(end_of_stream)))
         });
-        (out.0, poll(out.1))
+        (n, poll(out))
     }
 
     fn on_request_headers(stream: u32, end_of_stream: bool) -> wit::Poll {
-        run::<P>(stream, Hook::RequestHeaders(end_of_stream))
+        poll(streams::<P, _>(|s| {
+            s.run(stream, Hook::RequestHeaders(end_of_stream))
+        }))
     }
 
     fn on_request_body(stream: u32, len: u64, end_of_stream: bool) -> wit::Poll {
-        run::<P>(stream, Hook::RequestBody(size(len), end_of_stream))
+        poll(streams::<P, _>(|s| {
+            s.run(stream, Hook::RequestBody(size(len), end_of_stream))
+        }))
     }
 
     fn on_request_trailers(stream: u32) -> wit::Poll {
-        run::<P>(stream, Hook::RequestTrailers)
+        poll(streams::<P, _>(|s| s.run(stream, Hook::RequestTrailers)))
     }
 
     fn on_response_headers(stream: u32, end_of_stream: bool) -> wit::Poll {
-        run::<P>(stream, Hook::ResponseHeaders(end_of_stream))
+        poll(streams::<P, _>(|s| {
+            s.run(stream, Hook::ResponseHeaders(end_of_stream))
+        }))
     }
 
     fn on_response_body(stream: u32, len: u64, end_of_stream: bool) -> wit::Poll {
-        run::<P>(stream, Hook::ResponseBody(size(len), end_of_stream))
+        poll(streams::<P, _>(|s| {
+            s.run(stream, Hook::ResponseBody(size(len), end_of_stream))
+        }))
     }
 
     fn on_response_trailers(stream: u32) -> wit::Poll {
-        run::<P>(stream, Hook::ResponseTrailers)
+        poll(streams::<P, _>(|s| s.run(stream, Hook::ResponseTrailers)))
     }
 
     fn resume(
@@ -527,15 +585,11 @@ impl<P: HttpPlugin> wit_handler::Guest for __HttpExport<P> {
         >,
     ) -> wit::Poll {
         let result = outcome.map(Response::from_wit).map_err(CallError::from_wit);
-        poll(crate::live::with(|live: &mut Live<P::Filter>| {
-            live.get(stream).resume(call, result)
-        }))
+        poll(streams::<P, _>(|s| s.resume(stream, call, result)))
     }
 
     fn drop_stream(stream: u32) {
-        // Dropped outside the table: `on_done` is the filter's code.
-        let ended = crate::live::with(|live: &mut Live<P::Filter>| live.remove(stream));
-        drop(ended);
+        streams::<P, _>(|s| s.remove(stream));
     }
 }
 

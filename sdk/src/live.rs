@@ -52,23 +52,35 @@ impl<S> Live<S> {
     }
 }
 
+/// Where an instance keeps its table: the export's is thread-local, a test
+/// stream has its own.
+pub(crate) type Cell = RefCell<Option<Box<dyn Any>>>;
+
 thread_local! {
     /// The instance's table. A component exports one world, so it holds one
-    /// kind of item. (Wasm instances are single-threaded.)
-    static LIVE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// kind of table. (Wasm instances are single-threaded.)
+    static INSTANCE: Cell = const { RefCell::new(None) };
 }
 
-/// Runs `f` on the instance's table of `S`. `f` must not come back here: the
-/// hooks it runs cannot, since no API of this crate reaches the table.
-pub(crate) fn with<S: 'static, R>(f: impl FnOnce(&mut Live<S>) -> R) -> R {
-    LIVE.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let table = cell
-            .get_or_insert_with(|| Box::new(Live::<S>::default()))
-            .downcast_mut::<Live<S>>()
-            .expect("legate-sdk: one kind of filter per component");
-        f(table)
-    })
+/// Runs `f` on the instance's cell.
+pub(crate) fn instance<R>(f: impl FnOnce(&Cell) -> R) -> R {
+    INSTANCE.with(f)
+}
+
+/// Runs `f` on the table of type `T` in `cell`, made by `make` on first use.
+/// `f` must not come back here: the hooks it runs cannot, since no API of this
+/// crate reaches the table.
+pub(crate) fn with<T: 'static, R>(
+    cell: &Cell,
+    make: impl FnOnce() -> T,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut cell = cell.borrow_mut();
+    let table = cell
+        .get_or_insert_with(|| Box::new(make()))
+        .downcast_mut::<T>()
+        .expect("legate-sdk: one kind of filter per component");
+    f(table)
 }
 
 #[cfg(test)]

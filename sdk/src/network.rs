@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 
 use crate::bindings::network::exports::legate::filter::network_handler as wit;
 use crate::filter::{configure, root};
+use crate::live::Live;
 use crate::{Body, Unconfigured};
 
 /// What a network hook decided.
@@ -145,12 +146,15 @@ pub(crate) fn data_hook(
 #[doc(hidden)]
 pub struct __NetworkExport<P>(PhantomData<P>);
 
-/// Runs `f` on the filter of the live connection numbered `n`.
-fn with_filter<P: NetworkPlugin, R>(n: u32, f: impl FnOnce(&mut P::Filter) -> R) -> R {
-    crate::live::with(|live: &mut Live<P::Filter>| f(live.get(n)))
+/// Runs `f` on the instance's connections.
+fn connections<F: 'static, R>(f: impl FnOnce(&mut Live<F>) -> R) -> R {
+    crate::live::instance(|cell| crate::live::with(cell, Live::default, f))
 }
 
-type Live<F> = crate::live::Live<F>;
+/// Runs `f` on the filter of the live connection numbered `n`.
+fn with_filter<P: NetworkPlugin, R>(n: u32, f: impl FnOnce(&mut P::Filter) -> R) -> R {
+    connections(|live: &mut Live<P::Filter>| f(live.get(n)))
+}
 
 impl<P: NetworkPlugin> wit::Guest for __NetworkExport<P> {
     fn configure(configuration: Vec<u8>) -> Result<(), String> {
@@ -159,7 +163,7 @@ impl<P: NetworkPlugin> wit::Guest for __NetworkExport<P> {
 
     fn new_connection() -> u32 {
         let filter = root(|| P::configure(b"")).new_filter();
-        crate::live::with(|live: &mut Live<P::Filter>| live.insert(filter))
+        connections(|live: &mut Live<P::Filter>| live.insert(filter))
     }
 
     fn on_new_connection(connection: u32) -> bool {
@@ -185,8 +189,6 @@ impl<P: NetworkPlugin> wit::Guest for __NetworkExport<P> {
     }
 
     fn drop_connection(connection: u32) {
-        // Dropped outside the table: `Drop` may be the filter's code.
-        let ended = crate::live::with(|live: &mut Live<P::Filter>| live.remove(connection));
-        drop(ended);
+        connections(|live: &mut Live<P::Filter>| live.remove(connection));
     }
 }

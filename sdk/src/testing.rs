@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::filter::{Hook, Stream};
+use crate::filter::{Hook, StreamTable, with_streams};
 use crate::http::{CallError, Request, Response};
 use crate::log::Level;
 use crate::message::{List, Map};
@@ -208,9 +208,12 @@ impl<P: HttpPlugin> Harness<P> {
     /// assert_eq!(s.response_headers(&[(":status", "200")], true).action, legate_sdk::Action::Continue);
     /// ```
     pub fn stream(&self) -> TestStream<'_, P> {
+        let streams = crate::live::Cell::default();
+        let n = with_streams(&streams, |s| s.insert(self.plugin.new_filter()));
         TestStream {
             harness: self,
-            stream: Stream::new(self.plugin.new_filter()),
+            streams,
+            n,
         }
     }
 }
@@ -219,7 +222,10 @@ impl<P: HttpPlugin> Harness<P> {
 /// answering its outbound calls with the harness's handler.
 pub struct TestStream<'h, P: HttpPlugin> {
     harness: &'h Harness<P>,
-    stream: Stream<P::Filter>,
+    /// Its own table of one stream, numbered `n`, as the export keeps them;
+    /// dropping it runs the filter's `on_done`.
+    streams: crate::live::Cell,
+    n: u32,
 }
 
 fn list(pairs: &[(&str, &str)]) -> List {
@@ -246,7 +252,10 @@ impl<P: HttpPlugin> TestStream<'_, P> {
             m.body = body.to_vec();
         });
         let seen = mock(|m| m.calls.len());
-        let mut out = self.stream.run(hook);
+        let n = self.n;
+        let mut out = with_streams(&self.streams, |s: &mut dyn StreamTable<P::Filter>| {
+            s.run(n, hook)
+        });
         let mut next = seen;
         while out.is_none() {
             let pending: Vec<(u32, Request)> = mock(|m| m.calls[next..].to_vec());
@@ -260,7 +269,9 @@ impl<P: HttpPlugin> TestStream<'_, P> {
                     Some(h) => h(&req),
                     None => Err(CallError::ConnectionFailure),
                 };
-                out = self.stream.resume(id, result);
+                out = with_streams(&self.streams, |s: &mut dyn StreamTable<P::Filter>| {
+                    s.resume(n, id, result)
+                });
                 if out.is_some() {
                     break;
                 }
