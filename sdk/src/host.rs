@@ -23,11 +23,11 @@ mod imp {
     }
 
     pub fn header_get(m: Map, name: &str) -> Option<Vec<u8>> {
-        message::get(map(m), name)
+        message::get(map(m), name.as_bytes())
     }
 
     pub fn header_get_all(m: Map, name: &str) -> Vec<Vec<u8>> {
-        message::get_all(map(m), name)
+        message::get_all(map(m), name.as_bytes())
     }
 
     pub fn header_entries(m: Map) -> Vec<(String, Vec<u8>)> {
@@ -38,15 +38,15 @@ mod imp {
     }
 
     pub fn header_set(m: Map, name: &str, value: &[u8]) -> bool {
-        message::set(map(m), name, value)
+        message::set(map(m), name.as_bytes(), value)
     }
 
     pub fn header_append(m: Map, name: &str, value: &[u8]) -> bool {
-        message::append(map(m), name, value)
+        message::append(map(m), name.as_bytes(), value)
     }
 
     pub fn header_remove(m: Map, name: &str) {
-        message::remove(map(m), name)
+        message::remove(map(m), name.as_bytes())
     }
 
     pub fn body_get() -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! and http-client.
 
 use wasmtime::StoreContextMut;
-use wasmtime::component::{WasmList, WasmStr};
+use wasmtime::component::WasmList;
 
 use super::*;
 use crate::wasm::abi::{Op, edit, edit_key, request_pseudo, set_request_pseudo};
@@ -195,7 +195,7 @@ fn map_edit(st: &mut CState, map: MapKind, name: &[u8], value: &[u8], op: Op) ->
 fn edit_from_guest(
     mut c: StoreContextMut<'_, CState>,
     map: MapKind,
-    name: &WasmStr,
+    name: &WasmList<u8>,
     value: Option<&WasmList<u8>>,
     op: Op,
 ) -> wasmtime::Result<bool> {
@@ -208,7 +208,7 @@ fn edit_from_guest(
     };
     key.clear();
     val.clear();
-    key.extend_from_slice(name.to_str(&c)?.as_bytes());
+    key.extend_from_slice(name.as_le_slice(&c));
     if let Some(v) = value {
         val.extend_from_slice(v.as_le_slice(&c));
     }
@@ -316,8 +316,10 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
     match iface {
         "types" => {}
         "message" => {
-            i.func_wrap("get", |c, (map, name): (MapKind, WasmStr)| {
-                let name = name.to_str(&c)?;
+            // Names are bytes; lookups need them as `str`, edits check them
+            // as HTTP tokens (stricter than UTF-8).
+            i.func_wrap("get", |c, (map, name): (MapKind, WasmList<u8>)| {
+                let name = std::str::from_utf8(name.as_le_slice(&c)).unwrap_or("");
                 let mut first = None;
                 map_get(&c.data().stream, map, &name, &mut |v| {
                     first = Some(v.to_vec());
@@ -325,8 +327,8 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
                 });
                 Ok((first,))
             })?;
-            i.func_wrap("get-all", |c, (map, name): (MapKind, WasmStr)| {
-                let name = name.to_str(&c)?;
+            i.func_wrap("get-all", |c, (map, name): (MapKind, WasmList<u8>)| {
+                let name = std::str::from_utf8(name.as_le_slice(&c)).unwrap_or("");
                 let mut all = Vec::new();
                 map_get(&c.data().stream, map, &name, &mut |v| {
                     all.push(v.to_vec());
@@ -339,17 +341,17 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
             })?;
             i.func_wrap(
                 "set",
-                |c, (map, name, value): (MapKind, WasmStr, WasmList<u8>)| {
+                |c, (map, name, value): (MapKind, WasmList<u8>, WasmList<u8>)| {
                     edit_from_guest(c, map, &name, Some(&value), Op::Replace).map(|ok| (ok,))
                 },
             )?;
             i.func_wrap(
                 "append",
-                |c, (map, name, value): (MapKind, WasmStr, WasmList<u8>)| {
+                |c, (map, name, value): (MapKind, WasmList<u8>, WasmList<u8>)| {
                     edit_from_guest(c, map, &name, Some(&value), Op::Add).map(|ok| (ok,))
                 },
             )?;
-            i.func_wrap("remove", |c, (map, name): (MapKind, WasmStr)| {
+            i.func_wrap("remove", |c, (map, name): (MapKind, WasmList<u8>)| {
                 edit_from_guest(c, map, &name, None, Op::Remove).map(|_| ())
             })?;
             i.func_wrap("body", |c, ()| {
