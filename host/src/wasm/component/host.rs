@@ -321,7 +321,7 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
             i.func_wrap("get", |c, (map, name): (MapKind, WasmList<u8>)| {
                 let name = std::str::from_utf8(name.as_le_slice(&c)).unwrap_or("");
                 let mut first = None;
-                map_get(&c.data().stream, map, &name, &mut |v| {
+                map_get(&c.data().stream, map, name, &mut |v| {
                     first = Some(v.to_vec());
                     false
                 });
@@ -330,7 +330,7 @@ pub(super) fn define(linker: &mut Linker<CState>, name: &str, iface: &str) -> wa
             i.func_wrap("get-all", |c, (map, name): (MapKind, WasmList<u8>)| {
                 let name = std::str::from_utf8(name.as_le_slice(&c)).unwrap_or("");
                 let mut all = Vec::new();
-                map_get(&c.data().stream, map, &name, &mut |v| {
+                map_get(&c.data().stream, map, name, &mut |v| {
                     all.push(v.to_vec());
                     true
                 });
