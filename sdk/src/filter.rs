@@ -397,7 +397,7 @@ pub(crate) enum Hook {
 
 /// One hook run on a stream's filter. Every hook of a filter type runs as this
 /// one future type, so finished futures' boxes can take the next ones.
-pub(crate) async fn hook<F: HttpFilter>(mut f: F, hook: Hook) -> (F, Done) {
+async fn hook<F: HttpFilter>(mut f: F, hook: Hook) -> (F, Done) {
     let action = match hook {
         Hook::RequestHeaders(eos) => {
             let mut h = Headers::live(Map::RequestHeaders);

@@ -45,9 +45,7 @@ impl Body {
             Body::Full(Some(b))
         }
     }
-}
 
-impl Body {
     /// Whether the body may end in trailers; `http2` for a body received over
     /// HTTP/2. An HTTP/1 body framed by `content-length` cannot (only
     /// `chunked` carries them), nor can one already whole.
