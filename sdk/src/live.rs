@@ -40,7 +40,7 @@ impl<S> Live<S> {
     pub(crate) fn get(&mut self, n: u32) -> &mut S {
         match self.slots.get_mut(n as usize) {
             Some(Some(item)) => item,
-            _ => panic!("legate-sdk: the host named stream {n}, which is not live"),
+            _ => panic!("legate-sdk: the host named number {n}, which is not live"),
         }
     }
 

@@ -514,10 +514,11 @@ impl CVm {
         if self.failed.get() {
             return;
         }
-        let _ = self.call("drop", data, false, |vm, s| match &vm.fns {
-            Fns::Http(f) => f.drop.call(s, (n,)),
-            Fns::Network(f) => f.drop.call(s, (n,)),
-        });
+        let (name, drop) = match &self.fns {
+            Fns::Http(f) => ("drop-stream", &f.drop),
+            Fns::Network(f) => ("drop-connection", &f.drop),
+        };
+        let _ = self.call(name, data, false, |_, s| drop.call(s, (n,)));
     }
 }
 
