@@ -15,7 +15,7 @@ use legate_filter_api::{
 
 use super::Plugin;
 use super::slot::{Lent, Slot, slot};
-use super::vm::{Data, Failed, Inbox, Outcome, Vm};
+use super::vm::{Data, Failed, Inbox, Loans, Outcome, Vm, lend};
 
 /// Builds the per-stream filters of one plugin.
 pub struct WasmHttpFactory {
@@ -77,15 +77,6 @@ enum Done {
     Reply(Box<LocalReply>),
 }
 
-pub(super) fn placeholder_request() -> RequestHead {
-    RequestHead {
-        method: http::Method::GET,
-        uri: http::Uri::default(),
-        version: http::Version::HTTP_11,
-        headers: http::HeaderMap::new(),
-    }
-}
-
 /// Where a callback left its context.
 enum Progress {
     /// Done with the hook, one way or another.
@@ -116,25 +107,33 @@ impl WasmHttpFilter {
         }
     }
 
-    /// Runs a callback, and the events it has waiting.
+    /// Runs a callback with `loans` lent, and the events it has waiting.
     fn call(
         &mut self,
+        mut loans: Loans<'_>,
         wait: bool,
         body_follows: bool,
         f: impl FnOnce(&Vm, u32, &mut Data) -> Result<Outcome, Failed>,
     ) -> Progress {
         let r = self
             .context()
-            .and_then(|(vm, id)| f(&vm, id, &mut self.data));
+            .and_then(|(vm, id)| lend(&mut self.data, loans.reborrow(), |d| f(&vm, id, d)));
         match r {
-            Ok(out) => self.settle(out, wait, body_follows),
+            Ok(out) => self.settle(loans, out, wait, body_follows),
             Err(e) => Progress::Ended(Err(e)),
         }
     }
 
     /// How a callback (and the events delivered since) left the context:
-    /// delivers its pending events until it resumes or has to wait.
-    fn settle(&mut self, mut out: Outcome, wait: bool, body_follows: bool) -> Progress {
+    /// delivers its pending events, with `loans` lent, until it resumes or
+    /// has to wait.
+    fn settle(
+        &mut self,
+        mut loans: Loans<'_>,
+        mut out: Outcome,
+        wait: bool,
+        body_follows: bool,
+    ) -> Progress {
         let Some(cx) = &self.cx else {
             return Progress::Ended(Ok(Done::Continue));
         };
@@ -154,7 +153,9 @@ impl WasmHttpFilter {
             if !wait {
                 break Done::Buffer;
             }
-            match vm.drain(id, &mut self.data, &mut out) {
+            match lend(&mut self.data, loans.reborrow(), |d| {
+                vm.drain(id, d, &mut out)
+            }) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return Progress::Ended(Err(e)),
@@ -176,33 +177,39 @@ impl WasmHttpFilter {
         Progress::Ended(Ok(done))
     }
 
-    /// Waits out a paused callback.
-    async fn wait(&mut self, mut progress: Progress, body_follows: bool) -> Result<Done, Failed> {
+    /// Waits out a paused callback, lending `loans` to what it runs.
+    async fn wait(
+        &mut self,
+        mut loans: Loans<'_>,
+        mut progress: Progress,
+        body_follows: bool,
+    ) -> Result<Done, Failed> {
         loop {
             match progress {
                 Progress::Ended(r) => return r,
                 Progress::Paused(inbox, out) => {
                     inbox.notify.notified().await;
-                    progress = self.settle(out, true, body_follows);
+                    progress = self.settle(loans.reborrow(), out, true, body_follows);
                 }
             }
         }
     }
 
-    /// Runs a callback and gives its hook the step: `finish` takes the lent
-    /// data back and makes the hook's action, at once or after the wait.
+    /// Runs a callback with `loans` lent and gives its hook the step:
+    /// `finish` makes the hook's action, at once or after the wait.
     fn step<'a, A: 'a>(
         &'a mut self,
+        mut loans: Loans<'a>,
         wait: bool,
         body_follows: bool,
         f: impl FnOnce(&Vm, u32, &mut Data) -> Result<Outcome, Failed>,
-        finish: impl FnOnce(&mut Self, Result<Done, Failed>) -> A + 'a,
+        finish: impl FnOnce(&mut Self, Loans<'a>, Result<Done, Failed>) -> A + 'a,
     ) -> Step<'a, A> {
-        match self.call(wait, body_follows, f) {
-            Progress::Ended(r) => Step::Done(finish(self, r)),
+        match self.call(loans.reborrow(), wait, body_follows, f) {
+            Progress::Ended(r) => Step::Done(finish(self, loans, r)),
             paused => Step::wait(async move {
-                let r = self.wait(paused, body_follows).await;
-                finish(self, r)
+                let r = self.wait(loans.reborrow(), paused, body_follows).await;
+                finish(self, loans, r)
             }),
         }
     }
@@ -274,15 +281,16 @@ impl WasmHttpFilter {
         }
         let size = body.len();
         self.data.body = Some((if request { 0 } else { 1 }, body));
-        self.data.info = Some(info.take());
+        let loans = Loans {
+            info: Some(info),
+            ..Loans::default()
+        };
         self.step(
+            loans,
             eos,
             false,
             |vm, id, d| vm.body(id, request, size, eos, d),
-            move |this, r| {
-                if let Some(i) = this.data.info.take() {
-                    *info = i;
-                }
+            move |this, _, r| {
                 let body = this.data.body.take().map(|(_, b)| b).unwrap_or_default();
                 match r {
                     Ok(Done::Continue | Done::WaitForBody) => {
@@ -315,43 +323,38 @@ impl WasmHttpFilter {
         )
     }
 
-    /// For a filter that waited for a whole message (its head already lent):
-    /// the body callback with all of the body, then the trailers callback.
+    /// For a filter that waited for a whole message (its head and info in
+    /// `loans`): the body callback with all of the body, then the trailers
+    /// callback.
     async fn whole_body(
         &mut self,
+        mut loans: Loans<'_>,
         request: bool,
         body: &mut Bytes,
         trailers: &mut Option<http::HeaderMap>,
-        info: &mut StreamInfo,
     ) -> Result<Done, Failed> {
         let eos = trailers.is_none();
         let size = body.len();
-        let lent = trailers.take();
-        let n = lent.as_ref().map(http::HeaderMap::len);
+        let n = trailers.as_ref().map(http::HeaderMap::len);
         if request {
-            self.data.req_trailers = lent;
+            loans.req_trailers = trailers.as_mut();
         } else {
-            self.data.resp_trailers = lent;
+            loans.resp_trailers = trailers.as_mut();
         }
-        self.data.info = Some(info.take());
         self.data.body = Some((u32::from(!request), body.clone()));
-        let p = self.call(true, false, |vm, id, d| vm.body(id, request, size, eos, d));
-        let mut r = self.wait(p, false).await;
+        let p = self.call(loans.reborrow(), true, false, |vm, id, d| {
+            vm.body(id, request, size, eos, d)
+        });
+        let mut r = self.wait(loans.reborrow(), p, false).await;
         if let (Ok(Done::Continue), Some(n)) = (&r, n) {
-            let p = self.call(true, false, |vm, id, d| vm.trailers(id, request, n, d));
-            r = self.wait(p, false).await;
-        }
-        if let Some(i) = self.data.info.take() {
-            *info = i;
+            let p = self.call(loans.reborrow(), true, false, |vm, id, d| {
+                vm.trailers(id, request, n, d)
+            });
+            r = self.wait(loans, p, false).await;
         }
         if let Some((_, b)) = self.data.body.take() {
             *body = b;
         }
-        *trailers = if request {
-            self.data.req_trailers.take()
-        } else {
-            self.data.resp_trailers.take()
-        };
         r
     }
 
@@ -365,31 +368,23 @@ impl WasmHttpFilter {
             return Step::Done(DataAction::Continue);
         }
         let n = trailers.len();
-        let slot = if request {
-            &mut self.data.req_trailers
-        } else {
-            &mut self.data.resp_trailers
+        let mut loans = Loans {
+            info: Some(info),
+            ..Loans::default()
         };
-        *slot = Some(std::mem::take(trailers));
-        self.data.info = Some(info.take());
+        if request {
+            loans.req_trailers = Some(trailers);
+        } else {
+            loans.resp_trailers = Some(trailers);
+        }
         self.step(
+            loans,
             true,
             false,
             |vm, id, d| vm.trailers(id, request, n, d),
-            move |this, r| {
-                if let Some(i) = this.data.info.take() {
-                    *info = i;
-                }
-                let slot = if request {
-                    &mut this.data.req_trailers
-                } else {
-                    &mut this.data.resp_trailers
-                };
-                *trailers = slot.take().unwrap_or_default();
-                match this.headers_action(r) {
-                    HeadersAction::Respond(r) => DataAction::Respond(r),
-                    _ => DataAction::Continue,
-                }
+            move |this, _, r| match this.headers_action(r) {
+                HeadersAction::Respond(r) => DataAction::Respond(r),
+                _ => DataAction::Continue,
             },
         )
     }
@@ -410,20 +405,20 @@ impl HttpFilter for WasmHttpFilter {
         // The guest may change the request, so it is routed again, as Envoy
         // clears the route cache when a Wasm filter edits request headers.
         info.route_cache_cleared = true;
-        self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        self.data.info = Some(info.take());
+        let loans = Loans {
+            req: Some(head),
+            info: Some(info),
+            ..Loans::default()
+        };
         self.step(
+            loans,
             true,
             !eos,
             |vm, id, d| vm.headers(id, true, n, eos, d),
-            move |this, r| {
-                if let Some(h) = this.data.req.take() {
-                    *head = h;
+            move |this, loans, r| {
+                if let Some(head) = loans.req {
+                    this.data.req_seen.set_request(head);
                 }
-                if let Some(i) = this.data.info.take() {
-                    *info = i;
-                }
-                this.data.req_seen.set_request(head);
                 this.headers_action(r)
             },
         )
@@ -443,11 +438,12 @@ impl HttpFilter for WasmHttpFilter {
         // Rare (a filter waited for the whole request): one future for both
         // callbacks.
         Step::wait(async move {
-            self.data.req = Some(std::mem::replace(head, placeholder_request()));
-            let r = self.whole_body(true, body, trailers, info).await;
-            if let Some(h) = self.data.req.take() {
-                *head = h;
-            }
+            let loans = Loans {
+                req: Some(&mut *head),
+                info: Some(info),
+                ..Loans::default()
+            };
+            let r = self.whole_body(loans, true, body, trailers).await;
             self.data.req_seen.set_request(head);
             self.headers_action(r)
         })
@@ -496,28 +492,22 @@ impl HttpFilter for WasmHttpFilter {
             }
         }
         let n = head.headers.len() + 1;
-        self.data.resp = Some(std::mem::replace(
-            head,
-            ResponseHead {
-                status: head.status,
-                headers: http::HeaderMap::new(),
-            },
-        ));
-        self.data.info = Some(info.take());
+        let loans = Loans {
+            resp: Some(head),
+            info: Some(info),
+            ..Loans::default()
+        };
         // A pause with nothing pending waits for the body, as Envoy's
         // StopIteration holds the headers; the body callback may still change them.
         self.step(
+            loans,
             true,
             !eos,
             |vm, id, d| vm.headers(id, false, n, eos, d),
-            move |this, r| {
-                if let Some(h) = this.data.resp.take() {
-                    *head = h;
+            move |this, loans, r| {
+                if let Some(head) = loans.resp {
+                    this.data.resp_seen.set_response(head);
                 }
-                if let Some(i) = this.data.info.take() {
-                    *info = i;
-                }
-                this.data.resp_seen.set_response(head);
                 this.headers_action(r)
             },
         )
@@ -537,15 +527,12 @@ impl HttpFilter for WasmHttpFilter {
         // Rare, as for requests: one future for both callbacks, with the
         // headers still lent, so the body callback can change them.
         Step::wait(async move {
-            let empty = ResponseHead {
-                status: head.status,
-                headers: http::HeaderMap::new(),
+            let loans = Loans {
+                resp: Some(&mut *head),
+                info: Some(info),
+                ..Loans::default()
             };
-            self.data.resp = Some(std::mem::replace(head, empty));
-            let r = self.whole_body(false, body, trailers, info).await;
-            if let Some(h) = self.data.resp.take() {
-                *head = h;
-            }
+            let r = self.whole_body(loans, false, body, trailers).await;
             self.data.resp_seen.set_response(head);
             self.headers_action(r)
         })
@@ -579,24 +566,28 @@ impl HttpFilter for WasmHttpFilter {
     }
 
     fn on_stream_complete(&mut self, info: &StreamInfo) {
-        self.data.info = Some(info.clone());
-        self.finish();
+        self.finish(Some(info));
     }
 }
 
 impl WasmHttpFilter {
     /// `on_log`, `on_done`, `on_delete`: once, when the stream ends or the filter
     /// is dropped (a reset stream, or the end of the response body).
-    fn finish(&mut self) {
+    fn finish(&mut self, info: Option<&StreamInfo>) {
         if let Some(cx) = self.cx.take() {
-            cx.vm.finish(cx.id, !self.bypass, &mut self.data);
+            let log = !self.bypass;
+            let loans = Loans {
+                info_seen: info,
+                ..Loans::default()
+            };
+            lend(&mut self.data, loans, |d| cx.vm.finish(cx.id, log, d));
         }
     }
 }
 
 impl Drop for WasmHttpFilter {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(None);
         self.slot.give_back(&mut self.data);
     }
 }

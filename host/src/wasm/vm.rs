@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,23 +32,31 @@ pub struct ConnFacts {
 /// callbacks and lends it to the store during one.
 #[derive(Default)]
 pub struct StreamData {
-    pub req: Option<RequestHead>,
+    pub req: Lend<RequestHead>,
     /// Request headers as they left the filter, readable in later callbacks.
     pub req_seen: Snapshot,
-    pub resp: Option<ResponseHead>,
+    pub resp: Lend<ResponseHead>,
     pub resp_seen: Snapshot,
-    pub req_trailers: Option<http::HeaderMap>,
-    pub resp_trailers: Option<http::HeaderMap>,
+    pub req_trailers: Lend<http::HeaderMap>,
+    pub resp_trailers: Lend<http::HeaderMap>,
     /// The body buffer of the callback, and its proxy-wasm buffer type. Shared
     /// bytes: the guest reads it without a copy; a write copies it if need be.
     pub body: Option<(u32, Bytes)>,
-    pub info: Option<StreamInfo>,
+    pub info: Lend<StreamInfo>,
     pub conn: Option<ConnFacts>,
     /// `proxy_set_property` values: filter state of this stream.
     pub properties: HashMap<Vec<u8>, Bytes>,
 }
 
 impl StreamData {
+    fn unlend(&mut self) {
+        self.req.ptr = None;
+        self.resp.ptr = None;
+        self.req_trailers.ptr = None;
+        self.resp_trailers.ptr = None;
+        self.info.ptr = None;
+    }
+
     /// Clears the data for the next stream, keeping the snapshot buffers.
     pub(super) fn reset(&mut self) {
         let (mut req_seen, mut resp_seen) = (
@@ -66,6 +75,106 @@ impl StreamData {
 
 /// Stream data as lent to the store: boxed, so lending is a pointer swap.
 pub type Data = Box<StreamData>;
+
+/// A value of the stream's (its head, trailers or info) that guest calls may
+/// reach while [`lend`] runs. A pointer, not the value moved into the store
+/// and back: for a request's heads and stream info those moves cost more
+/// instructions than the callbacks that read them.
+pub struct Lend<T> {
+    ptr: Option<NonNull<T>>,
+    writable: bool,
+}
+
+impl<T> Default for Lend<T> {
+    fn default() -> Self {
+        Lend {
+            ptr: None,
+            writable: false,
+        }
+    }
+}
+
+impl<T> Lend<T> {
+    #[allow(unsafe_code)]
+    pub fn as_ref(&self) -> Option<&T> {
+        // SAFETY: only `lend` sets the pointer, from a borrow that outlives
+        // its closure, and clears it before returning (or unwinding); see there.
+        self.ptr.map(|p| unsafe { p.as_ref() })
+    }
+
+    /// The value, unless it was lent read-only.
+    #[allow(unsafe_code)]
+    pub fn as_mut(&mut self) -> Option<&mut T> {
+        // SAFETY: as in `as_ref`; a writable pointer came from a `&mut`, and
+        // `&mut self` keeps this the only reference made from it.
+        self.ptr
+            .filter(|_| self.writable)
+            .map(|mut p| unsafe { p.as_mut() })
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.ptr.is_none()
+    }
+
+    fn set(&mut self, v: Option<&mut T>) {
+        self.writable = true;
+        self.ptr = v.map(NonNull::from);
+    }
+}
+
+/// What a stream lends to the guest calls [`lend`] runs.
+#[derive(Default)]
+pub struct Loans<'a> {
+    pub req: Option<&'a mut RequestHead>,
+    pub resp: Option<&'a mut ResponseHead>,
+    pub req_trailers: Option<&'a mut http::HeaderMap>,
+    pub resp_trailers: Option<&'a mut http::HeaderMap>,
+    pub info: Option<&'a mut StreamInfo>,
+    /// Stream info the calls may read but not change (`on_log`).
+    pub info_seen: Option<&'a StreamInfo>,
+}
+
+impl<'a> Loans<'a> {
+    /// The same loans for a shorter while, to lend again.
+    pub fn reborrow(&mut self) -> Loans<'_> {
+        Loans {
+            req: self.req.as_deref_mut(),
+            resp: self.resp.as_deref_mut(),
+            req_trailers: self.req_trailers.as_deref_mut(),
+            resp_trailers: self.resp_trailers.as_deref_mut(),
+            info: self.info.as_deref_mut(),
+            info_seen: self.info_seen,
+        }
+    }
+}
+
+/// Runs `f`, whose guest calls see `loans` through `data`. The pointers are
+/// cleared before this returns or unwinds, while the loans' borrows still
+/// hold, so no pointer outlives its value: that is what makes [`Lend`]'s
+/// dereferences sound.
+pub fn lend<R>(data: &mut Data, loans: Loans<'_>, f: impl FnOnce(&mut Data) -> R) -> R {
+    let d: &mut StreamData = data;
+    d.req.set(loans.req);
+    d.resp.set(loans.resp);
+    d.req_trailers.set(loans.req_trailers);
+    d.resp_trailers.set(loans.resp_trailers);
+    match (loans.info, loans.info_seen) {
+        (Some(i), _) => d.info.set(Some(i)),
+        (None, Some(i)) => {
+            d.info.ptr = Some(NonNull::from(i));
+            d.info.writable = false;
+        }
+        (None, None) => d.info.set(None),
+    }
+    let at: *const StreamData = &**data;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(data)));
+    if !std::ptr::eq(at, &**data) {
+        // The pointers went with a box `f` kept: nothing could clear them.
+        std::process::abort();
+    }
+    data.unlend();
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
 
 /// What callbacks asked of the host, acted on once they return.
 #[derive(Default)]
@@ -485,9 +594,11 @@ impl Vm {
             std::mem::swap(&mut st.stream, data);
             st.callback = callback;
             st.effective = ctx;
-            let r = f(&mut store);
+            // A panicking host function still hands the data back (see `lend`).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut store)));
             let st = store.data_mut();
             std::mem::swap(&mut st.stream, data);
+            let r = r.unwrap_or_else(|p| std::panic::resume_unwind(p));
             // Most callbacks ask nothing of the host: their effects stay put.
             let fx = (!st.effects.is_empty()).then(|| std::mem::take(&mut st.effects));
             (r, fx)
@@ -1038,4 +1149,69 @@ impl super::slot::Instance for Vm {
 /// Checks a plugin on a throwaway VM: instantiation, `on_vm_start`, `on_configure`.
 pub fn check(plugin: &Plugin) -> Result<(), String> {
     Vm::new(plugin, false).map(|_| ()).map_err(|Failed(e)| e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> RequestHead {
+        RequestHead {
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
+            version: http::Version::HTTP_11,
+            headers: http::HeaderMap::new(),
+        }
+    }
+
+    #[test]
+    fn loans_end_with_lend_even_when_it_panics() {
+        let mut data = Data::default();
+        let mut h = head();
+        lend(
+            &mut data,
+            Loans {
+                req: Some(&mut h),
+                ..Loans::default()
+            },
+            |d| {
+                let lent = d.req.as_mut().expect("lent");
+                lent.headers.insert("x-edited", "1".parse().unwrap());
+            },
+        );
+        assert!(data.req.is_none());
+        assert_eq!(h.headers["x-edited"], "1");
+
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lend(
+                &mut data,
+                Loans {
+                    req: Some(&mut h),
+                    ..Loans::default()
+                },
+                |_| panic!("a host bug"),
+            )
+        }));
+        assert!(unwound.is_err());
+        assert!(data.req.is_none());
+
+        let info = StreamInfo::new(
+            std::time::SystemTime::now(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            7,
+        );
+        lend(
+            &mut data,
+            Loans {
+                info_seen: Some(&info),
+                ..Loans::default()
+            },
+            |d| {
+                assert_eq!(d.info.as_ref().map(|i| i.connection_id), Some(7));
+                assert!(d.info.as_mut().is_none(), "lent read-only");
+            },
+        );
+        assert!(data.info.is_none());
+    }
 }

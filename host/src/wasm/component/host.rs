@@ -73,7 +73,7 @@ fn map_get(d: &StreamData, map: MapKind, name: &str, each: &mut dyn FnMut(&[u8])
         }
     };
     match map {
-        MapKind::RequestHeaders => match &d.req {
+        MapKind::RequestHeaders => match d.req.as_ref() {
             Some(h) if name.starts_with(':') => {
                 if let Some(v) = request_pseudo(h, name.as_bytes()) {
                     each(v);
@@ -82,21 +82,21 @@ fn map_get(d: &StreamData, map: MapKind, name: &str, each: &mut dyn FnMut(&[u8])
             Some(h) => values(&h.headers, each),
             None => {}
         },
-        MapKind::ResponseHeaders => match &d.resp {
+        MapKind::ResponseHeaders => match d.resp.as_ref() {
             Some(h) if name.eq_ignore_ascii_case(":status") => {
                 each(h.status.as_str().as_bytes());
             }
-            Some(h) if name.starts_with(':') => {}
+            Some(_) if name.starts_with(':') => {}
             Some(h) => values(&h.headers, each),
             None => {}
         },
         MapKind::RequestTrailers => {
-            if let Some(t) = &d.req_trailers {
+            if let Some(t) = d.req_trailers.as_ref() {
                 values(t, each)
             }
         }
         MapKind::ResponseTrailers => {
-            if let Some(t) = &d.resp_trailers {
+            if let Some(t) = d.resp_trailers.as_ref() {
                 values(t, each)
             }
         }
@@ -114,7 +114,7 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
     let mut out = Vec::new();
     match map {
         MapKind::RequestHeaders => {
-            if let Some(h) = &d.req {
+            if let Some(h) = d.req.as_ref() {
                 for p in [":method", ":path", ":authority", ":scheme"] {
                     if let Some(value) = request_pseudo(h, p.as_bytes()) {
                         out.push(WHeader {
@@ -127,7 +127,7 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
             }
         }
         MapKind::ResponseHeaders => {
-            if let Some(h) = &d.resp {
+            if let Some(h) = d.resp.as_ref() {
                 out.push(WHeader {
                     name: ":status".into(),
                     value: h.status.as_str().as_bytes().to_vec(),
@@ -136,12 +136,12 @@ fn map_entries(d: &StreamData, map: MapKind) -> Vec<WHeader> {
             }
         }
         MapKind::RequestTrailers => {
-            if let Some(t) = &d.req_trailers {
+            if let Some(t) = d.req_trailers.as_ref() {
                 pairs(t, &mut out);
             }
         }
         MapKind::ResponseTrailers => {
-            if let Some(t) = &d.resp_trailers {
+            if let Some(t) = d.resp_trailers.as_ref() {
                 pairs(t, &mut out);
             }
         }

@@ -14,8 +14,8 @@ use legate_filter_api::{
 use super::super::Plugin;
 use super::super::abi::{HeaderScratch, Op, edit};
 use super::super::calls::OutCall;
-use super::super::http::placeholder_request;
 use super::super::slot::{Lent, Slot, slot};
+use super::super::vm::{Loans, lend};
 use super::{CVm, Failed, Inbox, WAction, WLocalReply, WPoll, call_result, start_calls};
 
 /// Builds the per-stream filters of a component plugin.
@@ -114,9 +114,9 @@ impl ComponentHttpFilter {
         Ok((vm, id))
     }
 
-    /// Calls a hook. It ends now, or is pending on the calls it made (they
-    /// have been started).
-    fn call(&mut self, hook: Hook) -> Result<Progress, Failed> {
+    /// Calls a hook with `loans` lent. It ends now, or is pending on the
+    /// calls it made (they have been started).
+    fn call(&mut self, hook: Hook, loans: Loans<'_>) -> Result<Progress, Failed> {
         let (vm, id, poll, calls) = match (&self.cx, hook) {
             // The usual start: make the stream and run its first hook in one call.
             (None, Hook::RequestHeaders(eos))
@@ -126,10 +126,11 @@ impl ComponentHttpFilter {
                     .is_none_or(|vm| vm.unimplemented.get() & hook.bit() == 0) =>
             {
                 let vm = self.slot.vm().map_err(Failed)?;
-                let (((id, poll),), calls) =
-                    vm.call(hook.name(), &mut self.data, true, |vm, s| {
+                let (((id, poll),), calls) = lend(&mut self.data, loans, |d| {
+                    vm.call(hook.name(), d, true, |vm, s| {
                         vm.http()?.start.call(s, (eos,))
-                    })?;
+                    })
+                })?;
                 self.cx = Some((vm.clone(), id));
                 (vm, id, poll, calls)
             }
@@ -138,16 +139,18 @@ impl ComponentHttpFilter {
                 if vm.unimplemented.get() & hook.bit() != 0 {
                     return Ok(Progress::Ended(WAction::Continue));
                 }
-                let ((poll,), calls) = vm.call(hook.name(), &mut self.data, true, |vm, s| {
-                    let f = vm.http()?;
-                    match hook {
-                        Hook::RequestHeaders(eos) => f.request_headers.call(s, (id, eos)),
-                        Hook::RequestBody(n, eos) => f.request_body.call(s, (id, n, eos)),
-                        Hook::RequestTrailers => f.request_trailers.call(s, (id,)),
-                        Hook::ResponseHeaders(eos) => f.response_headers.call(s, (id, eos)),
-                        Hook::ResponseBody(n, eos) => f.response_body.call(s, (id, n, eos)),
-                        Hook::ResponseTrailers => f.response_trailers.call(s, (id,)),
-                    }
+                let ((poll,), calls) = lend(&mut self.data, loans, |d| {
+                    vm.call(hook.name(), d, true, |vm, s| {
+                        let f = vm.http()?;
+                        match hook {
+                            Hook::RequestHeaders(eos) => f.request_headers.call(s, (id, eos)),
+                            Hook::RequestBody(n, eos) => f.request_body.call(s, (id, n, eos)),
+                            Hook::RequestTrailers => f.request_trailers.call(s, (id,)),
+                            Hook::ResponseHeaders(eos) => f.response_headers.call(s, (id, eos)),
+                            Hook::ResponseBody(n, eos) => f.response_body.call(s, (id, n, eos)),
+                            Hook::ResponseTrailers => f.response_trailers.call(s, (id,)),
+                        }
+                    })
                 })?;
                 (vm, id, poll, calls)
             }
@@ -178,8 +181,15 @@ impl ComponentHttpFilter {
         }
     }
 
-    /// Feeds a pending hook the results of the calls it awaits until it ends.
-    async fn wait(&mut self, hook: Hook, mut vm: Rc<CVm>, mut id: u32) -> Result<WAction, Failed> {
+    /// Feeds a pending hook the results of the calls it awaits until it ends,
+    /// with `loans` lent.
+    async fn wait(
+        &mut self,
+        hook: Hook,
+        mut loans: Loans<'_>,
+        mut vm: Rc<CVm>,
+        mut id: u32,
+    ) -> Result<WAction, Failed> {
         loop {
             let next = match self.inbox.clone() {
                 Some(inbox) => inbox.next().await,
@@ -195,8 +205,10 @@ impl ComponentHttpFilter {
                 tracing::warn!(plugin = %self.plugin.config.name, "Wasm filter failed: {why}");
                 return Err(Failed(why));
             };
-            let ((poll,), calls) = vm.call("resume", &mut self.data, true, |vm, s| {
-                vm.http()?.resume.call(s, (id, token, call_result(&resp)))
+            let ((poll,), calls) = lend(&mut self.data, loans.reborrow(), |d| {
+                vm.call("resume", d, true, |vm, s| {
+                    vm.http()?.resume.call(s, (id, token, call_result(&resp)))
+                })
             })?;
             match self.progress(hook, vm, id, poll, calls)? {
                 Progress::Ended(action) => return Ok(action),
@@ -205,29 +217,20 @@ impl ComponentHttpFilter {
         }
     }
 
-    /// Runs a hook with the stream info lent, and gives its filter hook the
-    /// step: `finish` takes the lent data back and makes the action, at once
-    /// or after the wait.
+    /// Runs a hook with `loans` lent, and gives its filter hook the step:
+    /// `finish` makes the action, at once or after the wait.
     fn step<'a, A: 'a>(
         &'a mut self,
         hook: Hook,
-        info: &'a mut StreamInfo,
+        mut loans: Loans<'a>,
         finish: impl FnOnce(&mut Self, Result<WAction, Failed>) -> A + 'a,
     ) -> Step<'a, A> {
-        self.data.info = Some(info.take());
-        let progress = self.call(hook);
-        let ended = |this: &mut Self, info: &mut StreamInfo, r| {
-            if let Some(i) = this.data.info.take() {
-                *info = i;
-            }
-            finish(this, r)
-        };
-        match progress {
-            Ok(Progress::Ended(a)) => Step::Done(ended(self, info, Ok(a))),
-            Err(e) => Step::Done(ended(self, info, Err(e))),
+        match self.call(hook, loans.reborrow()) {
+            Ok(Progress::Ended(a)) => Step::Done(finish(self, Ok(a))),
+            Err(e) => Step::Done(finish(self, Err(e))),
             Ok(Progress::Pending(vm, id)) => Step::wait(async move {
-                let r = self.wait(hook, vm, id).await;
-                ended(self, info, r)
+                let r = self.wait(hook, loans, vm, id).await;
+                finish(self, r)
             }),
         }
     }
@@ -282,7 +285,11 @@ impl ComponentHttpFilter {
         } else {
             Hook::ResponseBody(n, eos)
         };
-        self.step(hook, info, move |this, r| {
+        let loans = Loans {
+            info: Some(info),
+            ..Loans::default()
+        };
+        self.step(hook, loans, move |this, r| {
             if let Some((_, b)) = this.data.body.take() {
                 *chunk = b;
             }
@@ -299,23 +306,18 @@ impl ComponentHttpFilter {
         if self.bypass {
             return Step::Done(DataAction::Continue);
         }
-        let lent = Some(std::mem::take(trailers));
+        let mut loans = Loans {
+            info: Some(info),
+            ..Loans::default()
+        };
         let hook = if request {
-            self.data.req_trailers = lent;
+            loans.req_trailers = Some(trailers);
             Hook::RequestTrailers
         } else {
-            self.data.resp_trailers = lent;
+            loans.resp_trailers = Some(trailers);
             Hook::ResponseTrailers
         };
-        self.step(hook, info, move |this, r| {
-            let back = if request {
-                this.data.req_trailers.take()
-            } else {
-                this.data.resp_trailers.take()
-            };
-            *trailers = back.unwrap_or_default();
-            this.data_action(r)
-        })
+        self.step(hook, loans, |this, r| this.data_action(r))
     }
 
     /// Ends the stream in the guest, which runs `on_done` and drops it.
@@ -357,11 +359,12 @@ impl HttpFilter for ComponentHttpFilter {
         }
         // As for proxy-wasm: the guest may change the request, so it is routed again.
         info.route_cache_cleared = true;
-        self.data.req = Some(std::mem::replace(head, placeholder_request()));
-        self.step(Hook::RequestHeaders(eos), info, move |this, r| {
-            if let Some(h) = this.data.req.take() {
-                *head = h;
-            }
+        let loans = Loans {
+            req: Some(head),
+            info: Some(info),
+            ..Loans::default()
+        };
+        self.step(Hook::RequestHeaders(eos), loans, |this, r| {
             this.headers_action(r, true)
         })
     }
@@ -423,15 +426,12 @@ impl HttpFilter for ComponentHttpFilter {
         if self.bypass {
             return Step::Done(HeadersAction::Continue);
         }
-        let empty = ResponseHead {
-            status: head.status,
-            headers: http::HeaderMap::new(),
+        let loans = Loans {
+            resp: Some(head),
+            info: Some(info),
+            ..Loans::default()
         };
-        self.data.resp = Some(std::mem::replace(head, empty));
-        self.step(Hook::ResponseHeaders(eos), info, move |this, r| {
-            if let Some(h) = this.data.resp.take() {
-                *head = h;
-            }
+        self.step(Hook::ResponseHeaders(eos), loans, |this, r| {
             this.headers_action(r, false)
         })
     }

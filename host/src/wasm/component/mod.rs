@@ -460,9 +460,11 @@ impl CVm {
         let st = store.data_mut();
         std::mem::swap(&mut st.stream, data);
         st.calls_allowed = calls_allowed;
-        let r = f(self, &mut store);
+        // A panicking host function still hands the data back (see `vm::lend`).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self, &mut store)));
         let st = store.data_mut();
         std::mem::swap(&mut st.stream, data);
+        let r = r.unwrap_or_else(|p| std::panic::resume_unwind(p));
         let calls = std::mem::take(&mut st.calls);
         match r {
             Ok(r) => Ok((r, calls)),
