@@ -94,24 +94,27 @@ type Polled = Option<Result<Frame<Bytes>, BoxError>>;
 /// Starts the hooks on one frame (see [`run`]).
 type Run<F> = fn(SharedChain, Option<Frame<Bytes>>, bool, bool) -> F;
 
-/// A body whose frames run through the chain's body and trailer hooks.
-struct FilteredBody<F> {
-    inner: Body,
-    chain: SharedChain,
-    request: bool,
-    run: Run<F>,
-    /// The hooks at work on a frame. The box is made for the first frame and
-    /// reused for the next ones.
-    pending: Option<Pin<Box<F>>>,
-    /// `pending` holds hooks that have not finished.
-    busy: bool,
-    /// The hooks have seen `end_of_stream`.
-    ended: bool,
-    /// The rest of a response chunk split for a filter's
-    /// [`HttpFilter::max_response_chunk`], and whether it ends the stream.
-    carry: Option<(Bytes, bool)>,
-    /// The smallest chunk limit of the filters, once asked (responses only).
-    chunk_limit: Option<Option<usize>>,
+pin_project_lite::pin_project! {
+    /// A body whose frames run through the chain's body and trailer hooks.
+    struct FilteredBody<F> {
+        inner: Body,
+        chain: SharedChain,
+        request: bool,
+        run: Run<F>,
+        // The hooks at work on a frame, kept in the body itself (pinned with
+        // it) rather than in a box of their own.
+        #[pin]
+        pending: Option<F>,
+        // `pending` holds hooks that have not finished.
+        busy: bool,
+        // The hooks have seen `end_of_stream`.
+        ended: bool,
+        // The rest of a response chunk split for a filter's
+        // [`HttpFilter::max_response_chunk`], and whether it ends the stream.
+        carry: Option<(Bytes, bool)>,
+        // The smallest chunk limit of the filters, once asked (responses only).
+        chunk_limit: Option<Option<usize>>,
+    }
 }
 
 /// `inner`, its frames run through the chain's hooks (request hooks when
@@ -189,34 +192,39 @@ fn refuse(c: &mut Chain, r: LocalReply, request: bool) -> Polled {
     }
 }
 
-impl<F> FilteredBody<F> {
-    /// A response chunk cut to the filters' chunk limit; the rest is kept for the
-    /// next poll, and only the last piece carries the end of the stream.
-    fn split(&mut self, mut data: Bytes, eos: bool) -> (Option<Frame<Bytes>>, bool) {
-        let limit = match self.chunk_limit {
-            Some(l) => l,
-            None => match self.chain.try_lock() {
-                Some(c) => {
-                    let l = c
-                        .filters
-                        .iter()
-                        .filter_map(|f| f.max_response_chunk())
-                        .min();
-                    self.chunk_limit = Some(l);
-                    l
-                }
-                // A request hook holds the chain: ask again on the next chunk.
-                None => None,
-            },
-        };
-        match limit {
-            Some(n) if data.len() > n.max(1) => {
-                let rest = data.split_off(n.max(1));
-                self.carry = Some((rest, eos));
-                (Some(Frame::data(data)), false)
+/// A response chunk cut to the filters' chunk limit; the rest is kept in
+/// `carry` for the next poll, and only the last piece carries the end of the
+/// stream.
+fn split(
+    chain: &SharedChain,
+    chunk_limit: &mut Option<Option<usize>>,
+    carry: &mut Option<(Bytes, bool)>,
+    mut data: Bytes,
+    eos: bool,
+) -> (Option<Frame<Bytes>>, bool) {
+    let limit = match *chunk_limit {
+        Some(l) => l,
+        None => match chain.try_lock() {
+            Some(c) => {
+                let l = c
+                    .filters
+                    .iter()
+                    .filter_map(|f| f.max_response_chunk())
+                    .min();
+                *chunk_limit = Some(l);
+                l
             }
-            _ => (Some(Frame::data(data)), eos),
+            // A request hook holds the chain: ask again on the next chunk.
+            None => None,
+        },
+    };
+    match limit {
+        Some(n) if data.len() > n.max(1) => {
+            let rest = data.split_off(n.max(1));
+            *carry = Some((rest, eos));
+            (Some(Frame::data(data)), false)
         }
+        _ => (Some(Frame::data(data)), eos),
     }
 }
 
@@ -225,28 +233,29 @@ impl<F: Future<Output = Polled>> http_body::Body for FilteredBody<F> {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
-        let this = self.get_mut();
+        let mut this = self.project();
         loop {
-            if this.busy
-                && let Some(p) = this.pending.as_mut()
+            if *this.busy
+                && let Some(p) = this.pending.as_mut().as_pin_mut()
             {
-                let r = ready!(p.as_mut().poll(cx));
-                this.busy = false;
-                if r.is_none() && !this.ended {
+                let r = ready!(p.poll(cx));
+                *this.busy = false;
+                if r.is_none() && !*this.ended {
                     continue;
                 }
                 return Poll::Ready(r);
             }
-            if this.ended {
+            if *this.ended {
                 return Poll::Ready(None);
             }
-            let (frame, eos) = match this.carry.take() {
-                Some((rest, eos)) => this.split(rest, eos),
-                None => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let (chain, limit, carry) = (&*this.chain, &mut *this.chunk_limit, &mut *this.carry);
+            let (frame, eos) = match carry.take() {
+                Some((rest, eos)) => split(chain, limit, carry, rest, eos),
+                None => match ready!(Pin::new(&mut *this.inner).poll_frame(cx)) {
                     Some(Ok(f)) => {
                         let eos = this.inner.is_end_stream() || f.is_trailers();
                         match f.into_data() {
-                            Ok(data) if !this.request => this.split(data, eos),
+                            Ok(data) if !*this.request => split(chain, limit, carry, data, eos),
                             Ok(data) => (Some(Frame::data(data)), eos),
                             Err(f) => (Some(f), eos),
                         }
@@ -257,13 +266,10 @@ impl<F: Future<Output = Polled>> http_body::Body for FilteredBody<F> {
                     Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 },
             };
-            this.ended = eos;
-            let hooks = (this.run)(this.chain.clone(), frame, eos, this.request);
-            match &mut this.pending {
-                Some(p) => p.set(hooks),
-                None => this.pending = Some(Box::pin(hooks)),
-            }
-            this.busy = true;
+            *this.ended = eos;
+            let hooks = (this.run)(this.chain.clone(), frame, eos, *this.request);
+            this.pending.set(Some(hooks));
+            *this.busy = true;
         }
     }
 

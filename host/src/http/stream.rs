@@ -56,15 +56,6 @@ enum Finishers {
     Shared(SharedChain),
 }
 
-/// Takes a finished filter's place in its chain.
-struct Finished;
-impl HttpFilter for Finished {}
-
-/// Moves a filter out of the stream's list, for the chain or the finishers.
-fn take_filter(f: &mut Box<dyn HttpFilter>) -> Box<dyn HttpFilter> {
-    std::mem::replace(f, Box::new(Finished))
-}
-
 impl Finishers {
     fn complete(&mut self, flags: ResponseFlags, details: &'static str) {
         match self {
@@ -396,7 +387,7 @@ impl Stream {
         mut resp: Response<Body>,
         levels: &[&HeaderMutations],
         pool: Option<PoolReturn>,
-        filters: &mut [Box<dyn HttpFilter>],
+        filters: &mut Vec<Box<dyn HttpFilter>>,
     ) -> Response<ProxyBody> {
         let cfg = &self.cx.hcm.config;
         let version = resp.version();
@@ -503,7 +494,7 @@ impl Stream {
             {
                 // Filters that want the response body take it from here.
                 let chain = SharedChain::new(Chain {
-                    filters: filters.iter_mut().map(take_filter).collect(),
+                    filters: std::mem::take(filters),
                     info: self.info.take(),
                     local_reply: None,
                 });
@@ -531,10 +522,10 @@ impl Stream {
         }
         let finishers = match &self.chain {
             Some(chain) => Some(Finishers::Shared(chain.clone())),
-            None if !filters.is_empty() => {
-                let owned = filters.iter_mut().map(take_filter).collect();
-                Some(Finishers::Owned(owned, Box::new(self.info.take())))
-            }
+            None if !filters.is_empty() => Some(Finishers::Owned(
+                std::mem::take(filters),
+                Box::new(self.info.take()),
+            )),
             None => None,
         };
         self.t().finishers = finishers;
@@ -581,7 +572,7 @@ impl Stream {
     }
 
     /// No virtual host or route matched: 404, flag NR, and no route's headers.
-    async fn no_route(self, filters: &mut [Box<dyn HttpFilter>]) -> Response<ProxyBody> {
+    async fn no_route(self, filters: &mut Vec<Box<dyn HttpFilter>>) -> Response<ProxyBody> {
         self.local(
             StatusCode::NOT_FOUND,
             "",
@@ -597,7 +588,7 @@ impl Stream {
     async fn connect_failure(
         self,
         levels: &[&HeaderMutations],
-        filters: &mut [Box<dyn HttpFilter>],
+        filters: &mut Vec<Box<dyn HttpFilter>>,
     ) -> Response<ProxyBody> {
         self.local(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -617,7 +608,7 @@ impl Stream {
         flag: Option<ResponseFlag>,
         details: &'static str,
         levels: &[&HeaderMutations],
-        filters: &mut [Box<dyn HttpFilter>],
+        filters: &mut Vec<Box<dyn HttpFilter>>,
     ) -> Response<ProxyBody> {
         if let Some(f) = flag {
             self.t().flags.set(f);
@@ -1087,7 +1078,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 None,
             );
             // Only the filters that saw the request see the local reply.
-            return st.respond(resp, &[], None, &mut filters[..i]).await;
+            filters.truncate(i);
+            return st.respond(resp, &[], None, &mut filters).await;
         }
         if st.info.route_cache_cleared {
             // The match reads the authority, the path and, only when a route
