@@ -1039,8 +1039,8 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             }
         }
         let mut head = RequestHead {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            method: std::mem::take(&mut parts.method),
+            uri: std::mem::take(&mut parts.uri),
             version: parts.version,
             headers: std::mem::take(&mut parts.headers),
         };

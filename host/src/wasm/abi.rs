@@ -730,10 +730,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let bytes = encode(
-                pairs.len(),
-                pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-            );
+            let bytes = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
             give(&mut c, &bytes, ptr_ptr, size_ptr)
         },
     )?;
@@ -744,11 +741,7 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = map_pairs(c.data(), t) else {
                 return Ok(NOT_FOUND);
             };
-            let n = encode(
-                pairs.len(),
-                pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-            )
-            .len();
+            let n = encode(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).len();
             Ok(if write_u32(&mut c, size_ptr, n as u32) {
                 OK
             } else {

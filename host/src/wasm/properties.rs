@@ -64,7 +64,7 @@ pub fn get(plugin: &WasmPlugin, d: &StreamData, path: &[u8]) -> Option<Vec<u8>> 
         ["request", "headers"] => {
             let r = req?;
             let plain = || r.pairs().filter(|(k, _)| !k.starts_with(b":"));
-            super::snapshot::encode(plain().count(), plain())
+            super::snapshot::encode(plain)
         }
         ["request", "headers", name] => header(req, name)?,
         ["request", "id"] => header(req, "x-request-id")?,

@@ -5,43 +5,79 @@
 
 use legate_filter_api::{RequestHead, ResponseHead};
 
-/// Writes `n` header pairs into `wire` in the proxy-wasm wire format
+/// Writes header pairs into `wire` in the proxy-wasm wire format
 /// (little-endian): a count, each pair's key and value lengths, then each key and
-/// value NUL-terminated. One pass: the lengths are filled in as the pairs go by.
-/// `pairs` must yield exactly `n` pairs.
-pub fn encode_into<'a>(
-    wire: &mut Vec<u8>,
-    n: usize,
-    pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) {
-    wire.clear();
-    wire.resize(4 + n * 8, 0);
-    wire[..4].copy_from_slice(&(n as u32).to_le_bytes());
-    let mut at = 4;
-    for (k, v) in pairs {
-        wire[at..at + 4].copy_from_slice(&(k.len() as u32).to_le_bytes());
-        wire[at + 4..at + 8].copy_from_slice(&(v.len() as u32).to_le_bytes());
-        at += 8;
-        wire.extend_from_slice(k);
-        wire.push(0);
-        wire.extend_from_slice(v);
-        wire.push(0);
+/// value NUL-terminated. `pairs` is walked twice: once to size the buffer, then
+/// to fill it. Every byte is written, so a reused buffer is not zeroed first.
+pub fn encode_into<'a, I>(wire: &mut Vec<u8>, pairs: impl Fn() -> I)
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let (n, bytes) = pairs().fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len() + 2));
+    let len = 4 + n * 8 + bytes;
+    if wire.len() > len {
+        wire.truncate(len);
+    } else {
+        wire.resize(len, 0);
     }
-    debug_assert_eq!(at, 4 + n * 8, "encode_into: fewer pairs than announced");
+    let (sizes, strings) = wire.split_at_mut(4 + n * 8);
+    sizes[..4].copy_from_slice(&(n as u32).to_le_bytes());
+    let (mut sizes, mut strings) = (&mut sizes[4..], strings);
+    for (k, v) in pairs().take(n) {
+        let (size, rest) = sizes.split_at_mut(8);
+        size[..4].copy_from_slice(&(k.len() as u32).to_le_bytes());
+        size[4..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        sizes = rest;
+        let (key, rest) = strings.split_at_mut(k.len() + 1);
+        copy_short(&mut key[..k.len()], k);
+        key[k.len()] = 0;
+        let (value, rest) = rest.split_at_mut(v.len() + 1);
+        copy_short(&mut value[..v.len()], v);
+        value[v.len()] = 0;
+        strings = rest;
+    }
+}
+
+/// `dst.copy_from_slice(src)` for equal lengths. Header names and most
+/// values are shorter than 17 bytes, which two overlapping word copies move
+/// for less than a call to libc's `memcpy`.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    match n {
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        0..=3 => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s;
+            }
+        }
+        _ => dst.copy_from_slice(src),
+    }
 }
 
 /// [`encode_into`] a new buffer.
-pub fn encode<'a>(n: usize, pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
+pub fn encode<'a, I>(pairs: impl Fn() -> I) -> Vec<u8>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
     let mut wire = Vec::new();
-    encode_into(&mut wire, n, pairs);
+    encode_into(&mut wire, pairs);
     wire
 }
 
-/// A header map as it left a callback. Empty until taken; its buffer is kept
-/// when the stream data is recycled, so taking one usually allocates nothing.
+/// A header map as it left a callback, once taken. Its buffer is kept when the
+/// stream data is recycled, so taking one usually allocates nothing.
 #[derive(Default)]
 pub struct Snapshot {
     wire: Vec<u8>,
+    taken: bool,
     pub version: http::Version,
 }
 
@@ -80,40 +116,37 @@ impl Snapshot {
             (b":method", h.method.as_str().as_bytes()),
             (b":scheme", h.uri.scheme_str().unwrap_or("http").as_bytes()),
         ];
-        let headers = h
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
-        encode_into(
-            &mut self.wire,
-            4 + h.headers.len(),
-            pseudo.into_iter().chain(headers),
-        );
+        encode_into(&mut self.wire, || {
+            let headers = h.headers.iter();
+            pseudo
+                .into_iter()
+                .chain(headers.map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
+        });
         self.version = h.version;
+        self.taken = true;
     }
 
     pub fn set_response(&mut self, h: &ResponseHead) {
         let status: [(&[u8], &[u8]); 1] = [(b":status", h.status.as_str().as_bytes())];
-        let headers = h
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
-        encode_into(
-            &mut self.wire,
-            1 + h.headers.len(),
-            status.into_iter().chain(headers),
-        );
+        encode_into(&mut self.wire, || {
+            let headers = h.headers.iter();
+            status
+                .into_iter()
+                .chain(headers.map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
+        });
         self.version = http::Version::HTTP_11;
+        self.taken = true;
     }
 
-    /// Forgets the map, keeping the buffer.
+    /// Forgets the map, keeping the buffer and its bytes (overwritten by
+    /// the next one).
     pub fn clear(&mut self) {
-        self.wire.clear();
+        self.taken = false;
     }
 
     /// The snapshot, if one was taken.
     pub fn taken(&self) -> Option<&Snapshot> {
-        (!self.wire.is_empty()).then_some(self)
+        self.taken.then_some(self)
     }
 
     /// The map in the wire format.
@@ -185,5 +218,20 @@ mod tests {
         assert_eq!(s.get(b"missing"), None);
         assert_eq!(s.pairs().count(), 7);
         assert_eq!(s.version, http::Version::HTTP_2);
+    }
+
+    #[test]
+    fn pairs_of_every_length_round_trip() {
+        let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        let owned: Vec<(&[u8], &[u8])> = (0..=40).map(|n| (&text[..n], &text[40 - n..])).collect();
+        let mut s = Snapshot::default();
+        encode_into(&mut s.wire, || owned.iter().copied());
+        assert!(s.pairs().eq(owned.iter().copied()));
+        // A reused buffer, longer than the next map: no stale bytes or NULs left.
+        let few = &owned[30..33];
+        encode_into(&mut s.wire, || few.iter().copied());
+        assert!(s.pairs().eq(few.iter().copied()));
+        assert_eq!(s.wire, encode(|| few.iter().copied()));
+        assert_eq!(encode(std::iter::empty), 0u32.to_le_bytes());
     }
 }
