@@ -218,6 +218,52 @@ async fn a_seeded_run_repeats_its_decisions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cluster_fault_follows_the_weighted_pick() {
+    // Faults only for cluster `a`, on a 50/50 split: the fault filter and the
+    // router see the same pick, so no request reaches `a` and every one that
+    // was not aborted reached `b`.
+    let (a, b) = (echo_upstream("a").await, echo_upstream("b").await);
+    let routes = "              - match: {prefix: \"/\"}
+                route:
+                  weighted_clusters:
+                    clusters: [{name: a, weight: 50}, {name: b, weight: 50}]
+";
+    let filter = fault(
+        "              abort: {http_status: 503, percentage: {numerator: 100}}\n              upstream_cluster: a\n",
+    );
+    let yaml = bootstrap(
+        &http_listener_with_filters("in", "in", routes, "", &filter),
+        &(cluster("a", &[(a, 1)], "") + &cluster("b", &[(b, 1)], "")),
+    );
+    let legate = Legate::start(&yaml).await;
+    let addr = legate.listener("in").await;
+    let (mut aborted, mut passed) = (0, 0);
+    for _ in 0..60 {
+        let (status, head, _) = curl_get(&[&url(addr, "/")]);
+        match status {
+            503 => aborted += 1,
+            200 => {
+                assert!(head.contains("x-upstream: b"), "{head}");
+                passed += 1;
+            }
+            s => panic!("status {s}: {head}"),
+        }
+    }
+    assert!(
+        aborted > 0 && passed > 0,
+        "aborted {aborted}, passed {passed}"
+    );
+    assert_eq!(
+        legate
+            .wait_stat("http.in.fault.aborts_injected", aborted)
+            .await,
+        aborted
+    );
+    assert_eq!(legate.stat("cluster.b.upstream_rq_total").await, passed);
+    assert_eq!(legate.stat("cluster.a.upstream_rq_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_active_faults_overflows_to_no_fault() {
     let (up, _) = recording_upstream().await;
     let legate = Legate::start(&config(

@@ -22,7 +22,9 @@ use super::filter_body::{Chain, SharedChain, filtered};
 use super::headers::{self as hdr, X_ENVOY_ORIGINAL_PATH};
 use super::{ConnCx, local_reply};
 use crate::access_log::format::LogContext;
-use crate::config::{HeaderMutations, HostRewrite, RouteAction, ServerHeader, StripPort};
+use crate::config::{
+    ClusterSpecifier, HeaderMutations, HostRewrite, RouteAction, ServerHeader, StripPort,
+};
 use crate::router::{self, RequestView};
 use crate::upstream::pool::{PoolReturn, SendError};
 use crate::upstream::{ClusterStats, WorkerCluster};
@@ -1022,6 +1024,9 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             .and_then(|vh| router::select_route(vh, &view).map(|r| (vh, r)))
     };
     let mut matched = match_route(&parts, &path, &authority);
+    // The route's cluster, once the filters have been told it: the request goes
+    // there, as Envoy caches the cluster with the route (a weighted pick is random).
+    let mut picked = None;
 
     if !filters.is_empty() {
         st.info.http_client = Some(cx.worker.clusters.clone());
@@ -1029,13 +1034,13 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
             st.info.route_name = (!route.name.is_empty()).then(|| route.name.clone());
             st.info.per_filter_config = route.per_filter_config.clone();
             if let RouteAction::Forward(f) = &route.action {
-                st.info.upstream_cluster =
-                    router::cluster_name(&f.cluster, &parts.headers).map(|n| {
-                        match cx.worker.clusters.get(n) {
-                            Some(c) => c.shared.name.clone(),
-                            None => std::sync::Arc::from(n),
-                        }
-                    });
+                let name = router::cluster_name(&f.cluster, &parts.headers);
+                let cluster = name.and_then(|n| cx.worker.clusters.get(n).cloned());
+                st.info.upstream_cluster = match (&cluster, name) {
+                    (Some(c), _) => Some(c.shared.name.clone()),
+                    (None, n) => n.map(std::sync::Arc::from),
+                };
+                picked = Some(cluster);
             }
         }
         let mut head = RequestHead {
@@ -1090,6 +1095,13 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 path = new_path.to_string();
                 authority = new_authority.to_string();
                 matched = match_route(&parts, &path, &authority);
+                picked = None;
+            } else if let Some((_, r)) = matched
+                && let RouteAction::Forward(f) = &r.action
+                && matches!(f.cluster, ClusterSpecifier::Header(_))
+            {
+                // The header that names the cluster may have changed.
+                picked = None;
             }
         }
     }
@@ -1145,8 +1157,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
     };
 
     // Cluster.
-    let cluster = router::cluster_name(&fwd.cluster, &parts.headers)
-        .and_then(|n| cx.worker.clusters.get(n).cloned());
+    let cluster = picked.unwrap_or_else(|| {
+        router::cluster_name(&fwd.cluster, &parts.headers)
+            .and_then(|n| cx.worker.clusters.get(n).cloned())
+    });
     let Some(cluster) = cluster else {
         stats.no_cluster.inc();
         let code = fwd.cluster_not_found_response_code;
