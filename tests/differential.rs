@@ -2601,11 +2601,13 @@ fn filter_cases(u: &Ups) -> Vec<Case> {
                 get("/r").hdr("x-envoy-fault-throughput-response", "64"),
             ]
             .into_iter()
-            // Reason phrases: Envoy's table, not hyper's.
+            // Reason phrases: Envoy's table, not hyper's, for local replies and
+            // for upstream responses through the filter.
             .chain(
                 ["203", "299", "418", "451", "599"]
                     .map(|c| get("/reason").hdr("x-envoy-fault-abort-request", c)),
             )
+            .chain(["203", "418", "451", "599"].map(|c| get(&format!("/status/{c}"))))
             .collect(),
         ),
         case(

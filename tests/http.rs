@@ -869,3 +869,39 @@ async fn an_upstream_that_hangs_up_at_once_gets_a_prompt_503() {
     );
     assert_eq!(l.wait_stat("http.ingress.downstream_rq_active", 0).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reason_phrase_is_envoys_not_the_upstreams() {
+    // The upstream answers `200 Fine Thanks` and `418 I'm a teapot`; Envoy writes
+    // its own phrases (`OK`, `Unknown`), with or without filters in the chain.
+    let up = http_server(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let teapot = req.uri().path() == "/teapot";
+        let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
+        if teapot {
+            *resp.status_mut() = hyper::StatusCode::IM_A_TEAPOT;
+        } else {
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Thanks"));
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await;
+    let fault = "          - name: envoy.filters.http.fault
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: {header_abort: {}, percentage: {numerator: 100}}
+";
+    for filters in ["", fault] {
+        let yaml = bootstrap(
+            &http_listener_with_filters("ingress", "ingress", ROUTE_ALL, "", filters),
+            &cluster("up", &[(up, 1)], ""),
+        );
+        let l = Legate::start(&yaml).await;
+        let addr = l.listener("ingress").await;
+        let (_, head, body) = curl_get(&[&format!("http://{addr}/")]);
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert_eq!(body, "ok");
+        let (_, head, _) = curl_get(&[&format!("http://{addr}/teapot")]);
+        assert!(head.starts_with("http/1.1 418 unknown\r\n"), "{head}");
+    }
+}

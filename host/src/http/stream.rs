@@ -421,18 +421,14 @@ impl Stream {
         {
             h.insert(hdr::X_REQUEST_ID.clone(), id.clone());
         }
-        if let Some(reason) = envoy_reason(resp.status()) {
-            resp.extensions_mut()
-                .insert(hyper::ext::ReasonPhrase::from_static(reason));
-        }
         if self.unread_body {
             self.cx.close_after.set(true);
         }
         if let Some(chain) = self.chain.clone() {
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
             let mut head = ResponseHead {
                 status: parts.status,
-                headers: parts.headers,
+                headers: std::mem::take(&mut parts.headers),
             };
             let eos = body.is_end_stream();
             let details = self.tr().details;
@@ -465,13 +461,13 @@ impl Stream {
                     Some(&reply.headers),
                     None,
                 ),
-                None => Response::from_parts(parts_from(head), body),
+                None => Response::from_parts(parts_with(parts, head), body),
             };
         } else if !filters.is_empty() {
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
             let mut head = ResponseHead {
                 status: parts.status,
-                headers: parts.headers,
+                headers: std::mem::take(&mut parts.headers),
             };
             let eos = body.is_end_stream();
             self.info.response_code_details = Some(self.tr().details);
@@ -503,7 +499,7 @@ impl Stream {
                 body = filtered(body, chain.clone(), false);
                 self.chain = Some(chain);
             }
-            let mut r = Response::from_parts(parts_from(head), body);
+            let mut r = Response::from_parts(parts_with(parts, head), body);
             if let Some(reply) = reply {
                 r = local_reply::build(
                     reply.status,
@@ -515,6 +511,17 @@ impl Stream {
                 );
             }
             resp = r;
+        }
+        // Envoy's reason phrase for the status the filters left, never the
+        // upstream's own.
+        match envoy_reason(resp.status()) {
+            Some(reason) => {
+                resp.extensions_mut()
+                    .insert(hyper::ext::ReasonPhrase::from_static(reason));
+            }
+            None => {
+                resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
+            }
         }
         if (self.cx.close_after.get() || self.cx.draining.get() || self.cx.worker.health_failed())
             && !self.cx.http2
@@ -624,8 +631,9 @@ impl Stream {
     }
 }
 
-fn parts_from(head: ResponseHead) -> http::response::Parts {
-    let (mut parts, _) = Response::new(()).into_parts();
+/// The response's parts (its version and extensions) with the head the
+/// filters left.
+fn parts_with(mut parts: http::response::Parts, head: ResponseHead) -> http::response::Parts {
     parts.status = head.status;
     parts.headers = head.headers;
     parts
