@@ -119,8 +119,7 @@ fn foreign(name: &[u8], args: &[u8], max_out: usize) -> Result<Vec<u8>, i32> {
         // grows its buffer without a bound.
         b"uncompress" => miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(args, max_out)
             .map_err(|_| SERIALIZATION_FAILURE),
-        // The route is matched again whenever a filter changed what it
-        // depends on, so there is nothing to clear.
+        // Acted on by the caller, which has the stream.
         b"clear_route_cache" => Ok(Vec::new()),
         _ => Err(NOT_FOUND),
     }
@@ -431,6 +430,10 @@ fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Opt
     let key = edit_key(key);
     Some(match t {
         0 => {
+            if d.req.is_none() {
+                return None;
+            }
+            d.clear_route_cache();
             let h = d.req.as_mut()?;
             if key.starts_with(b":") {
                 set_request_pseudo(h, &key, value, op)
@@ -464,7 +467,13 @@ fn map_edit(st: &mut HostState, t: i32, key: &[u8], value: &[u8], op: Op) -> Opt
 fn map_clear(st: &mut HostState, t: i32) -> bool {
     let d = &mut st.stream;
     match t {
-        0 => d.req.as_mut().map(|h| h.headers.clear()).is_some(),
+        0 => {
+            let cleared = d.req.as_mut().map(|h| h.headers.clear()).is_some();
+            if cleared {
+                d.clear_route_cache();
+            }
+            cleared
+        }
         1 => d.req_trailers.as_mut().map(|h| h.clear()).is_some(),
         2 => d.resp.as_mut().map(|h| h.headers.clear()).is_some(),
         3 => d.resp_trailers.as_mut().map(|h| h.clear()).is_some(),
@@ -835,7 +844,10 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         c.data_mut().effects.close.push(ctx);
         Ok(OK)
     })?;
-    l.func_wrap(E, "proxy_clear_route_cache", |_c: C| -> R { Ok(OK) })?;
+    l.func_wrap(E, "proxy_clear_route_cache", |mut c: C| -> R {
+        c.data_mut().stream.clear_route_cache();
+        Ok(OK)
+    })?;
     l.func_wrap(E, "proxy_done", |_c: C| -> R { Ok(OK) })?;
     l.func_wrap(
         E,
@@ -1246,6 +1258,9 @@ fn env(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let name = try_mem!(read(&c, np, nl));
             let args = try_mem!(read(&c, ap, al));
             let limit = c.data().plugin.limits.max_memory_bytes;
+            if name == b"clear_route_cache" {
+                c.data_mut().stream.clear_route_cache();
+            }
             match foreign(&name, &args, limit) {
                 Ok(out) => give(&mut c, &out, rp, rl),
                 Err(status) => Ok(status),

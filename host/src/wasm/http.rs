@@ -402,9 +402,6 @@ impl HttpFilter for WasmHttpFilter {
         }
         // Pseudo-headers count too, as in Envoy.
         let n = head.headers.len() + 4;
-        // The guest may change the request, so it is routed again, as Envoy
-        // clears the route cache when a Wasm filter edits request headers.
-        info.route_cache_cleared = true;
         let loans = Loans {
             req: Some(head),
             info: Some(info),

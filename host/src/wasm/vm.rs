@@ -57,6 +57,14 @@ impl StreamData {
         self.info.ptr = None;
     }
 
+    /// Envoy's `clearRouteCache`: the route is matched again after the request
+    /// hooks. Envoy does it whenever a Wasm filter edits request headers.
+    pub fn clear_route_cache(&mut self) {
+        if let Some(i) = self.info.as_mut() {
+            i.route_cache_cleared = true;
+        }
+    }
+
     /// Clears the data for the next stream, keeping the snapshot buffers.
     pub(super) fn reset(&mut self) {
         let (mut req_seen, mut resp_seen) = (

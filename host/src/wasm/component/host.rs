@@ -156,11 +156,16 @@ fn map_edit(st: &mut CState, map: MapKind, name: &[u8], value: &[u8], op: Op) ->
     let d = &mut st.stream;
     let key = &*edit_key(name);
     match map {
-        MapKind::RequestHeaders => match d.req.as_mut() {
-            Some(h) if key.starts_with(b":") => set_request_pseudo(h, key, value, op),
-            Some(h) => edit(&mut h.headers, names, key, value, op),
-            None => true,
-        },
+        MapKind::RequestHeaders if d.req.is_none() => true,
+        MapKind::RequestHeaders => {
+            // As Envoy does when a Wasm filter edits request headers.
+            d.clear_route_cache();
+            match d.req.as_mut() {
+                Some(h) if key.starts_with(b":") => set_request_pseudo(h, key, value, op),
+                Some(h) => edit(&mut h.headers, names, key, value, op),
+                None => true,
+            }
+        }
         MapKind::ResponseHeaders => match d.resp.as_mut() {
             Some(h) if key == b":status" => {
                 match std::str::from_utf8(value)

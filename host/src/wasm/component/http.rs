@@ -357,8 +357,6 @@ impl HttpFilter for ComponentHttpFilter {
         if self.bypass {
             return Step::Done(HeadersAction::Continue);
         }
-        // As for proxy-wasm: the guest may change the request, so it is routed again.
-        info.route_cache_cleared = true;
         let loans = Loans {
             req: Some(head),
             info: Some(info),
