@@ -2450,6 +2450,9 @@ fn wasm_cases(u: &Ups) -> Vec<Case> {
             vec![
                 get("/ok"),
                 get("/ok").h2(),
+                // The filter answers in its request-header hook.
+                get("/deny").hdr("x-deny", "1"),
+                get("/deny").hdr("x-deny", "1").h2(),
                 // Headers paused until the body has arrived, then changed.
                 post("/hold", "some body").hdr("x-hold", "1"),
                 post("/hold", "some body").hdr("x-hold", "1").h2(),

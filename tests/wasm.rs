@@ -876,6 +876,24 @@ async fn properties_environment_and_on_log_reach_the_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_answers_is_logged_with_the_status_it_sent() {
+    // As in Envoy, `on_log` runs for the filter that answered in its request
+    // hook, and reads `response.code` (checked against Envoy 1.40 by hand:
+    // `logged_403`).
+    let up = echo_upstream("up").await;
+    let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", "");
+    let l = Legate::start(&filtered_config(&filter, up, "")).await;
+    let a = l.listener("ingress").await;
+    let (status, _, body) = curl_get(&["-H", "x-deny: 1", &url(a, "/")]);
+    assert_eq!((status, body.as_str()), (403, "denied\n"));
+    let (status, _, _) = curl_get(&[&url(a, "/")]);
+    assert_eq!(status, 200);
+    assert_eq!(l.wait_stat("wasmcustom.misbehave.logged", 2).await, 2);
+    assert_eq!(l.stat("wasmcustom.misbehave.logged_403").await, 1);
+    assert_eq!(l.stat("wasmcustom.misbehave.logged_200").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_functions_answer_as_envoys() {
     let up = echo_upstream("up").await;
     let filter = wasm_http_filter("misbehave", &wasm_example("misbehave"), "", "");

@@ -306,6 +306,9 @@ pub struct StreamInfo {
     /// Why the response is what it is, in Envoy's words (`via_upstream`,
     /// `direct_response`, `route_not_found`, ...), once the response starts.
     pub response_code_details: Option<&'static str>,
+    /// The status the client was sent, once the stream has ended
+    /// ([`HttpFilter::on_stream_complete`]).
+    pub response_code: Option<u16>,
     /// Metadata set by filters, per filter namespace.
     pub dynamic_metadata: DynamicMetadata,
     /// The matched route's `typed_per_filter_config`, once routed.
@@ -351,6 +354,7 @@ impl StreamInfo {
             upstream_host: None,
             response_flags: ResponseFlags::default(),
             response_code_details: None,
+            response_code: None,
             dynamic_metadata: DynamicMetadata::new(),
             per_filter_config: None,
             filter_state: Vec::new(),
@@ -646,7 +650,8 @@ pub trait HttpFilter {
     }
 
     /// The stream ended (completed or reset) after its response started, with the
-    /// final [`StreamInfo`], as the access log sees it. A stream abandoned before
+    /// final [`StreamInfo`], as the access log sees it. Every filter that saw the
+    /// request hears it, including one that answered it. A stream abandoned before
     /// any response (the client left) drops its filters without this call, so a
     /// filter that must always clean up does it in `Drop`.
     fn on_stream_complete(&mut self, _info: &StreamInfo) {}

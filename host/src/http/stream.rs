@@ -54,27 +54,31 @@ struct Tail {
 /// Where a stream's filters are when its response starts.
 enum Finishers {
     Owned(Vec<Box<dyn HttpFilter>>, Box<StreamInfo>),
-    /// Moved into the chain shared with the body hooks.
-    Shared(SharedChain),
+    /// Moved into the chain shared with the body hooks, and the filter that
+    /// answered the request itself, which sees no response hooks.
+    Shared(SharedChain, Option<Box<dyn HttpFilter>>),
 }
 
 impl Finishers {
-    fn complete(&mut self, flags: ResponseFlags, details: &'static str) {
+    fn complete(&mut self, flags: ResponseFlags, details: &'static str, code: u16) {
+        let end = |info: &mut StreamInfo| {
+            info.response_flags = flags;
+            info.response_code_details = Some(details);
+            info.response_code = (code != 0).then_some(code);
+        };
         match self {
             Finishers::Owned(filters, info) => {
-                info.response_flags = flags;
-                info.response_code_details = Some(details);
+                end(info);
                 for f in filters.iter_mut() {
                     f.on_stream_complete(info);
                 }
             }
-            Finishers::Shared(chain) => {
+            Finishers::Shared(chain, replied) => {
                 // Nothing else holds the chain once both bodies are done.
                 if let Some(mut c) = chain.try_lock() {
                     let c = &mut *c;
-                    c.info.response_flags = flags;
-                    c.info.response_code_details = Some(details);
-                    for f in &mut c.filters {
+                    end(&mut c.info);
+                    for f in c.filters.iter_mut().chain(replied.iter_mut()) {
                         f.on_stream_complete(&c.info);
                     }
                 }
@@ -121,7 +125,7 @@ impl Tail {
             c.stats().upstream_rq_completed.inc();
         }
         if let Some(f) = &mut finishers {
-            f.complete(flags, self.details);
+            f.complete(flags, self.details, self.code);
         }
         let logs = &self.cx.hcm.access_logs;
         if logs.is_empty() {
@@ -129,7 +133,7 @@ impl Tail {
         }
         // The filters' state, for %FILTER_STATE%.
         let shared = match &finishers {
-            Some(Finishers::Shared(chain)) => chain.try_lock(),
+            Some(Finishers::Shared(chain, _)) => chain.try_lock(),
             _ => None,
         };
         let filter_state: &[_] = match (&finishers, &shared) {
@@ -355,6 +359,8 @@ struct Stream {
     unread_body: bool,
     /// Set once filters want bodies: the filters and the stream info live here.
     chain: Option<SharedChain>,
+    /// The filter that answered the request itself, kept to be logged.
+    replied: Option<Box<dyn HttpFilter>>,
     /// For an upstream response: `Some(route deadline, if any)`; the body keeps
     /// the route timeout and stream_idle_timeout running.
     body_deadline: Option<Option<tokio::time::Instant>>,
@@ -529,12 +535,14 @@ impl Stream {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        let replied = self.replied.take();
         let finishers = match &self.chain {
-            Some(chain) => Some(Finishers::Shared(chain.clone())),
-            None if !filters.is_empty() => Some(Finishers::Owned(
-                std::mem::take(filters),
-                Box::new(self.info.take()),
-            )),
+            Some(chain) => Some(Finishers::Shared(chain.clone(), replied)),
+            None if !filters.is_empty() || replied.is_some() => {
+                let mut owned = std::mem::take(filters);
+                owned.extend(replied);
+                Some(Finishers::Owned(owned, Box::new(self.info.take())))
+            }
             None => None,
         };
         self.t().finishers = finishers;
@@ -949,6 +957,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         echo_request_id: parts.headers.contains_key("x-envoy-force-trace"),
         unread_body: !body_empty(&body, &buffered),
         chain: None,
+        replied: None,
         body_deadline: None,
     };
     let mut filters: Vec<Box<dyn HttpFilter>> = hcm.filters.iter().map(|f| f.create()).collect();
@@ -1090,8 +1099,10 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 Some(&r.headers),
                 None,
             );
-            // Only the filters that saw the request see the local reply.
-            filters.truncate(i);
+            // Only the filters before the one that answered see the reply; that
+            // one is logged with them (`on_stream_complete`), as in Envoy.
+            filters.truncate(i + 1);
+            st.replied = filters.pop();
             return st.respond(resp, &[], None, &mut filters).await;
         }
         if st.info.route_cache_cleared {

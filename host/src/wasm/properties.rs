@@ -81,11 +81,12 @@ pub fn get(plugin: &WasmPlugin, d: &StreamData, path: &[u8]) -> Option<Vec<u8>> 
             int(n as i64)
         }
         ["response", "code"] => {
-            let code = std::str::from_utf8(resp?.get(b":status")?)
-                .ok()?
-                .parse::<i64>()
-                .ok()?;
-            int(code)
+            // The head the filter saw, else (a filter that answered the
+            // request itself, in `on_log`) the status the client was sent.
+            let seen = resp
+                .and_then(|r| r.get(b":status"))
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok());
+            int(seen.or_else(|| Some(d.info.as_ref()?.response_code? as i64))?)
         }
         ["response", "code_details"] => text(d.info.as_ref()?.response_code_details?),
         ["response", "headers", name] => header(resp, name)?,

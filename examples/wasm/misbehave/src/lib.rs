@@ -6,6 +6,7 @@
 //! * `x-loop`: spins forever (the host must interrupt it, or the worker is lost);
 //! * `x-hog`: allocates (and touches) 1 MiB chunks until memory runs out, which traps;
 //! * `x-bad-status`: does nothing and continues (no `x-misbehave` header);
+//! * `x-deny`: answers 403 `denied` itself;
 //! * `x-set-authority` / `x-set-path`: sets `:authority` / `:path` to the value;
 //! * `x-hold-response`: pauses the response headers until the whole response
 //!   body has arrived, then adds the response header `x-response-body-bytes: <size>`;
@@ -21,7 +22,8 @@
 //! It also reports what the host tells it, for tests: with `x-props` on the request,
 //! the response gets `x-prop-<name>` headers with host properties (strings as they
 //! are, integers in decimal) and `x-prop-env` with the `MISBEHAVE_ENV` environment
-//! variable; every finished stream counts `misbehave.logged` in `on_log`.
+//! variable; every finished stream counts `misbehave.logged`, and
+//! `misbehave.logged_<code>` with the `response.code` property, in `on_log`.
 //!
 //! No plugin configuration.
 
@@ -116,6 +118,10 @@ impl HttpContext for Misbehave {
         }
         if has("x-bad-status") {
             return Action::Continue;
+        }
+        if has("x-deny") {
+            self.send_http_response(403, vec![], Some(b"denied\n"));
+            return Action::Pause;
         }
         // Route tests: a changed authority or path routes the request again.
         if let Some(a) = self.get_http_request_header("x-set-authority") {
@@ -213,10 +219,15 @@ impl HttpContext for Misbehave {
     }
 
     fn on_log(&mut self) {
-        if let Ok(id) =
-            proxy_wasm::hostcalls::define_metric(MetricType::Counter, "misbehave.logged")
-        {
-            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+        let code = self
+            .get_property(vec!["response", "code"])
+            .filter(|v| v.len() == 8)
+            .map(|v| i64::from_le_bytes(v.try_into().unwrap_or_default()).to_string())
+            .unwrap_or_else(|| "none".into());
+        for name in ["misbehave.logged".to_string(), format!("misbehave.logged_{code}")] {
+            if let Ok(id) = proxy_wasm::hostcalls::define_metric(MetricType::Counter, &name) {
+                let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+            }
         }
     }
 }
