@@ -1026,10 +1026,12 @@ async fn a_headers_pause_waits_for_the_body_and_may_still_change_headers() {
         &url(a, "/hold"),
     ]);
     assert_eq!((status, body.as_str()), (403, "denied by body\n"));
-    // Past the buffer limit: 413, as Envoy's buffering filters answer.
+    // Past the buffer limit: 413, as Envoy's buffering filters answer. The
+    // proxy answers for the filter that waited, which sees the reply's headers.
     let big = "x".repeat(5000);
-    let (status, _, _) = curl_get(&["-H", "x-hold: 1", "--data-binary", &big, &url(a, "/hold")]);
+    let (status, head, _) = curl_get(&["-H", "x-hold: 1", "--data-binary", &big, &url(a, "/hold")]);
     assert_eq!(status, 413);
+    assert!(head.contains("x-misbehave: ok"), "{head}");
     assert_eq!(l.stat("cluster.up.upstream_rq_total").await, before);
     // HTTP/2 too.
     let (status, _, body) = curl_get(&[

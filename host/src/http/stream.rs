@@ -780,6 +780,17 @@ async fn read_response(
     })
 }
 
+/// Who answered a request in its header hooks.
+#[derive(Debug, PartialEq)]
+pub(crate) enum AnsweredBy {
+    /// This filter: the ones before it see the reply; it sees no response
+    /// hooks but is logged with them.
+    Filter(usize),
+    /// The proxy, for a filter that waited for a body that could not be read:
+    /// this many filters, that one included, see the reply.
+    Proxy(usize),
+}
+
 /// Runs request-header hooks in order; stops at the first local reply. A filter
 /// that waits for the body gets it here, read from `body` into `buffered`.
 pub(crate) async fn run_request_headers(
@@ -790,7 +801,7 @@ pub(crate) async fn run_request_headers(
     body: &mut Option<Incoming>,
     buffered: &mut Option<(Bytes, Option<HeaderMap>)>,
     read_limit: Option<Duration>,
-) -> Option<(usize, LocalReply)> {
+) -> Option<(AnsweredBy, LocalReply)> {
     for (i, f) in filters.iter_mut().enumerate() {
         let eos = eos
             || buffered
@@ -798,12 +809,12 @@ pub(crate) async fn run_request_headers(
                 .is_some_and(|(b, t)| b.is_empty() && t.is_none());
         match f.on_request_headers(head, eos, info).action().await {
             HeadersAction::Continue => {}
-            HeadersAction::Respond(r) => return Some((i, *r)),
+            HeadersAction::Respond(r) => return Some((AnsweredBy::Filter(i), *r)),
             HeadersAction::WaitForBody { limit } => {
                 if buffered.is_none() {
                     match read_whole(body.take(), limit, read_limit).await {
                         Ok(b) => *buffered = Some(b),
-                        Err(r) => return Some((i + 1, *r)),
+                        Err(r) => return Some((AnsweredBy::Proxy(i + 1), *r)),
                     }
                 }
                 let Some((data, trailers)) = buffered.as_mut() else {
@@ -814,7 +825,7 @@ pub(crate) async fn run_request_headers(
                     .action()
                     .await
                 {
-                    return Some((i, *r));
+                    return Some((AnsweredBy::Filter(i), *r));
                 }
             }
         }
@@ -1086,7 +1097,7 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
         parts.method = head.method;
         parts.uri = head.uri;
         parts.headers = head.headers;
-        if let Some((i, r)) = reply {
+        if let Some((by, r)) = reply {
             st.t().details = r.details;
             if let Some(f) = r.response_flag {
                 st.t().flags.set(f);
@@ -1099,10 +1110,14 @@ pub(crate) async fn handle(cx: Rc<ConnCx>, req: Request<Incoming>) -> Response<P
                 Some(&r.headers),
                 None,
             );
-            // Only the filters before the one that answered see the reply; that
-            // one is logged with them (`on_stream_complete`), as in Envoy.
-            filters.truncate(i + 1);
-            st.replied = filters.pop();
+            match by {
+                // Logged with the others (`on_stream_complete`), as in Envoy.
+                AnsweredBy::Filter(i) => {
+                    filters.truncate(i + 1);
+                    st.replied = filters.pop();
+                }
+                AnsweredBy::Proxy(n) => filters.truncate(n),
+            }
             return st.respond(resp, &[], None, &mut filters).await;
         }
         if st.info.route_cache_cleared {
@@ -1864,7 +1879,7 @@ mod tests {
         )
         .await
         .expect("b answers locally");
-        assert_eq!(at, 1);
+        assert_eq!(at, AnsweredBy::Filter(1));
         assert_eq!(reply.status, StatusCode::FORBIDDEN);
         assert_eq!(*log.borrow(), ["req:a", "req:b"]);
     }
